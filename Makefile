@@ -1,0 +1,35 @@
+# charnn developer commands. Everything installs into .venv; torch's CPU wheel is pinned
+# first because an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/charnn train --time 60s --out checkpoints/demo --force
+	$(VENV)/bin/charnn sample -c checkpoints/demo --temp 0.8 --length 600 --seed 1 --prime "The "
+	@echo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check charnn tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/sample_speed.py
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

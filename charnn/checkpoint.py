@@ -1,0 +1,266 @@
+"""Checkpoints as data, never code: safetensors weights + JSON metadata, written atomically.
+
+A checkpoint is a directory::
+
+    meta.json                 format, version, model config, tokenizer, progress, metrics,
+                              sha256 of each tensor file, and a checksum of itself
+    model.safetensors         the network's weights
+    train_state.safetensors   optimizer moments, RNG states, carried hidden state (resume only)
+
+A run directory (``--out``) holds ``latest/`` and ``best/``. Saving writes a
+hidden temporary directory (files fsynced), moves the old checkpoint aside,
+renames the new one into place and only then deletes the old one; a crash at
+any moment leaves a complete checkpoint under the final or the aside name, and
+loading looks at both. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from charnn.config import ModelConfig
+from charnn.errors import CharnnError, CheckpointError, ConfigError
+from charnn.model import CharRNN
+from charnn.tokenizer import Tokenizer, tokenizer_from_dict
+
+FORMAT = "charnn-checkpoint"
+VERSION = 1
+META = "meta.json"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.safetensors"
+LATEST, BEST = "latest", "best"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _meta_checksum(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def model_tensors(model: CharRNN) -> dict[str, torch.Tensor]:
+    """The weights to store: CPU, contiguous, and without the tied head (it aliases the embedding)."""
+    state = model.state_dict()
+    if model.config.tie_weights:
+        state.pop("head.weight")
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _aside(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
+def recover(target: Path) -> None:
+    """Finish or undo a save that was interrupted between its two renames."""
+    old = _aside(target)
+    if old.is_dir():
+        if target.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, target)
+
+
+def save_checkpoint(
+    target: Path,
+    model: CharRNN,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    train_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Atomically write a checkpoint directory at ``target`` (replacing any there)."""
+    target = Path(target)
+    tensors = model_tensors(model)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
+    files = {MODEL_FILE: st_save(tensors)}
+    if train_state is not None:
+        files[STATE_FILE] = st_save({k: v.detach().to("cpu").contiguous() for k, v in train_state.items()})
+    meta = dict(meta)
+    meta.update(
+        format=FORMAT,
+        version=VERSION,
+        model=model.config.to_dict(),
+        tokenizer=tokenizer.to_dict(),
+        files={name: _sha256(data) for name, data in files.items()},
+    )
+    meta["checksum"] = _meta_checksum(meta)
+    files[META] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        _fsync_dir(tmp)
+        old = _aside(target)
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CharnnError(
+            f"could not save checkpoint {target}: {exc.strerror or exc}; the previous checkpoint is kept"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint: metadata plus CPU tensors, ready to build a model."""
+
+    path: Path
+    meta: dict[str, Any]
+    config: ModelConfig
+    tokenizer: Tokenizer
+    weights: dict[str, torch.Tensor]
+
+    def build_model(self) -> CharRNN:
+        model = CharRNN(self.config)
+        missing, unexpected = model.load_state_dict(self.weights, strict=False)
+        assert not unexpected and set(missing) <= {"head.weight"}  # validated in load_checkpoint
+        model.eval()
+        return model
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        data = _read_verified(self.path, STATE_FILE, self.meta)
+        return _parse_safetensors(data, self.path / STATE_FILE)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("progress", {}).get("step", 0))
+
+
+def _refuse_non_directory(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{path}: is a pickle / torch.save file; charnn never unpickles (it can run code). "
+            "charnn checkpoints are directories of safetensors + JSON"
+        )
+    raise CheckpointError(f"{path}: not a charnn checkpoint (expected a checkpoint or run directory)")
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
+    """Map a user's path to one checkpoint directory: a checkpoint itself, or a run directory's
+    ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
+    if path.is_file():
+        if path.name in (META, MODEL_FILE, STATE_FILE):
+            return path.parent
+        _refuse_non_directory(path)
+    if (path / META).exists():
+        return path
+    order = [prefer, LATEST if prefer == BEST else BEST]
+    for name in order:
+        for candidate in (path / name, _aside(path / name)):
+            if (candidate / META).exists():
+                return candidate
+    raise CheckpointError(f"{path}: no checkpoint here (no meta.json, {BEST}/ or {LATEST}/)")
+
+
+def _read_verified(directory: Path, name: str, meta: dict[str, Any]) -> bytes:
+    expected = meta.get("files", {}).get(name)
+    if not isinstance(expected, str):
+        raise CheckpointError(f"{directory}: metadata lists no {name}")
+    try:
+        data = (directory / name).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{directory / name}: cannot read ({exc.strerror or exc})") from None
+    if _sha256(data) != expected:
+        raise CheckpointError(f"{directory / name}: checksum mismatch (truncated or corrupted file)")
+    return data
+
+
+def _parse_safetensors(data: bytes, where: Path) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: unreadable safetensors ({exc})") from None
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        raw = (directory / META).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{directory / META}: cannot read ({exc.strerror or exc})") from None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{directory / META}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{directory}: not a charnn checkpoint (format is not {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{directory}: checkpoint format version {meta.get('version')!r}; "
+            f"this charnn reads version {VERSION}"
+        )
+    if meta.get("checksum") != _meta_checksum(meta):
+        raise CheckpointError(f"{directory / META}: checksum mismatch (the metadata was edited or corrupted)")
+    return meta
+
+
+def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
+    """Load and fully validate a checkpoint onto the CPU, whatever device trained it."""
+    directory = resolve_checkpoint(path, prefer)
+    meta = read_meta(directory)
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{directory}: bad model config ({exc})") from None
+    tokenizer = tokenizer_from_dict(meta.get("tokenizer"))
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}"
+        )
+    weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta), directory / MODEL_FILE)
+    expected = {k: tuple(v.shape) for k, v in model_tensors(CharRNN(config)).items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != got:
+        diff = sorted(set(expected.items()) ^ set(got.items()))[:3]
+        raise CheckpointError(f"{directory}: tensors do not match the model config (e.g. {diff})")
+    for name, tensor in weights.items():
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{directory}: tensor {name} is not finite floating point")
+    return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)

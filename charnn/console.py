@@ -1,0 +1,117 @@
+"""Everything people read goes to stderr through rich (stdout is for generated text and data).
+
+rich honours ``NO_COLOR`` and drops live displays when stderr is not a terminal;
+then progress is logged as plain lines every few seconds instead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+err = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class TrainReporter:
+    """Progress bar (TTY) or periodic log lines (pipes, CI) for a training run."""
+
+    def __init__(self, console: Console = err, log_every: float = 10.0) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.log_every = log_every
+        self._last_log = 0.0
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._fraction = 0.0
+
+    def start(self, info: dict[str, Any]) -> None:
+        plan = f"{info['steps']} steps" if info["steps"] else f"{_fmt_duration(info['time_limit'])}"
+        if info["steps"] and info["time_limit"]:
+            plan += f" or {_fmt_duration(info['time_limit'])}"
+        resumed = f", resuming at step {info['start_step']}" if info["start_step"] else ""
+        self.console.print(
+            f"training {info['parameters']:,} parameters on {info['device']}: "
+            f"{info['train_tokens']:,} train / {info['val_tokens']:,} val tokens, vocab {info['vocab']}, "
+            f"batch {info['batch_size']}; until {plan}{resumed}; checkpoints in {info['out']}/",
+            soft_wrap=True,
+        )
+        if self.live:
+            self._progress = Progress(
+                TextColumn("step {task.fields[step]}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=1.0, step=info["start_step"], stats="")
+
+    def progress(self, step: int, total: int | None, fraction: float, stats: dict[str, float]) -> None:
+        text = (
+            f"loss {stats['loss']:.3f} bpc {stats['bpc']:.3f} {stats['tok_per_s']:,.0f} chars/s "
+            f"lr {stats['lr']:.2e}" + (f" skipped {stats['skipped']:.0f}" if stats["skipped"] else "")
+        )
+        self._fraction = fraction
+        if self._progress is not None:
+            self._progress.update(self._task, completed=fraction, step=step, stats=text)
+        elif time.monotonic() - self._last_log >= self.log_every:
+            self._last_log = time.monotonic()
+            self.console.print(f"step {step}{f'/{total}' if total else ''} ({fraction:.0%}) {text}")
+
+    def evaluated(self, step: int, result: Any, is_best: bool) -> None:
+        star = " [green](best)[/]" if is_best else ""
+        self.console.print(
+            f"step {step}: val loss {result.loss:.4f}, val bpc {result.bpc:.4f}{star}", markup=True
+        )
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.close()
+        val = summary.get("val")
+        val_text = f", val bpc {val['bpc']:.4f}" if val else ""
+        best = summary.get("best_val_bpc")
+        best_text = f" (best {best:.4f})" if best is not None else ""
+        self.console.print(
+            f"done: {summary['step']} steps in {_fmt_duration(summary['elapsed'])}{val_text}{best_text}; "
+            f"sample with: charnn sample -c {summary['out']}",
+            soft_wrap=True,
+        )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def key_value_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    return table

@@ -1,0 +1,212 @@
+"""Corpus loading and batching: files -> one compact id array -> TBPTT batches.
+
+The corpus is checked (missing, empty, binary, bad UTF-8) and encoded once into
+a numpy array of the smallest unsigned dtype (never a Python list of ids).
+Batches come from ``B`` parallel streams through the training split; window
+``w`` of every stream continues exactly where window ``w - 1`` ended, so the
+trainer can carry the hidden state across windows (truncated BPTT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from charnn.errors import DataError
+from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, codepoints
+
+BUILTIN_CORPUS = "builtin:pydoc"
+_SNIFF_BYTES = 8192
+ENCODING_ERRORS = ("strict", "replace", "ignore")
+
+
+@dataclass
+class Corpus:
+    """An encoded corpus: ids (N,) in a compact dtype, plus where it came from."""
+
+    tokenizer: Tokenizer
+    ids: np.ndarray
+    chars: int
+    sources: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.ids.tobytes()).hexdigest()
+
+
+def builtin_text() -> str:
+    """Python's own documentation topics: ~465k characters shipped with CPython, no download."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip("\n") for key in sorted(topics)) + "\n"
+
+
+def decode_bytes(raw: bytes, name: str, errors: str = "strict") -> str:
+    """UTF-8 bytes -> text, refusing binary data and naming the byte offset of bad UTF-8."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{name}: looks binary (NUL byte at offset {nul}); charnn trains on text")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
+    try:
+        return raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name}: not valid UTF-8 at byte offset {exc.start} "
+            "(use --encoding-errors replace or ignore to go on)"
+        ) from None
+
+
+def _is_text_file(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return b"\x00" not in fh.read(_SNIFF_BYTES)
+
+
+def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Expand the user's arguments into a list of sources (files, '-', builtin) plus notes."""
+    if not paths:
+        return [BUILTIN_CORPUS], []
+    sources: list[str] = []
+    notes: list[str] = []
+    for arg in paths:
+        if arg in ("-", BUILTIN_CORPUS):
+            sources.append(arg)
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            text_files = [p for p in files if _is_text_file(p)]
+            if len(text_files) < len(files):
+                notes.append(f"{arg}: skipped {len(files) - len(text_files)} binary file(s)")
+            if not text_files:
+                raise DataError(f"{arg}: directory has no text files")
+            sources.extend(str(p) for p in text_files)
+        elif path.exists():
+            sources.append(arg)
+        else:
+            raise DataError(f"{arg}: no such file or directory")
+    return sources, notes
+
+
+def read_source(source: str, errors: str = "strict") -> str:
+    if source == BUILTIN_CORPUS:
+        return builtin_text()
+    if source == "-":
+        return decode_bytes(sys.stdin.buffer.read(), "<stdin>", errors)
+    try:
+        raw = Path(source).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    return decode_bytes(raw, source, errors)
+
+
+def load_corpus(
+    paths: Sequence[str],
+    tokenizer: str | Tokenizer = "char",
+    vocab_size: int | None = None,
+    encoding_errors: str = "strict",
+) -> Corpus:
+    """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval)."""
+    sources, notes = resolve_sources(paths)
+    texts: list[str] = []
+    for source in sources:
+        text = read_source(source, encoding_errors)
+        if not text:
+            if source in paths or source == "-":
+                raise DataError(f"{'<stdin>' if source == '-' else source}: is empty")
+            notes.append(f"{source}: empty, skipped")
+            continue
+        # Documents are joined on line boundaries so one file's last line does not run into the next.
+        texts.append(text if text.endswith("\n") or source == sources[-1] else text + "\n")
+    if not texts:
+        raise DataError("the corpus is empty")
+    chars = sum(len(t) for t in texts)
+
+    if isinstance(tokenizer, str):
+        if tokenizer == "char":
+            uniques = np.unique(np.concatenate([np.unique(codepoints(t)) for t in texts]))
+            tokenizer = CharTokenizer.from_codepoints(uniques)
+        elif tokenizer == "sentencepiece":
+            tokenizer = SentencePieceTokenizer.train("".join(texts), vocab_size or 2000)
+        else:
+            raise DataError(f"unknown tokenizer {tokenizer!r}")
+    ids = np.concatenate([tokenizer.encode(t) for t in texts])
+    return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=sources, notes=notes)
+
+
+def split_train_val(ids: np.ndarray, val_fraction: float, min_val: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the last ``val_fraction`` of the corpus (views, no copies)."""
+    if val_fraction <= 0:
+        return ids, ids[:0]
+    n_val = max(min_val, int(len(ids) * val_fraction))
+    if n_val >= len(ids) - 1:
+        raise DataError(f"corpus of {len(ids)} tokens is too short to hold out a validation split")
+    return ids[:-n_val], ids[-n_val:]
+
+
+class StreamBatcher:
+    """Parallel streams over ``data`` for truncated BPTT; a pure function of the step number.
+
+    Stream ``b`` reads ``data[b*L : (b+1)*L + 1]``. Step ``s`` is window ``w = s % W``
+    of epoch ``e = s // W``: inputs ``[start + w*T, start + (w+1)*T)`` and targets
+    shifted by one. Each epoch after the first begins at a seeded offset in
+    ``[0, T)`` so window boundaries move; hidden state resets at epoch starts.
+    """
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        n = len(data)
+        if n - 1 < seq_len:
+            raise DataError(
+                f"corpus too short: {n} training tokens, need at least --seq-len + 1 = {seq_len + 1}"
+            )
+        streams = min(batch_size, (n - 1) // seq_len)
+        if streams < batch_size and warn:
+            warn(f"corpus too small for {batch_size} streams of {seq_len}: using --batch-size {streams}")
+        self.data = data
+        self.batch_size = streams
+        self.seq_len = seq_len
+        self.seed = seed
+        self.stream_len = (n - 1) // streams  # L
+        per_stream = self.stream_len // seq_len
+        # Leave one window of slack for the epoch offset when there is room for it.
+        self.windows_per_epoch = per_stream - 1 if per_stream >= 2 else 1  # W
+        self._slack = min(seq_len, self.stream_len - self.windows_per_epoch * seq_len + 1)
+        self._offsets = np.arange(streams, dtype=np.int64) * self.stream_len  # (B,)
+        self._arange = np.arange(seq_len + 1, dtype=np.int64)  # (T+1,)
+
+    def epoch_offset(self, epoch: int) -> int:
+        if epoch == 0 or self._slack <= 1:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch]).integers(self._slack))
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, window) of a step."""
+        return divmod(step, self.windows_per_epoch)
+
+    def steps_for_epochs(self, epochs: float) -> int:
+        return max(1, math.ceil(epochs * self.windows_per_epoch))
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """-> inputs (B, T), targets (B, T) as int64, and whether the hidden state must reset."""
+        epoch, window = self.position(step)
+        start = self.epoch_offset(epoch) + window * self.seq_len
+        idx = self._offsets[:, None] + start + self._arange[None, :]  # (B, T+1)
+        chunk = self.data[idx].astype(np.int64)
+        return chunk[:, :-1], chunk[:, 1:], window == 0

@@ -1,0 +1,92 @@
+"""The recurrent language model: embedding -> N recurrent layers -> linear head.
+
+Built on torch.nn's fused recurrent modules (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``)
+so CUDA uses cuDNN and CPU uses oneDNN for batched training. No I/O here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from charnn.config import ModelConfig
+
+# Hidden state: an (h, c) pair for LSTM, a single tensor for GRU/RNN; each (layers, B, H).
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+_RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class CharRNN(nn.Module):
+    """A multi-layer recurrent language model over token ids."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embed)
+        kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
+        self.rnn = _RNN_CLASSES[config.cell](
+            input_size=config.embed,
+            hidden_size=config.hidden,
+            num_layers=config.layers,
+            # nn.RNNBase applies dropout between layers only (never after the last).
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+            **kwargs,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embed.weight  # needs embed == hidden (checked in config)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embed.weight, std=0.1)
+        for name, param in self.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                # Orthogonal recurrent weights per gate block keep early gradients tame.
+                for block in param.data.chunk(param.shape[0] // self.config.hidden, dim=0):
+                    nn.init.orthogonal_(block)
+            elif name.startswith("bias"):
+                nn.init.zeros_(param)
+                if self.config.cell == "lstm" and name.startswith("bias_ih"):
+                    h = self.config.hidden
+                    param.data[h : 2 * h] = 1.0  # forget-gate bias 1: remember by default
+        nn.init.zeros_(self.head.bias)
+
+    def init_hidden(self, batch_size: int, device: torch.device | str = "cpu") -> Hidden:
+        shape = (self.config.layers, batch_size, self.config.hidden)
+        zeros = torch.zeros(shape, device=device)
+        if self.config.cell == "lstm":
+            return (zeros, torch.zeros(shape, device=device))
+        return zeros
+
+    def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """idx (B, T) int64 -> logits (B, T, V) and the final hidden state."""
+        x = self.drop(self.embed(idx))  # (B, T, E)
+        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        logits = self.head(self.drop(out))  # (B, T, V)
+        return logits, hidden
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Cut the graph at a window boundary (truncated BPTT) while keeping the values."""
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)  # type: ignore[return-value]
+    return hidden.detach()
+
+
+def hidden_tensors(hidden: Hidden) -> dict[str, torch.Tensor]:
+    """Name the parts of a hidden state (for checkpoints)."""
+    if isinstance(hidden, tuple):
+        return {"h": hidden[0], "c": hidden[1]}
+    return {"h": hidden}
+
+
+def hidden_from_tensors(cell: str, tensors: dict[str, torch.Tensor]) -> Hidden:
+    if cell == "lstm":
+        return (tensors["h"], tensors["c"])
+    return tensors["h"]

@@ -1,0 +1,231 @@
+"""What each CLI command does, as plain functions: load, check, run, write output.
+
+The click layer parses options; these functions hold the behaviour (and are
+callable from Python). Output rules: generated text and requested data go to
+stdout, people-facing messages to stderr via ``charnn.console``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from charnn.checkpoint import BEST, LATEST, META, load_checkpoint
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.console import TrainReporter, note
+from charnn.data import load_corpus, read_source, resolve_sources
+from charnn.errors import ConfigError, DataError
+
+# ---------------------------------------------------------------------------- train
+
+
+def start_training(
+    files: Sequence[str],
+    out: str,
+    resume: str | None,
+    force: bool,
+    tokenizer: str,
+    vocab_size: int,
+    encoding_errors: str,
+    model_opts: dict[str, Any],
+    train_opts: dict[str, Any],
+) -> dict[str, Any]:
+    """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``)."""
+    from charnn.train import Trainer, check_resume_corpus, merge_resume
+
+    reporter = TrainReporter()
+    if resume is not None:
+        out_dir = Path(resume or out)
+        ckpt = load_checkpoint(out_dir, prefer=LATEST)
+        clashes = [f"--{k.replace('_', '-')} {v} (run has {getattr(ckpt.config, k)})"
+                   for k, v in model_opts.items() if getattr(ckpt.config, k) != v]
+        if clashes:
+            raise ConfigError("resume options contradict the checkpoint: " + "; ".join(clashes))
+        config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), train_opts)
+        sources = list(files) or ckpt.meta.get("corpus", {}).get("sources", [])
+        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
+        check_resume_corpus(ckpt, corpus)
+        for text in corpus.notes:
+            note(text)
+        trainer = Trainer(corpus, ckpt.config, config, out_dir, reporter, resume=ckpt)
+    else:
+        out_dir = Path(out)
+        existing = [n for n in (LATEST, BEST) if (out_dir / n / META).exists()]
+        if existing and not force:
+            raise ConfigError(
+                f"{out_dir}/ already holds a run; continue it with --resume, pick another --out, "
+                "or replace it with --force"
+            )
+        config = TrainConfig(**train_opts)
+        corpus = load_corpus(files, tokenizer=tokenizer, vocab_size=vocab_size, encoding_errors=encoding_errors)
+        for text in corpus.notes:
+            note(text)
+        model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_opts)
+        trainer = Trainer(corpus, model_config, config, out_dir, reporter)
+        if force and (out_dir / BEST).exists():
+            import shutil
+
+            shutil.rmtree(out_dir / BEST)  # the old run's best must not outlive it
+    try:
+        return trainer.run()
+    finally:
+        reporter.close()
+
+
+# ---------------------------------------------------------------------------- sample
+
+
+class _SampleWriter:
+    """Streams sample 0 as it is generated; the others (and JSON lines) follow when done."""
+
+    def __init__(self, out: TextIO, prime: str, separator: str) -> None:
+        self.out, self.prime, self.separator = out, prime, separator
+        self.streamed = 0  # characters of sample 0 already written
+        self.last_flush = time.monotonic()
+        self.started = False
+        self.tail = ""
+
+    def write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.tail = text[-1]
+
+    def on_text(self, index: int, piece: str) -> None:
+        if index != 0:
+            return
+        if not self.started:
+            self.started = True
+            self.write(self.prime)
+        self.write(piece)
+        self.streamed += len(piece)
+        now = time.monotonic()
+        if now - self.last_flush > 0.05:  # flush often enough for a reader, not per character
+            self.out.flush()
+            self.last_flush = now
+
+    def finish(self, texts: list[str]) -> None:
+        for i, text in enumerate(texts):
+            if i == 0:
+                if not self.started:
+                    self.write(self.prime)
+                self.write(text[self.streamed:])
+            else:
+                self.write(self.separator + self.prime + text)
+        if self.out.isatty() and self.tail != "\n":
+            self.write("\n")  # keep the shell prompt off the last line; pipes get the exact text
+        self.out.flush()
+
+
+def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> list[int]:
+    if not text:
+        return tokenizer.start_ids()
+    try:
+        return tokenizer.encode(text).tolist()
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}") from None
+
+
+def run_sampling(checkpoint: str, config: SampleConfig, prime: str, separator: str, as_json: bool,
+                 out: TextIO | None = None) -> None:
+    import json
+
+    import torch
+
+    from charnn.sampling import generate
+    from charnn.stepper import FastStepper
+
+    out = out or sys.stdout
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer
+    prime_ids = encode_prime(tokenizer, prime)
+    stepper = FastStepper(ckpt.build_model())
+    generator = torch.Generator()
+    generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    if as_json:
+        samples = generate(stepper, prime_ids, config, tokenizer.token_text, generator=generator)
+        for i, s in enumerate(samples):
+            row = {"sample": i, "prime": prime, "text": s.text, "logprob": s.logprob,
+                   "chars": len(s.text), "stopped_by": s.stopped_by}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.flush()
+        return
+    writer = _SampleWriter(out, prime, separator)
+    samples = generate(stepper, prime_ids, config, tokenizer.token_text, on_text=writer.on_text,
+                       generator=generator)
+    writer.finish([s.text for s in samples])
+
+
+# ---------------------------------------------------------------------------- eval / score / info
+
+
+def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
+    from charnn.evaluate import evaluate_stream, token_char_lengths
+
+    ckpt = load_checkpoint(checkpoint)
+    corpus = load_corpus(files, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
+    if len(corpus.ids) < 2:
+        raise DataError("need at least 2 tokens of text to evaluate")
+    result = evaluate_stream(ckpt.build_model(), corpus.ids, token_char_lengths(ckpt.tokenizer))
+    return {**result.to_dict(), "checkpoint": str(ckpt.path)}
+
+
+def run_score(checkpoint: str, files: Sequence[str], context: str | None, encoding_errors: str = "strict",
+              whole: bool = False) -> Iterator[dict[str, Any]]:
+    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
+    import numpy as np
+
+    from charnn.evaluate import score_lines, token_char_lengths
+
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer
+    context_ids = encode_prime(tokenizer, context or "", "--context")
+    sources, _ = resolve_sources(files)
+    items: list[tuple[str, int, str]] = []  # (source, line number, text)
+    for source in sources:
+        text = read_source(source, encoding_errors)
+        if whole:
+            items.append((source, 0, text))
+        else:
+            items.extend((source, n, line) for n, line in enumerate(text.split("\n"), 1))
+            if items and items[-1][2] == "" and text.endswith("\n"):
+                items.pop()  # the empty "line" after a final newline
+    encoded = []
+    for source, n, text in items:
+        try:
+            encoded.append(tokenizer.encode(text) if text else np.zeros(0, dtype=np.int64))
+        except DataError as exc:
+            where = f"{source}:{n}" if n else source
+            raise DataError(f"{where}: {exc}") from None
+    scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
+    for (source, n, text), sc in zip(items, scores, strict=True):
+        row = {"source": "<stdin>" if source == "-" else source}
+        if not whole:
+            row["line"] = n
+        yield {**row, "text": text, "logprob": sc.logprob, "bpc": sc.bpc, "chars": sc.chars, "tokens": sc.tokens}
+
+
+def checkpoint_info(checkpoint: str) -> dict[str, Any]:
+    ckpt = load_checkpoint(checkpoint)
+    meta, cfg = ckpt.meta, ckpt.config
+    progress = meta.get("progress", {})
+    val = progress.get("val") or {}
+    params = sum(t.numel() for t in ckpt.weights.values())
+    return {
+        "path": str(ckpt.path),
+        "format": f"{meta['format']} v{meta['version']}",
+        "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
+                 + (", tied" if cfg.tie_weights else ""),
+        "parameters": params,
+        "tokenizer": f"{ckpt.tokenizer.kind}, {cfg.vocab_size} tokens",
+        "step": progress.get("step"),
+        "val_bpc": val.get("bpc"),
+        "best_val_bpc": progress.get("best_val_bpc"),
+        "skipped_steps": progress.get("skipped_steps"),
+        "trained_seconds": round(progress.get("elapsed", 0.0), 1),
+        "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
+        "created": meta.get("created"),
+    }

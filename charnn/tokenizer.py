@@ -1,0 +1,185 @@
+"""Tokenizers: characters (the default) or SentencePiece subwords, behind one interface.
+
+Both encode straight into compact numpy arrays (uint8 when the vocabulary fits,
+wider otherwise) and serialise to plain JSON-able dicts stored in checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from charnn.errors import CheckpointError, DataError
+
+# Lone surrogates can appear in Python strings (e.g. from surrogateescape); keep them round-trippable.
+_UTF32 = "utf-32-le"
+_SURR = "surrogatepass"
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id of a vocabulary."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+def codepoints(text: str) -> np.ndarray:
+    """Unicode code points of ``text`` as a uint32 array, without a Python list in between."""
+    return np.frombuffer(text.encode(_UTF32, _SURR), dtype=np.uint32)
+
+
+class Tokenizer(Protocol):
+    kind: str
+
+    @property
+    def vocab_size(self) -> int: ...
+    def encode(self, text: str) -> np.ndarray: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def token_text(self, token_id: int) -> str: ...
+    def start_ids(self) -> list[int]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class CharTokenizer:
+    """One token per Unicode code point; the vocabulary is the sorted set seen in the corpus."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        if not chars:
+            raise DataError("empty vocabulary")
+        if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
+            raise CheckpointError("vocabulary entries must be distinct single characters")
+        self.chars = list(chars)
+        cps = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._order = np.argsort(cps, kind="stable")
+        self._sorted_cps = cps[self._order]
+        self._dtype = id_dtype(len(self.chars))
+
+    @classmethod
+    def from_codepoints(cls, unique_codepoints: np.ndarray) -> CharTokenizer:
+        return cls([chr(int(c)) for c in np.unique(unique_codepoints)])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """text -> ids (len(text),) in the smallest dtype; unknown characters raise DataError naming them."""
+        cps = codepoints(text)
+        pos = np.searchsorted(self._sorted_cps, cps)
+        pos_clipped = np.minimum(pos, len(self._sorted_cps) - 1)
+        known = self._sorted_cps[pos_clipped] == cps
+        if not known.all():
+            missing = sorted({chr(int(c)) for c in np.unique(cps[~known])})
+            shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
+        return self._order[pos_clipped].astype(self._dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = self.chars
+        return "".join(chars[int(i)] for i in ids)
+
+    def token_text(self, token_id: int) -> str:
+        return self.chars[token_id]
+
+    def start_ids(self) -> list[int]:
+        """Context used when the user gives no prime: a newline, as at the start of a line."""
+        return self.encode("\n").tolist() if "\n" in self.chars else [0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "chars": "".join(self.chars)}
+
+
+class SentencePieceTokenizer:
+    """Subword tokens from a SentencePiece model trained on the corpus (stored in the checkpoint).
+
+    Newlines are a dedicated piece and text is encoded line by line, so layout
+    survives; byte fallback covers characters unseen in training.
+    """
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes) -> None:
+        import sentencepiece as spm
+
+        self._proto = model_proto
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(model_proto)
+        except Exception as exc:  # sentencepiece raises bare RuntimeError/OSError
+            raise CheckpointError(f"invalid SentencePiece model: {exc}") from exc
+        self._newline = self._sp.piece_to_id("\n")
+        self._dtype = id_dtype(self._sp.get_piece_size())
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, max_lines: int = 200_000) -> SentencePieceTokenizer:
+        import io
+
+        import sentencepiece as spm
+
+        lines = [line for line in text.split("\n") if line][:max_lines]
+        if not lines:
+            raise DataError("corpus has no non-empty lines to train SentencePiece on")
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(lines),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type="unigram",
+                character_coverage=1.0,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                user_defined_symbols=["\n"],
+                hard_vocab_limit=False,
+                minloglevel=2,
+            )
+        except RuntimeError as exc:
+            raise DataError(f"SentencePiece training failed: {exc}") from exc
+        return cls(model.getvalue())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    def encode(self, text: str) -> np.ndarray:
+        out: list[int] = []
+        for i, line in enumerate(text.split("\n")):
+            if i:
+                out.append(self._newline)
+            if line:
+                out.extend(self._sp.encode(line))
+        return np.asarray(out, dtype=self._dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def token_text(self, token_id: int) -> str:
+        return self._sp.decode([int(token_id)])
+
+    def start_ids(self) -> list[int]:
+        return [self._newline]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": base64.b64encode(self._proto).decode("ascii")}
+
+
+def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from checkpoint metadata; anything malformed is a CheckpointError."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    try:
+        if kind == "char" and isinstance(data.get("chars"), str):
+            return CharTokenizer(list(data["chars"]))
+        if kind == "sentencepiece" and isinstance(data.get("model"), str):
+            return SentencePieceTokenizer(base64.b64decode(data["model"], validate=True))
+    except (ValueError, DataError) as exc:
+        raise CheckpointError(f"bad tokenizer in checkpoint: {exc}") from exc
+    raise CheckpointError(f"unknown tokenizer in checkpoint: {kind!r}")
