@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from charnn.errors import DataError
-from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, codepoints
+from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, unique_codepoints
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
@@ -134,7 +134,7 @@ def load_corpus(
 
     if isinstance(tokenizer, str):
         if tokenizer == "char":
-            uniques = np.unique(np.concatenate([np.unique(codepoints(t)) for t in texts]))
+            uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
             tokenizer = CharTokenizer.from_codepoints(uniques)
         elif tokenizer == "sentencepiece":
             tokenizer = SentencePieceTokenizer.train("".join(texts), vocab_size or 2000)

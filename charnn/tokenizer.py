@@ -17,6 +17,7 @@ from charnn.errors import CheckpointError, DataError
 # Lone surrogates can appear in Python strings (e.g. from surrogateescape); keep them round-trippable.
 _UTF32 = "utf-32-le"
 _SURR = "surrogatepass"
+_CHUNK = 1 << 18  # characters per encoding chunk: bounds the int64 temporaries
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -31,6 +32,12 @@ def id_dtype(vocab_size: int) -> np.dtype:
 def codepoints(text: str) -> np.ndarray:
     """Unicode code points of ``text`` as a uint32 array, without a Python list in between."""
     return np.frombuffer(text.encode(_UTF32, _SURR), dtype=np.uint32)
+
+
+def unique_codepoints(text: str) -> np.ndarray:
+    """Sorted distinct code points of ``text``, computed chunk by chunk to bound memory."""
+    parts = [np.unique(codepoints(text[i : i + _CHUNK])) for i in range(0, len(text), _CHUNK)]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint32)
 
 
 class Tokenizer(Protocol):
@@ -70,16 +77,21 @@ class CharTokenizer:
         return len(self.chars)
 
     def encode(self, text: str) -> np.ndarray:
-        """text -> ids (len(text),) in the smallest dtype; unknown characters raise DataError naming them."""
-        cps = codepoints(text)
-        pos = np.searchsorted(self._sorted_cps, cps)
-        pos_clipped = np.minimum(pos, len(self._sorted_cps) - 1)
-        known = self._sorted_cps[pos_clipped] == cps
-        if not known.all():
-            missing = sorted({chr(int(c)) for c in np.unique(cps[~known])})
-            shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            raise DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
-        return self._order[pos_clipped].astype(self._dtype)
+        """text -> ids (len(text),) in the smallest dtype; unknown characters raise DataError naming them.
+
+        Works in chunks so the int64 temporaries of searchsorted stay small for big corpora.
+        """
+        out = np.empty(len(text), dtype=self._dtype)
+        for start in range(0, len(text), _CHUNK):
+            cps = codepoints(text[start : start + _CHUNK])
+            pos = np.minimum(np.searchsorted(self._sorted_cps, cps), len(self._sorted_cps) - 1)
+            known = self._sorted_cps[pos] == cps
+            if not known.all():
+                missing = sorted({chr(int(c)) for c in np.unique(cps[~known])})
+                shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+                raise DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
+            out[start : start + len(cps)] = self._order[pos]
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = self.chars
