@@ -81,14 +81,30 @@ def _aside(target: Path) -> Path:
     return target.parent / f".{target.name}.old"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: exists, but not ours
+        return True
+    return True
+
+
 def recover(target: Path) -> None:
-    """Finish or undo a save that was interrupted between its two renames."""
+    """Finish or undo a save that was interrupted between its two renames, and drop the
+    temporary directories of saves killed while writing (their process is gone)."""
     old = _aside(target)
     if old.is_dir():
         if target.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(old, target)
+    if target.parent.is_dir():
+        for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+            pid = tmp.name.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -106,7 +122,12 @@ def save_checkpoint(
             raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
     files = {MODEL_FILE: st_save(tensors)}
     if train_state is not None:
-        files[STATE_FILE] = st_save({k: v.detach().to("cpu").contiguous() for k, v in train_state.items()})
+        state = {k: v.detach().to("cpu").contiguous() for k, v in train_state.items()}
+        for name, tensor in state.items():
+            # Optimizer moments or a carried hidden state with NaN would poison a resume.
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
+        files[STATE_FILE] = st_save(state)
     meta = dict(meta)
     meta.update(
         format=FORMAT,
@@ -166,7 +187,9 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
-        return int(self.meta.get("progress", {}).get("step", 0))
+        progress = self.meta.get("progress")
+        step = progress.get("step", 0) if isinstance(progress, dict) else 0
+        return step if isinstance(step, int) else 0
 
 
 def _refuse_non_directory(path: Path) -> None:
@@ -185,6 +208,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
     path = Path(path)
     if not path.exists():
+        if (_aside(path) / META).exists():  # e.g. -c run/latest after a crash between renames
+            return _aside(path)
         raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
     if path.is_file():
         if path.name in (META, MODEL_FILE, STATE_FILE):
@@ -201,7 +226,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
 
 
 def _read_verified(directory: Path, name: str, meta: dict[str, Any]) -> bytes:
-    expected = meta.get("files", {}).get(name)
+    files = meta.get("files")
+    expected = files.get(name) if isinstance(files, dict) else None
     if not isinstance(expected, str):
         raise CheckpointError(f"{directory}: metadata lists no {name}")
     try:
@@ -241,13 +267,47 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "vocab_size": (int,), "cell": (str,), "layers": (int,), "hidden": (int,), "embed": (int,),
+    "dropout": (int, float), "tie_weights": (bool,),
+}
+
+
+def _model_config(data: Any) -> ModelConfig:
+    """ModelConfig from metadata, with types checked (the metadata is data, not trusted code)."""
+    if not isinstance(data, dict):
+        raise ConfigError("not a mapping")
+    for key, types in _CONFIG_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            raise ConfigError(f"{key} is {value!r}")
+    return ModelConfig.from_dict(data)
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the stored tensors for ``config`` (as ``model_tensors`` gives them),
+    computed without building the model: a forged config cannot make loading allocate."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    v, e, h = config.vocab_size, config.embed, config.hidden
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (v, e)}
+    for layer in range(config.layers):
+        shapes[f"rnn.weight_ih_l{layer}"] = (gates * h, e if layer == 0 else h)
+        shapes[f"rnn.weight_hh_l{layer}"] = (gates * h, h)
+        shapes[f"rnn.bias_ih_l{layer}"] = (gates * h,)
+        shapes[f"rnn.bias_hh_l{layer}"] = (gates * h,)
+    if not config.tie_weights:
+        shapes["head.weight"] = (v, h)
+    shapes["head.bias"] = (v,)
+    return shapes
+
+
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     """Load and fully validate a checkpoint onto the CPU, whatever device trained it."""
     directory = resolve_checkpoint(path, prefer)
     meta = read_meta(directory)
     try:
-        config = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ConfigError) as exc:
+        config = _model_config(meta.get("model"))
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{directory}: bad model config ({exc})") from None
     tokenizer = tokenizer_from_dict(meta.get("tokenizer"))
     if tokenizer.vocab_size != config.vocab_size:
@@ -255,7 +315,13 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}"
         )
     weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta), directory / MODEL_FILE)
-    expected = {k: tuple(v.shape) for k, v in model_tensors(CharRNN(config)).items()}
+    rnn_tensors = sum(1 for name in weights if name.startswith("rnn."))
+    if rnn_tensors != 4 * config.layers:  # first, so a forged layer count cannot make us loop for ages
+        raise CheckpointError(
+            f"{directory}: tensors do not match the model config ({config.layers} layers, "
+            f"{rnn_tensors} recurrent tensors)"
+        )
+    expected = expected_shapes(config)
     got = {k: tuple(v.shape) for k, v in weights.items()}
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:3]

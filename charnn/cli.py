@@ -55,7 +55,7 @@ _MODEL_OPTS = {"cell": "cell", "layers": "layers", "hidden": "hidden", "embed": 
 _TRAIN_OPTS = {
     "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "weight_decay": "weight_decay",
     "warmup": "warmup_steps", "grad_clip": "grad_clip", "steps": "steps", "epochs": "epochs",
-    "time": "time_limit", "decay_steps": "decay_steps", "eval_every": "eval_every",
+    "time_": "time_limit", "decay_steps": "decay_steps", "eval_every": "eval_every",
     "eval_chars": "eval_chars", "save_every": "save_every", "val_fraction": "val_fraction",
     "seed": "seed", "device": "device", "precision": "precision", "max_bad_steps": "max_bad_steps",
 }
@@ -107,7 +107,6 @@ def train(ctx: click.Context, files: tuple[str, ...], out: str, resume: str | No
     """
     from charnn.runs import start_training
 
-    ctx.params["time"] = time_
     model_opts = _given(ctx, _MODEL_OPTS)
     train_opts = _given(ctx, _TRAIN_OPTS)
     if "time_limit" in train_opts:

@@ -54,7 +54,9 @@ def start_training(
         trainer = Trainer(corpus, ckpt.config, config, out_dir, reporter, resume=ckpt)
     else:
         out_dir = Path(out)
-        existing = [n for n in (LATEST, BEST) if (out_dir / n / META).exists()]
+        # A run interrupted between a save's renames has only the aside copy (.latest.old).
+        existing = [n for n in (LATEST, BEST)
+                    if (out_dir / n / META).exists() or (out_dir / f".{n}.old" / META).exists()]
         if existing and not force:
             raise ConfigError(
                 f"{out_dir}/ already holds a run; continue it with --resume, pick another --out, "
@@ -66,10 +68,12 @@ def start_training(
             note(text)
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_opts)
         trainer = Trainer(corpus, model_config, config, out_dir, reporter)
-        if force and (out_dir / BEST).exists():
+        if force:
             import shutil
 
-            shutil.rmtree(out_dir / BEST)  # the old run's best must not outlive it
+            for stale in (out_dir / BEST, out_dir / f".{BEST}.old"):
+                if stale.exists():
+                    shutil.rmtree(stale)  # the old run's best must not outlive it
     try:
         return trainer.run()
     finally:

@@ -87,11 +87,15 @@ class CharTokenizer:
             pos = np.minimum(np.searchsorted(self._sorted_cps, cps), len(self._sorted_cps) - 1)
             known = self._sorted_cps[pos] == cps
             if not known.all():
-                missing = sorted({chr(int(c)) for c in np.unique(cps[~known])})
-                shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-                raise DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
+                raise self._unknown_error(text[start:])
             out[start : start + len(cps)] = self._order[pos]
         return out
+
+    def _unknown_error(self, text: str) -> DataError:
+        """Name the unknown characters of all of ``text`` (not just the chunk that hit one)."""
+        missing = [chr(int(c)) for c in np.setdiff1d(unique_codepoints(text), self._sorted_cps)]
+        shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        return DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = self.chars
@@ -105,7 +109,8 @@ class CharTokenizer:
         return self.encode("\n").tolist() if "\n" in self.chars else [0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chars": "".join(self.chars)}
+        # A list, not one string: JSON would merge an adjacent high + low surrogate into one character.
+        return {"kind": self.kind, "chars": list(self.chars)}
 
 
 class SentencePieceTokenizer:
@@ -155,6 +160,15 @@ class SentencePieceTokenizer:
                 minloglevel=2,
             )
         except RuntimeError as exc:
+            import re
+
+            # e.g. "... Vocabulary size is smaller than required_chars. 300 vs 314. ..."
+            small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(exc))
+            if small:
+                raise DataError(
+                    f"--vocab-size {vocab_size} is too small for this corpus: SentencePiece needs at least "
+                    f"{small.group(2)} (256 byte-fallback pieces + every distinct character + specials)"
+                ) from None
             raise DataError(f"SentencePiece training failed: {exc}") from exc
         return cls(model.getvalue())
 
@@ -177,6 +191,12 @@ class SentencePieceTokenizer:
     def token_text(self, token_id: int) -> str:
         return self._sp.decode([int(token_id)])
 
+    def byte_value(self, token_id: int) -> int | None:
+        """The byte a byte-fallback piece (``<0xC3>``) stands for, else None."""
+        if not self._sp.is_byte(int(token_id)):
+            return None
+        return int(self._sp.id_to_piece(int(token_id))[1:-1], 16)
+
     def start_ids(self) -> list[int]:
         return [self._newline]
 
@@ -186,10 +206,13 @@ class SentencePieceTokenizer:
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from checkpoint metadata; anything malformed is a CheckpointError."""
-    kind = data.get("kind") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise CheckpointError("checkpoint has no tokenizer")
+    kind = data.get("kind")
     try:
-        if kind == "char" and isinstance(data.get("chars"), str):
-            return CharTokenizer(list(data["chars"]))
+        chars = data.get("chars")
+        if kind == "char" and isinstance(chars, list) and all(isinstance(c, str) for c in chars):
+            return CharTokenizer(chars)
         if kind == "sentencepiece" and isinstance(data.get("model"), str):
             return SentencePieceTokenizer(base64.b64decode(data["model"], validate=True))
     except (ValueError, DataError) as exc:

@@ -20,7 +20,15 @@ from charnn import __version__
 from charnn.checkpoint import BEST, LATEST, Checkpoint, load_checkpoint, save_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
-from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
+from charnn.errors import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+)
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN, Hidden, detach_hidden, hidden_from_tensors, hidden_tensors
 
@@ -129,7 +137,9 @@ class Trainer:
             raise ConfigError("--precision bf16 needs a CUDA device")
         train_ids, self.val_ids = split_train_val(corpus.ids, config.val_fraction)
         self.val_ids = self.val_ids[: config.eval_chars]
-        self.batcher = StreamBatcher(train_ids, config.batch_size, config.seq_len, config.seed, reporter.message)
+        self.batcher = StreamBatcher(
+            train_ids, config.batch_size, config.seq_len, config.seed, reporter.message
+        )
         self.char_lengths = token_char_lengths(corpus.tokenizer)
 
         torch.manual_seed(config.seed)
@@ -137,7 +147,10 @@ class Trainer:
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "embed" in n]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=config.lr,
             betas=(0.9, 0.99),
         )
@@ -237,32 +250,48 @@ class Trainer:
         return evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
 
     def run(self) -> dict[str, Any]:
-        cfg, prog = self.config, self.progress
+        cfg = self.config
         self.reporter.start(self._info())
-        if prog.step == 0:
-            self.save(LATEST)  # claims the directory and gives divergence recovery a base
-        bad_in_a_row, recovered_since_save = 0, False
+        # bad_in_a_row: consecutive non-finite steps. recovered: a recovery happened and no good step
+        # has been checkpointed since, so another run of bad steps means the run has diverged.
+        bad_in_a_row, recovered = 0, False
+        pending_save = pending_eval = False  # deferred while a run of bad steps lasts
         window_start, window_tokens = time.perf_counter(), 0
         flags: dict[str, int] = {}
+        # Signals become flags before the first save, so Ctrl-C can never land inside one.
         with _signal_flags(flags):
+            if self.progress.step == 0:
+                self.save(LATEST)  # claims the directory and gives divergence recovery a base
             while not self.done():
+                prog = self.progress  # a recovery replaces it
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 prog.elapsed += time.perf_counter() - t0
                 window_tokens += self.batcher.batch_size * cfg.seq_len
+                save_due = pending_save or prog.step % cfg.save_every == 0
+                eval_due = (pending_eval or prog.step % cfg.eval_every == 0) and not self.done()
+                stopping = bool(flags.get("signal")) or self.done()
+                if (save_due or eval_due or stopping) and not self._finite():
+                    # A finite step can still overflow the weights: never save those, recover at once.
+                    if loss is not None:
+                        prog.skipped_steps += 1
+                    loss, bad_in_a_row = None, cfg.max_bad_steps - 1
                 if loss is None:
                     bad_in_a_row += 1
                     if bad_in_a_row >= cfg.max_bad_steps:
-                        if recovered_since_save:
+                        if recovered:
                             raise DivergedError(
                                 f"training diverged: {bad_in_a_row} non-finite steps in a row again after "
                                 "restoring the last checkpoint with a lower learning rate"
                             )
                         self._recover()
-                        bad_in_a_row, recovered_since_save = 0, True
+                        bad_in_a_row, recovered = 0, True
+                        pending_save = pending_eval = False
+                        continue
                 else:
                     bad_in_a_row = 0
-                    prog.train_loss = loss if prog.train_loss is None else 0.95 * prog.train_loss + 0.05 * loss
+                    ema = prog.train_loss
+                    prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
                     now = time.perf_counter()
                     stats = {
                         "loss": loss,
@@ -275,16 +304,23 @@ class Trainer:
                         window_start, window_tokens = now, 0
                     self.reporter.progress(prog.step, self.total_steps, self.fraction_done(), stats)
                 if flags.get("signal"):
-                    self.save(LATEST)
+                    self.save(LATEST)  # weights checked finite above
                     code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
                     raise Interrupted(f"interrupted at step {prog.step}; saved {self.out / LATEST}", code)
-                if prog.step % cfg.eval_every == 0 and not self.done():
-                    self._eval_and_save(force_latest=False)
-                    recovered_since_save = False
-                elif prog.step % cfg.save_every == 0:
+                if bad_in_a_row:
+                    # No checkpoint in the middle of bad steps: latest/ must stay the last good state,
+                    # or recovery would restore the trouble (and keep "recovering" forever).
+                    pending_save, pending_eval = save_due, eval_due
+                    continue
+                pending_save = pending_eval = False
+                if eval_due:
+                    self._eval_and_save(force_latest=save_due)
+                    recovered = False
+                elif save_due:
                     self.save(LATEST)
-                    recovered_since_save = False
+                    recovered = False
             result = self._eval_and_save(force_latest=True)
+        prog = self.progress
         summary = {
             "step": prog.step,
             "elapsed": prog.elapsed,
@@ -302,7 +338,9 @@ class Trainer:
         is_best = False
         if result is not None:
             prog.val = {**result.to_dict(), "step": prog.step}
-            is_best = prog.best_val_bpc is None or result.bpc < prog.best_val_bpc
+            # NaN is never "best" (and a NaN best would make every later comparison false).
+            best = prog.best_val_bpc
+            is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
             if is_best:
                 prog.best_val_bpc = result.bpc
             self.reporter.evaluated(prog.step, result, is_best)
@@ -317,9 +355,18 @@ class Trainer:
             f"{self.config.max_bad_steps} non-finite steps in a row at step {self.progress.step}: "
             "restoring the last checkpoint and halving the learning rate"
         )
-        scale = self.progress.lr_scale * 0.5
+        old = self.progress
         self._restore(load_checkpoint(self.out, prefer=LATEST))
-        self.progress.lr_scale = scale
+        # The steps since the checkpoint are replayed at the lower rate; the counts of skipped
+        # steps and time spent are facts about this run and are not rolled back.
+        self.progress.lr_scale = old.lr_scale * 0.5
+        self.progress.skipped_steps = old.skipped_steps
+        self.progress.elapsed = old.elapsed
+
+    def _finite(self) -> bool:
+        """Whether every weight is finite (one device sync; checked only before saves)."""
+        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
+        return bool(torch.stack(flags).all())
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -351,7 +398,8 @@ class Trainer:
                 "chars": self.corpus.chars,
             },
             "optimizer": {"param_groups": [
-                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.state_dict()["param_groups"]
+                {k: v for k, v in g.items() if k != "params"}
+                for g in self.optimizer.state_dict()["param_groups"]
             ]},
         }
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, self._train_state())
@@ -369,9 +417,16 @@ class Trainer:
         return tensors
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        meta = ckpt.meta
         if ckpt.config != self.model.config:
             raise ConfigError("checkpoint model config differs from this run's")
+        try:
+            self._restore_state(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # Checksums passed, so this is a checkpoint from another tool or version: refuse it.
+            raise CheckpointError(f"{ckpt.path}: training state cannot be resumed ({exc})") from None
+
+    def _restore_state(self, ckpt: Checkpoint) -> None:
+        meta = ckpt.meta
         missing, unexpected = self.model.load_state_dict(ckpt.weights, strict=False)
         tensors = ckpt.train_state()
         optim_state: dict[int, dict[str, torch.Tensor]] = {}
