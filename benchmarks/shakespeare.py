@@ -26,12 +26,27 @@ from charnn.config import parse_duration
 
 
 def run_charnn(corpus: str, duration: str, out: Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "charnn", "train", corpus, "--time", duration, "--val-fraction", "0.1",
-           "--out", str(out), "--force", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charnn",
+        "train",
+        corpus,
+        "--time",
+        duration,
+        "--val-fraction",
+        "0.1",
+        "--out",
+        str(out),
+        "--force",
+        *extra,
+    ]
     subprocess.run(cmd, check=True)
     result = subprocess.run(
         [sys.executable, "-m", "charnn", "info", "-c", str(out), "--json"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return float(json.loads(result.stdout)["best_val_bpc"])
 
@@ -94,7 +109,9 @@ def main() -> None:
     print(f"charnn defaults, {args.time}: val bpc {ours:.3f}")
     if args.baseline:
         base = run_baseline(args.corpus, parse_duration(args.time))
-        print(f"hand-written 2x256 LSTM loop, {args.time}: val bpc {base:.3f}   (charnn/baseline {ours / base:.3f})")
+        print(
+            f"hand-written 2x256 LSTM loop, {args.time}: val bpc {base:.3f}   (charnn/baseline {ours / base:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -68,25 +68,33 @@ def main() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     ids = corpus.ids
-    list_bytes = sys.getsizeof(list(range(0))) + 8 * len(ids) + 28 * min(len(ids), 256)  # pointers + small ints
-    print(f"corpus: {corpus.chars:,} chars -> {ids.nbytes:,} bytes as {ids.dtype} "
-          f"({ids.nbytes / corpus.chars:.2f} B/char); a Python list of ids would take ~{list_bytes:,} bytes "
-          f"({list_bytes / ids.nbytes:.0f}x); peak while encoding {peak / corpus.chars:.1f} B/char")
+    list_bytes = (
+        sys.getsizeof(list(range(0))) + 8 * len(ids) + 28 * min(len(ids), 256)
+    )  # pointers + small ints
+    print(
+        f"corpus: {corpus.chars:,} chars -> {ids.nbytes:,} bytes as {ids.dtype} "
+        f"({ids.nbytes / corpus.chars:.2f} B/char); a Python list of ids would take ~{list_bytes:,} bytes "
+        f"({list_bytes / ids.nbytes:.0f}x); peak while encoding {peak / corpus.chars:.1f} B/char"
+    )
 
     mcfg = ModelConfig(corpus.tokenizer.vocab_size, cell=args.cell, layers=args.layers, hidden=args.hidden)
-    tcfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=10**9, val_fraction=0.0,
-                       device="cpu")
+    tcfg = TrainConfig(
+        batch_size=args.batch_size, seq_len=args.seq_len, steps=10**9, val_fraction=0.0, device="cpu"
+    )
     torch.manual_seed(0)
-    bare = bare_loop(CharRNN(mcfg), torch.from_numpy(ids.astype("int64")), args.batch_size, args.seq_len,
-                     args.steps)
+    bare = bare_loop(
+        CharRNN(mcfg), torch.from_numpy(ids.astype("int64")), args.batch_size, args.seq_len, args.steps
+    )
     trainer = Trainer(corpus, mcfg, tcfg, Path("/nonexistent-not-written"), _Quiet())
     trainer.train_step()  # warm-up (allocations, oneDNN primitive creation)
     start = time.perf_counter()
     for _ in range(args.steps):
         trainer.train_step()
     ours = args.steps * trainer.batcher.batch_size * args.seq_len / (time.perf_counter() - start)
-    print(f"{args.layers}x{args.hidden} {args.cell}, batch {args.batch_size}x{args.seq_len}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.layers}x{args.hidden} {args.cell}, batch {args.batch_size}x{args.seq_len}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"  bare loop : {bare:10,.0f} tokens/s")
     print(f"  charnn    : {ours:10,.0f} tokens/s   ratio {ours / bare:.2f}")
 

@@ -34,7 +34,20 @@ def _given(ctx: click.Context, mapping: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _StdoutClosed(Exception):
+    """stdout's reader went away (``| head``). Not an OSError: click's main() turns an EPIPE
+    OSError into exit 1 even with standalone_mode=False, and charnn promises exit 0."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise _StdoutClosed() from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="charnn")
 def cli() -> None:
     """Train character-level RNN language models on any text and generate from them.
@@ -50,22 +63,47 @@ def cli() -> None:
 
 # ---------------------------------------------------------------------------- train
 
-_MODEL_OPTS = {"cell": "cell", "layers": "layers", "hidden": "hidden", "embed": "embed",
-               "dropout": "dropout", "tie_weights": "tie_weights"}
+_MODEL_OPTS = {
+    "cell": "cell",
+    "layers": "layers",
+    "hidden": "hidden",
+    "embed": "embed",
+    "dropout": "dropout",
+    "tie_weights": "tie_weights",
+}
 _TRAIN_OPTS = {
-    "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "weight_decay": "weight_decay",
-    "warmup": "warmup_steps", "grad_clip": "grad_clip", "steps": "steps", "epochs": "epochs",
-    "time_": "time_limit", "decay_steps": "decay_steps", "eval_every": "eval_every",
-    "eval_chars": "eval_chars", "save_every": "save_every", "val_fraction": "val_fraction",
-    "seed": "seed", "device": "device", "precision": "precision", "max_bad_steps": "max_bad_steps",
+    "batch_size": "batch_size",
+    "seq_len": "seq_len",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup": "warmup_steps",
+    "grad_clip": "grad_clip",
+    "steps": "steps",
+    "epochs": "epochs",
+    "time_": "time_limit",
+    "decay_steps": "decay_steps",
+    "eval_every": "eval_every",
+    "eval_chars": "eval_chars",
+    "save_every": "save_every",
+    "val_fraction": "val_fraction",
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+    "max_bad_steps": "max_bad_steps",
 }
 
 
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path())
 @click.option("-o", "--out", default="checkpoints", show_default=True, help="Run directory for checkpoints.")
-@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[DIR]",
-              help="Continue the run in DIR (default: --out) from its latest checkpoint, exactly.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[DIR]",
+    help="Continue the run in DIR (default: --out) from its latest checkpoint, exactly.",
+)
 @click.option("--force", is_flag=True, help="Start a new run even if --out already holds one (replaces it).")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="Recurrent cell.  [default: lstm]")
 @click.option("--layers", type=POS_INT, help="Recurrent layers.  [default: 2]")
@@ -74,33 +112,65 @@ _TRAIN_OPTS = {
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout.  [default: 0]")
 @click.option("--tie-weights", is_flag=True, default=None, help="Share embedding and output weights.")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True)
-@click.option("--vocab-size", type=click.IntRange(min=8), default=2000, show_default=True,
-              help="SentencePiece vocabulary size.")
+@click.option(
+    "--vocab-size",
+    type=click.IntRange(min=8),
+    default=2000,
+    show_default=True,
+    help="SentencePiece vocabulary size.",
+)
 @click.option("--batch-size", type=POS_INT, help="Parallel streams per batch.  [default: 32]")
 @click.option("--seq-len", type=POS_INT, help="TBPTT window length.  [default: 128]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.  [default: 3e-3]")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.  [default: 3e-3]"
+)
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay.  [default: 0.01]")
 @click.option("--warmup", type=NONNEG_INT, help="Warm-up steps.  [default: 50]")
 @click.option("--grad-clip", type=click.FloatRange(min=0), help="Gradient-norm clip, 0 = off.  [default: 1]")
 @click.option("--steps", type=POS_INT, help="Train for N steps (total for the run).")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Train for F passes over the data.")
+@click.option(
+    "--epochs", type=click.FloatRange(min=0, min_open=True), help="Train for F passes over the data."
+)
 @click.option("--time", "time_", metavar="DURATION", help="Train for a time: 90s, 5m, 2h.  [default: 5m]")
 @click.option("--decay-steps", type=POS_INT, help="Cosine decay horizon in steps.  [default: run length]")
 @click.option("--eval-every", type=POS_INT, help="Validate every N steps.  [default: 250]")
 @click.option("--eval-chars", type=POS_INT, help="Validate on at most N tokens.  [default: 200000]")
 @click.option("--save-every", type=POS_INT, help="Save latest/ every N steps.  [default: 500]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Held-out fraction from the end.  [default: 0.05]")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Held-out fraction from the end.  [default: 0.05]",
+)
 @click.option("--seed", type=int, help="Random seed.  [default: 1337]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default: auto]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16 autocast (CUDA).  [default: fp32]")
-@click.option("--max-bad-steps", type=POS_INT,
-              help="Non-finite steps in a row before restoring the last checkpoint.  [default: 10]")
-@click.option("--encoding-errors", type=ENC_ERRORS, default="strict", show_default=True,
-              help="What to do with invalid UTF-8 in the corpus.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "bf16"]), help="bf16 autocast (CUDA).  [default: fp32]"
+)
+@click.option(
+    "--max-bad-steps",
+    type=POS_INT,
+    help="Non-finite steps in a row before restoring the last checkpoint.  [default: 10]",
+)
+@click.option(
+    "--encoding-errors",
+    type=ENC_ERRORS,
+    default="strict",
+    show_default=True,
+    help="What to do with invalid UTF-8 in the corpus.",
+)
 @click.pass_context
-def train(ctx: click.Context, files: tuple[str, ...], out: str, resume: str | None, force: bool,
-          tokenizer: str, vocab_size: int, encoding_errors: str, time_: str | None, **_: Any) -> None:
+def train(
+    ctx: click.Context,
+    files: tuple[str, ...],
+    out: str,
+    resume: str | None,
+    force: bool,
+    tokenizer: str,
+    vocab_size: int,
+    encoding_errors: str,
+    time_: str | None,
+    **_: Any,
+) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
 
     With no FILES, trains on Python's documentation topics that ship with CPython.
@@ -114,9 +184,15 @@ def train(ctx: click.Context, files: tuple[str, ...], out: str, resume: str | No
 
         train_opts["time_limit"] = parse_duration(train_opts["time_limit"])
     start_training(
-        files=list(files), out=out, resume=resume, force=force, tokenizer=tokenizer,
-        vocab_size=vocab_size, encoding_errors=encoding_errors,
-        model_opts=model_opts, train_opts=train_opts,
+        files=list(files),
+        out=out,
+        resume=resume,
+        force=force,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        encoding_errors=encoding_errors,
+        model_opts=model_opts,
+        train_opts=train_opts,
     )
 
 
@@ -125,27 +201,60 @@ def train(ctx: click.Context, files: tuple[str, ...], out: str, resume: str | No
 
 @cli.command()
 @click.option("-c", "--checkpoint", default="checkpoints", show_default=True, help=CKPT_HELP)
-@click.option("-n", "--length", type=NONNEG_INT, default=500, show_default=True,
-              help="Characters (tokens) to generate per sample, at most.")
-@click.option("-t", "--temp", type=click.FloatRange(min=0), default=None,
-              help="Temperature; 0 = greedy.  [default: 1.0]")
+@click.option(
+    "-n",
+    "--length",
+    type=NONNEG_INT,
+    default=500,
+    show_default=True,
+    help="Characters (tokens) to generate per sample, at most.",
+)
+@click.option(
+    "-t",
+    "--temp",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Temperature; 0 = greedy.  [default: 1.0]",
+)
 @click.option("--top-k", type=POS_INT, help="Sample only from the K most likely tokens.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass P.")
 @click.option("--beam", type=POS_INT, help="Beam search of width W (most probable continuation).")
-@click.option("--length-penalty", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Beam ranking: logprob / length**P.")
+@click.option(
+    "--length-penalty",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Beam ranking: logprob / length**P.",
+)
 @click.option("--prime", default=None, help="Text to start from (printed first).")
-@click.option("--prime-file", type=click.File("r", encoding="utf-8"), help="Read the prime from a file (- = stdin).")
+@click.option(
+    "--prime-file", type=click.File("r", encoding="utf-8"), help="Read the prime from a file (- = stdin)."
+)
 @click.option("--stop", "stops", multiple=True, help="End a sample after this string (kept). Repeatable.")
-@click.option("-k", "--num-samples", type=POS_INT, default=1, show_default=True, help="Samples, run as one batch.")
+@click.option(
+    "-k", "--num-samples", type=POS_INT, default=1, show_default=True, help="Samples, run as one batch."
+)
 @click.option("--separator", default="\n\n", show_default=repr("\n\n"), help="Printed between samples.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample per line.")
 @click.option("--seed", type=int, help="Random seed for reproducible samples.")
 @click.pass_context
-def sample(ctx: click.Context, checkpoint: str, length: int, temp: float | None, top_k: int | None,
-           top_p: float | None, beam: int | None, length_penalty: float, prime: str | None,
-           prime_file: Any, stops: tuple[str, ...], num_samples: int, separator: str, as_json: bool,
-           seed: int | None) -> None:
+def sample(
+    ctx: click.Context,
+    checkpoint: str,
+    length: int,
+    temp: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    beam: int | None,
+    length_penalty: float,
+    prime: str | None,
+    prime_file: Any,
+    stops: tuple[str, ...],
+    num_samples: int,
+    separator: str,
+    as_json: bool,
+    seed: int | None,
+) -> None:
     """Generate text from a trained model; only the text goes to stdout."""
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
@@ -159,8 +268,15 @@ def sample(ctx: click.Context, checkpoint: str, length: int, temp: float | None,
     from charnn.runs import run_sampling
 
     config = SampleConfig(
-        length=length, temperature=1.0 if temp is None else temp, top_k=top_k, top_p=top_p, beam=beam,
-        length_penalty=length_penalty, num_samples=num_samples, stops=stops, seed=seed,
+        length=length,
+        temperature=1.0 if temp is None else temp,
+        top_k=top_k,
+        top_p=top_p,
+        beam=beam,
+        length_penalty=length_penalty,
+        num_samples=num_samples,
+        stops=stops,
+        seed=seed,
     )
     run_sampling(checkpoint, config, prime or "", separator, as_json)
 
@@ -181,8 +297,10 @@ def eval_(files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_error
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"bpc {result['bpc']:.4f}  loss {result['loss']:.4f}  chars {result['chars']}  "
-                   f"tokens {result['tokens']}")
+        click.echo(
+            f"bpc {result['bpc']:.4f}  loss {result['loss']:.4f}  chars {result['chars']}  "
+            f"tokens {result['tokens']}"
+        )
 
 
 @cli.command()
@@ -192,8 +310,14 @@ def eval_(files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_error
 @click.option("--whole", is_flag=True, help="Score each input as one text instead of line by line.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
 @click.option("--encoding-errors", type=ENC_ERRORS, default="strict", show_default=True)
-def score(files: tuple[str, ...], checkpoint: str, context: str | None, whole: bool, as_json: bool,
-          encoding_errors: str) -> None:
+def score(
+    files: tuple[str, ...],
+    checkpoint: str,
+    context: str | None,
+    whole: bool,
+    as_json: bool,
+    encoding_errors: str,
+) -> None:
     """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates."""
     from charnn.runs import run_score
 
@@ -231,12 +355,28 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM outside the training loop (which saves first) ends quietly with exit 143."""
+    import signal
+
+    from charnn.errors import EXIT_SIGTERM, Interrupted
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("terminated", EXIT_SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded use)
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the CLI, map failures to one line and an exit code."""
     from charnn.console import error
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"
     code = 0
+    _terminate_like_interrupt()
     try:
         result = cli.main(args=argv, prog_name="charnn", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -249,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:  # e.g. a --prime-file that cannot be opened
         error(exc.format_message().replace("\n", " "))
         code = EXIT_BAD_INPUT if isinstance(exc, click.FileError) else exc.exit_code
-    except BrokenPipeError:
+    except (BrokenPipeError, _StdoutClosed):
         _quiet_stdout()
         code = 0
     except (KeyboardInterrupt, click.Abort):

@@ -65,8 +65,11 @@ def decode_bytes(raw: bytes, name: str, errors: str = "strict") -> str:
 
 
 def _is_text_file(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return b"\x00" not in fh.read(_SNIFF_BYTES)
+    try:
+        with path.open("rb") as fh:
+            return b"\x00" not in fh.read(_SNIFF_BYTES)
+    except OSError as exc:  # e.g. an unreadable file inside a directory argument
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -119,6 +122,7 @@ def load_corpus(
     """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval)."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
+    names: list[str] = []  # the source of each text, for error messages
     for source in sources:
         text = read_source(source, encoding_errors)
         if not text:
@@ -128,6 +132,7 @@ def load_corpus(
             continue
         # Documents are joined on line boundaries so one file's last line does not run into the next.
         texts.append(text if text.endswith("\n") or source == sources[-1] else text + "\n")
+        names.append("<stdin>" if source == "-" else source)
     if not texts:
         raise DataError("the corpus is empty")
     chars = sum(len(t) for t in texts)
@@ -140,7 +145,13 @@ def load_corpus(
             tokenizer = SentencePieceTokenizer.train("".join(texts), vocab_size or 2000)
         else:
             raise DataError(f"unknown tokenizer {tokenizer!r}")
-    ids = np.concatenate([tokenizer.encode(t) for t in texts])
+    parts = []
+    for name, text in zip(names, texts, strict=True):
+        try:
+            parts.append(tokenizer.encode(text))
+        except DataError as exc:  # e.g. characters a checkpoint's vocabulary lacks: say where
+            raise DataError(f"{name}: {exc}") from None
+    ids = np.concatenate(parts)
     return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=sources, notes=notes)
 
 

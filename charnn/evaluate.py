@@ -35,7 +35,16 @@ def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
     if tokenizer.kind == "char":
         return np.ones(tokenizer.vocab_size, dtype=np.int64)
-    return np.array([len(tokenizer.token_text(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+    byte_value = getattr(tokenizer, "byte_value", lambda _: None)
+
+    def chars(token_id: int) -> int:
+        byte = byte_value(token_id)
+        if byte is not None:
+            # Byte-fallback pieces spell UTF-8: a character is its lead byte; continuation bytes add none.
+            return 0 if 0x80 <= byte < 0xC0 else 1
+        return len(tokenizer.token_text(token_id))
+
+    return np.array([chars(i) for i in range(tokenizer.vocab_size)], dtype=np.int64)
 
 
 @torch.no_grad()
@@ -94,12 +103,19 @@ def score_lines(
     """log p(line | context) for each line, batched (sorted by length to limit padding)."""
     if not context:
         raise ValueError("score_lines needs a non-empty context")
+    was_training = model.training
     model.eval()
     ctx = np.asarray(context, dtype=np.int64)
     scores: list[LineScore | None] = [None] * len(lines)
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]
+        if not any(len(lines[i]) for i in group):
+            # Only empty lines (log p = 0): the RNN cannot run on the zero-length input
+            # that a one-token context would leave.
+            for i in group:
+                scores[i] = LineScore(logprob=0.0, tokens=0, chars=0)
+            continue
         width = len(ctx) + max(len(lines[i]) for i in group)
         seqs = np.zeros((len(group), width), dtype=np.int64)  # (B, C + Lmax), zero-padded
         for row, i in enumerate(group):
@@ -113,4 +129,5 @@ def score_lines(
             lp = float(logp[row, len(ctx) - 1 : len(ctx) - 1 + n].double().sum()) if n else 0.0
             chars = int(char_lengths[lines[i]].sum()) if n else 0
             scores[i] = LineScore(logprob=lp, tokens=n, chars=chars)
+    model.train(was_training)
     return scores  # type: ignore[return-value]

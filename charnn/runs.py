@@ -41,8 +41,11 @@ def start_training(
     if resume is not None:
         out_dir = Path(resume or out)
         ckpt = load_checkpoint(out_dir, prefer=LATEST)
-        clashes = [f"--{k.replace('_', '-')} {v} (run has {getattr(ckpt.config, k)})"
-                   for k, v in model_opts.items() if getattr(ckpt.config, k) != v]
+        clashes = [
+            f"--{k.replace('_', '-')} {v} (run has {getattr(ckpt.config, k)})"
+            for k, v in model_opts.items()
+            if getattr(ckpt.config, k) != v
+        ]
         if clashes:
             raise ConfigError("resume options contradict the checkpoint: " + "; ".join(clashes))
         config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), train_opts)
@@ -55,15 +58,20 @@ def start_training(
     else:
         out_dir = Path(out)
         # A run interrupted between a save's renames has only the aside copy (.latest.old).
-        existing = [n for n in (LATEST, BEST)
-                    if (out_dir / n / META).exists() or (out_dir / f".{n}.old" / META).exists()]
+        existing = [
+            n
+            for n in (LATEST, BEST)
+            if (out_dir / n / META).exists() or (out_dir / f".{n}.old" / META).exists()
+        ]
         if existing and not force:
             raise ConfigError(
                 f"{out_dir}/ already holds a run; continue it with --resume, pick another --out, "
                 "or replace it with --force"
             )
         config = TrainConfig(**train_opts)
-        corpus = load_corpus(files, tokenizer=tokenizer, vocab_size=vocab_size, encoding_errors=encoding_errors)
+        corpus = load_corpus(
+            files, tokenizer=tokenizer, vocab_size=vocab_size, encoding_errors=encoding_errors
+        )
         for text in corpus.notes:
             note(text)
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_opts)
@@ -116,7 +124,7 @@ class _SampleWriter:
             if i == 0:
                 if not self.started:
                     self.write(self.prime)
-                self.write(text[self.streamed:])
+                self.write(text[self.streamed :])
             else:
                 self.write(self.separator + self.prime + text)
         if self.out.isatty() and self.tail != "\n":
@@ -133,8 +141,14 @@ def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> list[int]:
         raise DataError(f"{what}: {exc}") from None
 
 
-def run_sampling(checkpoint: str, config: SampleConfig, prime: str, separator: str, as_json: bool,
-                 out: TextIO | None = None) -> None:
+def run_sampling(
+    checkpoint: str,
+    config: SampleConfig,
+    prime: str,
+    separator: str,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> None:
     import json
 
     import torch
@@ -152,14 +166,21 @@ def run_sampling(checkpoint: str, config: SampleConfig, prime: str, separator: s
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer.token_text, generator=generator)
         for i, s in enumerate(samples):
-            row = {"sample": i, "prime": prime, "text": s.text, "logprob": s.logprob,
-                   "chars": len(s.text), "stopped_by": s.stopped_by}
+            row = {
+                "sample": i,
+                "prime": prime,
+                "text": s.text,
+                "logprob": s.logprob,
+                "chars": len(s.text),
+                "stopped_by": s.stopped_by,
+            }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(stepper, prime_ids, config, tokenizer.token_text, on_text=writer.on_text,
-                       generator=generator)
+    samples = generate(
+        stepper, prime_ids, config, tokenizer.token_text, on_text=writer.on_text, generator=generator
+    )
     writer.finish([s.text for s in samples])
 
 
@@ -177,8 +198,13 @@ def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "stri
     return {**result.to_dict(), "checkpoint": str(ckpt.path)}
 
 
-def run_score(checkpoint: str, files: Sequence[str], context: str | None, encoding_errors: str = "strict",
-              whole: bool = False) -> Iterator[dict[str, Any]]:
+def run_score(
+    checkpoint: str,
+    files: Sequence[str],
+    context: str | None,
+    encoding_errors: str = "strict",
+    whole: bool = False,
+) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
     import numpy as np
 
@@ -209,7 +235,14 @@ def run_score(checkpoint: str, files: Sequence[str], context: str | None, encodi
         row = {"source": "<stdin>" if source == "-" else source}
         if not whole:
             row["line"] = n
-        yield {**row, "text": text, "logprob": sc.logprob, "bpc": sc.bpc, "chars": sc.chars, "tokens": sc.tokens}
+        yield {
+            **row,
+            "text": text,
+            "logprob": sc.logprob,
+            "bpc": sc.bpc,
+            "chars": sc.chars,
+            "tokens": sc.tokens,
+        }
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
@@ -222,7 +255,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
         "path": str(ckpt.path),
         "format": f"{meta['format']} v{meta['version']}",
         "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
-                 + (", tied" if cfg.tie_weights else ""),
+        + (", tied" if cfg.tie_weights else ""),
         "parameters": params,
         "tokenizer": f"{ckpt.tokenizer.kind}, {cfg.vocab_size} tokens",
         "step": progress.get("step"),
