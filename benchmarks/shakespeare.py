@@ -110,7 +110,8 @@ def main() -> None:
     if args.baseline:
         base = run_baseline(args.corpus, parse_duration(args.time))
         print(
-            f"hand-written 2x256 LSTM loop, {args.time}: val bpc {base:.3f}   (charnn/baseline {ours / base:.3f})"
+            f"hand-written 2x256 LSTM loop, {args.time}: val bpc {base:.3f} "
+            f"(charnn/baseline {ours / base:.3f})"
         )
 
 
