@@ -1,9 +1,11 @@
 """Sampling speed on CPU: a bare nn.LSTM/GRU/RNN loop vs charnn's FastStepper, same weights.
 
 Prints chars/s for: the bare loop (embedding + one module call per character + head +
-multinomial, default torch settings), FastStepper through generate() for one stream,
-32 streams as one batch (total chars/s), and beam search of width 8 (positions/s), each
-with its ratio to the bare loop. Run:
+multinomial, default threads and oneDNN flags) both with autograd on (torch's default) and
+under inference_mode, FastStepper through generate() for one stream, 32 streams as one batch
+(total chars/s), and beam search of width 8 (positions/s). Ratios are against the
+inference_mode bare loop, the fair baseline. Results swing wildly when other processes keep
+the cores busy (OpenMP spin-waits), so run it on an otherwise idle machine. Run:
 
     .venv/bin/python benchmarks/sample_speed.py [--hidden 256 --layers 2 --cell lstm --chars 2000]
 """
@@ -11,7 +13,9 @@ with its ratio to the bare loop. Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -23,10 +27,10 @@ from charnn.stepper import FastStepper
 VOCAB = 65
 
 
-def bare_loop(model: CharRNN, chars: int) -> float:
+def bare_loop(model: CharRNN, chars: int, mode: Callable = torch.inference_mode) -> float:
     """The textbook sampler: one nn.LSTM/GRU/RNN call per character."""
     gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
+    with mode():
         idx = torch.zeros(1, 1, dtype=torch.long)
         hidden = None
         start = time.perf_counter()
@@ -72,7 +76,8 @@ def main() -> None:
     bare_loop(model, 50)  # warm-up (oneDNN primitive caches, allocator)
     fast(stepper, SampleConfig(length=50))
     rows = [
-        ("bare nn loop, 1 stream", bare_loop(model, args.chars)),
+        ("bare loop, inference_mode", bare_loop(model, args.chars)),
+        ("bare loop, autograd on", bare_loop(model, args.chars, contextlib.nullcontext)),
         ("FastStepper, 1 stream", fast(stepper, SampleConfig(length=args.chars))),
         ("FastStepper, 32 streams", fast(stepper, SampleConfig(length=short, num_samples=32))),
         ("FastStepper, beam 8", fast(stepper, SampleConfig(length=short, beam=8))),

@@ -1,0 +1,317 @@
+"""Decoding maths and behaviour: filters, greedy, sampling statistics, stops, beam search."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from charnn.config import ModelConfig, SampleConfig
+from charnn.errors import ConfigError
+from charnn.model import CharRNN
+from charnn.sampling import _draw, filter_logits, generate
+from charnn.stepper import FastStepper
+
+ALPHABET = "abcdefghijklmnop"
+PRIME = [1, 2, 3]
+
+
+def decode(i: int) -> str:
+    return ALPHABET[i]
+
+
+def make_stepper(vocab: int = 8, cell: str = "lstm", scale: float = 0.5) -> tuple[CharRNN, FastStepper]:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, layers=2, hidden=16, embed=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval(), FastStepper(model)
+
+
+def model_logprob(model: CharRNN, prime: list[int], ids: list[int]) -> float:
+    """log p(ids | prime) computed independently with one model.forward pass."""
+    seq = torch.tensor([prime + ids])
+    with torch.no_grad():
+        logits, _ = model(seq[:, :-1])
+    logp = torch.log_softmax(logits.double(), dim=-1)[0, len(prime) - 1 :]  # predicts ids
+    return logp.gather(1, torch.tensor(ids)[:, None]).sum().item()
+
+
+def run(stepper: FastStepper, seed: int = 0, prime: list[int] = PRIME, **kwargs: object) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return generate(stepper, prime, SampleConfig(**kwargs), decode, generator=gen)
+
+
+# -- filter_logits ---------------------------------------------------------------------------------
+
+
+def test_temperature_scaling() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    original = logits.clone()
+    for temperature in (0.5, 1.0, 2.0):
+        out = filter_logits(logits, temperature, None, None)
+        torch.testing.assert_close(out, logits / temperature)
+        expected = torch.exp(logits / temperature) / torch.exp(logits / temperature).sum()
+        torch.testing.assert_close(torch.softmax(out, dim=-1), expected)
+    assert torch.equal(logits, original)  # input untouched
+    # Lower temperature sharpens: the top token's probability grows monotonically.
+    temps = (2.0, 1.0, 0.5, 0.1)
+    tops = [torch.softmax(filter_logits(logits, t, None, None), -1)[0, 0].item() for t in temps]
+    assert tops == sorted(tops) and tops[-1] > 0.99
+    with pytest.raises(ValueError):
+        filter_logits(logits, 0.0, None, None)
+
+
+def test_top_k_keeps_exactly_the_k_best() -> None:
+    logits = torch.tensor([[0.1, 3.0, -2.0, 2.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    out = filter_logits(logits, 1.0, 2, None)
+    assert torch.isinf(out).sum(dim=1).tolist() == [3, 3]
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [1, 3]
+    assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [0, 1]
+    torch.testing.assert_close(out[torch.isfinite(out)], torch.tensor([3.0, 2.0, 5.0, 4.0]))
+    assert torch.equal(filter_logits(logits, 1.0, 99, None), logits)
+
+
+@pytest.mark.parametrize(
+    ("top_p", "kept"),
+    [(1e-6, {2}), (0.45, {2}), (0.75, {2, 0}), (0.85, {2, 0, 3}), (0.99, {2, 0, 3, 1}), (1.0, {0, 1, 2, 3})],
+)
+def test_top_p_keeps_the_smallest_nucleus(top_p: float, kept: set[int]) -> None:
+    probs = torch.tensor([[0.3, 0.05, 0.5, 0.15]])  # sorted: 2 (0.5), 0 (0.3), 3 (0.15), 1 (0.05)
+    out = filter_logits(probs.log(), 1.0, None, top_p)
+    assert set(torch.isfinite(out[0]).nonzero().flatten().tolist()) == kept
+
+
+def test_filter_order_temperature_then_top_k_then_top_p() -> None:
+    logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    # top-p alone at 0.5 needs two tokens (0.4 < 0.5) ...
+    assert torch.isfinite(filter_logits(logits, 1.0, None, 0.5)).sum().item() == 2
+    # ... but after top-2 the renormalised top token has 4/7 >= 0.5, so one token survives.
+    assert torch.isfinite(filter_logits(logits, 1.0, 2, 0.5)).sum().item() == 1
+    # Temperature comes first: at T=0.25 the top token alone exceeds 0.5 (0.4^4 dominates).
+    assert torch.isfinite(filter_logits(logits, 0.25, None, 0.5)).sum().item() == 1
+
+
+def test_draw_is_torch_multinomial() -> None:
+    probs = torch.softmax(torch.randn(5, 9), dim=-1)
+    for seed in range(5):
+        ours = _draw(probs, torch.Generator().manual_seed(seed))
+        theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).squeeze(1)
+        assert torch.equal(ours, theirs)
+
+
+# -- greedy equivalences ---------------------------------------------------------------------------
+
+
+def test_greedy_top_k_1_top_p_tiny_and_beam_1_agree() -> None:
+    _, stepper = make_stepper()
+    greedy = run(stepper, length=25, temperature=0)[0]
+    assert len(greedy.ids) == 25 and greedy.stopped_by == "length"
+    assert run(stepper, seed=1, length=25, top_k=1)[0].ids == greedy.ids
+    assert run(stepper, seed=2, length=25, top_p=1e-6)[0].ids == greedy.ids
+    beam = run(stepper, length=25, beam=1)[0]
+    assert beam.ids == greedy.ids
+    assert beam.logprob == pytest.approx(greedy.logprob, abs=1e-6)
+
+
+def test_beam_1_equals_greedy_with_stops() -> None:
+    _, stepper = make_stepper()
+    text = run(stepper, length=30, temperature=0)[0].text
+    stop = text[10:12]
+    greedy = run(stepper, length=30, temperature=0, stops=(stop,))[0]
+    beam = run(stepper, length=30, beam=1, stops=(stop,))[0]
+    assert greedy.text == text[: text.index(stop) + 2]
+    assert (beam.ids, beam.stopped_by) == (greedy.ids, "stop") == (greedy.ids, greedy.stopped_by)
+
+
+# -- logprob and sampling statistics ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_logprob_is_the_models_raw_logprob(cell: str) -> None:
+    model, stepper = make_stepper(cell=cell)
+    samples = run(stepper, length=20, temperature=0.7, top_k=5, top_p=0.9, num_samples=3)
+    samples += run(stepper, length=12, beam=4, num_samples=2)
+    for sample in samples:
+        assert sample.logprob == pytest.approx(model_logprob(model, PRIME, sample.ids), abs=1e-4)
+
+
+CHI2_CRITICAL_P001 = {7: 24.322}  # chi-square critical values at p = 0.001, by degrees of freedom
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_one_step_samples_follow_softmax(temperature: float) -> None:
+    vocab, draws = 8, 40_000
+    model, stepper = make_stepper(vocab=vocab)
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([PRIME]))
+    probs = torch.softmax(logits[0, -1].double() / temperature, dim=-1)
+    expected = probs * draws
+    assert expected.min() > 5  # the chi-square approximation needs it
+    samples = run(stepper, seed=123, length=1, temperature=temperature, num_samples=draws)
+    counts = torch.bincount(torch.tensor([s.ids[0] for s in samples]), minlength=vocab).double()
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < CHI2_CRITICAL_P001[vocab - 1]
+
+
+# -- batching, seeds, streaming --------------------------------------------------------------------
+
+
+class SpyStepper:
+    """Wraps a stepper and records the batch size of every step call."""
+
+    def __init__(self, inner: FastStepper) -> None:
+        self.inner = inner
+        self.vocab_size = inner.vocab_size
+        self.step_rows: list[int] = []
+        self.prime_shapes: list[tuple[int, ...]] = []
+
+    def prime(self, ids: torch.Tensor, state: object = None) -> tuple:
+        self.prime_shapes.append(tuple(ids.shape))
+        return self.inner.prime(ids, state)
+
+    def step(self, ids: torch.Tensor, state: tuple) -> tuple:
+        self.step_rows.append(ids.shape[0])
+        return self.inner.step(ids, state)
+
+    def reorder(self, state: tuple, index: torch.Tensor) -> tuple:
+        return self.inner.reorder(state, index)
+
+
+def test_num_samples_run_as_one_batch_and_differ() -> None:
+    _, stepper = make_stepper()
+    spy = SpyStepper(stepper)
+    samples = generate(
+        spy,
+        PRIME,
+        SampleConfig(length=30, num_samples=4),
+        decode,  # type: ignore[arg-type]
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert spy.prime_shapes == [(1, len(PRIME))]  # the prime goes in once, in one pass
+    assert spy.step_rows == [4] * 29  # the first token comes from prime's logits
+    assert len({tuple(s.ids) for s in samples}) == 4
+    assert all(len(s.ids) == 30 and len(s.text) == 30 for s in samples)
+
+
+def test_same_seed_same_output() -> None:
+    _, stepper = make_stepper()
+    a = run(stepper, seed=7, length=40, num_samples=3, temperature=0.9, top_p=0.95)
+    b = run(stepper, seed=7, length=40, num_samples=3, temperature=0.9, top_p=0.95)
+    c = run(stepper, seed=8, length=40, num_samples=3, temperature=0.9, top_p=0.95)
+    assert a == b
+    assert a != c
+
+
+def test_on_text_streams_each_sample_in_order() -> None:
+    _, stepper = make_stepper()
+    got: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    samples = generate(
+        stepper,
+        PRIME,
+        SampleConfig(length=15, num_samples=3, stops=("a",)),
+        decode,
+        on_text=lambda i, piece: got[i].append(piece),
+        generator=torch.Generator().manual_seed(3),
+    )
+    for i, sample in enumerate(samples):
+        assert "".join(got[i]) == sample.text
+        assert sample.text == "".join(decode(t) for t in sample.ids)
+
+
+def test_length_zero_and_empty_prime() -> None:
+    _, stepper = make_stepper()
+    calls: list[tuple[int, str]] = []
+    for extra in ({}, {"beam": 2}):
+        out = generate(
+            stepper,
+            PRIME,
+            SampleConfig(length=0, num_samples=2, **extra),
+            decode,
+            on_text=lambda i, p: calls.append((i, p)),
+        )
+        assert [(s.ids, s.text, s.logprob) for s in out] == [([], "", 0.0)] * 2
+    assert all(piece == "" for _, piece in calls)
+    with pytest.raises(ConfigError):
+        generate(stepper, [], SampleConfig(length=5), decode)
+
+
+# -- stops -----------------------------------------------------------------------------------------
+
+
+def test_stop_cuts_at_first_occurrence_and_is_kept() -> None:
+    _, stepper = make_stepper()
+    text = run(stepper, length=40, temperature=0)[0].text
+    stop = text[20:23]
+    first = text.index(stop)
+    cut = run(stepper, length=40, temperature=0, stops=("zzz", stop))[0]
+    assert cut.text == text[: first + len(stop)]
+    assert cut.stopped_by == "stop"
+    # A stop that would only complete after the length limit does not count.
+    short = run(stepper, length=first + 1, temperature=0, stops=(stop,))[0]
+    assert (short.text, short.stopped_by) == (text[: first + 1], "length")
+
+
+def test_sampled_rows_stop_independently() -> None:
+    model, stepper = make_stepper()
+    stops = ("ab", "hh")
+    samples = run(stepper, seed=5, length=40, num_samples=8, stops=stops)
+    assert {s.stopped_by for s in samples} == {"stop", "length"}  # finished rows leave a live batch
+    for s in samples:
+        if s.stopped_by == "stop":
+            assert s.text.endswith(stops) and not any(stop in s.text[:-1] for stop in stops)
+        else:
+            assert len(s.ids) == 40 and not any(stop in s.text for stop in stops)
+        assert s.logprob == pytest.approx(model_logprob(model, PRIME, s.ids), abs=1e-4)
+
+
+# -- beam search -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("vocab", "length"), [(3, 4), (4, 3)])
+def test_beam_search_matches_brute_force(vocab: int, length: int) -> None:
+    model, stepper = make_stepper(vocab=vocab, scale=1.0)
+    prime = [0, 1]
+    seqs = [list(s) for s in itertools.product(range(vocab), repeat=length)]
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([prime + s for s in seqs])[:, :-1])
+    logp = torch.log_softmax(logits.double(), dim=-1)[:, len(prime) - 1 :]  # (S, length, V)
+    scores = logp.gather(2, torch.tensor(seqs)[:, :, None]).sum(dim=(1, 2))
+    best = torch.argsort(scores, descending=True)[:5].tolist()
+
+    width = vocab ** (length - 1)
+    beams = run(stepper, prime=prime, length=length, beam=width, num_samples=5)
+    assert [b.ids for b in beams] == [seqs[i] for i in best]
+    for b, i in zip(beams, best, strict=True):
+        assert b.logprob == pytest.approx(scores[i].item(), abs=1e-5)
+        assert b.stopped_by == "length"
+
+
+def test_beam_results_are_distinct_and_ranked_by_normalised_score() -> None:
+    model, stepper = make_stepper()
+    for penalty in (0.0, 1.0, 2.0):
+        beams = run(stepper, length=20, beam=6, num_samples=6, stops=("a", "cd"), length_penalty=penalty)
+        assert len({tuple(b.ids) for b in beams}) == len(beams) == 6
+        norm = [b.logprob / (len(b.ids) ** penalty) for b in beams]
+        assert norm == sorted(norm, reverse=True)
+        for b in beams:
+            assert b.logprob == pytest.approx(model_logprob(model, PRIME, b.ids), abs=1e-4)
+            assert (b.stopped_by == "stop") == b.text.endswith(("a", "cd"))
+    assert math.isfinite(beams[0].logprob)
+
+
+def test_single_stream_thread_scope_is_restored() -> None:
+    _, stepper = make_stepper()
+    before = torch.get_num_threads()
+    run(stepper, length=5)
+    assert torch.get_num_threads() == before
+
+    def boom(i: int) -> str:
+        raise RuntimeError("decode failed")
+
+    with pytest.raises(RuntimeError):
+        generate(stepper, PRIME, SampleConfig(length=5), boom)
+    assert torch.get_num_threads() == before
