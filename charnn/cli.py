@@ -372,6 +372,10 @@ def _terminate_like_interrupt() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the CLI, map failures to one line and an exit code."""
+    # Before numpy loads (its OpenBLAS reads this once): sampling's one-row matrix products gain
+    # nothing from a second thread and collapse when spin-waiting threads compete for busy cores.
+    # Torch's own threads (training) are governed by OMP/MKL settings, deliberately left alone.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from charnn.console import error
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"

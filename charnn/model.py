@@ -41,7 +41,11 @@ class CharRNN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.normal_(self.embed.weight, std=0.1)
+        # Unit-scale embeddings give the first layer a strong input signal from step one (a small
+        # init leaves the network stuck near the unigram distribution for hundreds of steps). Tied
+        # weights also act as the output layer, so they start at the usual 1/sqrt(fan_in) scale.
+        std = self.config.hidden**-0.5 if self.config.tie_weights else 1.0
+        nn.init.normal_(self.embed.weight, std=std)
         for name, param in self.rnn.named_parameters():
             if name.startswith("weight_hh"):
                 # Orthogonal recurrent weights per gate block keep early gradients tame.

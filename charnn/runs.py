@@ -163,8 +163,10 @@ def run_sampling(
     stepper = FastStepper(ckpt.build_model())
     generator = torch.Generator()
     generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    # Subword tokenizers stream through per-sample decoders (byte pieces form whole characters).
+    decode = tokenizer if hasattr(tokenizer, "stream_decoder") else tokenizer.token_text
     if as_json:
-        samples = generate(stepper, prime_ids, config, tokenizer.token_text, generator=generator)
+        samples = generate(stepper, prime_ids, config, decode, generator=generator)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
@@ -178,9 +180,7 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(
-        stepper, prime_ids, config, tokenizer.token_text, on_text=writer.on_text, generator=generator
-    )
+    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, generator=generator)
     writer.finish([s.text for s in samples])
 
 

@@ -10,7 +10,9 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from charnn.config import SampleConfig
@@ -18,6 +20,26 @@ from charnn.errors import ConfigError
 from charnn.stepper import FastStepper
 
 OnText = Callable[[int, str], None]
+
+
+class StreamDecoder(Protocol):
+    """Incremental decoding of one stream (e.g. :class:`charnn.tokenizer.PieceDecoder`)."""
+
+    def feed(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+    def getstate(self) -> object: ...
+    def setstate(self, state: object) -> None: ...
+
+
+class StreamDecoding(Protocol):
+    """Anything that makes a fresh :class:`StreamDecoder` per stream, e.g. a SentencePiece tokenizer."""
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+
+# A plain ``token id -> text`` callable (each token is whole text, as with characters), or a
+# StreamDecoding for tokenizers whose tokens may be parts of a character (byte-fallback pieces).
+Decode = Callable[[int], str] | StreamDecoding
 
 
 @dataclass
@@ -57,28 +79,62 @@ def filter_logits(
     return out
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw per row of probs (N, V) -> (N,).
+def _draw_one(cumulative: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw from one row of running sums (V,) of weights >= 0, with u in [0, 1).
 
-    The same exponential race torch.multinomial(probs, 1) runs internally (identical
-    draws for the same generator state), minus its validation reductions, which cost
-    more than the draw itself at N=1. The probabilities come from softmax, so valid.
+    Returns the token k with ``C[k-1] <= u * C[V-1] < C[k]``, i.e. token k with probability
+    ``weight_k / total``; zero-weight tokens (equal neighbouring sums) are never drawn.
     """
-    q = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return torch.div(probs, q, out=q).argmax(dim=-1)
+    total = cumulative[-1]
+    token = int(cumulative.searchsorted(u * total, side="right"))
+    if token >= len(cumulative):  # u * total rounded up to the total: the last live token
+        token = int(np.argmax(cumulative >= total))
+    return token
+
+
+def _draw(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """:func:`_draw_one` for every row: running sums (N, V), uniforms (N,) -> tokens (N,)."""
+    if len(cumulative) == 1:
+        return np.array([_draw_one(cumulative[0], float(uniforms[0]))])
+    total = cumulative[:, -1]
+    token = (cumulative <= (uniforms * total)[:, None]).sum(axis=1)
+    if token.max() >= cumulative.shape[1]:
+        token = np.minimum(token, np.argmax(cumulative >= total[:, None], axis=1))
+    return token
+
+
+class _Uniforms:
+    """Uniforms in [0, 1) drawn from a torch.Generator in blocks (one torch call per block)."""
+
+    def __init__(self, generator: torch.Generator | None, block: int = 4096) -> None:
+        self.generator, self.block = generator, block
+        self.buffer = np.empty(0)
+        self.pos = 0
+
+    def one(self) -> float:
+        if self.pos >= len(self.buffer):
+            self.take(0)
+        self.pos += 1
+        return float(self.buffer[self.pos - 1])
+
+    def take(self, n: int) -> np.ndarray:
+        if self.pos + n >= len(self.buffer):
+            rest = self.buffer[self.pos :]
+            fresh = torch.rand(max(self.block, n), dtype=torch.float64, generator=self.generator).numpy()
+            self.buffer, self.pos = np.concatenate([rest, fresh]), 0
+        out = self.buffer[self.pos : self.pos + n]
+        self.pos += n
+        return out
 
 
 @contextmanager
-def _one_thread(enabled: bool) -> Iterator[None]:
-    """Scope torch to one intra-op thread (restored afterwards) for single-stream decoding.
+def _one_thread() -> Iterator[None]:
+    """Scope torch to one intra-op thread (restored afterwards) while decoding.
 
-    A one-row step is a chain of matrix-vector products that a second thread cannot speed
-    up (measured equal on an idle 2-core machine), while OpenMP's spin-waiting makes it 10x
-    slower or worse whenever another process keeps the cores busy. Batches keep the default.
+    The steps run in numpy; torch is left with the prime pass and small per-step ops (beam
+    search's top-k, top-k/top-p filters), which a second thread cannot speed up, while OpenMP's
+    spin-waiting makes them 10x slower or worse whenever another process keeps the cores busy.
     """
-    if not enabled:
-        yield
-        return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -105,25 +161,26 @@ def generate(
     stepper: FastStepper,
     prime_ids: Sequence[int],
     config: SampleConfig,
-    decode: Callable[[int], str],
+    decode: Decode,
     on_text: OnText | None = None,
     generator: torch.Generator | None = None,
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
+    ``decode`` turns ids into text: a plain ``id -> str`` callable, or a :class:`StreamDecoding`
+    (e.g. a SentencePiece tokenizer) whose per-stream decoders hold back partial UTF-8 characters.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
-    rejects those combinations).
+    rejects those combinations). Draws use uniforms from ``generator``: same seed, same output.
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
-    single_stream = (config.beam or config.num_samples) == 1
-    with torch.inference_mode(), _one_thread(single_stream):
+    with torch.inference_mode(), _one_thread():
         logits, state = stepper.prime(torch.tensor([list(prime_ids)], dtype=torch.long))  # (1, V)
         if config.length == 0:
             return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
         if config.beam is None:
-            return _sample(stepper, logits, state, config, decode, on_text, generator)
+            return _sample(stepper, logits.numpy(), state, config, decode, on_text, generator)
         results = _beam_search(stepper, logits, state, config, decode)
     if on_text is not None:
         for i, sample in enumerate(results):
@@ -133,20 +190,26 @@ def generate(
 
 def _sample(
     stepper: FastStepper,
-    logits: torch.Tensor,
-    state: tuple[torch.Tensor, ...],
+    logits: np.ndarray,
+    state: np.ndarray,
     config: SampleConfig,
-    decode: Callable[[int], str],
+    decode: Decode,
     on_text: OnText | None,
     generator: torch.Generator | None,
 ) -> list[Sample]:
-    """All num_samples streams as one batch; finished rows are dropped from the batch."""
+    """All num_samples streams as one batch; finished rows are dropped from the batch.
+
+    Works on numpy arrays throughout (stepper.step returns numpy logits for numpy ids).
+    """
     n = config.num_samples
-    expand = torch.zeros(n, dtype=torch.long)
-    logits, state = logits.index_select(0, expand), stepper.reorder(state, expand)  # (n, V)
+    expand = np.zeros(n, dtype=np.intp)
+    logits, state = logits[expand], stepper.reorder(state, expand)  # (n, V)
     greedy = config.temperature == 0
     plain = config.temperature == 1.0 and config.top_k is None and config.top_p is None
     matcher = _StopMatcher(config.stops) if config.stops else None
+    decoders = [decode.stream_decoder() for _ in range(n)] if hasattr(decode, "stream_decoder") else None
+    feeds = [d.feed for d in decoders] if decoders else [decode] * n
+    uniforms = _Uniforms(generator)
 
     rows = list(range(n))  # batch row -> sample index
     ids: list[list[int]] = [[] for _ in range(n)]
@@ -154,22 +217,36 @@ def _sample(
     tails = [""] * n
     logprob = [0.0] * n
     stopped_by = ["length"] * n
-    row_logprob = torch.zeros(n, dtype=torch.float64)  # running sums for the live rows
+    row_logprob = np.zeros(n)  # running sums for the live rows
 
     for t in range(config.length):
-        if greedy:
-            nxt = logits.argmax(dim=-1)  # (rows,)
+        if len(rows) == 1 and (greedy or plain):  # single stream: scalar bookkeeping, fewer numpy calls
+            row = logits[0]
+            top = float(row.max())
+            cumulative = np.exp(row - top).cumsum(dtype=np.float64)  # softmax numerators, summed
+            token = int(row.argmax()) if greedy else _draw_one(cumulative, uniforms.one())
+            row_logprob[0] += float(row[token]) - top - math.log(cumulative[-1])
+            nxt = np.array([token])
         else:
-            filtered = (
-                logits if plain else filter_logits(logits, config.temperature, config.top_k, config.top_p)
-            )
-            nxt = _draw(torch.softmax(filtered, dim=-1), generator)
-        row_logprob += torch.log_softmax(logits, dim=-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
+            top_rows = logits.max(axis=1, keepdims=True)
+            cumulative = np.exp(logits - top_rows).cumsum(axis=1, dtype=np.float64)
+            if greedy:
+                nxt = logits.argmax(axis=1)  # (rows,)
+            elif plain:
+                nxt = _draw(cumulative, uniforms.take(len(rows)))
+            else:
+                filtered = filter_logits(
+                    torch.from_numpy(logits), config.temperature, config.top_k, config.top_p
+                )
+                weights = torch.softmax(filtered.double(), dim=-1).numpy()
+                nxt = _draw(weights.cumsum(axis=1), uniforms.take(len(rows)))
+            chosen = logits[np.arange(len(rows)), nxt].astype(np.float64)
+            row_logprob += chosen - top_rows[:, 0] - np.log(cumulative[:, -1])
 
         done: list[int] = []
         for row, token in enumerate(nxt.tolist()):
             i = rows[row]
-            piece = decode(token)
+            piece = feeds[i](token)
             ids[i].append(token)
             pieces[i].append(piece)
             if on_text is not None:
@@ -180,21 +257,26 @@ def _sample(
                     stopped_by[i] = "stop"
                     done.append(row)
         if done:
-            sums = row_logprob.tolist()
             for row in done:
-                logprob[rows[row]] = sums[row]
+                logprob[rows[row]] = float(row_logprob[row])
             done_rows = set(done)
             keep = [row for row in range(len(rows)) if row not in done_rows]
-            index = torch.tensor(keep, dtype=torch.long)
-            rows, row_logprob = [rows[row] for row in keep], row_logprob[index]
+            rows, row_logprob = [rows[row] for row in keep], row_logprob[keep]
             if not rows:
                 break
-            nxt, state = nxt[index], stepper.reorder(state, index)
+            nxt, state = nxt[keep], stepper.reorder(state, np.array(keep, dtype=np.intp))
         if t == config.length - 1:
             break
         logits, state = stepper.step(nxt, state)
     for row, total in zip(rows, row_logprob.tolist(), strict=True):
         logprob[row] = total
+    if decoders:  # a character cut short by the end of a stream
+        for i, decoder in enumerate(decoders):
+            rest = decoder.flush()
+            if rest:
+                pieces[i].append(rest)
+                if on_text is not None:
+                    on_text(i, rest)
     return [Sample(ids[i], "".join(pieces[i]), logprob[i], stopped_by[i]) for i in range(n)]
 
 
@@ -207,6 +289,7 @@ class _Hyp:
     score: float  # cumulative raw log-prob
     tail: str
     finished: bool
+    pending: object = None  # a StreamDecoder's state (bytes of an unfinished character)
 
     def ids(self) -> list[int]:
         out: list[int] = []
@@ -222,7 +305,7 @@ def _beam_search(
     logits: torch.Tensor,
     state: tuple[torch.Tensor, ...],
     config: SampleConfig,
-    decode: Callable[[int], str],
+    decode: Decode,
 ) -> list[Sample]:
     """Width-W beam search; finished hypotheses keep their slot and compete by normalised score.
 
@@ -234,11 +317,27 @@ def _beam_search(
     width, alpha = config.beam or 1, config.length_penalty
     matcher = _StopMatcher(config.stops) if config.stops else None
     vocab = logits.shape[-1]
+    streaming = hasattr(decode, "stream_decoder")
+    scratch = decode.stream_decoder() if streaming else None
+
+    def extend(hyp: _Hyp, token: int) -> tuple[str, object]:
+        """The text ``token`` completes after ``hyp``, and the decoder state after it."""
+        if scratch is None:
+            return decode(token), None
+        scratch.setstate(hyp.pending)
+        return scratch.feed(token), scratch.getstate()
+
+    def full_text(hyp_ids: list[int]) -> str:
+        if not streaming:
+            return "".join(decode(i) for i in hyp_ids)
+        decoder = decode.stream_decoder()
+        return "".join(decoder.feed(i) for i in hyp_ids) + decoder.flush()
 
     def norm(score: float, length: int) -> float:
         return score / length**alpha if alpha and length else score
 
-    live = [_Hyp(None, 0, 0.0, "", False)]  # one row per live hypothesis, aligned with state
+    # One row per live hypothesis, aligned with state.
+    live = [_Hyp(None, 0, 0.0, "", False, scratch.getstate() if scratch else None)]
     finished: list[_Hyp] = []
     for t in range(config.length):
         scores = torch.tensor([h.score for h in live], dtype=torch.float64)
@@ -260,8 +359,11 @@ def _beam_search(
                 continue
             parent, token = divmod(k, vocab)
             hyp = live[parent]
-            tail, hit = matcher.feed(hyp.tail, decode(token)) if matcher else ("", False)
-            child = _Hyp((token, hyp.path), t + 1, score, tail, hit)
+            tail, hit, pending = "", False, None
+            if matcher:
+                piece, pending = extend(hyp, token)
+                tail, hit = matcher.feed(hyp.tail, piece)
+            child = _Hyp((token, hyp.path), t + 1, score, tail, hit, pending)
             if hit:
                 new_finished.append(child)
             else:
@@ -278,6 +380,6 @@ def _beam_search(
     results = []
     for hyp in ranked[: config.num_samples]:
         hyp_ids = hyp.ids()
-        text = "".join(decode(i) for i in hyp_ids)
+        text = full_text(hyp_ids)
         results.append(Sample(hyp_ids, text, hyp.score, "stop" if hyp.finished else "length"))
     return results

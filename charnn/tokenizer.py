@@ -7,6 +7,7 @@ wider otherwise) and serialise to plain JSON-able dicts stored in checkpoints.
 from __future__ import annotations
 
 import base64
+import codecs
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -133,6 +134,7 @@ class SentencePieceTokenizer:
             raise CheckpointError(f"invalid SentencePiece model: {exc}") from exc
         self._newline = self._sp.piece_to_id("\n")
         self._dtype = id_dtype(self._sp.get_piece_size())
+        self._piece_table: list[str | bytes] | None = None  # built by the first stream_decoder()
 
     @classmethod
     def train(cls, text: str, vocab_size: int, max_lines: int = 200_000) -> SentencePieceTokenizer:
@@ -191,6 +193,16 @@ class SentencePieceTokenizer:
     def token_text(self, token_id: int) -> str:
         return self._sp.decode([int(token_id)])
 
+    def stream_decoder(self) -> PieceDecoder:
+        """A fresh incremental decoder for one stream of generated ids (see :class:`PieceDecoder`)."""
+        if self._piece_table is None:
+            sp = self._sp
+            self._piece_table = [
+                bytes((int(sp.id_to_piece(i)[1:-1], 16),)) if sp.is_byte(i) else sp.decode([i])
+                for i in range(self.vocab_size)
+            ]
+        return PieceDecoder(self._piece_table)
+
     def byte_value(self, token_id: int) -> int | None:
         """The byte a byte-fallback piece (``<0xC3>``) stands for, else None."""
         if not self._sp.is_byte(int(token_id)):
@@ -202,6 +214,36 @@ class SentencePieceTokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": base64.b64encode(self._proto).decode("ascii")}
+
+
+class PieceDecoder:
+    """Streams text token by token when some tokens are single UTF-8 bytes (byte-fallback pieces).
+
+    ``feed(id)`` returns the text completed by that token: a byte piece is buffered until its
+    character is whole, so ``<0xE2> <0x82> <0xAC>`` yields "", "", "€". A sequence cut short
+    (by an ordinary piece, or by ``flush()`` at the end) becomes U+FFFD, as in a full decode.
+    ``getstate``/``setstate`` save and restore the pending bytes (beam search forks streams).
+    """
+
+    def __init__(self, pieces: Sequence[str | bytes]) -> None:
+        self._pieces = pieces  # token id -> its text, or its one byte for a byte piece
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token_id: int) -> str:
+        piece = self._pieces[token_id]
+        if isinstance(piece, bytes):
+            return self._utf8.decode(piece)
+        return self.flush() + piece
+
+    def flush(self) -> str:
+        """Pending bytes of an unfinished character, as U+FFFD (empty when none)."""
+        return self._utf8.decode(b"", final=True)
+
+    def getstate(self) -> tuple[bytes, int]:
+        return self._utf8.getstate()
+
+    def setstate(self, state: tuple[bytes, int]) -> None:
+        self._utf8.setstate(state)
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:

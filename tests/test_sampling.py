@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from charnn.config import ModelConfig, SampleConfig
 from charnn.errors import ConfigError
 from charnn.model import CharRNN
-from charnn.sampling import _draw, filter_logits, generate
+from charnn.sampling import _draw, _draw_one, filter_logits, generate
 from charnn.stepper import FastStepper
 
 ALPHABET = "abcdefghijklmnop"
@@ -95,12 +96,24 @@ def test_filter_order_temperature_then_top_k_then_top_p() -> None:
     assert torch.isfinite(filter_logits(logits, 0.25, None, 0.5)).sum().item() == 1
 
 
-def test_draw_is_torch_multinomial() -> None:
-    probs = torch.softmax(torch.randn(5, 9), dim=-1)
-    for seed in range(5):
-        ours = _draw(probs, torch.Generator().manual_seed(seed))
-        theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).squeeze(1)
-        assert torch.equal(ours, theirs)
+def test_draw_inverts_the_cumulative_distribution() -> None:
+    """_draw maps evenly spaced uniforms to tokens in exact proportion to their weights."""
+    weights = np.array([[0.0, 1.0, 0.0, 2.0, 1.0, 0.0], [3.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    grid = (np.arange(4000) + 0.5) / 4000  # uniforms on a fine grid: counts are exact quarters
+    tokens = np.stack([_draw(np.cumsum(weights, axis=1), np.array([u, u])) for u in grid])
+    assert np.bincount(tokens[:, 0], minlength=6).tolist() == [0, 1000, 0, 2000, 1000, 0]
+    assert np.bincount(tokens[:, 1], minlength=6).tolist() == [3000, 0, 0, 0, 0, 1000]
+    # Zero-weight tokens are never drawn, even at the ends of [0, 1) (and a total rounded up).
+    edges = np.array([0.0, np.nextafter(1.0, 0.0)])
+    for row in weights:
+        cum = np.tile(np.cumsum(row), (2, 1))
+        assert all(row[k] > 0 for k in _draw(cum, edges))
+        assert row[_draw_one(cum[0], 1.0)] > 0  # u == 1 cannot happen, but stays safe
+    # The batched path agrees with the single-row one (searchsorted vs counting), zero weights included.
+    rng = np.random.default_rng(0)
+    cum = np.cumsum(rng.random((50, 7)) * (rng.random((50, 7)) > 0.3), axis=1) + 1e-3
+    u = rng.random(50)
+    assert _draw(cum, u).tolist() == [_draw_one(cum[r], u[r]) for r in range(50)]
 
 
 # -- greedy equivalences ---------------------------------------------------------------------------
@@ -315,3 +328,57 @@ def test_single_stream_thread_scope_is_restored() -> None:
     with pytest.raises(RuntimeError):
         generate(stepper, PRIME, SampleConfig(length=5), boom)
     assert torch.get_num_threads() == before
+
+
+# -- streaming subword text ------------------------------------------------------------------------
+
+
+class ScriptStepper:
+    """A stepper whose logits always favour the next id of a fixed script (greedy replays it)."""
+
+    def __init__(self, script: list[int], vocab: int) -> None:
+        self.script, self.vocab_size = script, vocab
+
+    def _logits(self, pos: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(pos), self.vocab_size), dtype=np.float32)
+        out[np.arange(len(pos)), [self.script[min(int(p), len(self.script) - 1)] for p in pos]] = 10.0
+        return out
+
+    def prime(self, ids: torch.Tensor, state: object = None) -> tuple:
+        pos = np.zeros(ids.shape[0])
+        return torch.from_numpy(self._logits(pos)), pos
+
+    def step(self, ids: object, state: np.ndarray) -> tuple:
+        logits = self._logits(state + 1)
+        return (torch.from_numpy(logits) if isinstance(ids, torch.Tensor) else logits), state + 1
+
+    def reorder(self, state: np.ndarray, index: object) -> np.ndarray:
+        return state[np.asarray(index)]
+
+
+def test_sentencepiece_byte_pieces_stream_whole_characters() -> None:
+    pytest.importorskip("sentencepiece")
+    from charnn.tokenizer import SentencePieceTokenizer
+
+    tokenizer = SentencePieceTokenizer.train("\n".join(["the cat and the hat"] * 50), vocab_size=300)
+    text = "é€😀"
+    script = tokenizer.encode(text).tolist()
+    assert len(script) == 9 and all(tokenizer.byte_value(i) is not None for i in script)  # 2 + 3 + 4 bytes
+    stepper = ScriptStepper(script, tokenizer.vocab_size)
+
+    def go(**kwargs: object) -> tuple[list, str]:
+        streamed: list[str] = []
+        config = SampleConfig(**{"temperature": 0, **kwargs})  # type: ignore[arg-type]
+        out = generate(stepper, PRIME, config, tokenizer, on_text=lambda i, p: streamed.append(p))  # type: ignore[arg-type]
+        return out, "".join(streamed)
+
+    samples, streamed = go(length=9)
+    assert samples[0].ids == script and samples[0].text == streamed == text
+    samples, streamed = go(length=9, stops=("€",))  # stops see whole characters
+    assert (samples[0].text, streamed, samples[0].stopped_by) == ("é€", "é€", "stop")
+    samples, streamed = go(length=8)  # cut inside 😀: its partial bytes end as U+FFFD
+    assert samples[0].text == streamed == "é€\ufffd"
+    for stops in ((), ("😀",)):
+        beams, streamed = go(length=9, beam=2, stops=stops)
+        assert beams[0].ids == script and beams[0].text == streamed == text
+    assert "".join(tokenizer.token_text(i) for i in script) != text  # what per-token decoding gave

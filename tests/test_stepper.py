@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,16 +43,17 @@ def run_steps(stepper: FastStepper, ids: torch.Tensor, state: tuple) -> tuple[li
     return outs, state
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_matches_forward(cell: str, layers: int) -> None:
+def test_step_matches_forward(cell: str, layers: int, batch: int) -> None:
     model = make_model(cell, layers)
     stepper = FastStepper(model)
-    ids = torch.randint(0, VOCAB, (3, 12))
+    ids = torch.randint(0, VOCAB, (batch, 12))
     ref = reference_logits(model, ids)
-    outs, _ = run_steps(stepper, ids, stepper.initial_state(3))
+    outs, _ = run_steps(stepper, ids, stepper.initial_state(batch))
     for t, logits in enumerate(outs):
-        assert logits.shape == (3, VOCAB)
+        assert logits.shape == (batch, VOCAB)
         torch.testing.assert_close(logits, ref[:, t], atol=1e-5, rtol=0)
 
 
@@ -103,14 +105,17 @@ def test_reorder_selects_and_duplicates_rows(cell: str) -> None:
     torch.testing.assert_close(moved_logits, logits[index])
 
 
-def test_state_is_not_modified_in_place() -> None:
-    stepper = FastStepper(make_model("lstm", 2))
-    _, state = stepper.prime(torch.randint(0, VOCAB, (2, 5)))
-    before = [t.clone() for t in state]
-    with torch.inference_mode():
-        stepper.step(torch.tensor([1, 2]), state)
-    for old, now in zip(before, state, strict=True):
-        assert torch.equal(old, now)
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_is_not_modified_in_place_and_numpy_ids_give_numpy_logits(cell: str) -> None:
+    stepper = FastStepper(make_model(cell, 2))
+    for rows in (1, 2):
+        _, state = stepper.prime(torch.randint(0, VOCAB, (rows, 5)))
+        before = state.copy()
+        with torch.inference_mode():
+            logits, _ = stepper.step(torch.arange(1, rows + 1), state)
+        assert np.array_equal(before, state)
+        as_numpy, _ = stepper.step(np.arange(1, rows + 1), state)
+        assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, logits.numpy())
 
 
 def test_stepper_is_a_snapshot() -> None:
