@@ -119,10 +119,10 @@ _TRAIN_OPTS = {
     show_default=True,
     help="SentencePiece vocabulary size.",
 )
-@click.option("--batch-size", type=POS_INT, help="Parallel streams per batch.  [default: 32]")
+@click.option("--batch-size", type=POS_INT, help="Parallel streams per batch.  [default: 16]")
 @click.option("--seq-len", type=POS_INT, help="TBPTT window length.  [default: 128]")
 @click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.  [default: 3e-3]"
+    "--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.  [default: 5e-3]"
 )
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay.  [default: 0.01]")
 @click.option("--warmup", type=NONNEG_INT, help="Warm-up steps.  [default: 50]")

@@ -60,9 +60,9 @@ class ModelConfig:
 class TrainConfig:
     """Everything about how a run trains; stored in checkpoints for exact resume."""
 
-    batch_size: int = 32
+    batch_size: int = 16
     seq_len: int = 128
-    lr: float = 3e-3
+    lr: float = 5e-3
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     warmup_steps: int = 50

@@ -262,11 +262,15 @@ class Trainer:
         with _signal_flags(flags):
             if self.progress.step == 0:
                 self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            while not self.done():
+            clock = time.perf_counter()
+            while True:
                 prog = self.progress  # a recovery replaces it
-                t0 = time.perf_counter()
+                # Wall time, validation and saves included: --time 5m means five minutes on the clock.
+                now = time.perf_counter()
+                prog.elapsed, clock = prog.elapsed + now - clock, now
+                if self.done():
+                    break
                 loss = self.train_step()
-                prog.elapsed += time.perf_counter() - t0
                 window_tokens += self.batcher.batch_size * cfg.seq_len
                 save_due = pending_save or prog.step % cfg.save_every == 0
                 eval_due = (pending_eval or prog.step % cfg.eval_every == 0) and not self.done()
