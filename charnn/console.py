@@ -47,6 +47,8 @@ class TrainReporter:
         plan = f"{info['steps']} steps" if info["steps"] else f"{_fmt_duration(info['time_limit'])}"
         if info["steps"] and info["time_limit"]:
             plan += f" or {_fmt_duration(info['time_limit'])}"
+        if info.get("default_length"):
+            plan += " (the default; set --time, --steps or --epochs)"
         resumed = f", resuming at step {info['start_step']}" if info["start_step"] else ""
         self.console.print(
             f"training {info['parameters']:,} parameters on {info['device']}: "

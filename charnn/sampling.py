@@ -205,7 +205,9 @@ def _sample(
     expand = np.zeros(n, dtype=np.intp)
     logits, state = logits[expand], stepper.reorder(state, expand)  # (n, V)
     greedy = config.temperature == 0
-    plain = config.temperature == 1.0 and config.top_k is None and config.top_p is None
+    inv_temp = 0.0 if greedy else 1.0 / config.temperature
+    # Temperature alone is done in numpy here; top-k/top-p go through filter_logits.
+    simple = config.top_k is None and config.top_p is None
     matcher = _StopMatcher(config.stops) if config.stops else None
     decoders = [decode.stream_decoder() for _ in range(n)] if hasattr(decode, "stream_decoder") else None
     feeds = [d.feed for d in decoders] if decoders else [decode] * n
@@ -220,20 +222,25 @@ def _sample(
     row_logprob = np.zeros(n)  # running sums for the live rows
 
     for t in range(config.length):
-        if len(rows) == 1 and (greedy or plain):  # single stream: scalar bookkeeping, fewer numpy calls
+        if len(rows) == 1 and simple:  # single stream: scalar bookkeeping, fewer numpy calls
             row = logits[0]
             top = float(row.max())
-            cumulative = np.exp(row - top).cumsum(dtype=np.float64)  # softmax numerators, summed
-            token = int(row.argmax()) if greedy else _draw_one(cumulative, uniforms.one())
-            row_logprob[0] += float(row[token]) - top - math.log(cumulative[-1])
+            numerators = np.exp(row - top)  # raw softmax numerators: the logprob is always raw
+            if greedy:
+                token = int(row.argmax())
+            else:
+                weights = numerators if inv_temp == 1.0 else np.exp((row - top) * inv_temp)
+                token = _draw_one(weights.cumsum(dtype=np.float64), uniforms.one())
+            row_logprob[0] += float(row[token]) - top - math.log(numerators.sum(dtype=np.float64))
             nxt = np.array([token])
         else:
             top_rows = logits.max(axis=1, keepdims=True)
-            cumulative = np.exp(logits - top_rows).cumsum(axis=1, dtype=np.float64)
+            numerators = np.exp(logits - top_rows)
             if greedy:
                 nxt = logits.argmax(axis=1)  # (rows,)
-            elif plain:
-                nxt = _draw(cumulative, uniforms.take(len(rows)))
+            elif simple:
+                weights = numerators if inv_temp == 1.0 else np.exp((logits - top_rows) * inv_temp)
+                nxt = _draw(weights.cumsum(axis=1, dtype=np.float64), uniforms.take(len(rows)))
             else:
                 filtered = filter_logits(
                     torch.from_numpy(logits), config.temperature, config.top_k, config.top_p
@@ -241,7 +248,7 @@ def _sample(
                 weights = torch.softmax(filtered.double(), dim=-1).numpy()
                 nxt = _draw(weights.cumsum(axis=1), uniforms.take(len(rows)))
             chosen = logits[np.arange(len(rows)), nxt].astype(np.float64)
-            row_logprob += chosen - top_rows[:, 0] - np.log(cumulative[:, -1])
+            row_logprob += chosen - top_rows[:, 0] - np.log(numerators.sum(axis=1, dtype=np.float64))
 
         done: list[int] = []
         for row, token in enumerate(nxt.tolist()):

@@ -384,6 +384,7 @@ class Trainer:
             "batch_size": self.batcher.batch_size,
             "steps": self.total_steps,
             "time_limit": self.time_limit,
+            "default_length": self.total_steps is None and self.config.time_limit is None,
             "start_step": self.progress.step,
             "out": str(self.out),
         }

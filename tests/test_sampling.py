@@ -170,6 +170,21 @@ def test_one_step_samples_follow_softmax(temperature: float) -> None:
     assert chi2 < CHI2_CRITICAL_P001[vocab - 1]
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_single_stream_draws_follow_the_tempered_softmax(temperature: float) -> None:
+    """The one-stream fast path (scalar bookkeeping) draws from the same distribution."""
+    vocab, draws = 8, 3000
+    model, stepper = make_stepper(vocab=vocab)
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([PRIME]))
+    expected = torch.softmax(logits[0, -1].double() / temperature, dim=-1) * draws
+    assert expected.min() > 5
+    firsts = [run(stepper, seed=seed, length=1, temperature=temperature)[0].ids[0] for seed in range(draws)]
+    counts = torch.bincount(torch.tensor(firsts), minlength=vocab).double()
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < CHI2_CRITICAL_P001[vocab - 1]
+
+
 # -- batching, seeds, streaming --------------------------------------------------------------------
 
 
