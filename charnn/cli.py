@@ -386,9 +386,12 @@ def main(argv: list[str] | None = None) -> None:
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `charnn`: show the help, as --help does
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        code = 0
     except click.UsageError as exc:
-        hint = f" (see 'charnn {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
-        error(exc.format_message().replace("\n", " ") + hint)
+        command = f"charnn {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "charnn"
+        error(exc.format_message().replace("\n", " ") + f" (see '{command} --help')")
         code = EXIT_USAGE
     except click.ClickException as exc:  # e.g. a --prime-file that cannot be opened
         error(exc.format_message().replace("\n", " "))

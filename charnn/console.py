@@ -59,11 +59,11 @@ class TrainReporter:
         if self.live:
             self._progress = Progress(
                 TextColumn("step {task.fields[step]}"),
-                BarColumn(),
+                BarColumn(bar_width=12),
                 TextColumn("{task.percentage:>3.0f}%"),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
+                TextColumn("eta"),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
@@ -72,16 +72,17 @@ class TrainReporter:
             self._task = self._progress.add_task("train", total=1.0, step=info["start_step"], stats="")
 
     def progress(self, step: int, total: int | None, fraction: float, stats: dict[str, float]) -> None:
-        text = (
-            f"loss {stats['loss']:.3f} bpc {stats['bpc']:.3f} {stats['tok_per_s']:,.0f} chars/s "
-            f"lr {stats['lr']:.2e}" + (f" skipped {stats['skipped']:.0f}" if stats["skipped"] else "")
-        )
+        text = f"loss {stats['loss']:.3f} bpc {stats['bpc']:.3f} {stats['tok_per_s'] / 1000:.1f}k chars/s"
+        if stats["skipped"]:
+            text += f" skipped {stats['skipped']:.0f}"
         self._fraction = fraction
-        if self._progress is not None:
+        if self._progress is not None:  # the live line stays short enough for 80 columns
             self._progress.update(self._task, completed=fraction, step=step, stats=text)
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
-            self.console.print(f"step {step}{f'/{total}' if total else ''} ({fraction:.0%}) {text}")
+            self.console.print(
+                f"step {step}{f'/{total}' if total else ''} ({fraction:.0%}) {text} lr {stats['lr']:.2e}"
+            )
 
     def evaluated(self, step: int, result: Any, is_best: bool) -> None:
         star = " [green](best)[/]" if is_best else ""
