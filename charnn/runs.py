@@ -35,19 +35,13 @@ def start_training(
     train_opts: dict[str, Any],
 ) -> dict[str, Any]:
     """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``)."""
-    from charnn.train import Trainer, check_resume_corpus, merge_resume
+    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
     reporter = TrainReporter()
     if resume is not None:
         out_dir = Path(resume or out)
         ckpt = load_checkpoint(out_dir, prefer=LATEST)
-        clashes = [
-            f"--{k.replace('_', '-')} {v} (run has {getattr(ckpt.config, k)})"
-            for k, v in model_opts.items()
-            if getattr(ckpt.config, k) != v
-        ]
-        if clashes:
-            raise ConfigError("resume options contradict the checkpoint: " + "; ".join(clashes))
+        refuse_contradictions(ckpt.config, model_opts, model_opts)
         config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), train_opts)
         sources = list(files) or ckpt.meta.get("corpus", {}).get("sources", [])
         corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)

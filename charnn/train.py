@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,15 +65,20 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
-    """Options given on ``--resume`` must agree with the run's, except lengths and bookkeeping."""
+def refuse_contradictions(saved: object, given: dict[str, Any], fields: Iterable[str]) -> None:
+    """Options given on ``--resume`` that define the run must agree with the checkpoint's."""
     clashes = [
         f"--{k.replace('_', '-')} {given[k]} (run has {getattr(saved, k)})"
-        for k in LOCKED_FIELDS
+        for k in fields
         if k in given and given[k] != getattr(saved, k)
     ]
     if clashes:
         raise ConfigError("resume options contradict the checkpoint: " + "; ".join(clashes))
+
+
+def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """The run's config with the given lengths and bookkeeping options; the rest must agree."""
+    refuse_contradictions(saved, given, LOCKED_FIELDS)
     changes = {k: v for k, v in given.items() if k not in LOCKED_FIELDS}
     if {"steps", "epochs", "time_limit"} & changes.keys():
         # A new length replaces the old one (lengths are totals for the whole run).
@@ -432,7 +438,7 @@ class Trainer:
 
     def _restore_state(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
-        missing, unexpected = self.model.load_state_dict(ckpt.weights, strict=False)
+        self.model.load_state_dict(ckpt.weights, strict=False)  # tied head.weight is not stored
         tensors = ckpt.train_state()
         optim_state: dict[int, dict[str, torch.Tensor]] = {}
         hidden: dict[str, torch.Tensor] = {}
