@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -155,34 +156,38 @@ def test_logprob_is_the_models_raw_logprob(cell: str) -> None:
 CHI2_CRITICAL_P001 = {7: 24.322}  # chi-square critical values at p = 0.001, by degrees of freedom
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_one_step_samples_follow_softmax(temperature: float) -> None:
-    vocab, draws = 8, 40_000
+def assert_first_tokens_follow_softmax(
+    temperature: float, draw: Callable[[FastStepper, int], list[int]], draws: int
+) -> None:
+    """Chi-square test: the first generated tokens are distributed as softmax(logits / T)."""
+    vocab = 8
     model, stepper = make_stepper(vocab=vocab)
     with torch.no_grad():
         logits, _ = model(torch.tensor([PRIME]))
-    probs = torch.softmax(logits[0, -1].double() / temperature, dim=-1)
-    expected = probs * draws
+    expected = torch.softmax(logits[0, -1].double() / temperature, dim=-1) * draws
     assert expected.min() > 5  # the chi-square approximation needs it
-    samples = run(stepper, seed=123, length=1, temperature=temperature, num_samples=draws)
-    counts = torch.bincount(torch.tensor([s.ids[0] for s in samples]), minlength=vocab).double()
+    counts = torch.bincount(torch.tensor(draw(stepper, draws)), minlength=vocab).double()
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
     assert chi2 < CHI2_CRITICAL_P001[vocab - 1]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_one_step_samples_follow_softmax(temperature: float) -> None:
+    def batched(stepper: FastStepper, draws: int) -> list[int]:
+        samples = run(stepper, seed=123, length=1, temperature=temperature, num_samples=draws)
+        return [s.ids[0] for s in samples]
+
+    assert_first_tokens_follow_softmax(temperature, batched, draws=40_000)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_single_stream_draws_follow_the_tempered_softmax(temperature: float) -> None:
     """The one-stream fast path (scalar bookkeeping) draws from the same distribution."""
-    vocab, draws = 8, 3000
-    model, stepper = make_stepper(vocab=vocab)
-    with torch.no_grad():
-        logits, _ = model(torch.tensor([PRIME]))
-    expected = torch.softmax(logits[0, -1].double() / temperature, dim=-1) * draws
-    assert expected.min() > 5
-    firsts = [run(stepper, seed=seed, length=1, temperature=temperature)[0].ids[0] for seed in range(draws)]
-    counts = torch.bincount(torch.tensor(firsts), minlength=vocab).double()
-    chi2 = ((counts - expected) ** 2 / expected).sum().item()
-    assert chi2 < CHI2_CRITICAL_P001[vocab - 1]
+
+    def one_at_a_time(stepper: FastStepper, draws: int) -> list[int]:
+        return [run(stepper, seed=seed, length=1, temperature=temperature)[0].ids[0] for seed in range(draws)]
+
+    assert_first_tokens_follow_softmax(temperature, one_at_a_time, draws=3000)
 
 
 # -- batching, seeds, streaming --------------------------------------------------------------------
