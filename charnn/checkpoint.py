@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from charnn.config import ModelConfig
+from charnn.config import GATES, ModelConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
 from charnn.model import CharRNN
 from charnn.tokenizer import Tokenizer, tokenizer_from_dict
@@ -77,7 +77,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _aside(target: Path) -> Path:
+def aside_path(target: Path) -> Path:
+    """Where a save moves the previous checkpoint while it renames the new one into place."""
     return target.parent / f".{target.name}.old"
 
 
@@ -94,7 +95,7 @@ def _pid_alive(pid: int) -> bool:
 def recover(target: Path) -> None:
     """Finish or undo a save that was interrupted between its two renames, and drop the
     temporary directories of saves killed while writing (their process is gone)."""
-    old = _aside(target)
+    old = aside_path(target)
     if old.is_dir():
         if target.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -107,6 +108,20 @@ def recover(target: Path) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, if any."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
+    name = _non_finite(tensors)
+    if name is not None:
+        raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
+
+
 def save_checkpoint(
     target: Path,
     model: CharRNN,
@@ -117,16 +132,11 @@ def save_checkpoint(
     """Atomically write a checkpoint directory at ``target`` (replacing any there)."""
     target = Path(target)
     tensors = model_tensors(model)
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
+    _refuse_non_finite(tensors)
     files = {MODEL_FILE: st_save(tensors)}
     if train_state is not None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in train_state.items()}
-        for name, tensor in state.items():
-            # Optimizer moments or a carried hidden state with NaN would poison a resume.
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
+        _refuse_non_finite(state)  # NaN optimizer moments or hidden state would poison a resume
         files[STATE_FILE] = st_save(state)
     meta = dict(meta)
     meta.update(
@@ -148,7 +158,7 @@ def save_checkpoint(
         for name, data in files.items():
             _write_file(tmp / name, data)
         _fsync_dir(tmp)
-        old = _aside(target)
+        old = aside_path(target)
         if target.exists():
             os.rename(target, old)
         os.rename(tmp, target)
@@ -208,8 +218,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
     path = Path(path)
     if not path.exists():
-        if (_aside(path) / META).exists():  # e.g. -c run/latest after a crash between renames
-            return _aside(path)
+        if (aside_path(path) / META).exists():  # e.g. -c run/latest after a crash between renames
+            return aside_path(path)
         raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
     if path.is_file():
         if path.name in (META, MODEL_FILE, STATE_FILE):
@@ -219,7 +229,7 @@ def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
         return path
     order = [prefer, LATEST if prefer == BEST else BEST]
     for name in order:
-        for candidate in (path / name, _aside(path / name)):
+        for candidate in (path / name, aside_path(path / name)):
             if (candidate / META).exists():
                 return candidate
     raise CheckpointError(f"{path}: no checkpoint here (no meta.json, {BEST}/ or {LATEST}/)")
@@ -287,7 +297,7 @@ def _model_config(data: Any) -> ModelConfig:
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the stored tensors for ``config`` (as ``model_tensors`` gives them),
     computed without building the model: a forged config cannot make loading allocate."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    gates = GATES[config.cell]
     v, e, h = config.vocab_size, config.embed, config.hidden
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (v, e)}
     for layer in range(config.layers):
@@ -326,7 +336,7 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:3]
         raise CheckpointError(f"{directory}: tensors do not match the model config (e.g. {diff})")
-    for name, tensor in weights.items():
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{directory}: tensor {name} is not finite floating point")
+    bad = next((n for n, t in weights.items() if not t.is_floating_point()), None) or _non_finite(weights)
+    if bad is not None:
+        raise CheckpointError(f"{directory}: tensor {bad} is not finite floating point")
     return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)

@@ -15,6 +15,7 @@ from typing import Any
 from charnn.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 

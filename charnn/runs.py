@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from charnn.checkpoint import BEST, LATEST, META, load_checkpoint
+from charnn.checkpoint import BEST, LATEST, META, aside_path, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.console import TrainReporter, note
 from charnn.data import load_corpus, read_source, resolve_sources
@@ -55,7 +55,7 @@ def start_training(
         existing = [
             n
             for n in (LATEST, BEST)
-            if (out_dir / n / META).exists() or (out_dir / f".{n}.old" / META).exists()
+            if (out_dir / n / META).exists() or (aside_path(out_dir / n) / META).exists()
         ]
         if existing and not force:
             raise ConfigError(
@@ -73,7 +73,7 @@ def start_training(
         if force:
             import shutil
 
-            for stale in (out_dir / BEST, out_dir / f".{BEST}.old"):
+            for stale in (out_dir / BEST, aside_path(out_dir / BEST)):
                 if stale.exists():
                     shutil.rmtree(stale)  # the old run's best must not outlive it
     try:

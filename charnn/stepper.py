@@ -33,6 +33,7 @@ import copy
 import numpy as np
 import torch
 
+from charnn.config import GATES
 from charnn.model import CharRNN, Hidden
 
 # One float32 array (N, S) per state: per-layer hidden states h_0..h_{L-1} side by side, then
@@ -77,7 +78,7 @@ class FastStepper:
         # Derive in float64 and round once, so the folded table is as exact as the unfolded maths.
         sd = {k: v.detach().to(torch.float64) for k, v in self._model.state_dict().items()}
         H = cfg.hidden
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.cell]
+        gates = GATES[cfg.cell]
         # Columns fed to a sigmoid, pre-scaled by 1/2: LSTM (i, f, o) after reordering, GRU (r, z).
         scale = torch.ones(gates * H, dtype=torch.float64)
         if cfg.cell == "lstm":

@@ -196,9 +196,8 @@ class SentencePieceTokenizer:
     def stream_decoder(self) -> PieceDecoder:
         """A fresh incremental decoder for one stream of generated ids (see :class:`PieceDecoder`)."""
         if self._piece_table is None:
-            sp = self._sp
             self._piece_table = [
-                bytes((int(sp.id_to_piece(i)[1:-1], 16),)) if sp.is_byte(i) else sp.decode([i])
+                self.token_text(i) if (byte := self.byte_value(i)) is None else bytes((byte,))
                 for i in range(self.vocab_size)
             ]
         return PieceDecoder(self._piece_table)
