@@ -111,13 +111,37 @@ _TRAIN_OPTS = {
 @click.option("--embed", type=POS_INT, help="Embedding size.  [default: 64]")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout.  [default: 0]")
 @click.option("--tie-weights", is_flag=True, default=None, help="Share embedding and output weights.")
-@click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True)
+@click.option(
+    "--tokenizer",
+    type=click.Choice(["char", "bpe", "unigram", "sentencepiece"]),
+    default="char",
+    show_default=True,
+    help="Characters, or SentencePiece BPE / unigram subwords (sentencepiece = unigram).",
+)
 @click.option(
     "--vocab-size",
     type=click.IntRange(min=8),
     default=2000,
     show_default=True,
-    help="SentencePiece vocabulary size.",
+    help="bpe/unigram: pieces, incl. 256 byte-fallback pieces.",
+)
+@click.option(
+    "--max-vocab", type=click.IntRange(min=2), help="char: keep the N-1 most frequent characters + UNK."
+)
+@click.option(
+    "--min-char-count", type=POS_INT, help="char: characters seen fewer than K times become UNK."
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["none", "nfc", "nfkc"]),
+    default="none",
+    show_default=True,
+    help="Unicode normalisation of corpus, primes and eval text.",
+)
+@click.option(
+    "--tokenizer-from",
+    metavar="CKPT",
+    help="Reuse the tokenizer of this checkpoint (run directory or checkpoint).",
 )
 @click.option("--batch-size", type=POS_INT, help="Parallel streams per batch.  [default: 16]")
 @click.option("--seq-len", type=POS_INT, help="TBPTT window length.  [default: 128]")
@@ -167,6 +191,10 @@ def train(
     force: bool,
     tokenizer: str,
     vocab_size: int,
+    max_vocab: int | None,
+    min_char_count: int | None,
+    normalize: str,
+    tokenizer_from: str | None,
     encoding_errors: str,
     time_: str | None,
     **_: Any,
@@ -175,8 +203,21 @@ def train(
 
     With no FILES, trains on Python's documentation topics that ship with CPython.
     """
+    from charnn.config import TokenizerConfig
     from charnn.runs import start_training
 
+    tok_opts = {"tokenizer", "vocab_size", "max_vocab", "min_char_count", "normalize"}
+    if tokenizer_from is not None and _given(ctx, {k: k for k in tok_opts}):
+        raise ConfigError("--tokenizer-from takes the whole tokenizer from the checkpoint: "
+                          "drop --tokenizer, --vocab-size, --max-vocab, --min-char-count and --normalize")
+    tok_config = TokenizerConfig(
+        kind=tokenizer,
+        vocab_size=vocab_size,
+        max_vocab=max_vocab,
+        min_char_count=min_char_count,
+        normalize=normalize,
+        source=tokenizer_from,
+    )
     model_opts = _given(ctx, _MODEL_OPTS)
     train_opts = _given(ctx, _TRAIN_OPTS)
     if "time_limit" in train_opts:
@@ -188,8 +229,8 @@ def train(
         out=out,
         resume=resume,
         force=force,
-        tokenizer=tokenizer,
-        vocab_size=vocab_size,
+        tokenizer=tok_config,
+        vocab_size=None,
         encoding_errors=encoding_errors,
         model_opts=model_opts,
         train_opts=train_opts,
@@ -207,7 +248,7 @@ def train(
     type=NONNEG_INT,
     default=500,
     show_default=True,
-    help="Characters (tokens) to generate per sample, at most.",
+    help="Characters to generate per sample, at most (for every tokenizer).",
 )
 @click.option(
     "-t",
@@ -298,8 +339,8 @@ def eval_(files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_error
         click.echo(json.dumps(result))
     else:
         click.echo(
-            f"bpc {result['bpc']:.4f}  loss {result['loss']:.4f}  chars {result['chars']}  "
-            f"tokens {result['tokens']}"
+            f"bpc {result['bpc']:.4f}  bpt {result['bpt']:.4f}  loss {result['loss']:.4f}  "
+            f"chars {result['chars']}  tokens {result['tokens']}"
         )
 
 

@@ -18,6 +18,8 @@ CELLS = ("lstm", "gru", "rnn")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+TOKENIZERS = ("char", "bpe", "unigram", "sentencepiece")  # sentencepiece: the old name for unigram
+NORMALIZE = ("none", "nfc", "nfkc")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -55,6 +57,47 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How a new run builds its tokenizer (``--tokenizer-from`` reuses a checkpoint's instead)."""
+
+    kind: str = "char"
+    vocab_size: int = 2000  # bpe / unigram: pieces, byte-fallback pieces included
+    max_vocab: int | None = None  # char: the most frequent characters + one unknown symbol
+    min_char_count: int | None = None  # char: rarer characters become the unknown symbol
+    normalize: str | None = None  # None, "nfc" or "nfkc"
+    sample_sentences: int = 200_000  # bpe / unigram: lines SentencePiece samples to train on
+    seed: int = 0  # the sample's seed
+    source: str | None = None  # --tokenizer-from: a checkpoint whose tokenizer to reuse
+
+    def __post_init__(self) -> None:
+        _check(self.kind in TOKENIZERS, f"--tokenizer must be one of char, bpe, unigram, got {self.kind!r}")
+        if self.kind == "sentencepiece":
+            object.__setattr__(self, "kind", "unigram")
+        if self.normalize == "none":
+            object.__setattr__(self, "normalize", None)
+        _check(
+            self.normalize in (None, "nfc", "nfkc"),
+            f"--normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}",
+        )
+        _check(self.vocab_size >= 8, f"--vocab-size must be >= 8, got {self.vocab_size}")
+        _check(
+            self.max_vocab is None or self.max_vocab >= 2, f"--max-vocab must be >= 2, got {self.max_vocab}"
+        )
+        _check(
+            self.min_char_count is None or self.min_char_count >= 1,
+            f"--min-char-count must be >= 1, got {self.min_char_count}",
+        )
+        _check(
+            self.kind == "char" or (self.max_vocab is None and self.min_char_count is None),
+            "--max-vocab and --min-char-count apply to --tokenizer char (subwords use --vocab-size)",
+        )
+        _check(self.sample_sentences >= 1, f"sample_sentences must be >= 1, got {self.sample_sentences}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ class TrainReporter:
             self._task = self._progress.add_task("train", total=1.0, step=info["start_step"], stats="")
 
     def progress(self, step: int, total: int | None, fraction: float, stats: dict[str, float]) -> None:
-        text = f"loss {stats['loss']:.3f} bpc {stats['bpc']:.3f} {stats['tok_per_s'] / 1000:.1f}k chars/s"
+        text = f"loss {stats['loss']:.3f} bpc {stats['bpc']:.3f} {stats['chars_per_s'] / 1000:.1f}k chars/s"
+        if abs(stats.get("bpt", stats["bpc"]) - stats["bpc"]) > 1e-9:  # subwords: per token as well
+            text = text.replace(" bpc", f" bpt {stats['bpt']:.2f} bpc", 1)
         if stats["skipped"]:
             text += f" skipped {stats['skipped']:.0f}"
         self._fraction = fraction
@@ -87,7 +89,9 @@ class TrainReporter:
     def evaluated(self, step: int, result: Any, is_best: bool) -> None:
         star = " [green](best)[/]" if is_best else ""
         self.console.print(
-            f"step {step}: val loss {result.loss:.4f}, val bpc {result.bpc:.4f}{star}", markup=True
+            f"step {step}: val loss {result.loss:.4f}, val bpc {result.bpc:.4f} (per character; "
+            f"{result.bpt:.4f} bits per token over {result.tokens:,} tokens){star}",
+            markup=True,
         )
 
     def message(self, text: str) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from charnn.config import TokenizerConfig
 from charnn.errors import DataError
-from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, unique_codepoints
+from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, normalize_text
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
@@ -115,11 +116,17 @@ def read_source(source: str, errors: str = "strict") -> str:
 
 def load_corpus(
     paths: Sequence[str],
-    tokenizer: str | Tokenizer = "char",
+    tokenizer: str | Tokenizer | TokenizerConfig = "char",
     vocab_size: int | None = None,
     encoding_errors: str = "strict",
+    val_fraction: float = 0.0,
 ) -> Corpus:
-    """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval)."""
+    """Read and encode a corpus.
+
+    ``tokenizer`` is an existing tokenizer (resume, eval, ``--tokenizer-from``), or how to build
+    one (a :class:`TokenizerConfig`, or just its kind). Subword models learn from the training
+    split only: the text before the last ``val_fraction`` of the characters.
+    """
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
     names: list[str] = []  # the source of each text, for error messages
@@ -138,13 +145,9 @@ def load_corpus(
     chars = sum(len(t) for t in texts)
 
     if isinstance(tokenizer, str):
-        if tokenizer == "char":
-            uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
-            tokenizer = CharTokenizer.from_codepoints(uniques)
-        elif tokenizer == "sentencepiece":
-            tokenizer = SentencePieceTokenizer.train("".join(texts), vocab_size or 2000)
-        else:
-            raise DataError(f"unknown tokenizer {tokenizer!r}")
+        tokenizer = TokenizerConfig(kind=tokenizer, vocab_size=vocab_size or 2000)
+    if isinstance(tokenizer, TokenizerConfig):
+        tokenizer = build_tokenizer(tokenizer, texts, val_fraction)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:
@@ -155,14 +158,62 @@ def load_corpus(
     return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=sources, notes=notes)
 
 
-def split_train_val(ids: np.ndarray, val_fraction: float, min_val: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out the last ``val_fraction`` of the corpus (views, no copies)."""
+def build_tokenizer(config: TokenizerConfig, texts: Sequence[str], val_fraction: float = 0.0) -> Tokenizer:
+    """A new tokenizer for ``texts``. Characters come from the whole corpus (so validation never
+    meets an unknown one); a SentencePiece model from a seeded sample of the training split."""
+    texts = [normalize_text(t, config.normalize) for t in texts]
+    if config.kind == "char":
+        return CharTokenizer.build(texts, config.max_vocab, config.min_char_count, config.normalize)
+    total = sum(len(t) for t in texts)
+    keep = total - int(total * val_fraction) if val_fraction > 0 else total
+    train_parts = []
+    for text in texts:
+        train_parts.append(text[:keep])
+        keep -= len(train_parts[-1])
+        if keep <= 0:
+            break
+    return SentencePieceTokenizer.train(
+        "".join(train_parts),
+        config.vocab_size,
+        kind=config.kind,
+        seed=config.seed,
+        normalize=config.normalize,
+        sample_sentences=config.sample_sentences,
+    )
+
+
+def split_train_val(
+    ids: np.ndarray, val_fraction: float, min_val: int = 2, char_lengths: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the last ``val_fraction`` of the corpus (views, no copies).
+
+    With ``char_lengths`` (characters per token id) the fraction is of characters, so models with
+    different tokenizers validate on the same text (up to one token at the boundary).
+    """
     if val_fraction <= 0:
         return ids, ids[:0]
-    n_val = max(min_val, int(len(ids) * val_fraction))
+    if char_lengths is None or bool((char_lengths == 1).all()):
+        n_val = max(min_val, int(len(ids) * val_fraction))
+    else:
+        n_val = max(min_val, len(ids) - _token_at_char_fraction(ids, char_lengths, 1.0 - val_fraction))
     if n_val >= len(ids) - 1:
         raise DataError(f"corpus of {len(ids)} tokens is too short to hold out a validation split")
     return ids[:-n_val], ids[-n_val:]
+
+
+def _token_at_char_fraction(ids: np.ndarray, char_lengths: np.ndarray, fraction: float) -> int:
+    """The first token index at which ``fraction`` of the characters have been spelled (chunked:
+    no int64 copy of the whole corpus)."""
+    chunk = 1 << 20
+    sums = [int(char_lengths[ids[i : i + chunk]].sum()) for i in range(0, len(ids), chunk)]
+    target = sum(sums) * fraction
+    done = 0
+    for k, part in enumerate(sums):
+        if done + part >= target:
+            running = np.cumsum(char_lengths[ids[k * chunk : (k + 1) * chunk]])
+            return k * chunk + int(np.searchsorted(running, target - done, side="left")) + 1
+        done += part
+    return len(ids)
 
 
 class StreamBatcher:

@@ -23,28 +23,30 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class EvalResult:
     loss: float  # mean negative log-likelihood per token, in nats
-    bpc: float  # bits per character of the predicted text
+    bpc: float  # bits per character of the predicted text: total nats / characters / ln 2
     tokens: int  # tokens predicted
     chars: int  # characters those tokens spell
 
+    @property
+    def bpt(self) -> float:
+        """Bits per token (equal to bpc for the char tokenizer)."""
+        return self.loss / LN2
+
     def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "bpc": self.bpc, "tokens": self.tokens, "chars": self.chars}
+        return {
+            "loss": self.loss, "bpc": self.bpc, "bpt": self.bpt, "tokens": self.tokens, "chars": self.chars
+        }
 
 
 def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
-    if tokenizer.kind == "char":
-        return np.ones(tokenizer.vocab_size, dtype=np.int64)
-    byte_value = getattr(tokenizer, "byte_value", lambda _: None)
+    return tokenizer.char_lengths()
 
-    def chars(token_id: int) -> int:
-        byte = byte_value(token_id)
-        if byte is not None:
-            # Byte-fallback pieces spell UTF-8: a character is its lead byte; continuation bytes add none.
-            return 0 if 0x80 <= byte < 0xC0 else 1
-        return len(tokenizer.token_text(token_id))
 
-    return np.array([chars(i) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+def token_extra_nats(tokenizer: Tokenizer) -> np.ndarray | None:
+    """Nats each token costs on top of its model loss (the unknown symbol's share), or None."""
+    extra = tokenizer.extra_nats()
+    return extra if extra.any() else None
 
 
 @torch.no_grad()
@@ -55,30 +57,43 @@ def evaluate_stream(
     batch_size: int = 16,
     seq_len: int = 256,
     device: torch.device | str = "cpu",
+    context: int | None = None,
+    extra_nats: np.ndarray | None = None,
 ) -> EvalResult:
-    """Loss over ``ids`` read as ``batch_size`` parallel streams, hidden state carried across windows."""
-    n = len(ids)
-    if n < 2:
+    """Loss over every token of ``ids``, read as ``batch_size`` parallel streams.
+
+    With ``context`` (e.g. a newline, or the last training token before the validation split)
+    the first token is predicted too, so the loss covers the whole text; without it, all tokens
+    after the first. Stream ``b`` predicts targets ``[b*L, (b+1)*L)`` (the last one is shorter,
+    padding is ignored), carrying its hidden state across windows; each stream starts from a
+    zero state with the true preceding token as input. ``extra_nats`` (V,) is added per target.
+    """
+    seq = ids if context is None else np.concatenate([np.asarray([context], dtype=ids.dtype), ids])
+    m = len(seq) - 1  # targets
+    if m < 1:
         raise ValueError("need at least 2 tokens to evaluate")
-    streams = max(1, min(batch_size, (n - 1) // max(1, seq_len)))
-    length = (n - 1) // streams  # tokens each stream predicts
-    idx = np.arange(streams)[:, None] * length + np.arange(length + 1)[None, :]  # (B, L+1)
-    data = torch.from_numpy(ids[idx].astype(np.int64)).to(device)
+    streams = max(1, min(batch_size, m // max(1, seq_len)))
+    length = -(-m // streams)  # L, ceil
+    inputs = np.zeros(streams * length, dtype=np.int64)
+    targets = np.full(streams * length, -100, dtype=np.int64)  # -100: cross_entropy's ignore_index
+    inputs[:m], targets[:m] = seq[:-1], seq[1:]
+    x_all = torch.from_numpy(inputs.reshape(streams, length)).to(device)  # (B, L)
+    y_all = torch.from_numpy(targets.reshape(streams, length)).to(device)  # (B, L)
     was_training = model.training
     model.eval()
     hidden = None
     total = 0.0
     for start in range(0, length, seq_len):
-        end = min(start + seq_len, length)
-        x = data[:, start:end]  # (B, t)
-        y = data[:, start + 1 : end + 1]  # (B, t)
+        x, y = x_all[:, start : start + seq_len], y_all[:, start : start + seq_len]  # (B, t)
         logits, hidden = model(x, hidden)  # (B, t, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
         hidden = detach_hidden(hidden)
     model.train(was_training)
-    tokens = streams * length
-    chars = int(char_lengths[ids[idx[:, 1:]]].sum())
-    return EvalResult(loss=total / tokens, bpc=total / LN2 / max(chars, 1), tokens=tokens, chars=chars)
+    predicted = seq[1:]
+    if extra_nats is not None:
+        total += float(extra_nats[predicted].sum())
+    chars = int(char_lengths[predicted].sum())
+    return EvalResult(loss=total / m, bpc=total / LN2 / max(chars, 1), tokens=m, chars=chars)
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,10 @@ class LineScore:
     logprob: float  # natural-log probability of the line's tokens given the context
     tokens: int
     chars: int
+
+    @property
+    def bpt(self) -> float:
+        return -self.logprob / LN2 / self.tokens if self.tokens else 0.0
 
     @property
     def bpc(self) -> float:
@@ -99,6 +118,7 @@ def score_lines(
     lines: Sequence[np.ndarray],
     char_lengths: np.ndarray,
     batch_size: int = 64,
+    extra_nats: np.ndarray | None = None,
 ) -> list[LineScore]:
     """log p(line | context) for each line, batched (sorted by length to limit padding)."""
     if not context:
@@ -127,6 +147,8 @@ def score_lines(
             n = len(lines[i])
             # Targets at positions C..C+n-1 are predicted from positions C-1..C+n-2.
             lp = float(logp[row, len(ctx) - 1 : len(ctx) - 1 + n].double().sum()) if n else 0.0
+            if n and extra_nats is not None:  # the unknown symbol's share, as in evaluate_stream
+                lp -= float(extra_nats[lines[i]].sum())
             chars = int(char_lengths[lines[i]].sum()) if n else 0
             scores[i] = LineScore(logprob=lp, tokens=n, chars=chars)
     model.train(was_training)

@@ -7,6 +7,7 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from charnn.checkpoint import BEST, LATEST, META, aside_path, load_checkpoint
-from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
 from charnn.console import TrainReporter, note
 from charnn.data import load_corpus, read_source, resolve_sources
 from charnn.errors import ConfigError, DataError
@@ -28,13 +29,17 @@ def start_training(
     out: str,
     resume: str | None,
     force: bool,
-    tokenizer: str,
-    vocab_size: int,
+    tokenizer: TokenizerConfig | str,
+    vocab_size: int | None,
     encoding_errors: str,
     model_opts: dict[str, Any],
     train_opts: dict[str, Any],
 ) -> dict[str, Any]:
-    """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``)."""
+    """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``).
+
+    ``tokenizer`` says how a new run builds its tokenizer (a kind, or a :class:`TokenizerConfig`
+    whose ``source`` names a checkpoint to take it from); a resumed run keeps its own.
+    """
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
     reporter = TrainReporter()
@@ -63,8 +68,15 @@ def start_training(
                 "or replace it with --force"
             )
         config = TrainConfig(**train_opts)
+        if isinstance(tokenizer, str):
+            tokenizer = TokenizerConfig(kind=tokenizer, vocab_size=vocab_size or 2000)
+        if tokenizer.source is None:  # a subword model's sample is seeded by the run's seed
+            tokenizer = dataclasses.replace(tokenizer, seed=config.seed)
+            source: Any = tokenizer
+        else:
+            source = load_checkpoint(tokenizer.source).tokenizer
         corpus = load_corpus(
-            files, tokenizer=tokenizer, vocab_size=vocab_size, encoding_errors=encoding_errors
+            files, tokenizer=source, encoding_errors=encoding_errors, val_fraction=config.val_fraction
         )
         for text in corpus.notes:
             note(text)
@@ -182,14 +194,21 @@ def run_sampling(
 
 
 def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
-    from charnn.evaluate import evaluate_stream, token_char_lengths
+    from charnn.evaluate import evaluate_stream, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
-    corpus = load_corpus(files, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
-    if len(corpus.ids) < 2:
-        raise DataError("need at least 2 tokens of text to evaluate")
-    result = evaluate_stream(ckpt.build_model(), corpus.ids, token_char_lengths(ckpt.tokenizer))
-    return {**result.to_dict(), "checkpoint": str(ckpt.path)}
+    tokenizer = ckpt.tokenizer
+    corpus = load_corpus(files, tokenizer=tokenizer, encoding_errors=encoding_errors)
+    # Every token is predicted, the first from the start context (a newline), so bpc is the
+    # total over the whole text divided by its characters, whatever the tokenizer.
+    result = evaluate_stream(
+        ckpt.build_model(),
+        corpus.ids,
+        token_char_lengths(tokenizer),
+        context=tokenizer.start_ids()[-1],
+        extra_nats=token_extra_nats(tokenizer),
+    )
+    return {**result.to_dict(), "tokenizer": tokenizer.kind, "checkpoint": str(ckpt.path)}
 
 
 def run_score(
@@ -202,7 +221,7 @@ def run_score(
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
     import numpy as np
 
-    from charnn.evaluate import score_lines, token_char_lengths
+    from charnn.evaluate import score_lines, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
@@ -224,7 +243,8 @@ def run_score(
         except DataError as exc:
             where = f"{source}:{n}" if n else source
             raise DataError(f"{where}: {exc}") from None
-    scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
+    lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
+    scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
         row = {"source": "<stdin>" if source == "-" else source}
         if not whole:
@@ -234,6 +254,7 @@ def run_score(
             "text": text,
             "logprob": sc.logprob,
             "bpc": sc.bpc,
+            "bpt": sc.bpt,
             "chars": sc.chars,
             "tokens": sc.tokens,
         }
@@ -251,12 +272,22 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
         "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
         + (", tied" if cfg.tie_weights else ""),
         "parameters": params,
-        "tokenizer": f"{ckpt.tokenizer.kind}, {cfg.vocab_size} tokens",
+        "tokenizer": _tokenizer_summary(ckpt.tokenizer, cfg.vocab_size),
         "step": progress.get("step"),
         "val_bpc": val.get("bpc"),
+        "val_bits_per_token": val.get("bpt"),
         "best_val_bpc": progress.get("best_val_bpc"),
         "skipped_steps": progress.get("skipped_steps"),
         "trained_seconds": round(progress.get("elapsed", 0.0), 1),
         "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
         "created": meta.get("created"),
     }
+
+
+def _tokenizer_summary(tokenizer: Any, vocab_size: int) -> str:
+    text = f"{tokenizer.kind}, {vocab_size} tokens"
+    if getattr(tokenizer, "unk", None) is not None:
+        text += f" (one stands for {tokenizer.unk} rare characters)"
+    if tokenizer.normalize:
+        text += f", {tokenizer.normalize.upper()}-normalised"
+    return text

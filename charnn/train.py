@@ -30,7 +30,7 @@ from charnn.errors import (
     DivergedError,
     Interrupted,
 )
-from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
+from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
 from charnn.model import CharRNN, Hidden, detach_hidden, hidden_from_tensors, hidden_tensors
 
 DEFAULT_TIME = 300.0  # seconds, when no --steps/--epochs/--time is given
@@ -141,12 +141,18 @@ class Trainer:
         self.device = select_device(config.device)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
-        train_ids, self.val_ids = split_train_val(corpus.ids, config.val_fraction)
+        # Per-character numbers for every tokenizer: characters each token spells, UNK's extra cost.
+        self.char_lengths = token_char_lengths(corpus.tokenizer)
+        self.extra_nats = token_extra_nats(corpus.tokenizer)
+        train_ids, self.val_ids = split_train_val(
+            corpus.ids, config.val_fraction, char_lengths=self.char_lengths
+        )
         self.val_ids = self.val_ids[: config.eval_chars]
+        self.val_context = int(train_ids[-1])  # validation text is predicted from its first token on
         self.batcher = StreamBatcher(
             train_ids, config.batch_size, config.seq_len, config.seed, reporter.message
         )
-        self.char_lengths = token_char_lengths(corpus.tokenizer)
+        self.last_chars = 0  # characters the last step's targets spell (for the bpc in the log)
 
         torch.manual_seed(config.seed)
         self.model = CharRNN(model_config).to(self.device)
@@ -222,6 +228,7 @@ class Trainer:
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.batcher.batch(self.progress.step)
+        self.last_chars = int(self.char_lengths[y_np].sum())
         x = torch.from_numpy(x_np).to(self.device)  # (B, T)
         y = torch.from_numpy(y_np).to(self.device)  # (B, T)
         if reset or self.hidden is None:
@@ -251,9 +258,16 @@ class Trainer:
         return None
 
     def evaluate(self) -> EvalResult | None:
-        if len(self.val_ids) < 2:
+        if len(self.val_ids) < 1:
             return None
-        return evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
+        return evaluate_stream(
+            self.model,
+            self.val_ids,
+            self.char_lengths,
+            device=self.device,
+            context=self.val_context,
+            extra_nats=self.extra_nats,
+        )
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -262,7 +276,7 @@ class Trainer:
         # has been checkpointed since, so another run of bad steps means the run has diverged.
         bad_in_a_row, recovered = 0, False
         pending_save = pending_eval = False  # deferred while a run of bad steps lasts
-        window_start, window_tokens = time.perf_counter(), 0
+        window_start, window_tokens, window_chars = time.perf_counter(), 0, 0
         flags: dict[str, int] = {}
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
         with _signal_flags(flags):
@@ -278,6 +292,7 @@ class Trainer:
                     break
                 loss = self.train_step()
                 window_tokens += self.batcher.batch_size * cfg.seq_len
+                window_chars += self.last_chars
                 save_due = pending_save or prog.step % cfg.save_every == 0
                 eval_due = (pending_eval or prog.step % cfg.eval_every == 0) and not self.done()
                 stopping = bool(flags.get("signal")) or self.done()
@@ -303,15 +318,18 @@ class Trainer:
                     ema = prog.train_loss
                     prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
                     now = time.perf_counter()
+                    tokens = self.batcher.batch_size * cfg.seq_len
                     stats = {
                         "loss": loss,
-                        "bpc": loss / math.log(2),
+                        "bpc": loss * tokens / max(self.last_chars, 1) / math.log(2),  # per character
+                        "bpt": loss / math.log(2),  # per token
                         "tok_per_s": window_tokens / max(now - window_start, 1e-9),
+                        "chars_per_s": window_chars / max(now - window_start, 1e-9),
                         "lr": self.lr_at(prog.step),
                         "skipped": prog.skipped_steps,
                     }
                     if now - window_start > 2.0:
-                        window_start, window_tokens = now, 0
+                        window_start, window_tokens, window_chars = now, 0, 0
                     self.reporter.progress(prog.step, self.total_steps, self.fraction_done(), stats)
                 if flags.get("signal"):
                     self.save(LATEST)  # weights checked finite above

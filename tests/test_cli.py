@@ -205,8 +205,9 @@ def test_sentencepiece_run_end_to_end(run_cli: RunCli, corpus_file: Path, corpus
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     assert result["tokens"] < result["chars"]
-    # Every character but the first is predicted, whatever pieces spell it.
-    assert result["chars"] == len(held_out) - 1
+    # Every character is predicted (the first from the start context), whatever pieces spell it.
+    assert result["chars"] == len(held_out)
+    assert result["bpt"] * result["tokens"] == pytest.approx(result["bpc"] * result["chars"])
     sample = run_cli("sample", "-c", out, "--length", "30", "--seed", "1")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout
