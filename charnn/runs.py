@@ -159,6 +159,7 @@ def run_sampling(
 
     import torch
 
+    from charnn.constraints import TokenRules
     from charnn.sampling import generate
     from charnn.stepper import FastStepper
 
@@ -171,8 +172,11 @@ def run_sampling(
     generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
     # Subword tokenizers stream through per-sample decoders (byte pieces form whole characters).
     decode = tokenizer if hasattr(tokenizer, "stream_decoder") else tokenizer.token_text
+    # Lengths in characters, valid text only; a prime's last subword piece is regenerated (healed).
+    rules = TokenRules.for_tokenizer(tokenizer)
+    options = {"generator": generator, "rules": rules, "heal": bool(prime)}
     if as_json:
-        samples = generate(stepper, prime_ids, config, decode, generator=generator)
+        samples = generate(stepper, prime_ids, config, decode, **options)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
@@ -186,7 +190,7 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, generator=generator)
+    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, **options)
     writer.finish([s.text for s in samples])
 
 
