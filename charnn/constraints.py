@@ -71,7 +71,7 @@ class TokenRules:
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> TokenRules:
         byte_values = tokenizer.byte_values() if hasattr(tokenizer, "byte_values") else None
-        pieces = getattr(tokenizer, "_pieces", None)
+        pieces = getattr(tokenizer, "pieces", None)
         return cls(tokenizer.char_lengths(), tokenizer.never_emit(), byte_values, pieces)
 
     # ------------------------------------------------------------------ masks

@@ -125,6 +125,7 @@ class CharTokenizer:
         self.unk = unk
         self.normalize = normalize
         self.unk_id = len(self.chars) if unk is not None else None
+        self._table = self.chars + [UNK_TEXT] if unk is not None else self.chars  # id -> text
         cps = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         self._order = np.argsort(cps, kind="stable")
         self._sorted_cps = cps[self._order]
@@ -192,11 +193,11 @@ class CharTokenizer:
         return DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
 
     def decode(self, ids: Iterable[int]) -> str:
-        table = self.chars + [UNK_TEXT] if self.unk is not None else self.chars
+        table = self._table
         return "".join(table[int(i)] for i in ids)
 
     def token_text(self, token_id: int) -> str:
-        return UNK_TEXT if token_id == self.unk_id else self.chars[token_id]
+        return self._table[token_id]
 
     def start_ids(self) -> list[int]:
         """Context used when the user gives no prime: a newline, as at the start of a line."""
@@ -257,8 +258,9 @@ class SentencePieceTokenizer:
             raise CheckpointError("SentencePiece model lacks the newline piece or byte fallback")
         self._meta_ids = byte_ids  # a literal '▁' is spelled with its byte pieces
         self._dtype = id_dtype(self._sp.get_piece_size())
-        self._pieces = [self._piece(i) for i in range(self.vocab_size)]  # str, or one byte
-        self._piece_bytes = [p if isinstance(p, bytes) else p.encode() for p in self._pieces]
+        # id -> its text, or its one byte for a byte piece (control pieces: "")
+        self.pieces: list[str | bytes] = [self._piece(i) for i in range(self.vocab_size)]
+        self._piece_bytes = [p if isinstance(p, bytes) else p.encode() for p in self.pieces]
 
     def _piece(self, i: int) -> str | bytes:
         sp = self._sp
@@ -357,21 +359,21 @@ class SentencePieceTokenizer:
 
     def stream_decoder(self) -> PieceDecoder:
         """A fresh incremental decoder for one stream of generated ids (see :class:`PieceDecoder`)."""
-        return PieceDecoder(self._pieces)
+        return PieceDecoder(self.pieces)
 
     def byte_value(self, token_id: int) -> int | None:
         """The byte a byte-fallback piece (``<0xC3>``) stands for, else None."""
-        piece = self._pieces[int(token_id)]
+        piece = self.pieces[int(token_id)]
         return piece[0] if isinstance(piece, bytes) else None
 
     def byte_values(self) -> np.ndarray:
         """(V,) the byte of each byte-fallback piece, -1 for every other piece."""
-        return np.array([p[0] if isinstance(p, bytes) else -1 for p in self._pieces], dtype=np.int16)
+        return np.array([p[0] if isinstance(p, bytes) else -1 for p in self.pieces], dtype=np.int16)
 
     def char_lengths(self) -> np.ndarray:
         """Characters each piece spells; a byte piece counts 1 on a lead byte, 0 on a continuation."""
         return np.array(
-            [(0 if 0x80 <= p[0] < 0xC0 else 1) if isinstance(p, bytes) else len(p) for p in self._pieces],
+            [(0 if 0x80 <= p[0] < 0xC0 else 1) if isinstance(p, bytes) else len(p) for p in self.pieces],
             dtype=np.int64,
         )
 
@@ -411,11 +413,11 @@ class PieceDecoder:
     """
 
     def __init__(self, pieces: Sequence[str | bytes]) -> None:
-        self._pieces = pieces  # token id -> its text, or its one byte for a byte piece
+        self.pieces = pieces  # token id -> its text, or its one byte for a byte piece
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, token_id: int) -> str:
-        piece = self._pieces[token_id]
+        piece = self.pieces[token_id]
         if isinstance(piece, bytes):
             return self._utf8.decode(piece)
         return self.flush() + piece
