@@ -52,11 +52,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.runs:
             rows.append(train(args.corpus, args.time, spec, Path(tmp) / spec.replace(":", "-")))
-    header = f"{'run':14} {'vocab':>6} {'steps':>6} {'chars/s':>8} {'val bpc':>8} {'best':>8} {'bits/token':>10}"
+    header = f"{'run':14} {'vocab':>6} {'steps':>6} {'chars/s':>8} {'val bpc':>8} {'best':>8} {'bits/tok':>8}"
     print(header)
     for r in rows:
         print(f"{r['run']:14} {r['vocab']:6d} {r['steps']:6d} {r['chars_per_s']:8.0f} {r['val_bpc']:8.4f} "
-              f"{r['best_val_bpc']:8.4f} {r['val_bpt']:10.4f}")
+              f"{r['best_val_bpc']:8.4f} {r['val_bpt']:8.4f}")
 
 
 if __name__ == "__main__":
