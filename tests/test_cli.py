@@ -369,7 +369,7 @@ def test_plain_outputs(run_cli: RunCli, trained_run: Path, tmp_path: Path) -> No
     ev = run_cli("eval", "-c", trained_run, "-", input=text)
     assert ev.returncode == 0, ev.stderr
     assert ev.stdout.startswith("bpc ") and len(ev.stdout.splitlines()) == 1
-    assert f"chars {len(text) - 1}" in ev.stdout
+    assert f"chars {len(text)}" in ev.stdout
     sc = run_cli("score", "-c", trained_run, input=text)
     assert sc.returncode == 0, sc.stderr
     rows = [line.split("\t") for line in sc.stdout.splitlines()]
