@@ -24,7 +24,6 @@ from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, n
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
-ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 
 @dataclass
@@ -116,7 +115,7 @@ def read_source(source: str, errors: str = "strict") -> str:
 
 def load_corpus(
     paths: Sequence[str],
-    tokenizer: str | Tokenizer | TokenizerConfig = "char",
+    tokenizer: str | Tokenizer | TokenizerConfig | None = None,
     vocab_size: int | None = None,
     encoding_errors: str = "strict",
     val_fraction: float = 0.0,
@@ -144,8 +143,8 @@ def load_corpus(
         raise DataError("the corpus is empty")
     chars = sum(len(t) for t in texts)
 
-    if isinstance(tokenizer, str):
-        tokenizer = TokenizerConfig(kind=tokenizer, vocab_size=vocab_size or 2000)
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = TokenizerConfig(kind=tokenizer or "char", vocab_size=vocab_size or 2000)
     if isinstance(tokenizer, TokenizerConfig):
         tokenizer = build_tokenizer(tokenizer, texts, val_fraction)
     parts = []
@@ -161,9 +160,9 @@ def load_corpus(
 def build_tokenizer(config: TokenizerConfig, texts: Sequence[str], val_fraction: float = 0.0) -> Tokenizer:
     """A new tokenizer for ``texts``. Characters come from the whole corpus (so validation never
     meets an unknown one); a SentencePiece model from a seeded sample of the training split."""
-    texts = [normalize_text(t, config.normalize) for t in texts]
+    texts = [normalize_text(t, config.normalization) for t in texts]
     if config.kind == "char":
-        return CharTokenizer.build(texts, config.max_vocab, config.min_char_count, config.normalize)
+        return CharTokenizer.build(texts, config.max_vocab, config.min_char_count, config.normalization)
     total = sum(len(t) for t in texts)
     keep = total - int(total * val_fraction) if val_fraction > 0 else total
     train_parts = []
@@ -177,7 +176,7 @@ def build_tokenizer(config: TokenizerConfig, texts: Sequence[str], val_fraction:
         config.vocab_size,
         kind=config.kind,
         seed=config.seed,
-        normalize=config.normalize,
+        normalize=config.normalization,
         sample_sentences=config.sample_sentences,
     )
 

@@ -12,86 +12,108 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from charnn.checkpoint import BEST, LATEST, META, aside_path, load_checkpoint
-from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
+from charnn.checkpoint import BEST, LATEST, load_checkpoint
+from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
 from charnn.data import load_corpus, read_source, resolve_sources
 from charnn.errors import ConfigError, DataError
+from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
 
 
-def start_training(
-    files: Sequence[str],
-    out: str,
-    resume: str | None,
-    force: bool,
-    tokenizer: TokenizerConfig | str,
-    vocab_size: int | None,
-    encoding_errors: str,
-    model_opts: dict[str, Any],
-    train_opts: dict[str, Any],
-) -> dict[str, Any]:
-    """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``).
+@dataclass(frozen=True)
+class TrainRequest:
+    """A ``charnn train`` invocation: where, what, and the config fields the user gave
+    (only those: on ``--resume`` the rest come from the checkpoint)."""
 
-    ``tokenizer`` says how a new run builds its tokenizer (a kind, or a :class:`TokenizerConfig`
-    whose ``source`` names a checkpoint to take it from); a resumed run keeps its own.
-    """
+    files: list[str]
+    out: str = "checkpoints"
+    resume: str | None = None  # a run directory, or "" for ``out``
+    force: bool = False
+    encoding_errors: str = "strict"
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+
+
+def start_training(request: TrainRequest) -> dict[str, Any]:
+    """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
+    before anything in it is read (resume) or written (new run) until the run ends."""
+    if request.resume is not None:
+        run = RunDir(request.resume or request.out)
+        resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
+        with run.lock():
+            return _run(_resumed_trainer(request, run))
+    run = RunDir(request.out)
+    _refuse_existing(run, request.force)  # before reading the corpus: fail fast
+    trainer = _new_trainer(request, run)  # reads and encodes the corpus; writes nothing
+    with run.lock():
+        _refuse_existing(run, request.force)  # again: another run may have started meanwhile
+        if request.force:
+            run.remove(BEST)  # the old run's best must not outlive it
+        return _run(trainer)
+
+
+def _run(trainer: Any) -> dict[str, Any]:
+    try:
+        return trainer.run()  # type: ignore[no-any-return]
+    finally:
+        trainer.reporter.close()
+
+
+def _refuse_existing(run: RunDir, force: bool) -> None:
+    if run.holds_run() and not force:
+        raise ConfigError(
+            f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
+            "or replace it with --force"
+        )
+
+
+def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
-    reporter = TrainReporter()
-    if resume is not None:
-        out_dir = Path(resume or out)
-        ckpt = load_checkpoint(out_dir, prefer=LATEST)
-        refuse_contradictions(ckpt.config, model_opts, model_opts)
-        config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), train_opts)
-        sources = list(files) or ckpt.meta.get("corpus", {}).get("sources", [])
-        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
-        check_resume_corpus(ckpt, corpus)
-        for text in corpus.notes:
-            note(text)
-        trainer = Trainer(corpus, ckpt.config, config, out_dir, reporter, resume=ckpt)
-    else:
-        out_dir = Path(out)
-        # A run interrupted between a save's renames has only the aside copy (.latest.old).
-        existing = [
-            n
-            for n in (LATEST, BEST)
-            if (out_dir / n / META).exists() or (aside_path(out_dir / n) / META).exists()
-        ]
-        if existing and not force:
-            raise ConfigError(
-                f"{out_dir}/ already holds a run; continue it with --resume, pick another --out, "
-                "or replace it with --force"
-            )
-        config = TrainConfig(**train_opts)
-        if isinstance(tokenizer, str):
-            tokenizer = TokenizerConfig(kind=tokenizer, vocab_size=vocab_size or 2000)
-        if tokenizer.source is None:  # a subword model's sample is seeded by the run's seed
-            tokenizer = dataclasses.replace(tokenizer, seed=config.seed)
-            source: Any = tokenizer
-        else:
-            source = load_checkpoint(tokenizer.source).tokenizer
-        corpus = load_corpus(
-            files, tokenizer=source, encoding_errors=encoding_errors, val_fraction=config.val_fraction
+    ckpt = load_checkpoint(run.path, prefer=LATEST)
+    refuse_contradictions(ckpt.config, request.model, request.model)
+    kind = TokenizerConfig(kind=request.tokenizer.get("kind", ckpt.tokenizer.kind)).kind  # sentencepiece
+    if kind != ckpt.tokenizer.kind:
+        raise ConfigError(
+            f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
-        for text in corpus.notes:
-            note(text)
-        model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_opts)
-        trainer = Trainer(corpus, model_config, config, out_dir, reporter)
-        if force:
-            import shutil
+    config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
+    sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
+    corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    check_resume_corpus(ckpt, corpus)
+    for text in corpus.notes:
+        note(text)
+    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt)
 
-            for stale in (out_dir / BEST, aside_path(out_dir / BEST)):
-                if stale.exists():
-                    shutil.rmtree(stale)  # the old run's best must not outlive it
-    try:
-        return trainer.run()
-    finally:
-        reporter.close()
+
+def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
+    from charnn.train import Trainer
+
+    config = TrainConfig(**request.train)
+    tokenizer = TokenizerConfig(**request.tokenizer)
+    source: Any = tokenizer.replace(seed=config.seed)  # a subword model's sample follows --seed
+    if tokenizer.source is not None:
+        others = sorted(set(request.tokenizer) - {"source"})
+        if others:
+            flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
+            raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
+        source = load_checkpoint(tokenizer.source).tokenizer
+    corpus = load_corpus(
+        request.files,
+        tokenizer=source,
+        encoding_errors=request.encoding_errors,
+        val_fraction=config.val_fraction,  # subwords learn from the training split only
+    )
+    for text in corpus.notes:
+        note(text)
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
+    return Trainer(corpus, model_config, config, run.path, TrainReporter())
 
 
 # ---------------------------------------------------------------------------- sample
@@ -170,8 +192,7 @@ def run_sampling(
     stepper = FastStepper(ckpt.build_model())
     generator = torch.Generator()
     generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
-    # Subword tokenizers stream through per-sample decoders (byte pieces form whole characters).
-    decode = tokenizer if hasattr(tokenizer, "stream_decoder") else tokenizer.token_text
+    decode = tokenizer  # per-sample stream decoders (byte pieces form whole characters)
     # Lengths in characters, valid text only; a prime's last subword piece is regenerated (healed).
     rules = TokenRules.for_tokenizer(tokenizer)
     options = {"generator": generator, "rules": rules, "heal": bool(prime)}
@@ -250,7 +271,7 @@ def run_score(
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row = {"source": "<stdin>" if source == "-" else source}
+        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else source}
         if not whole:
             row["line"] = n
         yield {

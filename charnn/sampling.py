@@ -19,27 +19,19 @@ from charnn.config import SampleConfig
 from charnn.constraints import StreamState, TokenRules
 from charnn.errors import ConfigError
 from charnn.stepper import FastStepper
+from charnn.tokenizer import StreamDecoder
 
 OnText = Callable[[int, str], None]
 
 
-class StreamDecoder(Protocol):
-    """Incremental decoding of one stream (e.g. :class:`charnn.tokenizer.PieceDecoder`)."""
-
-    def feed(self, token_id: int) -> str: ...
-    def flush(self) -> str: ...
-    def getstate(self) -> object: ...
-    def setstate(self, state: object) -> None: ...
-
-
 class StreamDecoding(Protocol):
-    """Anything that makes a fresh :class:`StreamDecoder` per stream, e.g. a SentencePiece tokenizer."""
+    """What decoding needs of a tokenizer: a fresh incremental decoder per stream, which holds
+    back the bytes of a partial UTF-8 character (every :class:`~charnn.tokenizer.Tokenizer` has one)."""
 
     def stream_decoder(self) -> StreamDecoder: ...
 
 
-# A plain ``token id -> text`` callable (each token is whole text, as with characters), or a
-# StreamDecoding for tokenizers whose tokens may be parts of a character (byte-fallback pieces).
+# A tokenizer (decoded through per-stream decoders), or a plain ``token id -> text`` callable.
 Decode = Callable[[int], str] | StreamDecoding
 
 

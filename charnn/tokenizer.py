@@ -85,8 +85,18 @@ def canonical_kind(kind: str) -> str:
         raise DataError(f"unknown tokenizer {kind!r}: use one of {', '.join(KINDS)}")
     return kind
 
+class StreamDecoder(Protocol):
+    """Incremental decoding of one stream of generated ids (beam search forks its state)."""
+
+    def feed(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+    def getstate(self) -> object: ...
+    def setstate(self, state: Any) -> None: ...
+
 
 class Tokenizer(Protocol):
+    """What every tokenizer implements, whole: sampling, evaluation and checkpoints use only this."""
+
     kind: str
     normalize: str | None
 
@@ -95,6 +105,8 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> np.ndarray: ...
     def decode(self, ids: Iterable[int]) -> str: ...
     def token_text(self, token_id: int) -> str: ...
+    def stream_decoder(self) -> StreamDecoder: ...
+    def byte_value(self, token_id: int) -> int | None: ...
     def start_ids(self) -> list[int]: ...
     def char_lengths(self) -> np.ndarray: ...
     def never_emit(self) -> list[int]: ...
@@ -216,6 +228,14 @@ class CharTokenizer:
         if self.unk_id is not None:
             out[self.unk_id] = math.log(max(self.unk, 1))
         return out
+
+    def stream_decoder(self) -> CharDecoder:
+        """Every token is a whole character: decoding a stream is a table lookup."""
+        return CharDecoder(self._table)
+
+    def byte_value(self, token_id: int) -> int | None:
+        """Characters are never single bytes of a longer UTF-8 sequence."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         # A list, not one string: JSON would merge an adjacent high + low surrogate into one character.
@@ -403,6 +423,25 @@ def _sentences(text: str, max_chars: int = 4000) -> Iterator[str]:
                 yield seg[i : i + max_chars]
 
 
+class CharDecoder:
+    """The stream decoder of :class:`CharTokenizer`: stateless, each id is one character."""
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        self._chars = chars
+
+    def feed(self, token_id: int) -> str:
+        return self._chars[token_id]
+
+    def flush(self) -> str:
+        return ""
+
+    def getstate(self) -> None:
+        return None
+
+    def setstate(self, state: None) -> None:
+        pass
+
+
 class PieceDecoder:
     """Streams text token by token when some tokens are single UTF-8 bytes (byte-fallback pieces).
 
@@ -433,7 +472,7 @@ class PieceDecoder:
         self._utf8.setstate(state)
 
 
-def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+def tokenizer_from_dict(data: Any) -> Tokenizer:
     """Rebuild a tokenizer from checkpoint metadata; anything malformed is a CheckpointError."""
     if not isinstance(data, dict):
         raise CheckpointError("checkpoint has no tokenizer")
