@@ -325,7 +325,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
         "tokenizer": _tokenizer_summary(ckpt.tokenizer, cfg.vocab_size),
         "step": progress.get("step"),
         "val_bpc": val.get("bpc"),
-        "val_bits_per_token": val.get("bpt"),
+        "val_bpt": val.get("bpt"),  # bits per token
         "best_val_bpc": progress.get("best_val_bpc"),
         "skipped_steps": progress.get("skipped_steps"),
         "trained_seconds": round(progress.get("elapsed", 0.0), 1),
