@@ -19,7 +19,6 @@ refused, ``--force`` or not. This module knows names and atomic swaps, not the f
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -48,17 +47,19 @@ def tmp_path(target: Path) -> Path:
 
 
 def is_checkpoint_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory whose marker says it is a charnn checkpoint."""
+    """Whether ``path`` is a directory whose marker says it is a charnn checkpoint. Only the
+    ``format`` entry is looked for (validation is the loader's job): the marker can be large
+    (a corpus of many files, a SentencePiece model) and a torn one is still ours."""
     try:
         with open(path / MARKER, "rb") as fh:
-            head = fh.read(1 << 16)
+            head = fh.read(_MARKER_LIMIT)
     except OSError:
         return False
-    try:
-        meta = json.loads(head)
-    except ValueError:
-        return b'"format": "charnn-checkpoint"' in head  # torn or huge metadata: still ours
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    return _FORMAT_ENTRY in head
+
+
+_MARKER_LIMIT = 64 << 20
+_FORMAT_ENTRY = f'"format": "{FORMAT}"'.encode()
 
 
 def _write_file(path: Path, data: bytes) -> None:
