@@ -11,8 +11,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
 err = Console(stderr=True, highlight=False)
 
@@ -23,6 +24,11 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+
+
+# Control characters (ESC, CR, ...) other than newline and tab, shown as U+FFFD: a model's text must
+# not move the cursor or recolour the terminal.
+_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -91,6 +97,11 @@ class TrainReporter:
         self.console.print(
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
         )
+
+    def sampled(self, report: SampleReport) -> None:
+        # The model's text is shown literally (a Text, never markup), without control characters.
+        body = report.text.translate(_CONTROLS).rstrip("\n")
+        self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
 
     def message(self, text: str) -> None:
         self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
