@@ -232,6 +232,13 @@ def cli() -> None:
     metavar="[DIR]",
     help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="PATH",
+    help="start a new run (fine-tuning) from the weights of a run (its best/) or checkpoint: "
+    "its model and tokenizer, new characters added; fresh optimizer and schedule",
+)
 @click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
 @config_options(ModelConfig)
 @config_options(TokenizerConfig)
@@ -243,6 +250,7 @@ def train(
     files: tuple[str, ...],
     out: str,
     resume: str | None,
+    init_from: str | None,
     force: bool,
     encoding_errors: str,
     **options: Any,
@@ -257,6 +265,7 @@ def train(
         files=list(files),
         out=out,
         resume=resume,
+        init_from=init_from,
         force=force,
         encoding_errors=encoding_errors,
         model=take_config(ctx, options, ModelConfig),

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -23,7 +24,8 @@ def error(message: str) -> None:
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+    """A one-line remark; ``message`` is printed literally (file names, characters of a text)."""
+    err.print(f"[dim]charnn:[/] {escape(message)}", soft_wrap=True)
 
 
 # Control characters (ESC, CR, ...) other than newline and tab, shown as U+FFFD: a model's text must
@@ -88,9 +90,7 @@ class TrainReporter:
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
             total = f"/{report.total}" if report.total else ""
-            self.console.print(
-                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
-            )
+            self.console.print(f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}")
 
     def evaluated(self, report: EvalReport) -> None:
         star = " [green](best)[/]" if report.is_best else ""

@@ -85,7 +85,8 @@ def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
         path = Path(arg)
         if path.is_dir():
             files = sorted(
-                p for p in path.rglob("*")
+                p
+                for p in path.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             text_files = [p for p in files if _is_text_file(p)]
@@ -117,9 +118,11 @@ def load_corpus(
     paths: Sequence[str],
     tokenizer: TokenizerConfig | Tokenizer | None = None,
     encoding_errors: str = "strict",
+    grow_vocab: bool = False,
 ) -> Corpus:
     """Read and encode a corpus. ``tokenizer``: how to build one from this text (default: characters),
-    or an existing tokenizer (resume, eval)."""
+    or an existing tokenizer (resume, eval). ``grow_vocab``: an existing character tokenizer
+    gains the characters of this text it lacks, at the end of its vocabulary (fine-tuning)."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
     names: list[str] = []  # the source of each text, for error messages
@@ -139,6 +142,8 @@ def load_corpus(
 
     if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
         tokenizer = build_tokenizer(tokenizer or TokenizerConfig(), texts)
+    elif grow_vocab and isinstance(tokenizer, CharTokenizer):
+        tokenizer = tokenizer.extended(texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:

@@ -32,6 +32,7 @@ class TrainRequest:
     files: list[str]
     out: str = "checkpoints"
     resume: str | None = None  # a run directory, or "" for ``out``
+    init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
@@ -42,16 +43,22 @@ class TrainRequest:
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
     before anything in it is read (resume) or written (new run) until the run ends."""
+    if request.resume is not None and request.init_from is not None:
+        raise ConfigError(
+            "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
+        )
     if request.resume is not None:
         run = RunDir(request.resume or request.out)
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
         with run.lock():
             return _run(_resumed_trainer(request, run))
     run = RunDir(request.out)
-    _refuse_existing(run, request.force)  # before reading the corpus: fail fast
-    trainer = _new_trainer(request, run)  # reads and encodes the corpus; writes nothing
+    fine_tune = request.init_from is not None
+    _refuse_existing(run, request.force, fine_tune)  # before reading the corpus: fail fast
+    # Reads and encodes the corpus (and the parent's checkpoint); writes nothing.
+    trainer = _fine_tune_trainer(request, run) if fine_tune else _new_trainer(request, run)
     with run.lock():
-        _refuse_existing(run, request.force)  # again: another run may have started meanwhile
+        _refuse_existing(run, request.force, fine_tune)  # again: another run may have started meanwhile
         if request.force:
             run.remove(BEST)  # the old run's best must not outlive it
         return _run(trainer)
@@ -64,8 +71,13 @@ def _run(trainer: Any) -> dict[str, Any]:
         trainer.reporter.close()
 
 
-def _refuse_existing(run: RunDir, force: bool) -> None:
+def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
     if run.holds_run() and not force:
+        if fine_tune:
+            raise ConfigError(
+                f"{run.path}/ already holds a run; give the fine-tuned run its own directory with "
+                "-o/--out, or replace that run with --force"
+            )
         raise ConfigError(
             f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
             "or replace it with --force"
@@ -73,7 +85,7 @@ def _refuse_existing(run: RunDir, force: bool) -> None:
 
 
 def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
-    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
+    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
 
     ckpt = load_checkpoint(run.path, prefer=LATEST)
     refuse_contradictions(ckpt.config, request.model, request.model)
@@ -84,11 +96,17 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
         )
     config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
     sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
-    corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    try:
+        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    except DataError as exc:
+        if not request.files or "vocabulary" not in str(exc):
+            raise
+        raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
     for text in corpus.notes:
         note(text)
-    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt)
+    parent = ckpt.meta.get("parent")
+    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt, parent=parent)
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -101,6 +119,33 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
     return Trainer(corpus, model_config, config, run.path, TrainReporter())
+
+
+def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
+    """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
+    the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
+    from charnn import finetune
+    from charnn.train import Trainer
+
+    assert request.init_from is not None
+    parent = load_checkpoint(request.init_from)
+    finetune.check_tokenizer_options(parent, request.tokenizer)
+    finetune.child_model_config(parent, request.model, parent.config.vocab_size)  # refuse clashes early
+    config = TrainConfig(**request.train)
+    corpus = load_corpus(
+        request.files, tokenizer=parent.tokenizer, encoding_errors=request.encoding_errors, grow_vocab=True
+    )
+    model_config = finetune.child_model_config(parent, request.model, corpus.tokenizer.vocab_size)
+    for text in corpus.notes:
+        note(text)
+    note(f"fine-tuning from {parent.path} (step {parent.step}): fresh optimizer and schedule")
+    grown = finetune.describe_growth(parent.tokenizer, corpus.tokenizer, corpus.ids)
+    if grown:
+        note(grown)
+    lineage = finetune.lineage(parent)
+    trainer = Trainer(corpus, model_config, config, run.path, TrainReporter(), parent=lineage)
+    finetune.adopt_weights(trainer.model, parent)
+    return trainer
 
 
 # ---------------------------------------------------------------------------- sample
@@ -264,6 +309,10 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     progress = meta.get("progress", {})
     val = progress.get("val") or {}
     params = sum(t.numel() for t in ckpt.weights.values())
+    parent = meta.get("parent")  # set for a fine-tuned run (--init-from)
+    lineage = {}
+    if isinstance(parent, dict):
+        lineage["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
     return {
         "path": str(ckpt.path),
         "format": f"{meta['format']} v{meta['version']}",
@@ -278,4 +327,5 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
         "trained_seconds": round(progress.get("elapsed", 0.0), 1),
         "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
         "created": meta.get("created"),
+        **lineage,
     }

@@ -221,8 +221,8 @@ class TrainingSampler:
         self.pending = False
         generator = torch.Generator()
         generator.manual_seed(self.seed)
-        samples = generate(FastStepper(model), self.prime_ids, self.config, self.tokenizer, generator=generator)
-        return samples[0].text
+        stepper = FastStepper(model)  # a float32 CPU snapshot: the model itself is not touched
+        return generate(stepper, self.prime_ids, self.config, self.tokenizer, generator=generator)[0].text
 
 
 @contextmanager
@@ -264,8 +264,10 @@ class Trainer:
         out: Path,
         reporter: Reporter,
         resume: Checkpoint | None = None,
+        parent: dict[str, Any] | None = None,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
+        self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
         self.device = select_device(config.device)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
@@ -526,6 +528,8 @@ class Trainer:
             "chars": self.corpus.chars,
         }
         meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        if self.parent is not None:
+            meta["parent"] = self.parent
         state = pack_train_state(self.optimizer, self.hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
         self.guard.checkpointed()
@@ -538,4 +542,12 @@ class Trainer:
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
     saved = ckpt.meta.get("corpus", {}).get("sha256")
     if saved and saved != corpus.sha256:
-        raise DataError("the corpus differs from the one this run trained on (sha256 mismatch)")
+        raise DataError(
+            "the corpus differs from the one this run trained on (sha256 mismatch); "
+            + init_from_hint(ckpt.path.parent)
+        )
+
+
+def init_from_hint(run: Path | str) -> str:
+    """What to do instead of resuming on new text."""
+    return f"to train this model on new text, start a new run from it: --init-from {run} -o NEW_RUN"

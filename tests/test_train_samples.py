@@ -59,8 +59,8 @@ def test_same_weights_give_the_same_sample(tmp_path: Path, corpus_text: str) -> 
 
 def test_resume_keeps_appending_without_repeating_steps(tmp_path: Path, corpus_file: Path,
                                                         cli_inprocess) -> None:
-    args = (*TINY_MODEL_ARGS, "--seq-len", "16", "--batch-size", "4", "--device", "cpu", "--sample-every", "5",
-            "--save-every", "10")
+    args = (*TINY_MODEL_ARGS, "--seq-len", "16", "--batch-size", "4", "--device", "cpu",
+            "--sample-every", "5", "--save-every", "10")
     proc = cli_inprocess("train", corpus_file, "--out", tmp_path / "run", "--steps", "10", *args)
     assert proc.returncode == 0, proc.stderr
     assert "sample at step 5:" in proc.stderr and "sample at step 10:" in proc.stderr
