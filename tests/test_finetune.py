@@ -22,8 +22,8 @@ def _new_text(tmp_path: Path) -> Path:
     return path
 
 
-def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(trained_run: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from charnn.checkpoint import load_checkpoint
     from charnn.rundir import RunDir
     from charnn.runs import TrainRequest, _fine_tune_trainer
@@ -64,9 +64,11 @@ def test_fine_tuned_run_learns_the_new_characters(trained_run: Path, tmp_path: P
     assert meta["parent"]["path"] == str((trained_run / "best").resolve())
     assert meta["parent"]["step"] == parent_meta["progress"]["step"]
     assert meta["parent"]["model_sha256"] == parent_meta["files"]["model.safetensors"]
-    assert meta["tokenizer"]["chars"][: len(parent_meta["tokenizer"]["chars"])] == parent_meta["tokenizer"]["chars"]
+    old_chars = parent_meta["tokenizer"]["chars"]
+    assert meta["tokenizer"]["chars"][: len(old_chars)] == old_chars
     assert meta["progress"]["step"] == 60  # a new run: its own step count
-    assert load_file(child / "latest" / "model.safetensors")["embed.weight"].shape[0] == meta["model"]["vocab_size"]
+    embed = load_file(child / "latest" / "model.safetensors")["embed.weight"]
+    assert embed.shape[0] == meta["model"]["vocab_size"] == len(old_chars) + len(NEW)
 
     proc = cli_inprocess("sample", "-c", child, "--seed", "1", "-n", "200")
     assert proc.returncode == 0, proc.stderr
@@ -104,7 +106,8 @@ def test_dropout_may_change_when_fine_tuning(trained_run: Path, tmp_path: Path, 
     assert json.loads((tmp_path / "child" / "latest" / "meta.json").read_text())["model"]["dropout"] == 0.1
 
 
-def test_resume_on_new_text_points_at_init_from(trained_run_copy: Path, tmp_path: Path, cli_inprocess) -> None:
+def test_resume_on_new_text_points_at_init_from(trained_run_copy: Path, tmp_path: Path,
+                                                cli_inprocess) -> None:
     same_chars = tmp_path / "same.txt"
     same_chars.write_text(make_text(seed=7))
     for text in (same_chars, _new_text(tmp_path)):  # a changed corpus; one with unknown characters
