@@ -289,6 +289,12 @@ def train(
     metavar="FILE",
     help="read the prime from a file (- = stdin)",
 )
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="continue each line of FILE (- = stdin), batched; line i (from 0) uses seed --seed + i",
+)
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
 @click.pass_context
@@ -297,6 +303,7 @@ def sample(
     checkpoint: str,
     prime: str | None,
     prime_file: Any,
+    prompts: str | None,
     separator: str,
     as_json: bool,
     **options: Any,
@@ -312,6 +319,15 @@ def sample(
         raise ConfigError(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
+    if prompts is not None and (prime is not None or prime_file is not None):
+        raise ConfigError(
+            "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
+        )
+    if prompts is not None:
+        from charnn.runs import read_prompts, run_prompts
+
+        run_prompts(checkpoint, SampleConfig(**given), read_prompts(prompts), separator, as_json)
+        return
     if prime_file is not None:
         prime = prime_file.read()
     from charnn.runs import run_sampling

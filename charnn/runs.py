@@ -221,13 +221,15 @@ def run_sampling(
     tokenizer = ckpt.tokenizer
     prime_ids = encode_prime(tokenizer, prime)
     stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
     generator = torch.Generator()
-    generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    generator.manual_seed(seed)
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, generator=generator)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
+                "seed": seed,
                 "prime": prime,
                 "text": s.text,
                 "logprob": s.logprob,
@@ -240,6 +242,91 @@ def run_sampling(
     writer = _SampleWriter(out, prime, separator)
     samples = generate(stepper, prime_ids, config, tokenizer, on_text=writer.on_text, generator=generator)
     writer.finish([s.text for s in samples])
+
+
+def sampling_seed(config: SampleConfig) -> int:
+    """``--seed``, or a fresh one; a fresh seed is shown on a terminal so any sample can be redone."""
+    if config.seed is not None:
+        return config.seed
+    seed = random.SystemRandom().getrandbits(63)
+    from charnn.console import err
+
+    if err.is_terminal:
+        note(f"seed {seed} (repeat this sample with --seed {seed})")
+    return seed
+
+
+def run_prompts(
+    checkpoint: str,
+    config: SampleConfig,
+    prompts: list[str],
+    separator: str,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> None:
+    """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
+    are written in prompt order as each batch of prompts finishes."""
+    import json
+
+    from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
+    from charnn.stepper import FastStepper
+
+    out = out or sys.stdout
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer
+    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
+    stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
+    first = True
+    for start in range(0, len(prompts), BATCH_PROMPTS):
+        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
+        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds)
+        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
+            prompt = prompts[start + offset]
+            for j, s in enumerate(samples):
+                if as_json:
+                    row = {
+                        "line": start + offset + 1,
+                        "sample": j,
+                        "seed": prompt_seed_,
+                        "prime": prompt,
+                        "text": s.text,
+                        "logprob": s.logprob,
+                        "chars": len(s.text),
+                        "stopped_by": s.stopped_by,
+                    }
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    out.write(("" if first else separator) + prompt + s.text)
+                first = False
+        out.flush()
+    if not as_json and out.isatty():
+        out.write("\n")
+
+
+def read_prompts(source: str) -> list[str]:
+    """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size."""
+    from charnn.data import decode_bytes
+
+    limit = 64 << 20
+    name = "<stdin>" if source == "-" else source
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(source, "rb") as fh:
+                raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"--prompts {name}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise DataError(f"--prompts {name}: larger than {limit >> 20} MiB")
+    text = decode_bytes(raw, f"--prompts {name}")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "" and text.endswith("\n"):
+        lines.pop()  # the empty "line" after a final newline
+    if not lines or text == "":
+        raise DataError(f"--prompts {name}: no prompts (the file is empty)")
+    return lines
 
 
 # ---------------------------------------------------------------------------- eval / score / info
