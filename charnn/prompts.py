@@ -117,7 +117,8 @@ def _sample_batch(
             rows, nxt, state = [rows[r] for r in keep], nxt[keep], stepper.reorder(state, np.array(keep))
         if not rows or t == config.length - 1:
             break
-        logits, state = stepper.step(nxt, state)
+        step_logits, state = stepper.step(nxt, state)  # numpy ids in, numpy logits (rows, V) out
+        logits = np.asarray(step_logits)
     for i, decoder in enumerate(decoders):  # a character cut short by the end of a stream
         pieces[i].append(decoder.flush())
     samples = [Sample(ids[i], "".join(pieces[i]), float(logprob[i]), stopped_by[i]) for i in range(n)]
