@@ -249,10 +249,13 @@ def sampling_seed(config: SampleConfig) -> int:
     if config.seed is not None:
         return config.seed
     seed = random.SystemRandom().getrandbits(63)
+    from rich.text import Text
+
     from charnn.console import err
 
-    if err.is_terminal:
-        note(f"seed {seed} (repeat this sample with --seed {seed})")
+    if err.is_terminal:  # a dim note: there for whoever wants the sample again, not in the way
+        text = Text(f"charnn: seed {seed} (repeat this sample with --seed {seed})", style="dim")
+        err.print(text, soft_wrap=True)
     return seed
 
 
