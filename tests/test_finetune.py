@@ -23,18 +23,23 @@ def _new_text(tmp_path: Path) -> Path:
 
 
 def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
-        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from charnn.checkpoint import load_checkpoint
     from charnn.rundir import RunDir
     from charnn.runs import TrainRequest, _fine_tune_trainer
 
     parent = load_checkpoint(trained_run)  # best/
     old_chars = parent.tokenizer.chars
-    request = TrainRequest(files=[str(_new_text(tmp_path))], out=str(tmp_path / "child"),
-                           init_from=str(trained_run), train={"steps": 5, "device": "cpu", "seq_len": 16})
+    request = TrainRequest(
+        files=[str(_new_text(tmp_path))],
+        out=str(tmp_path / "child"),
+        init_from=str(trained_run),
+        train={"steps": 5, "device": "cpu", "seq_len": 16},
+    )
     trainer = _fine_tune_trainer(request, RunDir(tmp_path / "child"))  # step 0: nothing trained yet
     tok = trainer.corpus.tokenizer
-    assert tok.chars[: len(old_chars)] == old_chars and sorted(tok.chars[len(old_chars):]) == sorted(NEW)
+    assert tok.chars[: len(old_chars)] == old_chars and sorted(tok.chars[len(old_chars) :]) == sorted(NEW)
     for i, char in enumerate(tok.chars):  # appended ids encode and decode like the old ones
         assert tok.encode(char).tolist() == [i] and tok.decode([i]) == char
     assert "3 new character(s) added to the vocabulary" in capsys.readouterr().err
@@ -54,8 +59,21 @@ def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
 
 def test_fine_tuned_run_learns_the_new_characters(trained_run: Path, tmp_path: Path, cli_inprocess) -> None:
     new_text, child = _new_text(tmp_path), tmp_path / "child"
-    proc = cli_inprocess("train", new_text, "--init-from", trained_run, "-o", child, "--steps", "60",
-                         "--lr", "0.02", "--warmup", "0", *FT_ARGS)
+    proc = cli_inprocess(
+        "train",
+        new_text,
+        "--init-from",
+        trained_run,
+        "-o",
+        child,
+        "--steps",
+        "60",
+        "--lr",
+        "0.02",
+        "--warmup",
+        "0",
+        *FT_ARGS,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "fine-tuning from" in proc.stderr and "new character(s)" in proc.stderr
 
@@ -90,24 +108,38 @@ def test_fine_tuned_run_learns_the_new_characters(trained_run: Path, tmp_path: P
         (("--vocab-size", "300"), "drop --vocab-size"),
     ],
 )
-def test_contradicting_options_are_usage_errors(trained_run: Path, tmp_path: Path, cli_inprocess,
-                                               extra: tuple[str, ...], message: str) -> None:
-    proc = cli_inprocess("train", _new_text(tmp_path), "--init-from", trained_run, "-o", tmp_path / "child",
-                         *extra)
+def test_contradicting_options_are_usage_errors(
+    trained_run: Path, tmp_path: Path, cli_inprocess, extra: tuple[str, ...], message: str
+) -> None:
+    proc = cli_inprocess(
+        "train", _new_text(tmp_path), "--init-from", trained_run, "-o", tmp_path / "child", *extra
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "child").exists()
 
 
 def test_dropout_may_change_when_fine_tuning(trained_run: Path, tmp_path: Path, cli_inprocess) -> None:
-    proc = cli_inprocess("train", _new_text(tmp_path), "--init-from", trained_run, "-o", tmp_path / "child",
-                         "--dropout", "0.1", "--steps", "1", *FT_ARGS)
+    proc = cli_inprocess(
+        "train",
+        _new_text(tmp_path),
+        "--init-from",
+        trained_run,
+        "-o",
+        tmp_path / "child",
+        "--dropout",
+        "0.1",
+        "--steps",
+        "1",
+        *FT_ARGS,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "child" / "latest" / "meta.json").read_text())["model"]["dropout"] == 0.1
 
 
-def test_resume_on_new_text_points_at_init_from(trained_run_copy: Path, tmp_path: Path,
-                                                cli_inprocess) -> None:
+def test_resume_on_new_text_points_at_init_from(
+    trained_run_copy: Path, tmp_path: Path, cli_inprocess
+) -> None:
     same_chars = tmp_path / "same.txt"
     same_chars.write_text(make_text(seed=7))
     for text in (same_chars, _new_text(tmp_path)):  # a changed corpus; one with unknown characters
@@ -116,14 +148,36 @@ def test_resume_on_new_text_points_at_init_from(trained_run_copy: Path, tmp_path
         assert f"--init-from {trained_run_copy}" in proc.stderr, proc.stderr
 
 
-def test_sentencepiece_keeps_its_tokenizer_and_uses_byte_fallback(corpus_file: Path, tmp_path: Path,
-                                                                  cli_inprocess) -> None:
+def test_sentencepiece_keeps_its_tokenizer_and_uses_byte_fallback(
+    corpus_file: Path, tmp_path: Path, cli_inprocess
+) -> None:
     parent = tmp_path / "sp"
-    proc = cli_inprocess("train", corpus_file, "-o", parent, *TINY_MODEL_ARGS, "--tokenizer", "sentencepiece",
-                         "--vocab-size", "340", "--steps", "2", *FT_ARGS)
+    proc = cli_inprocess(
+        "train",
+        corpus_file,
+        "-o",
+        parent,
+        *TINY_MODEL_ARGS,
+        "--tokenizer",
+        "sentencepiece",
+        "--vocab-size",
+        "340",
+        "--steps",
+        "2",
+        *FT_ARGS,
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = cli_inprocess("train", _new_text(tmp_path), "--init-from", parent, "-o", tmp_path / "child",
-                         "--steps", "2", *FT_ARGS)
+    proc = cli_inprocess(
+        "train",
+        _new_text(tmp_path),
+        "--init-from",
+        parent,
+        "-o",
+        tmp_path / "child",
+        "--steps",
+        "2",
+        *FT_ARGS,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "byte-fallback pieces" in proc.stderr
     before = json.loads((parent / "best" / "meta.json").read_text())

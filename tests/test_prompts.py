@@ -21,14 +21,16 @@ def test_seed_in_json_reproduces_the_row(trained_run: Path, cli_inprocess) -> No
     assert proc.returncode == 0, proc.stderr
     rows = _rows(proc.stdout)
     assert len({r["seed"] for r in rows}) == 1 and isinstance(rows[0]["seed"], int)
-    again = cli_inprocess("sample", "-c", trained_run, "-n", "80", "-k", "2", "--json",
-                          "--seed", rows[0]["seed"])
+    again = cli_inprocess(
+        "sample", "-c", trained_run, "-n", "80", "-k", "2", "--json", "--seed", rows[0]["seed"]
+    )
     assert _rows(again.stdout) == rows
     assert "seed" not in proc.stderr  # stderr is not a terminal here: no note
 
 
-def test_drawn_seed_is_shown_on_a_terminal(monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_drawn_seed_is_shown_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from charnn import console
     from charnn.config import SampleConfig
     from charnn.runs import sampling_seed
@@ -39,8 +41,9 @@ def test_drawn_seed_is_shown_on_a_terminal(monkeypatch: pytest.MonkeyPatch,
     assert sampling_seed(SampleConfig(seed=5)) == 5 and capsys.readouterr().err == ""
 
 
-def test_prompts_give_one_result_each_equal_to_prime_with_its_seed(trained_run: Path, tmp_path: Path,
-                                                                    cli_inprocess) -> None:
+def test_prompts_give_one_result_each_equal_to_prime_with_its_seed(
+    trained_run: Path, tmp_path: Path, cli_inprocess
+) -> None:
     path = tmp_path / "prompts.txt"
     path.write_text("\n".join(PROMPTS) + "\n")
     args = ("-c", trained_run, "-n", "60", "-k", "2", "--temp", "0.9", "--stop", ".", "--json")
@@ -57,14 +60,17 @@ def test_prompts_give_one_result_each_equal_to_prime_with_its_seed(trained_run: 
         got = [{k: v for k, v in r.items() if k not in ("logprob", "line")} for r in rows[2 * i : 2 * i + 2]]
         assert got == expected
         assert [r["logprob"] for r in rows[2 * i : 2 * i + 2]] == pytest.approx(
-            [r["logprob"] for r in _rows(alone.stdout)], rel=1e-5)
+            [r["logprob"] for r in _rows(alone.stdout)], rel=1e-5
+        )
 
 
-def test_prompts_text_mode_and_stdin(trained_run: Path, cli_inprocess,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prompts_text_mode_and_stdin(
+    trained_run: Path, cli_inprocess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join(PROMPTS).encode())))
-    proc = cli_inprocess("sample", "-c", trained_run, "--prompts", "-", "-n", "30", "--seed", "3",
-                         "--separator", "\n---\n")
+    proc = cli_inprocess(
+        "sample", "-c", trained_run, "--prompts", "-", "-n", "30", "--seed", "3", "--separator", "\n---\n"
+    )
     assert proc.returncode == 0, proc.stderr
     parts = proc.stdout.split("\n---\n")
     assert len(parts) == len(PROMPTS)
@@ -72,8 +78,9 @@ def test_prompts_text_mode_and_stdin(trained_run: Path, cli_inprocess,
         assert part.startswith(prompt) and len(part) == len(prompt) + 30
 
 
-def test_many_prompts_are_batched_and_greedy_is_exact(trained_run: Path, tmp_path: Path,
-                                                      cli_inprocess) -> None:
+def test_many_prompts_are_batched_and_greedy_is_exact(
+    trained_run: Path, tmp_path: Path, cli_inprocess
+) -> None:
     prompts = [f"The {w}" for w in ("river", "stone", "light", "fox", "dog", "tree", "bird", "song")] * 9
     path = tmp_path / "p.txt"
     path.write_text("\n".join(prompts))  # no final newline: the last line still counts
@@ -97,8 +104,15 @@ def test_many_prompts_are_batched_and_greedy_is_exact(trained_run: Path, tmp_pat
         (b"\xff\xfe\n", (), 3, "not valid UTF-8"),
     ],
 )
-def test_bad_prompts(trained_run: Path, tmp_path: Path, cli_inprocess, content: bytes, extra: tuple[str, ...],
-                     code: int, message: str) -> None:
+def test_bad_prompts(
+    trained_run: Path,
+    tmp_path: Path,
+    cli_inprocess,
+    content: bytes,
+    extra: tuple[str, ...],
+    code: int,
+    message: str,
+) -> None:
     path = tmp_path / "p.txt"
     path.write_bytes(content)
     proc = cli_inprocess("sample", "-c", trained_run, "--prompts", path, *extra)

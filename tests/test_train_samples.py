@@ -19,10 +19,21 @@ def _trainer(tmp_path: Path, corpus_text: str, out: str = "run", **train: object
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])
-    config = TrainConfig(**{"batch_size": 4, "seq_len": 16, "warmup_steps": 0, "eval_every": 1000,
-                            "device": "cpu", "seed": 5, "steps": 12, **train})  # type: ignore[arg-type]
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, hidden=16, embed=8, layers=2,
-                               dropout=0.2)  # dropout: a consumed global RNG would change the weights
+    config = TrainConfig(
+        **{
+            "batch_size": 4,
+            "seq_len": 16,
+            "warmup_steps": 0,
+            "eval_every": 1000,
+            "device": "cpu",
+            "seed": 5,
+            "steps": 12,
+            **train,
+        }
+    )  # type: ignore[arg-type]
+    model_config = ModelConfig(
+        vocab_size=corpus.tokenizer.vocab_size, hidden=16, embed=8, layers=2, dropout=0.2
+    )  # dropout: a consumed global RNG would change the weights
     return Trainer(corpus, model_config, config, tmp_path / out, NullReporter())
 
 
@@ -57,10 +68,22 @@ def test_same_weights_give_the_same_sample(tmp_path: Path, corpus_text: str) -> 
     assert trainer.sampler.sample(trainer.model) == first  # fixed seed and prime: comparable over time
 
 
-def test_resume_keeps_appending_without_repeating_steps(tmp_path: Path, corpus_file: Path,
-                                                        cli_inprocess) -> None:
-    args = (*TINY_MODEL_ARGS, "--seq-len", "16", "--batch-size", "4", "--device", "cpu",
-            "--sample-every", "5", "--save-every", "10")
+def test_resume_keeps_appending_without_repeating_steps(
+    tmp_path: Path, corpus_file: Path, cli_inprocess
+) -> None:
+    args = (
+        *TINY_MODEL_ARGS,
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--sample-every",
+        "5",
+        "--save-every",
+        "10",
+    )
     proc = cli_inprocess("train", corpus_file, "--out", tmp_path / "run", "--steps", "10", *args)
     assert proc.returncode == 0, proc.stderr
     assert "sample at step 5:" in proc.stderr and "sample at step 10:" in proc.stderr
