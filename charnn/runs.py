@@ -326,8 +326,6 @@ def run_prompts(
 
 def read_prompts(source: str) -> list[str]:
     """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size."""
-    from charnn.data import decode_bytes
-
     limit = 64 << 20
     name = "<stdin>" if source == "-" else source
     try:
@@ -340,12 +338,15 @@ def read_prompts(source: str) -> list[str]:
         raise DataError(f"--prompts {name}: cannot read ({exc.strerror or exc})") from None
     if len(raw) > limit:
         raise DataError(f"--prompts {name}: larger than {limit >> 20} MiB")
-    text = decode_bytes(raw, f"--prompts {name}")
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "" and text.endswith("\n"):
-        lines.pop()  # the empty "line" after a final newline
-    if not lines or text == "":
+    try:
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a byte-order mark is not a prompt
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--prompts {name}: not valid UTF-8 at byte offset {exc.start}") from None
+    if not text:
         raise DataError(f"--prompts {name}: no prompts (the file is empty)")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if text.endswith("\n"):
+        lines.pop()  # the empty "line" after a final newline
     return lines
 
 
