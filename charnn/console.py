@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
 
 class _StderrConsole(Console):
@@ -59,6 +59,11 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
+
+
+# A model's text keeps its lines, but control characters (ESC, CR, ...) other than newline and
+# tab become U+FFFD: it must not move the cursor or recolour the terminal.
+_SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -137,6 +142,11 @@ class TrainReporter:
             + star,
             markup=True,
         )
+
+    def sampled(self, report: SampleReport) -> None:
+        # The model's text is shown literally (a Text, never markup), without control characters.
+        body = report.text.translate(_SAMPLE_CONTROLS).rstrip("\n")
+        self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
 
     def message(self, text: str) -> None:
         self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)

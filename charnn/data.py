@@ -157,12 +157,15 @@ def load_corpus(
     vocab_size: int | None = None,
     encoding_errors: str = "strict",
     val_fraction: float = 0.0,
+    grow_vocab: bool = False,
 ) -> Corpus:
     """Read and encode a corpus.
 
-    ``tokenizer`` is an existing tokenizer (resume, eval, ``--tokenizer-from``), or how to build
-    one (a :class:`TokenizerConfig`, or just its kind). Subword models learn from the training
-    split only: the text before the last ``val_fraction`` of the characters.
+    ``tokenizer`` is an existing tokenizer (resume, eval, ``--tokenizer-from``, fine-tuning), or
+    how to build one (a :class:`TokenizerConfig`, or just its kind). Subword models learn from
+    the training split only: the text before the last ``val_fraction`` of the characters.
+    ``grow_vocab``: an existing character tokenizer gains the characters of this text it lacks,
+    at the end of its vocabulary (fine-tuning).
     """
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
@@ -194,6 +197,8 @@ def load_corpus(
         tokenizer = TokenizerConfig(kind=tokenizer or "char", vocab_size=vocab_size or 2000)
     if isinstance(tokenizer, TokenizerConfig):
         tokenizer = build_tokenizer(tokenizer, texts, val_fraction)
+    elif grow_vocab and isinstance(tokenizer, CharTokenizer):
+        tokenizer = tokenizer.extended(texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:

@@ -186,9 +186,7 @@ def generate(
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
-    if rules is None:
-        has_rules = hasattr(decode, "char_lengths")  # a tokenizer: its own rules
-        rules = TokenRules.for_tokenizer(decode) if has_rules else TokenRules(np.ones(stepper.vocab_size))
+    rules = rules or rules_for(decode, stepper.vocab_size)
     prime_ids, healing = rules.heal_prime(prime_ids) if heal else (list(prime_ids), "")
     start = StreamState(heal=healing)
     with torch.inference_mode(), _one_thread():
@@ -205,17 +203,25 @@ def generate(
     return results
 
 
+def rules_for(decode: Decode, vocab_size: int) -> TokenRules:
+    """A tokenizer's own rules; for a bare decode function, one character per token, all allowed."""
+    if hasattr(decode, "char_lengths"):
+        return TokenRules.for_tokenizer(decode)
+    return TokenRules(np.ones(vocab_size, dtype=np.int64))
+
+
 class _Streams:
     """Per-sample decoding: incremental decoders, the rules' state and the stop-string tail."""
 
     def __init__(self, decode: Decode, rules: TokenRules, start: StreamState) -> None:
         self.decode, self.rules, self.start = decode, rules, start
 
-    def open(self, n: int, stops: Sequence[str]) -> None:
+    def open(self, n: int, stops: Sequence[str], starts: Sequence[StreamState] | None = None) -> None:
+        """``n`` streams, each from ``self.start`` (or from its own entry of ``starts``)."""
         streaming = hasattr(self.decode, "stream_decoder")
         self.decoders = [self.decode.stream_decoder() for _ in range(n)] if streaming else None
         self.feeds = [d.feed for d in self.decoders] if self.decoders else [self.decode] * n
-        self.states = [self.start.copy() for _ in range(n)]
+        self.states = [(starts[i] if starts else self.start).copy() for i in range(n)]
         self.matcher = _StopMatcher(stops) if stops else None
         self.tails = [""] * n
 

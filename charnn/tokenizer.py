@@ -174,6 +174,17 @@ class CharTokenizer:
         kept = [chr(int(c)) for c in cps[keep]]
         return cls(kept, unk=int((~keep).sum()), normalize=normalize)
 
+    def extended(self, texts: Iterable[str]) -> CharTokenizer:
+        """This vocabulary plus the characters of ``texts`` it lacks, appended in code-point order:
+        every known character keeps its id (fine-tuning on new text, ``--init-from``). A vocabulary
+        with an unknown symbol stays as it is (bounded): new characters read as that symbol."""
+        if self.unk is not None:
+            return self
+        known = self._sorted_cps
+        new = [unique_codepoints(normalize_text(t, self.normalize)) for t in texts]
+        missing = np.setdiff1d(np.concatenate(new), known) if new else np.zeros(0, dtype=np.uint32)
+        return CharTokenizer(self.chars + [chr(int(c)) for c in missing], normalize=self.normalize)
+
     @property
     def vocab_size(self) -> int:
         return len(self.chars) + (self.unk is not None)
