@@ -20,8 +20,22 @@ from pathlib import Path
 
 def train(corpus: str, duration: str, spec: str, out: Path) -> dict:
     kind, _, vocab = spec.partition(":")
-    cmd = [sys.executable, "-m", "charnn", "train", corpus, "--time", duration, "--val-fraction", "0.1",
-           "--tokenizer", kind, "--out", str(out), "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charnn",
+        "train",
+        corpus,
+        "--time",
+        duration,
+        "--val-fraction",
+        "0.1",
+        "--tokenizer",
+        kind,
+        "--out",
+        str(out),
+        "--force",
+    ]
     if vocab:
         cmd += ["--vocab-size", vocab]
     subprocess.run(cmd, check=True)
@@ -33,8 +47,11 @@ def train(corpus: str, duration: str, spec: str, out: Path) -> dict:
         "run": spec,
         "vocab": meta["model"]["vocab_size"],
         "steps": progress["step"],
-        "chars_per_s": progress["step"] * meta["train"]["batch_size"] * meta["train"]["seq_len"]
-        * chars_per_token / progress["elapsed"],
+        "chars_per_s": progress["step"]
+        * meta["train"]["batch_size"]
+        * meta["train"]["seq_len"]
+        * chars_per_token
+        / progress["elapsed"],
         "val_bpc": val["bpc"],
         "val_bpt": val.get("bpt", val["bpc"]),
         "best_val_bpc": progress["best_val_bpc"],
@@ -55,8 +72,10 @@ def main() -> None:
     header = f"{'run':14} {'vocab':>6} {'steps':>6} {'chars/s':>8} {'val bpc':>8} {'best':>8} {'bits/tok':>8}"
     print(header)
     for r in rows:
-        print(f"{r['run']:14} {r['vocab']:6d} {r['steps']:6d} {r['chars_per_s']:8.0f} {r['val_bpc']:8.4f} "
-              f"{r['best_val_bpc']:8.4f} {r['val_bpt']:8.4f}")
+        print(
+            f"{r['run']:14} {r['vocab']:6d} {r['steps']:6d} {r['chars_per_s']:8.0f} {r['val_bpc']:8.4f} "
+            f"{r['best_val_bpc']:8.4f} {r['val_bpt']:8.4f}"
+        )
 
 
 if __name__ == "__main__":

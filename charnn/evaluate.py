@@ -34,7 +34,11 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, float | int]:
         return {
-            "loss": self.loss, "bpc": self.bpc, "bpt": self.bpt, "tokens": self.tokens, "chars": self.chars
+            "loss": self.loss,
+            "bpc": self.bpc,
+            "bpt": self.bpt,
+            "tokens": self.tokens,
+            "chars": self.chars,
         }
 
 

@@ -59,8 +59,15 @@ def sample_prompts(
         ]
     healed = [rules.heal_prime(ids) if h else (list(ids), "") for ids, h in zip(primes, heal, strict=True)]
     with torch.inference_mode(), _one_thread():
-        return _sample_batch(stepper, [ids for ids, _ in healed], config, decode, seeds, rules,
-                             [StreamState(heal=text) for _, text in healed])
+        return _sample_batch(
+            stepper,
+            [ids for ids, _ in healed],
+            config,
+            decode,
+            seeds,
+            rules,
+            [StreamState(heal=text) for _, text in healed],
+        )
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -258,9 +258,9 @@ def run_sampling(
     decode = tokenizer  # per-sample stream decoders (byte pieces form whole characters)
     # Lengths in characters, valid text only; a prime's last subword piece is regenerated (healed).
     rules = TokenRules.for_tokenizer(tokenizer)
-    options = {"generator": generator, "rules": rules, "heal": bool(prime)}
+    heal = bool(prime)
     if as_json:
-        samples = generate(stepper, prime_ids, config, decode, **options)
+        samples = generate(stepper, prime_ids, config, decode, generator=generator, rules=rules, heal=heal)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
@@ -275,7 +275,16 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, **options)
+    samples = generate(
+        stepper,
+        prime_ids,
+        config,
+        decode,
+        on_text=writer.on_text,
+        generator=generator,
+        rules=rules,
+        heal=heal,
+    )
     writer.finish([s.text for s in samples])
 
 

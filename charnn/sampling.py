@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ class StreamDecoding(Protocol):
 
 # A tokenizer (decoded through per-stream decoders), or a plain ``token id -> text`` callable.
 Decode = Callable[[int], str] | StreamDecoding
+
+
+def _stream_decoding(decode: Decode) -> StreamDecoding | None:
+    return cast(StreamDecoding, decode) if hasattr(decode, "stream_decoder") else None
 
 
 @dataclass
@@ -194,8 +198,9 @@ def generate(
         if config.length == 0:
             return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
         if config.beam is None:
-            return _sample(stepper, logits.numpy(), state, config, _Streams(decode, rules, start), on_text,
-                           generator)
+            return _sample(
+                stepper, logits.numpy(), state, config, _Streams(decode, rules, start), on_text, generator
+            )
         results = _beam_search(stepper, logits, state, config, decode, rules, start)
     if on_text is not None:
         for i, sample in enumerate(results):
@@ -218,9 +223,10 @@ class _Streams:
 
     def open(self, n: int, stops: Sequence[str], starts: Sequence[StreamState] | None = None) -> None:
         """``n`` streams, each from ``self.start`` (or from its own entry of ``starts``)."""
-        streaming = hasattr(self.decode, "stream_decoder")
-        self.decoders = [self.decode.stream_decoder() for _ in range(n)] if streaming else None
-        self.feeds = [d.feed for d in self.decoders] if self.decoders else [self.decode] * n
+        streaming = _stream_decoding(self.decode)
+        self.decoders = [streaming.stream_decoder() for _ in range(n)] if streaming else None
+        plain = cast(Callable[[int], str], self.decode)
+        self.feeds = [d.feed for d in self.decoders] if self.decoders else [plain] * n
         self.states = [(starts[i] if starts else self.start).copy() for i in range(n)]
         self.matcher = _StopMatcher(stops) if stops else None
         self.tails = [""] * n
@@ -404,11 +410,14 @@ def _beam_search(
     width, alpha = config.beam or 1, config.length_penalty
     matcher = _StopMatcher(config.stops) if config.stops else None
     vocab = logits.shape[-1]
-    scratch = decode.stream_decoder() if hasattr(decode, "stream_decoder") else None
+    streaming = _stream_decoding(decode)
+    scratch = streaming.stream_decoder() if streaming else None
+    plain = cast(Callable[[int], str], decode)
 
     def extend(hyp: _Hyp, token: int) -> _Hyp:
+        pending: object
         if scratch is None:
-            piece, pending = decode(token), None
+            piece, pending = plain(token), None
         else:
             scratch.setstate(hyp.pending)
             piece, pending = scratch.feed(token), scratch.getstate()

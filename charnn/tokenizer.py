@@ -21,7 +21,7 @@ import codecs
 import math
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -75,7 +75,8 @@ def codepoint_counts(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize_text(text: str, form: str | None) -> str:
-    return unicodedata.normalize(form.upper(), text) if form else text
+    forms: dict[str, Literal["NFC", "NFKC"]] = {"nfc": "NFC", "nfkc": "NFKC"}
+    return unicodedata.normalize(forms[form], text) if form else text
 
 
 def canonical_kind(kind: str) -> str:
@@ -84,6 +85,7 @@ def canonical_kind(kind: str) -> str:
     if kind not in KINDS:
         raise DataError(f"unknown tokenizer {kind!r}: use one of {', '.join(KINDS)}")
     return kind
+
 
 class StreamDecoder(Protocol):
     """Incremental decoding of one stream of generated ids (beam search forks its state)."""
@@ -237,7 +239,7 @@ class CharTokenizer:
         ``unk`` rare characters, taken as uniform over them, so it costs log(unk) more."""
         out = np.zeros(self.vocab_size)
         if self.unk_id is not None:
-            out[self.unk_id] = math.log(max(self.unk, 1))
+            out[self.unk_id] = math.log(max(self.unk or 0, 1))
         return out
 
     def stream_decoder(self) -> CharDecoder:

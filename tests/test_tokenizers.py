@@ -79,8 +79,15 @@ def test_subword_roundtrip_of_arbitrary_unicode(kind: str, text: str) -> None:
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_subword_layout_and_meta_space_roundtrip(kind: str) -> None:
     tok = subword(kind)
-    for text in ["  two  spaces ", "\ttab\t\r\nwindows\r\n", "\u2581 literal \u2581\u2581 marker\u2581",
-                 "\n\n\n", " ", "\u65e5\u672c\u8a9e \U0001f600", "a\u0301"]:
+    for text in [
+        "  two  spaces ",
+        "\ttab\t\r\nwindows\r\n",
+        "\u2581 literal \u2581\u2581 marker\u2581",
+        "\n\n\n",
+        " ",
+        "\u65e5\u672c\u8a9e \U0001f600",
+        "a\u0301",
+    ]:
         assert tok.decode(tok.encode(text)) == text
     assert tok.decode(tok.encode("\u2581")) == "\u2581"  # SentencePiece alone gives back " "
     again = tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))
@@ -111,8 +118,12 @@ def test_sentencepiece_learns_from_a_seeded_random_sample_not_the_first_lines() 
 
 def wide_text(distinct: int = 20_000, length: int = 60_000, seed: int = 0) -> str:
     """Mixed CJK ideographs, kana, hangul and emoji: ``distinct`` different characters."""
-    blocks = (range(0x4E00, 0x9FFF), range(0x3041, 0x3097), range(0xAC00, 0xAC00 + 2000),
-              range(0x1F300, 0x1F5FF))
+    blocks = (
+        range(0x4E00, 0x9FFF),
+        range(0x3041, 0x3097),
+        range(0xAC00, 0xAC00 + 2000),
+        range(0x1F300, 0x1F5FF),
+    )
     pool = [chr(c) for block in blocks for c in block][:distinct]
     rng = random.Random(seed)
     body = pool + [rng.choice(pool) for _ in range(length - len(pool))]
@@ -130,8 +141,21 @@ def test_twenty_thousand_characters_train_and_sample_valid_utf8(cli_inprocess, t
     assert tok.vocab_size == 20_001  # and the newline
     assert ids.dtype == np.uint16 and ids.nbytes == 2 * len(text)  # compact ids
     out = tmp_path / "run"
-    proc = cli_inprocess("train", corpus, "--out", out, *TINY_MODEL_ARGS, "--steps", "3",
-                         "--seq-len", "16", "--batch-size", "4", "--device", "cpu")
+    proc = cli_inprocess(
+        "train",
+        corpus,
+        "--out",
+        out,
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     size = sum(f.stat().st_size for f in (out / "latest").iterdir())
     per_char = (16 + 32 + 1) * 4 * 3  # embedding row, output row + bias; float32 weights + 2 Adam moments
@@ -164,8 +188,9 @@ def test_unknown_symbol_is_counted_honestly_and_never_sampled() -> None:
     text = "Caf\u00e9 au lait\n"
     ids = tok.encode(text)
     start = tok.start_ids()[-1]
-    result = evaluate_stream(model, ids, token_char_lengths(tok), context=start,
-                             extra_nats=token_extra_nats(tok))
+    result = evaluate_stream(
+        model, ids, token_char_lengths(tok), context=start, extra_nats=token_extra_nats(tok)
+    )
     seq = torch.tensor([[start, *ids.tolist()]])
     with torch.no_grad():
         logp = torch.log_softmax(model(seq[:, :-1])[0].double(), -1)[0]
@@ -212,8 +237,9 @@ def test_bpc_is_total_nats_over_the_characters_of_the_text(kind: str) -> None:
     model = untrained(tok.vocab_size, seed=1)
     text = TEXT[:1500]
     ids = tok.encode(text)
-    result = evaluate_stream(model, ids, token_char_lengths(tok), batch_size=3, seq_len=40,
-                             context=tok.start_ids()[-1])
+    result = evaluate_stream(
+        model, ids, token_char_lengths(tok), batch_size=3, seq_len=40, context=tok.start_ids()[-1]
+    )
     assert result.tokens == len(ids) and result.chars == len(text)
     assert result.bpc == pytest.approx(direct_bits_per_char(model, tok, text), rel=2e-3)
     assert result.bpt == pytest.approx(result.bpc * len(text) / len(ids), rel=1e-9)
@@ -296,8 +322,23 @@ def test_length_counts_characters_under_bpe(cli_inprocess, tmp_path: Path) -> No
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "bpe"
-    proc = cli_inprocess("train", corpus, "--out", out, "--tokenizer", "bpe", "--vocab-size", "320",
-                         *TINY_MODEL_ARGS, "--steps", "3", "--seq-len", "16", "--batch-size", "4")
+    proc = cli_inprocess(
+        "train",
+        corpus,
+        "--out",
+        out,
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "320",
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+    )
     assert proc.returncode == 0, proc.stderr
     for n in (1, 37, 500):
         sample = cli_inprocess("sample", "-c", out, "--length", str(n), "--seed", str(n))
@@ -309,13 +350,27 @@ def test_length_counts_characters_under_bpe(cli_inprocess, tmp_path: Path) -> No
     assert beam.returncode == 0 and len(beam.stdout) == 40
     ev = json.loads(cli_inprocess("eval", "-c", out, corpus, "--json").stdout)
     assert ev["chars"] == len(TEXT) and ev["tokens"] < ev["chars"] and ev["bpt"] > ev["bpc"]
-    reuse = cli_inprocess("train", corpus, "--out", tmp_path / "again", "--tokenizer-from", out,
-                          *TINY_MODEL_ARGS, "--steps", "1", "--seq-len", "16", "--hidden", "8")
+    reuse = cli_inprocess(
+        "train",
+        corpus,
+        "--out",
+        tmp_path / "again",
+        "--tokenizer-from",
+        out,
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "1",
+        "--seq-len",
+        "16",
+        "--hidden",
+        "8",
+    )
     assert reuse.returncode == 0, reuse.stderr
     metas = [json.loads((d / "latest" / "meta.json").read_text()) for d in (out, tmp_path / "again")]
     assert metas[0]["tokenizer"] == metas[1]["tokenizer"]
-    clash = cli_inprocess("train", corpus, "--out", tmp_path / "x", "--tokenizer-from", out,
-                          "--tokenizer", "bpe")
+    clash = cli_inprocess(
+        "train", corpus, "--out", tmp_path / "x", "--tokenizer-from", out, "--tokenizer", "bpe"
+    )
     assert clash.returncode == 2 and "--tokenizer-from" in clash.stderr
 
 
@@ -326,8 +381,14 @@ def test_untrained_bpe_model_writes_valid_text() -> None:
     assert tok.byte_values().max() >= 0x80
     stepper = FastStepper(untrained(tok.vocab_size, seed=2))
     gen = torch.Generator().manual_seed(0)
-    out = generate(stepper, tok.start_ids(), SampleConfig(length=10_000, temperature=1.5), tok,
-                   generator=gen, rules=TokenRules.for_tokenizer(tok))[0]
+    out = generate(
+        stepper,
+        tok.start_ids(),
+        SampleConfig(length=10_000, temperature=1.5),
+        tok,
+        generator=gen,
+        rules=TokenRules.for_tokenizer(tok),
+    )[0]
     assert len(out.text) == 10_000 and "\ufffd" not in out.text
     assert tok.decode(out.ids) == out.text
     assert any(tok.byte_value(i) is not None and tok.byte_value(i) >= 0x80 for i in out.ids)  # it did try
