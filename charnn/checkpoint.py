@@ -12,6 +12,10 @@ hidden temporary directory (files fsynced), moves the old checkpoint aside,
 renames the new one into place and only then deletes the old one; a crash at
 any moment leaves a complete checkpoint under the final or the aside name, and
 loading looks at both. Nothing is ever unpickled.
+
+Loading and validation work on numpy arrays and never import torch, so ``charnn sample``
+starts fast; the torch side (saving, building a model, resuming) converts validated arrays
+to tensors and imports torch only there. Every path validates through ``load_checkpoint``.
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.numpy import load as st_load
 
 from charnn.config import GATES, ModelConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
-from charnn.model import CharRNN
 from charnn.tokenizer import Tokenizer, tokenizer_from_dict
+
+if TYPE_CHECKING:
+    import torch
+
+    from charnn.model import CharRNN
 
 FORMAT = "charnn-checkpoint"
 VERSION = 1
@@ -108,16 +115,17 @@ def recover(target: Path) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first floating-point tensor holding NaN or inf, if any."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+def _non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The name of the first floating-point array holding NaN or inf, if any."""
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             return name
     return None
 
 
 def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
-    name = _non_finite(tensors)
+    # CPU float32/integer tensors (detached above): numpy views, no copies, one finiteness check.
+    name = _non_finite({k: v.numpy() for k, v in tensors.items()})
     if name is not None:
         raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
 
@@ -130,6 +138,8 @@ def save_checkpoint(
     train_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Atomically write a checkpoint directory at ``target`` (replacing any there)."""
+    from safetensors.torch import save as st_save
+
     target = Path(target)
     tensors = model_tensors(model)
     _refuse_non_finite(tensors)
@@ -176,24 +186,45 @@ def save_checkpoint(
 
 @dataclass
 class Checkpoint:
-    """A validated checkpoint: metadata plus CPU tensors, ready to build a model."""
+    """A validated checkpoint: metadata plus numpy arrays (float32, finite, shapes checked)."""
 
     path: Path
     meta: dict[str, Any]
     config: ModelConfig
     tokenizer: Tokenizer
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, np.ndarray]
+
+    def torch_weights(self) -> dict[str, torch.Tensor]:
+        """The validated weights as CPU tensors (sharing memory with the arrays)."""
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.weights.items()}
 
     def build_model(self) -> CharRNN:
-        model = CharRNN(self.config)
-        missing, unexpected = model.load_state_dict(self.weights, strict=False)
+        """An eval-mode CharRNN holding these weights. Built on the meta device and filled by
+        assignment: a normal construction would first run the random init (orthogonal_ costs
+        a QR per gate block, seconds for big models) only to overwrite it."""
+        import torch
+
+        from charnn.model import CharRNN
+
+        with torch.device("meta"):
+            model = CharRNN(self.config)
+        missing, unexpected = model.load_state_dict(self.torch_weights(), strict=False, assign=True)
         assert not unexpected and set(missing) <= {"head.weight"}  # validated in load_checkpoint
+        if self.config.tie_weights:
+            model.head.weight = model.embed.weight
         model.eval()
         return model
 
     def train_state(self) -> dict[str, torch.Tensor]:
-        data = _read_verified(self.path, STATE_FILE, self.meta)
-        return _parse_safetensors(data, self.path / STATE_FILE)
+        import torch
+
+        # Optimizer moments (2 per parameter), RNG and carried hidden state: bounded by the model.
+        limit = 4 * 4 * parameter_count(self.config) + (64 << 20)
+        data = _read_verified(self.path, STATE_FILE, self.meta, limit)
+        arrays = _parse_safetensors(data, self.path / STATE_FILE)
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     @property
     def step(self) -> int:
@@ -235,32 +266,57 @@ def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     raise CheckpointError(f"{path}: no checkpoint here (no meta.json, {BEST}/ or {LATEST}/)")
 
 
-def _read_verified(directory: Path, name: str, meta: dict[str, Any]) -> bytes:
+META_MAX_BYTES = 16 << 20  # a real meta.json is a few KB (a SentencePiece model is the bulk)
+_HEADER_SLACK = 1 << 20  # room for a safetensors header over the tensors' own bytes
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; anything else is a CheckpointError.
+    Checked before reading, so a file linked to /dev/zero or a huge stray file costs nothing."""
+    import stat
+
+    try:
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckpointError(f"{path}: not a regular file")
+            if info.st_size > limit:
+                raise CheckpointError(f"{path}: {info.st_size:,} bytes, more than this checkpoint can hold")
+            data = fh.read(info.st_size + 1)  # +1: notices a file that grew since fstat
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:  # grew while we read it
+        raise CheckpointError(f"{path}: more than {limit:,} bytes, more than this checkpoint can hold")
+    return data
+
+
+def _read_verified(directory: Path, name: str, meta: dict[str, Any], limit: int) -> bytes:
     files = meta.get("files")
     expected = files.get(name) if isinstance(files, dict) else None
     if not isinstance(expected, str):
         raise CheckpointError(f"{directory}: metadata lists no {name}")
-    try:
-        data = (directory / name).read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{directory / name}: cannot read ({exc.strerror or exc})") from None
+    data = _read_bounded(directory / name, limit)
     if _sha256(data) != expected:
         raise CheckpointError(f"{directory / name}: checksum mismatch (truncated or corrupted file)")
     return data
 
 
-def _parse_safetensors(data: bytes, where: Path) -> dict[str, torch.Tensor]:
+def parameter_count(config: ModelConfig) -> int:
+    """Parameters stored for ``config`` (closed form: a forged layer count costs no loop)."""
+    gh, h, v = GATES[config.cell] * config.hidden, config.hidden, config.vocab_size
+    rnn = gh * (config.embed + h + 2) + (config.layers - 1) * gh * (2 * h + 2)
+    return v * config.embed + rnn + (0 if config.tie_weights else v * h) + v
+
+
+def _parse_safetensors(data: bytes, where: Path) -> dict[str, np.ndarray]:
     try:
         return st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:  # TypeError: e.g. bf16
         raise CheckpointError(f"{where}: unreadable safetensors ({exc})") from None
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
-    try:
-        raw = (directory / META).read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{directory / META}: cannot read ({exc.strerror or exc})") from None
+    raw = _read_bounded(directory / META, META_MAX_BYTES)
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -324,7 +380,8 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
         raise CheckpointError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}"
         )
-    weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta), directory / MODEL_FILE)
+    limit = 4 * parameter_count(config) + _HEADER_SLACK  # float32 weights plus the header
+    weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta, limit), directory / MODEL_FILE)
     rnn_tensors = sum(1 for name in weights if name.startswith("rnn."))
     if rnn_tensors != 4 * config.layers:  # first, so a forged layer count cannot make us loop for ages
         raise CheckpointError(
@@ -336,7 +393,7 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:3]
         raise CheckpointError(f"{directory}: tensors do not match the model config (e.g. {diff})")
-    bad = next((n for n, t in weights.items() if not t.is_floating_point()), None) or _non_finite(weights)
+    bad = next((n for n, t in weights.items() if t.dtype != np.float32), None) or _non_finite(weights)
     if bad is not None:
-        raise CheckpointError(f"{directory}: tensor {bad} is not finite floating point")
+        raise CheckpointError(f"{directory}: tensor {bad} is not finite float32")
     return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)

@@ -244,7 +244,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     meta, cfg = ckpt.meta, ckpt.config
     progress = meta.get("progress", {})
     val = progress.get("val") or {}
-    params = sum(t.numel() for t in ckpt.weights.values())
+    params = sum(t.size for t in ckpt.weights.values())
     return {
         "path": str(ckpt.path),
         "format": f"{meta['format']} v{meta['version']}",

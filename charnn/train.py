@@ -438,7 +438,7 @@ class Trainer:
 
     def _restore_state(self, ckpt: Checkpoint) -> None:
         meta = ckpt.meta
-        self.model.load_state_dict(ckpt.weights, strict=False)  # tied head.weight is not stored
+        self.model.load_state_dict(ckpt.torch_weights(), strict=False)  # tied head.weight is not stored
         tensors = ckpt.train_state()
         optim_state: dict[int, dict[str, torch.Tensor]] = {}
         hidden: dict[str, torch.Tensor] = {}
