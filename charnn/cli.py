@@ -19,6 +19,20 @@ from charnn import __version__
 from charnn.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, CharnnError, ConfigError
 
 ENC_ERRORS = click.Choice(["strict", "replace", "ignore"])
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan slips through range checks)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
 POS_INT = click.IntRange(min=1)
 NONNEG_INT = click.IntRange(min=0)
 CKPT_HELP = "Checkpoint: a run directory (uses best/, else latest/) or one checkpoint directory."
@@ -212,23 +226,32 @@ def train(
 @click.option(
     "-t",
     "--temp",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=None,
     help="Temperature; 0 = greedy.  [default: 1.0]",
 )
 @click.option("--top-k", type=POS_INT, help="Sample only from the K most likely tokens.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass P.")
+@click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), help="Nucleus sampling mass P.")
 @click.option("--beam", type=POS_INT, help="Beam search of width W (most probable continuation).")
 @click.option(
     "--length-penalty",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=1.0,
     show_default=True,
     help="Beam ranking: logprob / length**P.",
 )
 @click.option("--prime", default=None, help="Text to start from (printed first).")
 @click.option(
-    "--prime-file", type=click.File("r", encoding="utf-8"), help="Read the prime from a file (- = stdin)."
+    "--prime-file",
+    metavar="PATH",
+    help="Read the prime from a file (- = stdin), bytes as they are, up to 16 MiB.",
+)
+@click.option(
+    "--encoding-errors",
+    type=ENC_ERRORS,
+    default="strict",
+    show_default=True,
+    help="What to do with invalid UTF-8 in --prime-file.",
 )
 @click.option("--stop", "stops", multiple=True, help="End a sample after this string (kept). Repeatable.")
 @click.option(
@@ -236,7 +259,9 @@ def train(
 )
 @click.option("--separator", default="\n\n", show_default=repr("\n\n"), help="Printed between samples.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample per line.")
-@click.option("--seed", type=int, help="Random seed for reproducible samples.")
+@click.option(
+    "--seed", type=click.IntRange(0, 2**64 - 1), help="Random seed (0 to 2**64-1) for reproducible samples."
+)
 @click.pass_context
 def sample(
     ctx: click.Context,
@@ -248,7 +273,8 @@ def sample(
     beam: int | None,
     length_penalty: float,
     prime: str | None,
-    prime_file: Any,
+    prime_file: str | None,
+    encoding_errors: str,
     stops: tuple[str, ...],
     num_samples: int,
     separator: str,
@@ -263,7 +289,9 @@ def sample(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
     if prime_file is not None:
-        prime = prime_file.read()
+        from charnn.data import read_prime_file
+
+        prime = read_prime_file(prime_file, encoding_errors)
     from charnn.config import SampleConfig
     from charnn.runs import run_sampling
 

@@ -64,6 +64,38 @@ def decode_bytes(raw: bytes, name: str, errors: str = "strict") -> str:
         ) from None
 
 
+PRIME_MAX_BYTES = 16 << 20  # a prime beyond this is refused: reading is bounded whatever the file is
+_READ_CHUNK = 1 << 20
+
+
+def read_limited(source: str, limit: int, what: str) -> bytes:
+    """The bytes of a file (or '-' for stdin), exactly, read in chunks and refused past ``limit``
+    bytes: a path linked to /dev/zero or an endless pipe costs at most ``limit`` of memory."""
+    name = "<stdin>" if source == "-" else source
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        fh = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115 (closed below)
+        try:
+            while chunk := fh.read(min(_READ_CHUNK, limit + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise DataError(f"{what} {name}: larger than {limit >> 20} MiB (the limit for {what})")
+        finally:
+            if fh is not sys.stdin.buffer:
+                fh.close()
+    except OSError as exc:
+        raise DataError(f"{what} {name}: cannot read ({exc.strerror or exc})") from None
+    return b"".join(chunks)
+
+
+def read_prime_file(source: str, errors: str = "strict") -> str:
+    """``--prime-file``: the bytes as they are (CRLF kept), decoded like a corpus, size-capped."""
+    raw = read_limited(source, PRIME_MAX_BYTES, "--prime-file")
+    return decode_bytes(raw, f"--prime-file {'<stdin>' if source == '-' else source}", errors)
+
+
 def _is_text_file(path: Path) -> bool:
     try:
         with path.open("rb") as fh:

@@ -7,12 +7,13 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 from charnn.checkpoint import BEST, LATEST, META, aside_path, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
@@ -86,14 +87,13 @@ def start_training(
 
 
 class _SampleWriter:
-    """Streams sample 0 as it is generated; the others (and JSON lines) follow when done."""
+    """Streams sample 0 as it is generated (nothing of it is kept); the others follow when done."""
 
     def __init__(self, out: TextIO, prime: str, separator: str) -> None:
         self.out, self.prime, self.separator = out, prime, separator
-        self.streamed = 0  # characters of sample 0 already written
-        self.last_flush = time.monotonic()
         self.started = False
         self.tail = ""
+        self.last_flush = time.monotonic()
 
     def write(self, text: str) -> None:
         if text:
@@ -106,33 +106,46 @@ class _SampleWriter:
         if not self.started:
             self.started = True
             self.write(self.prime)
-        self.write(piece)
-        self.streamed += len(piece)
+        if piece:
+            self.out.write(piece)
+            self.tail = piece[-1]
         now = time.monotonic()
         if now - self.last_flush > 0.05:  # flush often enough for a reader, not per character
             self.out.flush()
             self.last_flush = now
 
     def finish(self, texts: list[str]) -> None:
-        for i, text in enumerate(texts):
-            if i == 0:
-                if not self.started:
-                    self.write(self.prime)
-                self.write(text[self.streamed :])
-            else:
-                self.write(self.separator + self.prime + text)
+        """``texts``: samples 1..k-1 (sample 0 was streamed)."""
+        if not self.started:
+            self.write(self.prime)
+        for text in texts:
+            self.write(self.separator + self.prime + text)
         if self.out.isatty() and self.tail != "\n":
             self.write("\n")  # keep the shell prompt off the last line; pipes get the exact text
         self.out.flush()
 
 
-def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> list[int]:
+def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> np.ndarray:
+    """Token ids of ``text`` (the tokenizer's start context when empty), as a compact array."""
     if not text:
-        return tokenizer.start_ids()
+        return np.asarray(tokenizer.start_ids())
     try:
-        return tokenizer.encode(text).tolist()
+        return tokenizer.encode(text)
     except DataError as exc:
         raise DataError(f"{what}: {exc}") from None
+
+
+def sampling_stepper(ckpt: Any, prime_tokens: int) -> Any:
+    """The numpy stepper, or (a prime of TORCH_PRIME_MIN tokens or more) one that primes in torch."""
+    from charnn.stepper import FastStepper
+    from charnn.torch_prime import TORCH_PRIME_MIN
+
+    stepper = FastStepper(ckpt.config, ckpt.weights)
+    if prime_tokens < TORCH_PRIME_MIN:
+        return stepper
+    from charnn.torch_prime import TorchPrimedStepper
+
+    return TorchPrimedStepper(stepper, ckpt)
 
 
 def run_sampling(
@@ -143,24 +156,21 @@ def run_sampling(
     as_json: bool,
     out: TextIO | None = None,
 ) -> None:
+    """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime."""
     import json
 
-    import torch
-
     from charnn.sampling import generate
-    from charnn.stepper import FastStepper
 
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     prime_ids = encode_prime(tokenizer, prime)
-    stepper = FastStepper(ckpt.build_model())
-    generator = torch.Generator()
-    generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    stepper = sampling_stepper(ckpt, len(prime_ids))
+    rng = np.random.default_rng(config.seed)  # None: fresh entropy from the OS
     # Subword tokenizers stream through per-sample decoders (byte pieces form whole characters).
     decode = tokenizer if hasattr(tokenizer, "stream_decoder") else tokenizer.token_text
     if as_json:
-        samples = generate(stepper, prime_ids, config, decode, generator=generator)
+        samples = generate(stepper, prime_ids, config, decode, rng=rng)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
@@ -174,8 +184,10 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, generator=generator)
-    writer.finish([s.text for s in samples])
+    # Sample 0 is only streamed (constant memory however long); the others are printed at the end.
+    keep = [i > 0 for i in range(config.num_samples)]
+    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, rng=rng, keep=keep)
+    writer.finish([s.text for s in samples[1:]])
 
 
 # ---------------------------------------------------------------------------- eval / score / info
@@ -200,13 +212,12 @@ def run_score(
     whole: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
-    import numpy as np
 
     from charnn.evaluate import score_lines, token_char_lengths
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    context_ids = encode_prime(tokenizer, context or "", "--context")
+    context_ids = encode_prime(tokenizer, context or "", "--context").tolist()
     sources, _ = resolve_sources(files)
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:

@@ -1,19 +1,18 @@
 """Decoding: temperature / top-k / top-p sampling, greedy, and beam search.
 
-Pure functions over a :class:`~charnn.stepper.FastStepper`: nothing here prints or
-touches files. Text reaches the caller through ``on_text`` as it is generated.
+Pure functions over a :class:`~charnn.stepper.FastStepper`, in numpy (no torch import):
+nothing here prints or touches files. Text reaches the caller through ``on_text`` as it is
+generated. Random draws come from a seeded ``numpy.random.Generator``: same seed, same text.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
@@ -44,7 +43,8 @@ Decode = Callable[[int], str] | StreamDecoding
 
 @dataclass
 class Sample:
-    """One generated continuation (the prime is not included)."""
+    """One generated continuation (the prime is not included). ``ids`` and ``text`` stay empty
+    for a sample generate() was told not to keep (it was only streamed)."""
 
     ids: list[int]
     text: str
@@ -53,30 +53,49 @@ class Sample:
 
 
 def filter_logits(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
-) -> torch.Tensor:
-    """(N, V) -> (N, V): divide by temperature, then keep the top-k, then the top-p nucleus.
+    logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None
+) -> np.ndarray:
+    """(N, V) -> (N, V) float64: divide by temperature, then keep the top-k, then the top-p nucleus.
 
+    The result is shifted so each row's maximum is 0 (softmax is unchanged by a shift): then
+    dividing by any temperature > 0, however tiny, cannot overflow to inf - inf = NaN; a
+    temperature so small that every other token's weight underflows to 0 is greedy decoding.
     Removed tokens get -inf. The nucleus is the smallest set of most likely tokens whose
     probability reaches ``top_p`` (never empty). Temperature 0 (greedy) is the caller's job.
     """
-    if temperature <= 0:
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0 here (0 means greedy), got {temperature}")
-    out = logits / temperature if temperature != 1.0 else logits.clone()
+    x = np.asarray(logits, dtype=np.float64)
+    out = x - x.max(axis=-1, keepdims=True)
+    if temperature != 1.0:
+        out /= temperature
     vocab = out.shape[-1]
+    rows = np.arange(out.shape[0])[:, None]
     if top_k is not None and top_k < vocab:
-        # Scatter exactly k survivors (a `< kth value` mask would keep extra ties).
-        values, index = torch.topk(out, top_k, dim=-1)
-        out = torch.full_like(out, -math.inf).scatter_(-1, index, values)
+        # Exactly k survivors (a `< kth value` mask would keep extra ties).
+        keep = np.argpartition(-out, top_k - 1, axis=-1)[:, :top_k]
+        kept = np.full_like(out, -math.inf)
+        kept[rows, keep] = out[rows, keep]
+        out = kept
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        order = np.argsort(-out, axis=-1, kind="stable")
+        sorted_logits = out[rows, order]
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        cumulative = probs.cumsum(axis=-1) / probs.sum(axis=-1, keepdims=True)
         # Drop a token when the tokens before it already reach p; the first one always stays.
-        drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
+        drop_sorted = np.zeros_like(cumulative, dtype=bool)
         drop_sorted[:, 1:] = cumulative[:, :-1] >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        out = out.masked_fill(drop, -math.inf)
+        drop = np.zeros_like(drop_sorted)
+        drop[rows, order] = drop_sorted
+        out[drop] = -math.inf
     return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities (N, V) in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _draw_one(cumulative: np.ndarray, u: float) -> int:
@@ -104,43 +123,29 @@ def _draw(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 
 class _Uniforms:
-    """Uniforms in [0, 1) drawn from a torch.Generator in blocks (one torch call per block)."""
+    """Uniforms in [0, 1) from a numpy Generator, drawn in blocks (one call per block). The
+    stream of numbers does not depend on how they are taken, so a seed fixes the output."""
 
-    def __init__(self, generator: torch.Generator | None, block: int = 4096) -> None:
-        self.generator, self.block = generator, block
+    def __init__(self, rng: np.random.Generator, block: int = 4096) -> None:
+        self.rng, self.block = rng, block
         self.buffer = np.empty(0)
+        self.values: list[float] = []  # the buffer as Python floats, for one() (no numpy scalar)
         self.pos = 0
 
     def one(self) -> float:
-        if self.pos >= len(self.buffer):
+        if self.pos >= len(self.values):
             self.take(0)
         self.pos += 1
-        return float(self.buffer[self.pos - 1])
+        return self.values[self.pos - 1]
 
     def take(self, n: int) -> np.ndarray:
         if self.pos + n >= len(self.buffer):
             rest = self.buffer[self.pos :]
-            fresh = torch.rand(max(self.block, n), dtype=torch.float64, generator=self.generator).numpy()
-            self.buffer, self.pos = np.concatenate([rest, fresh]), 0
+            self.buffer = np.concatenate([rest, self.rng.random(max(self.block, n))])
+            self.values, self.pos = self.buffer.tolist(), 0
         out = self.buffer[self.pos : self.pos + n]
         self.pos += n
         return out
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Scope torch to one intra-op thread (restored afterwards) while decoding.
-
-    The steps run in numpy; torch is left with the prime pass and small per-step ops (beam
-    search's top-k, top-k/top-p filters), which a second thread cannot speed up, while OpenMP's
-    spin-waiting makes them 10x slower or worse whenever another process keeps the cores busy.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _StopMatcher:
@@ -159,11 +164,12 @@ class _StopMatcher:
 
 def generate(
     stepper: FastStepper,
-    prime_ids: Sequence[int],
+    prime_ids: Sequence[int] | np.ndarray,
     config: SampleConfig,
     decode: Decode,
     on_text: OnText | None = None,
-    generator: torch.Generator | None = None,
+    rng: np.random.Generator | None = None,
+    keep: Sequence[bool] | None = None,
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
@@ -171,21 +177,126 @@ def generate(
     (e.g. a SentencePiece tokenizer) whose per-stream decoders hold back partial UTF-8 characters.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
-    rejects those combinations). Draws use uniforms from ``generator``: same seed, same output.
+    rejects those combinations). Draws use uniforms from ``rng``: same seed, same output.
+    ``keep[i]`` False: sample i is only streamed, its ids and text are not collected, so an
+    endless stream runs in constant memory (default: keep all).
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
-    with torch.inference_mode(), _one_thread():
-        logits, state = stepper.prime(torch.tensor([list(prime_ids)], dtype=torch.long))  # (1, V)
-        if config.length == 0:
-            return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
-        if config.beam is None:
-            return _sample(stepper, logits.numpy(), state, config, decode, on_text, generator)
-        results = _beam_search(stepper, logits, state, config, decode)
+    logits, state = stepper.prime(np.asarray(prime_ids, dtype=np.intp)[None, :])  # (1, V)
+    if config.length == 0:
+        return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
+    if config.beam is None:
+        keep = [True] * config.num_samples if keep is None else list(keep)
+        return _sample(stepper, logits, state, config, decode, on_text, rng or np.random.default_rng(), keep)
+    results = _beam_search(stepper, logits, state, config, decode)
     if on_text is not None:
         for i, sample in enumerate(results):
             on_text(i, sample.text)
     return results
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class _Picker:
+    """Chooses the next token of each row from raw logits, and returns its raw log-probability
+    (the model's, before temperature or filters: what ``score`` computes for the same text).
+
+    Greedy when the temperature is 0, and also when 1/T overflows float32 (T < 3e-39): any
+    finite 1/T is safe, since logits are shifted so the top one is 0 (0 * 1/T = 0, the rest
+    underflow to weight 0), so tiny temperatures tend to greedy and never produce NaN."""
+
+    def __init__(self, config: SampleConfig, uniforms: _Uniforms) -> None:
+        t = config.temperature
+        self.greedy = t == 0 or 1.0 / t > _F32_MAX
+        self.inv_temp = 0.0 if self.greedy else 1.0 / t
+        self.config, self.uniforms = config, uniforms
+        # Temperature alone is done inline; top-k/top-p go through filter_logits.
+        self.filtered = not self.greedy and (config.top_k is not None or config.top_p is not None)
+
+    def one(self, row: np.ndarray) -> tuple[int, float]:
+        """A single stream (V,): scalar bookkeeping, as few numpy calls as possible."""
+        if self.filtered:
+            token, logprob = self.many(row[None, :])
+            return int(token[0]), float(logprob[0])
+        top = row.max()
+        shifted = row - top  # float32, max 0
+        numerators = np.exp(shifted)  # raw softmax numerators: the logprob is always raw
+        if self.greedy:
+            token = int(row.argmax())
+            total = float(numerators.sum(dtype=np.float64))
+        elif self.inv_temp == 1.0:
+            cumulative = numerators.cumsum(dtype=np.float64)
+            token, total = _draw_one(cumulative, self.uniforms.one()), float(cumulative[-1])
+        else:
+            shifted *= self.inv_temp
+            token = _draw_one(np.exp(shifted).cumsum(dtype=np.float64), self.uniforms.one())
+            total = float(numerators.sum(dtype=np.float64))
+        return token, float(row[token] - top) - math.log(total)
+
+    def many(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (N, V) -> tokens (N,) and their raw log-probabilities (N,)."""
+        tops = logits.max(axis=1, keepdims=True)
+        shifted = logits - tops
+        totals = np.exp(shifted).sum(axis=1, dtype=np.float64)
+        if self.greedy:
+            tokens = logits.argmax(axis=1)
+        else:
+            if self.filtered:
+                cfg = self.config
+                weights = np.exp(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p))
+            else:
+                weights = np.exp(shifted * np.float32(self.inv_temp))
+            tokens = _draw(weights.cumsum(axis=1, dtype=np.float64), self.uniforms.take(len(logits)))
+        chosen = shifted[np.arange(len(logits)), tokens].astype(np.float64)
+        return tokens, chosen - np.log(totals)
+
+
+class _Streams:
+    """Per-sample bookkeeping of _sample: decoding, streaming, stop strings, what is kept."""
+
+    def __init__(self, n: int, config: SampleConfig, decode: Decode, on_text: OnText | None,
+                 keep: Sequence[bool]) -> None:
+        decoders = [decode.stream_decoder() for _ in range(n)] if hasattr(decode, "stream_decoder") else None
+        self.decoders = decoders
+        self.feeds = [d.feed for d in decoders] if decoders else [decode] * n
+        self.on_text = on_text
+        self.matcher = _StopMatcher(config.stops) if config.stops else None
+        self.tails = [""] * n
+        self.keep = keep
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.pieces: list[list[str]] = [[] for _ in range(n)]
+        self.stopped_by = ["length"] * n
+
+    def emit(self, i: int, token: int) -> bool:
+        """Sample i produced ``token``: stream and record its text; True when a stop string ended it."""
+        piece = self.feeds[i](token)
+        if self.keep[i]:
+            self.ids[i].append(token)
+            self.pieces[i].append(piece)
+        if self.on_text is not None:
+            self.on_text(i, piece)
+        if self.matcher is not None:
+            self.tails[i], hit = self.matcher.feed(self.tails[i], piece)
+            if hit:
+                self.stopped_by[i] = "stop"
+                return True
+        return False
+
+    def finish(self, logprob: list[float]) -> list[Sample]:
+        if self.decoders:  # a character cut short by the end of a stream
+            for i, decoder in enumerate(self.decoders):
+                rest = decoder.flush()
+                if rest:
+                    if self.keep[i]:
+                        self.pieces[i].append(rest)
+                    if self.on_text is not None:
+                        self.on_text(i, rest)
+        return [
+            Sample(self.ids[i], "".join(self.pieces[i]), logprob[i], self.stopped_by[i])
+            for i in range(len(logprob))
+        ]
 
 
 def _sample(
@@ -195,96 +306,42 @@ def _sample(
     config: SampleConfig,
     decode: Decode,
     on_text: OnText | None,
-    generator: torch.Generator | None,
+    rng: np.random.Generator,
+    keep: Sequence[bool],
 ) -> list[Sample]:
-    """All num_samples streams as one batch; finished rows are dropped from the batch.
-
-    Works on numpy arrays throughout (stepper.step returns numpy logits for numpy ids).
-    """
+    """All num_samples streams as one batch; finished rows are dropped from the batch."""
     n = config.num_samples
     expand = np.zeros(n, dtype=np.intp)
     logits, state = logits[expand], stepper.reorder(state, expand)  # (n, V)
-    greedy = config.temperature == 0
-    inv_temp = 0.0 if greedy else 1.0 / config.temperature
-    # Temperature alone is done in numpy here; top-k/top-p go through filter_logits.
-    simple = config.top_k is None and config.top_p is None
-    matcher = _StopMatcher(config.stops) if config.stops else None
-    decoders = [decode.stream_decoder() for _ in range(n)] if hasattr(decode, "stream_decoder") else None
-    feeds = [d.feed for d in decoders] if decoders else [decode] * n
-    uniforms = _Uniforms(generator)
-
+    picker = _Picker(config, _Uniforms(rng))
+    streams = _Streams(n, config, decode, on_text, keep)
     rows = list(range(n))  # batch row -> sample index
-    ids: list[list[int]] = [[] for _ in range(n)]
-    pieces: list[list[str]] = [[] for _ in range(n)]
-    tails = [""] * n
     logprob = [0.0] * n
-    stopped_by = ["length"] * n
-    row_logprob = np.zeros(n)  # running sums for the live rows
-
+    single_logprob = 0.0
     for t in range(config.length):
-        if len(rows) == 1 and simple:  # single stream: scalar bookkeeping, fewer numpy calls
-            row = logits[0]
-            top = float(row.max())
-            numerators = np.exp(row - top)  # raw softmax numerators: the logprob is always raw
-            if greedy:
-                token = int(row.argmax())
-            else:
-                weights = numerators if inv_temp == 1.0 else np.exp((row - top) * inv_temp)
-                token = _draw_one(weights.cumsum(dtype=np.float64), uniforms.one())
-            row_logprob[0] += float(row[token]) - top - math.log(numerators.sum(dtype=np.float64))
+        if len(rows) == 1:  # single stream: Python scalars, no per-token arrays
+            token, lp = picker.one(logits[0])
+            single_logprob += lp
+            if streams.emit(rows[0], token):
+                break
             nxt = np.array([token])
         else:
-            top_rows = logits.max(axis=1, keepdims=True)
-            numerators = np.exp(logits - top_rows)
-            if greedy:
-                nxt = logits.argmax(axis=1)  # (rows,)
-            elif simple:
-                weights = numerators if inv_temp == 1.0 else np.exp((logits - top_rows) * inv_temp)
-                nxt = _draw(weights.cumsum(axis=1, dtype=np.float64), uniforms.take(len(rows)))
-            else:
-                filtered = filter_logits(
-                    torch.from_numpy(logits), config.temperature, config.top_k, config.top_p
-                )
-                weights = torch.softmax(filtered.double(), dim=-1).numpy()
-                nxt = _draw(weights.cumsum(axis=1), uniforms.take(len(rows)))
-            chosen = logits[np.arange(len(rows)), nxt].astype(np.float64)
-            row_logprob += chosen - top_rows[:, 0] - np.log(numerators.sum(axis=1, dtype=np.float64))
-
-        done: list[int] = []
-        for row, token in enumerate(nxt.tolist()):
-            i = rows[row]
-            piece = feeds[i](token)
-            ids[i].append(token)
-            pieces[i].append(piece)
-            if on_text is not None:
-                on_text(i, piece)
-            if matcher is not None:
-                tails[i], hit = matcher.feed(tails[i], piece)
-                if hit:
-                    stopped_by[i] = "stop"
-                    done.append(row)
-        if done:
-            for row in done:
-                logprob[rows[row]] = float(row_logprob[row])
-            done_rows = set(done)
-            keep = [row for row in range(len(rows)) if row not in done_rows]
-            rows, row_logprob = [rows[row] for row in keep], row_logprob[keep]
-            if not rows:
-                break
-            nxt, state = nxt[keep], stepper.reorder(state, np.array(keep, dtype=np.intp))
+            nxt, lps = picker.many(logits)
+            for row, i in enumerate(rows):
+                logprob[i] += float(lps[row])
+            done = [row for row, token in enumerate(nxt.tolist()) if streams.emit(rows[row], token)]
+            if done:
+                keep_rows = [row for row in range(len(rows)) if row not in set(done)]
+                rows = [rows[row] for row in keep_rows]
+                if not rows:
+                    break
+                nxt, state = nxt[keep_rows], stepper.reorder(state, np.array(keep_rows, dtype=np.intp))
         if t == config.length - 1:
             break
         logits, state = stepper.step(nxt, state)
-    for row, total in zip(rows, row_logprob.tolist(), strict=True):
-        logprob[row] = total
-    if decoders:  # a character cut short by the end of a stream
-        for i, decoder in enumerate(decoders):
-            rest = decoder.flush()
-            if rest:
-                pieces[i].append(rest)
-                if on_text is not None:
-                    on_text(i, rest)
-    return [Sample(ids[i], "".join(pieces[i]), logprob[i], stopped_by[i]) for i in range(n)]
+    if len(rows) == 1:
+        logprob[rows[0]] += single_logprob
+    return streams.finish(logprob)
 
 
 @dataclass
@@ -307,10 +364,17 @@ class _Hyp:
         return out[::-1]
 
 
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first; ties go to the lower index (deterministic)."""
+    k = min(k, len(scores))
+    index = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return index[np.lexsort((index, -scores[index]))]
+
+
 def _beam_search(
     stepper: FastStepper,
-    logits: torch.Tensor,
-    state: tuple[torch.Tensor, ...],
+    logits: np.ndarray,
+    state: np.ndarray,
     config: SampleConfig,
     decode: Decode,
 ) -> list[Sample]:
@@ -347,14 +411,12 @@ def _beam_search(
     live = [_Hyp(None, 0, 0.0, "", False, scratch.getstate() if scratch else None)]
     finished: list[_Hyp] = []
     for t in range(config.length):
-        scores = torch.tensor([h.score for h in live], dtype=torch.float64)
-        cand = (scores.unsqueeze(1) + torch.log_softmax(logits.double(), dim=-1)).view(-1)  # (live*V,)
-        top_scores, top_index = torch.topk(cand, min(width, cand.numel()))
-        pool = [
-            (norm(s, t + 1), s, int(k)) for s, k in zip(top_scores.tolist(), top_index.tolist(), strict=True)
-        ]
+        scores = np.array([h.score for h in live])
+        cand = (scores[:, None] + log_softmax(logits)).ravel()  # (live*V,)
+        top_index = _top(cand, width)
+        pool = [(norm(s, t + 1), s, int(k)) for s, k in zip(cand[top_index].tolist(), top_index.tolist(), strict=True)]
         pool += [(norm(h.score, h.length), h.score, -1 - j) for j, h in enumerate(finished)]
-        pool.sort(key=lambda item: item[0], reverse=True)  # stable: ties keep topk's order
+        pool.sort(key=lambda item: item[0], reverse=True)  # stable: ties keep _top's order
 
         new_live: list[_Hyp] = []
         parents: list[int] = []
@@ -380,8 +442,8 @@ def _beam_search(
         live, finished = new_live, new_finished
         if not live or t == config.length - 1:
             break
-        state = stepper.reorder(state, torch.tensor(parents, dtype=torch.long))
-        logits, state = stepper.step(torch.tensor(tokens, dtype=torch.long), state)
+        state = stepper.reorder(state, np.array(parents, dtype=np.intp))
+        logits, state = stepper.step(np.array(tokens, dtype=np.intp), state)
 
     ranked = sorted(finished + live, key=lambda h: norm(h.score, h.length), reverse=True)
     results = []
