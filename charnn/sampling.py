@@ -68,7 +68,8 @@ def filter_logits(
     x = np.asarray(logits, dtype=np.float64)
     out = x - x.max(axis=-1, keepdims=True)
     if temperature != 1.0:
-        out /= temperature
+        with np.errstate(over="ignore"):  # a tiny temperature sends the others to -inf: intended
+            out /= temperature
     vocab = out.shape[-1]
     rows = np.arange(out.shape[0])[:, None]
     if top_k is not None and top_k < vocab:
@@ -188,7 +189,9 @@ def generate(
         return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
     if config.beam is None:
         keep = [True] * config.num_samples if keep is None else list(keep)
-        return _sample(stepper, logits, state, config, decode, on_text, rng or np.random.default_rng(), keep)
+        # Shifted logits times a huge 1/T overflow to -inf (weight 0) by design: no warning.
+        with np.errstate(over="ignore"):
+            return _sample(stepper, logits, state, config, decode, on_text, rng or np.random.default_rng(), keep)
     results = _beam_search(stepper, logits, state, config, decode)
     if on_text is not None:
         for i, sample in enumerate(results):
