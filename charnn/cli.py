@@ -306,7 +306,8 @@ def sample(
         stops=stops,
         seed=seed,
     )
-    run_sampling(checkpoint, config, prime or "", separator, as_json)
+    prime_name = "--prime" if prime_file is None else f"--prime-file {'<stdin>' if prime_file == '-' else prime_file}"
+    run_sampling(checkpoint, config, prime or "", separator, as_json, prime_name=prime_name)
 
 
 # ---------------------------------------------------------------------------- eval / score / info

@@ -155,8 +155,10 @@ def run_sampling(
     separator: str,
     as_json: bool,
     out: TextIO | None = None,
+    prime_name: str = "--prime",
 ) -> None:
-    """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime."""
+    """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime.
+    ``prime_name`` says where the prime came from, for errors."""
     import json
 
     from charnn.sampling import generate
@@ -164,7 +166,7 @@ def run_sampling(
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    prime_ids = encode_prime(tokenizer, prime)
+    prime_ids = encode_prime(tokenizer, prime, prime_name)
     stepper = sampling_stepper(ckpt, len(prime_ids))
     rng = np.random.default_rng(config.seed)  # None: fresh entropy from the OS
     # Subword tokenizers stream through per-sample decoders (byte pieces form whole characters).

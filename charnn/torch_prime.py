@@ -16,7 +16,10 @@ import numpy as np
 from charnn.checkpoint import Checkpoint
 from charnn.stepper import FastStepper, State
 
-TORCH_PRIME_MIN = 20_000  # tokens; below this the numpy prime finishes before torch has loaded
+# Tokens. Measured on a 2-core EPYC (2x256 LSTM): numpy primes ~9k tok/s, torch's fused LSTM
+# ~10.5k on one thread, and importing torch + building the model costs 1.5-4 s: torch only
+# pays off past a few hundred thousand tokens.
+TORCH_PRIME_MIN = 250_000
 _WINDOW = 4096  # positions per forward pass
 
 
@@ -34,13 +37,24 @@ class TorchPrimedStepper:
         """Same contract as :meth:`FastStepper.prime`: ids (N, T) -> logits (N, V), state (N, S)."""
         import torch
 
-        model, cfg = self._model, self._model.config
+        cfg = self._model.config
         ids = np.asarray(ids)
         n, L, H = ids.shape[0], cfg.layers, cfg.hidden
         hidden: Any = None
         if state is not None:  # (N, S) -> (L or 2L, N, H) blocks
             blocks = torch.from_numpy(np.ascontiguousarray(state)).view(n, -1, H).transpose(0, 1)
             hidden = (blocks[:L].contiguous(), blocks[L:].contiguous()) if cfg.cell == "lstm" else blocks.contiguous()
+        threads = torch.get_num_threads()
+        # One intra-op thread: a second one gains nothing at batch 1 and collapses (20x slower,
+        # measured) when other processes keep the cores busy.
+        torch.set_num_threads(1)
+        try:
+            return self._run(torch, ids, hidden)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, torch: Any, ids: np.ndarray, hidden: Any) -> tuple[np.ndarray, State]:
+        model, n = self._model, ids.shape[0]
         with torch.inference_mode():
             for start in range(0, ids.shape[1], _WINDOW):
                 x = torch.from_numpy(ids[:, start : start + _WINDOW].astype(np.int64))  # (N, t)

@@ -167,3 +167,33 @@ def test_stepper_is_a_snapshot() -> None:
     after, _ = prime(stepper, ids)
     assert torch.equal(before, after)
     assert stepper.vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_prime_for_huge_primes_agrees_with_numpy(cell: str, layers: int, tmp_path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch prime (used past TORCH_PRIME_MIN tokens) gives the numpy prime's logits and state,
+    across its windows and from a carried state; steps continue identically from either."""
+    import charnn.torch_prime
+    from charnn.checkpoint import load_checkpoint, save_checkpoint
+    from charnn.tokenizer import CharTokenizer
+    from charnn.torch_prime import TorchPrimedStepper
+
+    monkeypatch.setattr(charnn.torch_prime, "_WINDOW", 7)
+    model = make_model(cell, layers)
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")), {})
+    ckpt = load_checkpoint(tmp_path / "ck")
+    fast = FastStepper(ckpt.config, ckpt.weights)
+    big = TorchPrimedStepper(fast, ckpt)
+    ids = np.random.default_rng(1).integers(0, VOCAB, (2, 30))
+    ref = reference_logits(model, torch.from_numpy(ids))
+    a_logits, a_state = fast.prime(ids[:, :20])
+    b_logits, b_state = big.prime(ids[:, :20])
+    np.testing.assert_allclose(b_logits, ref[:, 19].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(b_logits, a_logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(b_state, a_state, atol=1e-5, rtol=0)
+    b_logits, b_state = big.prime(ids[:, 20:29], b_state)
+    np.testing.assert_allclose(b_logits, ref[:, 28].numpy(), atol=1e-5, rtol=0)
+    logits, _ = big.step(ids[:, 29], b_state)
+    np.testing.assert_allclose(logits, ref[:, 29].numpy(), atol=1e-5, rtol=0)

@@ -1,0 +1,166 @@
+"""``charnn sample`` without torch: a real process must never import torch for everyday
+sampling (char and SentencePiece models, every decoding mode, ordinary primes), and the
+sampling-related bad input of issue 9 (prime files taken as bytes, bounded; tiny or
+non-finite numbers) gets exact text or one error line and its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL_ARGS
+
+RunCli = Callable[..., subprocess.CompletedProcess]
+
+# Runs the CLI in a real process and reports, at exit, whether torch was ever imported.
+_HOOK = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: sys.stderr.write('\\ntorch-imported=%s\\n' % ('torch' in sys.modules)))\n"
+    "from charnn.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def sample_process(*args: str | os.PathLike[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("CHARNN_DEBUG", None)
+    return subprocess.run([sys.executable, "-c", _HOOK, "sample", *map(str, args)], input=stdin,
+                          capture_output=True, env=env, timeout=120)
+
+
+def torch_imported(proc: subprocess.CompletedProcess) -> bool:
+    marker = [line for line in proc.stderr.decode().splitlines() if line.startswith("torch-imported=")]
+    assert len(marker) == 1, proc.stderr
+    return marker[0] == "torch-imported=True"
+
+
+@pytest.fixture(scope="module")
+def sp_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    """A tiny run with a SentencePiece tokenizer."""
+    out = tmp_path_factory.mktemp("sp") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "charnn", "train", str(corpus_file), "--out", str(out), "--tokenizer",
+         "sentencepiece", "--vocab-size", "400", *TINY_MODEL_ARGS, "--steps", "3", "--seq-len", "16",
+         "--batch-size", "4", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+MODES = [
+    ("--seed", "1", "--prime", "The river ", "--length", "40"),
+    ("--seed", "2", "--temp", "0.7", "--top-k", "5", "--top-p", "0.9", "-k", "3", "--stop", "e", "--json"),
+    ("--beam", "3", "-k", "2", "--length", "12", "--prime", "A quiet"),
+    ("--temp", "0", "--length", "30", "--stop", ".", "--stop", "!"),
+]
+
+
+@pytest.mark.parametrize("args", MODES, ids=["plain", "filters-json-k", "beam", "greedy-stops"])
+def test_sample_never_imports_torch_for_a_char_model(trained_run: Path, args: tuple[str, ...]) -> None:
+    proc = sample_process("-c", trained_run, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout
+    assert not torch_imported(proc)
+
+
+def test_sample_never_imports_torch_for_a_sentencepiece_model_or_a_prime_file(sp_run: Path, tmp_path: Path) -> None:
+    prime = tmp_path / "prime.txt"
+    prime.write_bytes(("The quiet river " * 200).encode())  # 3.2 KB: an ordinary prime
+    for args in (("--seed", "3", "--prime", "The quiet", "--length", "20", "--json"),
+                 ("--beam", "2", "--length", "5", "--prime-file", prime)):
+        proc = sample_process("-c", sp_run, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert not torch_imported(proc)
+
+
+def test_the_hook_sees_torch_when_it_is_imported(trained_run: Path) -> None:
+    """The check above can fail: a prime past TORCH_PRIME_MIN tokens does import torch."""
+    from charnn.torch_prime import TORCH_PRIME_MIN
+
+    text = ("The river " * (TORCH_PRIME_MIN // 10 + 1)).encode()
+    proc = sample_process("-c", trained_run, "--prime-file", "-", "--length", "3", "--seed", "1",
+                          "--json", stdin=text)
+    assert proc.returncode == 0, proc.stderr
+    assert torch_imported(proc)
+    assert json.loads(proc.stdout)["prime"] == text.decode()
+
+
+# ---------------------------------------------------------------------------- prime files
+
+
+def test_prime_file_is_taken_byte_for_byte(trained_run: Path, sp_run: Path, tmp_path: Path) -> None:
+    prime = tmp_path / "crlf.txt"
+    prime.write_bytes(b"The river\r\nA stone\r\n")
+    proc = sample_process("-c", sp_run, "--prime-file", prime, "--length", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"The river\r\nA stone\r\n"  # CRLF kept, nothing added on a pipe
+    # A character model that never saw a CR says so (it used to be dropped silently).
+    proc = sample_process("-c", trained_run, "--prime-file", prime, "--length", "0")
+    assert proc.returncode == 3
+    assert b"--prime-file " + bytes(prime) + b": 1 character(s) not in the model's vocabulary: '\\r'" in proc.stderr
+
+
+def test_prime_file_with_invalid_utf8(cli_inprocess, trained_run: Path, tmp_path: Path) -> None:
+    prime = tmp_path / "bad.txt"
+    prime.write_bytes(b"The r\xffiver")
+    res = cli_inprocess("sample", "-c", trained_run, "--prime-file", prime, "--length", "0")
+    assert res.returncode == 3
+    assert "bad.txt: not valid UTF-8 at byte offset 5" in res.stderr and "Traceback" not in res.stderr
+    res = cli_inprocess("sample", "-c", trained_run, "--prime-file", prime, "--length", "0",
+                        "--encoding-errors", "ignore")
+    assert (res.returncode, res.stdout) == (0, "The river")
+
+
+def test_prime_file_reading_is_bounded(cli_inprocess, trained_run: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.path.exists("/dev/zero"):  # an endless device: refused after the cap, not read for ever
+        res = cli_inprocess("sample", "-c", trained_run, "--prime-file", "/dev/zero")
+        assert res.returncode == 3 and "larger than 16 MiB" in res.stderr, res.stderr
+    import charnn.data
+
+    monkeypatch.setattr(charnn.data, "PRIME_MAX_BYTES", 1000)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"The river " * 101)
+    res = cli_inprocess("sample", "-c", trained_run, "--prime-file", big)
+    assert res.returncode == 3 and "big.txt: larger than" in res.stderr
+    res = cli_inprocess("sample", "-c", trained_run, "--prime-file", tmp_path / "missing.txt")
+    assert res.returncode == 3 and "missing.txt: cannot read" in res.stderr
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("extra", [(), ("--top-k", "5"), ("--top-p", "0.5"), ("-k", "2")])
+@pytest.mark.parametrize("temp", ["1e-320", "1e-45", "4.9e-324"])
+def test_tiny_temperatures_behave_as_greedy(cli_inprocess, trained_run: Path, temp: str,
+                                            extra: tuple[str, ...]) -> None:
+    greedy = cli_inprocess("sample", "-c", trained_run, "--temp", "0", "--length", "40", "--json", *extra)
+    tiny = cli_inprocess("sample", "-c", trained_run, "--temp", temp, "--length", "40", "--json", *extra)
+    assert tiny.returncode == 0 and tiny.stderr == ""  # no numpy warning
+    assert [json.loads(x)["text"] for x in tiny.stdout.splitlines()] == \
+        [json.loads(x)["text"] for x in greedy.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("args", [
+    ("--length-penalty", "nan"), ("--length-penalty", "inf"), ("--temp", "nan"), ("--temp", "inf"),
+    ("--top-p", "nan"), ("--seed", "-1"), ("--seed", str(2**64)),
+])
+def test_non_finite_numbers_and_bad_seeds_are_usage_errors(cli_inprocess, trained_run: Path,
+                                                           args: tuple[str, ...]) -> None:
+    res = cli_inprocess("sample", "-c", trained_run, *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("charnn: error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_same_seed_same_text_in_separate_processes(trained_run: Path) -> None:
+    """Seeded numpy draws: reproducible across runs (no state from the process or torch)."""
+    args = ("-c", trained_run, "--seed", "11", "--length", "50", "-k", "2", "--top-p", "0.9")
+    first, second = sample_process(*args), sample_process(*args)
+    assert first.returncode == 0 and first.stdout == second.stdout
+    assert sample_process(*args[:2], "--seed", "12", *args[4:]).stdout != first.stdout
