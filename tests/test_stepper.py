@@ -197,3 +197,26 @@ def test_torch_prime_for_huge_primes_agrees_with_numpy(cell: str, layers: int, t
     np.testing.assert_allclose(b_logits, ref[:, 28].numpy(), atol=1e-5, rtol=0)
     logits, _ = big.step(ids[:, 29], b_state)
     np.testing.assert_allclose(logits, ref[:, 29].numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_sample_json_logprob_equals_the_torch_model(cell: str, layers: int, tmp_path, cli_inprocess) -> None:
+    """End to end: `charnn sample --json` (numpy prime, steps and draws) reports the torch model's
+    log-probability of its text given the prime, to 1e-5."""
+    import json
+
+    from charnn.checkpoint import save_checkpoint
+    from charnn.tokenizer import CharTokenizer
+
+    model = make_model(cell, layers)
+    tokenizer = CharTokenizer(list("abcdefghijk"))
+    save_checkpoint(tmp_path / "ck", model, tokenizer, {})
+    res = cli_inprocess("sample", "-c", tmp_path / "ck", "--prime", "badge", "--length", "30",
+                        "--seed", "3", "--top-k", "6", "-k", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    for row in map(json.loads, res.stdout.splitlines()):
+        seq = torch.from_numpy(tokenizer.encode("badge" + row["text"]).astype(np.int64))[None]
+        logp = torch.log_softmax(reference_logits(model, seq[:, :-1]).double(), dim=-1)[0, 4:]  # predicts the text
+        expected = logp.gather(1, seq[0, 5:, None]).sum().item()
+        assert row["logprob"] == pytest.approx(expected, abs=1e-5)
