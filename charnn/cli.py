@@ -306,7 +306,9 @@ def sample(
         stops=stops,
         seed=seed,
     )
-    prime_name = "--prime" if prime_file is None else f"--prime-file {'<stdin>' if prime_file == '-' else prime_file}"
+    prime_name = "--prime"
+    if prime_file is not None:
+        prime_name = f"--prime-file {'<stdin>' if prime_file == '-' else prime_file}"
     run_sampling(checkpoint, config, prime or "", separator, as_json, prime_name=prime_name)
 
 

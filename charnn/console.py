@@ -2,26 +2,48 @@
 
 rich honours ``NO_COLOR`` and drops live displays when stderr is not a terminal;
 then progress is logged as plain lines every few seconds instead.
+
+rich is imported on first use, not with this module: ``charnn sample`` prints nothing for
+people when all goes well, and importing rich costs about a tenth of its start-up.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
-err = Console(stderr=True, highlight=False)
+_err: Console | None = None
+
+
+def stderr_console() -> Console:
+    """The shared rich console on stderr (created, and rich imported, on first use)."""
+    global _err
+    if _err is None:
+        from rich.console import Console
+
+        _err = Console(stderr=True, highlight=False)
+    return _err
+
+
+def __getattr__(name: str) -> Any:  # ``charnn.console.err`` without importing rich up front
+    if name == "err":
+        return stderr_console()
+    raise AttributeError(name)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    stderr_console().print(
+        f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True
+    )
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+    stderr_console().print(f"[dim]charnn:[/] {message}", soft_wrap=True)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -34,7 +56,8 @@ def _fmt_duration(seconds: float) -> str:
 class TrainReporter:
     """Progress bar (TTY) or periodic log lines (pipes, CI) for a training run."""
 
-    def __init__(self, console: Console = err, log_every: float = 10.0) -> None:
+    def __init__(self, console: Console | None = None, log_every: float = 10.0) -> None:
+        console = console or stderr_console()
         self.console = console
         self.live = console.is_terminal
         self.log_every = log_every
@@ -57,6 +80,8 @@ class TrainReporter:
             soft_wrap=True,
         )
         if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
             self._progress = Progress(
                 TextColumn("step {task.fields[step]}"),
                 BarColumn(bar_width=12),
@@ -112,6 +137,8 @@ class TrainReporter:
 
 
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()

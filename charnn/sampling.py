@@ -191,7 +191,8 @@ def generate(
         keep = [True] * config.num_samples if keep is None else list(keep)
         # Shifted logits times a huge 1/T overflow to -inf (weight 0) by design: no warning.
         with np.errstate(over="ignore"):
-            return _sample(stepper, logits, state, config, decode, on_text, rng or np.random.default_rng(), keep)
+            rng = rng or np.random.default_rng()
+            return _sample(stepper, logits, state, config, decode, on_text, rng, keep)
     results = _beam_search(stepper, logits, state, config, decode)
     if on_text is not None:
         for i, sample in enumerate(results):
@@ -417,7 +418,9 @@ def _beam_search(
         scores = np.array([h.score for h in live])
         cand = (scores[:, None] + log_softmax(logits)).ravel()  # (live*V,)
         top_index = _top(cand, width)
-        pool = [(norm(s, t + 1), s, int(k)) for s, k in zip(cand[top_index].tolist(), top_index.tolist(), strict=True)]
+        pool = [
+            (norm(s, t + 1), s, k) for s, k in zip(cand[top_index].tolist(), top_index.tolist(), strict=True)
+        ]
         pool += [(norm(h.score, h.length), h.score, -1 - j) for j, h in enumerate(finished)]
         pool.sort(key=lambda item: item[0], reverse=True)  # stable: ties keep _top's order
 

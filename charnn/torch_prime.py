@@ -43,7 +43,8 @@ class TorchPrimedStepper:
         hidden: Any = None
         if state is not None:  # (N, S) -> (L or 2L, N, H) blocks
             blocks = torch.from_numpy(np.ascontiguousarray(state)).view(n, -1, H).transpose(0, 1)
-            hidden = (blocks[:L].contiguous(), blocks[L:].contiguous()) if cfg.cell == "lstm" else blocks.contiguous()
+            lstm = cfg.cell == "lstm"
+            hidden = (blocks[:L].contiguous(), blocks[L:].contiguous()) if lstm else blocks.contiguous()
         threads = torch.get_num_threads()
         # One intra-op thread: a second one gains nothing at batch 1 and collapses (20x slower,
         # measured) when other processes keep the cores busy.

@@ -69,7 +69,8 @@ def test_sample_never_imports_torch_for_a_char_model(trained_run: Path, args: tu
     assert not torch_imported(proc)
 
 
-def test_sample_never_imports_torch_for_a_sentencepiece_model_or_a_prime_file(sp_run: Path, tmp_path: Path) -> None:
+def test_sample_never_imports_torch_for_a_sentencepiece_model_or_a_prime_file(sp_run: Path,
+                                                                            tmp_path: Path) -> None:
     prime = tmp_path / "prime.txt"
     prime.write_bytes(("The quiet river " * 200).encode())  # 3.2 KB: an ordinary prime
     for args in (("--seed", "3", "--prime", "The quiet", "--length", "20", "--json"),
@@ -103,7 +104,8 @@ def test_prime_file_is_taken_byte_for_byte(trained_run: Path, sp_run: Path, tmp_
     # A character model that never saw a CR says so (it used to be dropped silently).
     proc = sample_process("-c", trained_run, "--prime-file", prime, "--length", "0")
     assert proc.returncode == 3
-    assert b"--prime-file " + bytes(prime) + b": 1 character(s) not in the model's vocabulary: '\\r'" in proc.stderr
+    message = b": 1 character(s) not in the model's vocabulary: '\\r'"
+    assert b"--prime-file " + bytes(prime) + message in proc.stderr
 
 
 def test_prime_file_with_invalid_utf8(cli_inprocess, trained_run: Path, tmp_path: Path) -> None:

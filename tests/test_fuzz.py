@@ -9,9 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 import numpy as np
-import torch
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

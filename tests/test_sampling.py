@@ -101,7 +101,8 @@ def test_top_k_keeps_exactly_the_k_best() -> None:
     assert np.flatnonzero(np.isfinite(out[0])).tolist() == [1, 3]
     assert np.flatnonzero(np.isfinite(out[1])).tolist() == [0, 1]
     np.testing.assert_allclose(out[np.isfinite(out)], [0.0, -1.0, 0.0, -1.0])
-    np.testing.assert_allclose(filter_logits(logits, 1.0, 99, None), logits - logits.max(axis=1, keepdims=True))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(filter_logits(logits, 1.0, 99, None), shifted)
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import charnn.stepper
 from charnn.config import ModelConfig
 from charnn.model import CharRNN
-import charnn.stepper
 from charnn.stepper import FastStepper
 
 VOCAB = 11
@@ -36,7 +36,8 @@ def reference_logits(model: CharRNN, ids: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def run_steps(stepper: FastStepper, ids: torch.Tensor, state: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
+def run_steps(stepper: FastStepper, ids: torch.Tensor, state: np.ndarray
+              ) -> tuple[list[torch.Tensor], np.ndarray]:
     outs = []
     for t in range(ids.shape[1]):
         logits, state = stepper.step(ids[:, t].numpy(), state)
@@ -152,7 +153,8 @@ def test_stepper_built_from_checkpoint_arrays_equals_the_model(tmp_path) -> None
     ckpt = load_checkpoint(tmp_path / "ck")
     ids = torch.randint(0, VOCAB, (1, 9))
     logits, _ = FastStepper(ckpt.config, ckpt.weights).prime(ids.numpy())
-    torch.testing.assert_close(torch.from_numpy(logits), reference_logits(model, ids)[:, -1], atol=1e-5, rtol=0)
+    expected = reference_logits(model, ids)[:, -1]
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(reference_logits(ckpt.build_model(), ids), reference_logits(model, ids))
 
 
@@ -217,6 +219,7 @@ def test_sample_json_logprob_equals_the_torch_model(cell: str, layers: int, tmp_
     assert res.returncode == 0, res.stderr
     for row in map(json.loads, res.stdout.splitlines()):
         seq = torch.from_numpy(tokenizer.encode("badge" + row["text"]).astype(np.int64))[None]
-        logp = torch.log_softmax(reference_logits(model, seq[:, :-1]).double(), dim=-1)[0, 4:]  # predicts the text
+        logits = reference_logits(model, seq[:, :-1]).double()
+        logp = torch.log_softmax(logits, dim=-1)[0, 4:]  # the positions that predict the text
         expected = logp.gather(1, seq[0, 5:, None]).sum().item()
         assert row["logprob"] == pytest.approx(expected, abs=1e-5)
