@@ -1,50 +1,22 @@
 """Measuring a model on text: loss and bits per character over a stream, and per-line scores.
 
-``charnn eval``, ``charnn score`` and validation during training all go through
-``model.forward`` here; there is no second implementation of the forward pass.
+Validation during training, and ``charnn eval`` / ``charnn score`` on inputs too long for
+the numpy path (``charnn.metrics``, which holds the shared definitions), go through
+``model.forward`` here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charnn.metrics import LN2, EvalResult, LineScore, stream_layout, token_char_lengths
 from charnn.model import CharRNN, detach_hidden
-from charnn.tokenizer import Tokenizer
 
-LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float  # mean negative log-likelihood per token, in nats
-    bpc: float  # bits per character of the predicted text
-    tokens: int  # tokens predicted
-    chars: int  # characters those tokens spell
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "bpc": self.bpc, "tokens": self.tokens, "chars": self.chars}
-
-
-def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
-    if tokenizer.kind == "char":
-        return np.ones(tokenizer.vocab_size, dtype=np.int64)
-    byte_value = getattr(tokenizer, "byte_value", lambda _: None)
-
-    def chars(token_id: int) -> int:
-        byte = byte_value(token_id)
-        if byte is not None:
-            # Byte-fallback pieces spell UTF-8: a character is its lead byte; continuation bytes add none.
-            return 0 if 0x80 <= byte < 0xC0 else 1
-        return len(tokenizer.token_text(token_id))
-
-    return np.array([chars(i) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+__all__ = ["EvalResult", "LineScore", "evaluate_stream", "score_lines", "token_char_lengths"]
 
 
 @torch.no_grad()
@@ -57,12 +29,8 @@ def evaluate_stream(
     device: torch.device | str = "cpu",
 ) -> EvalResult:
     """Loss over ``ids`` read as ``batch_size`` parallel streams, hidden state carried across windows."""
-    n = len(ids)
-    if n < 2:
-        raise ValueError("need at least 2 tokens to evaluate")
-    streams = max(1, min(batch_size, (n - 1) // max(1, seq_len)))
-    length = (n - 1) // streams  # tokens each stream predicts
-    idx = np.arange(streams)[:, None] * length + np.arange(length + 1)[None, :]  # (B, L+1)
+    idx = stream_layout(len(ids), batch_size, seq_len)  # (B, L+1)
+    streams, length = idx.shape[0], idx.shape[1] - 1
     data = torch.from_numpy(ids[idx].astype(np.int64)).to(device)
     was_training = model.training
     model.eval()
@@ -79,17 +47,6 @@ def evaluate_stream(
     tokens = streams * length
     chars = int(char_lengths[ids[idx[:, 1:]]].sum())
     return EvalResult(loss=total / tokens, bpc=total / LN2 / max(chars, 1), tokens=tokens, chars=chars)
-
-
-@dataclass(frozen=True)
-class LineScore:
-    logprob: float  # natural-log probability of the line's tokens given the context
-    tokens: int
-    chars: int
-
-    @property
-    def bpc(self) -> float:
-        return -self.logprob / LN2 / self.chars if self.chars else 0.0
 
 
 @torch.no_grad()

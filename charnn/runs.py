@@ -196,13 +196,22 @@ def run_sampling(
 
 
 def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
-    from charnn.evaluate import evaluate_stream, token_char_lengths
+    """Loss and bpc over FILES; short texts in numpy (no torch import), long ones in torch."""
+    from charnn.metrics import NUMPY_MAX_TOKENS, evaluate_stream_numpy, token_char_lengths
 
     ckpt = load_checkpoint(checkpoint)
     corpus = load_corpus(files, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
     if len(corpus.ids) < 2:
         raise DataError("need at least 2 tokens of text to evaluate")
-    result = evaluate_stream(ckpt.build_model(), corpus.ids, token_char_lengths(ckpt.tokenizer))
+    lengths = token_char_lengths(ckpt.tokenizer)
+    if len(corpus.ids) <= NUMPY_MAX_TOKENS:
+        from charnn.stepper import FastStepper
+
+        result = evaluate_stream_numpy(FastStepper(ckpt.config, ckpt.weights), corpus.ids, lengths)
+    else:
+        from charnn.evaluate import evaluate_stream
+
+        result = evaluate_stream(ckpt.build_model(), corpus.ids, lengths)
     return {**result.to_dict(), "checkpoint": str(ckpt.path)}
 
 
@@ -215,7 +224,7 @@ def run_score(
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
-    from charnn.evaluate import score_lines, token_char_lengths
+    from charnn.metrics import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
@@ -237,7 +246,16 @@ def run_score(
         except DataError as exc:
             where = f"{source}:{n}" if n else source
             raise DataError(f"{where}: {exc}") from None
-    scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
+    lengths = token_char_lengths(tokenizer)
+    # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
+    if len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
+        from charnn.stepper import FastStepper
+
+        scores = score_lines_numpy(FastStepper(ckpt.config, ckpt.weights), context_ids, encoded, lengths)
+    else:
+        from charnn.evaluate import score_lines
+
+        scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths)
     for (source, n, text), sc in zip(items, scores, strict=True):
         row = {"source": "<stdin>" if source == "-" else source}
         if not whole:

@@ -184,7 +184,7 @@ def generate(
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
-    logits, state = stepper.prime(np.asarray(prime_ids, dtype=np.intp)[None, :])  # (1, V)
+    logits, state = stepper.prime(np.asarray(prime_ids)[None, :])  # (1, V); ids keep their compact dtype
     if config.length == 0:
         return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
     if config.beam is None:

@@ -179,18 +179,29 @@ class FastStepper:
     def prime(self, ids: Any, state: State | None = None) -> tuple[np.ndarray, State]:
         """Feed ids (N, T), T >= 1, from ``state`` (default zeros); return the logits (N, V) after
         the last position and the new state. Runs in windows of PRIME_WINDOW positions."""
-        ids = np.asarray(ids, dtype=np.intp)
+        ids = np.asarray(ids)  # any integer dtype: a huge prime stays uint8/uint16 until its window
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"prime needs ids of shape (N, T >= 1), got {ids.shape}")
         state = self.initial_state(ids.shape[0]) if state is None else state.copy()
         for start in range(0, ids.shape[1], PRIME_WINDOW):
-            h_top = self._prime_window(ids[:, start : start + PRIME_WINDOW].T, state)
+            window = ids[:, start : start + PRIME_WINDOW].T.astype(np.intp)  # (T, N)
+            h_top = self._prime_window(window, state)[-1]
         logits = _matmul(h_top, self._w_head)
         logits += self._b_head
         return logits, state
 
+    def forward(self, ids: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Logits after every position: ids (N, T) -> logits (N, T, V) float32 and the new state.
+        One window: the caller bounds T (score and eval feed windows with the state carried)."""
+        ids = np.asarray(ids)
+        state = self.initial_state(ids.shape[0]) if state is None else state.copy()
+        seq = self._prime_window(ids.T.astype(np.intp), state)  # (T, N, H)
+        logits = seq @ self._w_head  # (T, N, V)
+        logits += self._b_head
+        return logits.transpose(1, 0, 2), state
+
     def _prime_window(self, ids: np.ndarray, state: State) -> np.ndarray:
-        """ids (T, N): advance ``state`` in place layer by layer; return the top layer's last h (N, H)."""
+        """ids (T, N): advance ``state`` in place layer by layer; return the top layer's h (T, N, H)."""
         L, H, T, N = self.layers, self.hidden, ids.shape[0], ids.shape[1]
         seq = np.empty((T, N, H), dtype=np.float32)  # one layer's outputs, the next layer's inputs
         for layer in range(L):
@@ -216,7 +227,7 @@ class FastStepper:
                     np.add(hidden_side, xp[t], out=h)
                     np.tanh(h, out=h)
                 seq[t] = h
-        return seq[-1]
+        return seq
 
     def step(self, ids: Any, state: State) -> tuple[np.ndarray, State]:
         """Advance every stream by one token: ids (N,) -> logits (N, V) float32 and the new state."""

@@ -166,3 +166,64 @@ def test_same_seed_same_text_in_separate_processes(trained_run: Path) -> None:
     first, second = sample_process(*args), sample_process(*args)
     assert first.returncode == 0 and first.stdout == second.stdout
     assert sample_process(*args[:2], "--seed", "12", *args[4:]).stdout != first.stdout
+
+
+# ---------------------------------------------------------------------------- eval and score
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_numpy_eval_and_score_equal_the_torch_ones(cell: str) -> None:
+    import numpy as np
+    import torch
+
+    from charnn.config import ModelConfig
+    from charnn.evaluate import evaluate_stream, score_lines
+    from charnn.metrics import evaluate_stream_numpy, score_lines_numpy
+    from charnn.model import CharRNN
+    from charnn.stepper import FastStepper
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=9, cell=cell, layers=2, hidden=16, embed=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    stepper = FastStepper.from_model(model)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 3, 9)  # tokens spelling 1 or 2 characters
+    ids = rng.integers(0, 9, 700).astype(np.uint8)
+    for seq_len in (32, 256):  # several windows with the state carried, and one
+        a = evaluate_stream(model, ids, lengths, batch_size=4, seq_len=seq_len)
+        b = evaluate_stream_numpy(stepper, ids, lengths, batch_size=4, seq_len=seq_len)
+        assert (a.tokens, a.chars) == (b.tokens, b.chars)
+        assert b.loss == pytest.approx(a.loss, abs=1e-5) and b.bpc == pytest.approx(a.bpc, abs=1e-5)
+    lines = [rng.integers(0, 9, n).astype(np.uint8) for n in (5, 0, 1, 40)]
+    for context in ([3], [1, 2, 3, 4]):
+        for x, y in zip(score_lines(model, context, lines, lengths),
+                        score_lines_numpy(stepper, context, lines, lengths), strict=True):
+            assert (x.tokens, x.chars) == (y.tokens, y.chars)
+            assert y.logprob == pytest.approx(x.logprob, abs=1e-4)
+
+
+def test_short_score_and_eval_skip_torch_and_agree_with_the_torch_path(
+        trained_run: Path, tmp_path: Path, cli_inprocess, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = tmp_path / "lines.txt"
+    text.write_text("The river stone.\nA quiet night!\n", encoding="utf-8")
+    env = {**os.environ, "NO_COLOR": "1"}
+    for command in (("score", "--json"), ("eval", "--json")):
+        proc = subprocess.run([sys.executable, "-c", _HOOK, *command, "-c", str(trained_run), str(text)],
+                              capture_output=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert not torch_imported(proc)
+        fast = cli_inprocess(*command, "-c", trained_run, text)
+        import charnn.metrics
+
+        monkeypatch.setattr(charnn.metrics, "NUMPY_MAX_TOKENS", 0)  # force the torch path
+        slow = cli_inprocess(*command, "-c", trained_run, text)
+        monkeypatch.undo()
+        for a, b in zip(fast.stdout.splitlines(), slow.stdout.splitlines(), strict=True):
+            a, b = json.loads(a), json.loads(b)
+            for key in ("logprob", "loss", "bpc"):
+                if key in a:
+                    assert a[key] == pytest.approx(b[key], abs=1e-4)
+        first = json.loads(fast.stdout.splitlines()[0])
+        assert json.loads(proc.stdout.splitlines()[0]) == first  # the real process printed the same
