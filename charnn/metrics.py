@@ -21,9 +21,10 @@ from charnn.sampling import log_softmax
 from charnn.stepper import FastStepper
 
 LN2 = math.log(2.0)
-# Tokens (all lines plus their contexts). Measured on a 2-core EPYC: torch's import and model
-# build cost 1.3-2.5 s, the numpy recurrence runs ~9k tokens/s, so numpy wins up to ~10k.
-NUMPY_MAX_TOKENS = 8_000
+# Tokens (the lines, plus the context once). Measured on a 2-core EPYC with a 2x256 LSTM:
+# torch's import and model build cost 1.4-2.5 s on a quiet machine (10 s under heavy load),
+# the numpy recurrence runs ~9k tokens/s (~4.5k under load): numpy wins up to 13k-45k tokens.
+NUMPY_MAX_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
