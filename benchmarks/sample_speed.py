@@ -40,6 +40,7 @@ from charnn.stepper import FastStepper  # noqa: E402
 from charnn.tokenizer import CharTokenizer  # noqa: E402
 
 VOCAB = 65
+DIGITS = CharTokenizer([chr(48 + i) for i in range(VOCAB)])  # ids decode to distinct characters
 
 
 def bare_loop(model: CharRNN, chars: int, mode: Callable = torch.inference_mode) -> float:
@@ -59,7 +60,7 @@ def bare_loop(model: CharRNN, chars: int, mode: Callable = torch.inference_mode)
 def fast(stepper: FastStepper, config: SampleConfig) -> float:
     """Generated chars/s through generate(), summed over streams (beam: positions/s)."""
     start = time.perf_counter()
-    samples = generate(stepper, [0], config, lambda i: chr(48 + i), rng=np.random.default_rng(0))
+    samples = generate(stepper, [0], config, DIGITS, rng=np.random.default_rng(0))
     elapsed = time.perf_counter() - start
     chars = len(samples[0].ids) if config.beam else sum(len(s.ids) for s in samples)
     return chars / elapsed
@@ -131,7 +132,7 @@ def compare_cli(model: CharRNN, stepper: FastStepper, chars: int, repeats: int) 
     """The CLI (a fresh process, from outside) against generate()'s one stream, same weights."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
-        save_checkpoint(ckpt, model, CharTokenizer([chr(48 + i) for i in range(VOCAB)]), {})
+        save_checkpoint(ckpt, model, DIGITS, {})
         step = cli = 0.0
         for _ in range(repeats):  # interleaved, best of each
             step = max(step, fast(stepper, SampleConfig(length=chars)))

@@ -7,11 +7,9 @@ A checkpoint is a directory::
     model.safetensors         the network's weights
     train_state.safetensors   optimizer moments, RNG states, carried hidden state (resume only)
 
-A run directory (``--out``) holds ``latest/`` and ``best/``. Saving writes a
-hidden temporary directory (files fsynced), moves the old checkpoint aside,
-renames the new one into place and only then deletes the old one; a crash at
-any moment leaves a complete checkpoint under the final or the aside name, and
-loading looks at both. Nothing is ever unpickled.
+This module owns the format: what the files hold, how training state is packed into
+them and unpacked, and the validation of every field on load. Where checkpoints live and
+how one is replaced atomically is :mod:`charnn.rundir`'s job. Nothing is ever unpickled.
 
 Loading and validation work on numpy arrays and never import torch, so ``charnn sample``
 starts fast; the torch side (saving, building a model, resuming) converts validated arrays
@@ -20,11 +18,11 @@ to tensors and imports torch only there. Every path validates through ``load_che
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
-import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,21 +30,23 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
-from charnn.config import GATES, ModelConfig
+from charnn import __version__
+from charnn.config import GATES, ModelConfig, TrainConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
+from charnn.rundir import BEST, FORMAT, LATEST, RunDir, resolve_checkpoint
+from charnn.rundir import MARKER as META
 from charnn.tokenizer import Tokenizer, tokenizer_from_dict
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only where tensors are made: loading for sampling never imports it
     import torch
 
-    from charnn.model import CharRNN
+    from charnn.model import CharRNN, Hidden
 
-FORMAT = "charnn-checkpoint"
+__all__ = ["BEST", "LATEST", "META", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+
 VERSION = 1
-META = "meta.json"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
-LATEST, BEST = "latest", "best"
 
 
 def _sha256(data: bytes) -> str:
@@ -69,52 +69,6 @@ def model_tensors(model: CharRNN) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------- saving
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def aside_path(target: Path) -> Path:
-    """Where a save moves the previous checkpoint while it renames the new one into place."""
-    return target.parent / f".{target.name}.old"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: exists, but not ours
-        return True
-    return True
-
-
-def recover(target: Path) -> None:
-    """Finish or undo a save that was interrupted between its two renames, and drop the
-    temporary directories of saves killed while writing (their process is gone)."""
-    old = aside_path(target)
-    if old.is_dir():
-        if target.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(old, target)
-    if target.parent.is_dir():
-        for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-            pid = tmp.name.rpartition("-")[2]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _non_finite(arrays: dict[str, np.ndarray]) -> str | None:
     """The name of the first floating-point array holding NaN or inf, if any."""
     for name, array in arrays.items():
@@ -130,17 +84,15 @@ def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
         raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
 
 
-def save_checkpoint(
-    target: Path,
+def encode_checkpoint(
     model: CharRNN,
     tokenizer: Tokenizer,
     meta: dict[str, Any],
     train_state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Atomically write a checkpoint directory at ``target`` (replacing any there)."""
+) -> dict[str, bytes]:
+    """The files of a checkpoint, by name: weights, optional training state, checksummed metadata."""
     from safetensors.torch import save as st_save
 
-    target = Path(target)
     tensors = model_tensors(model)
     _refuse_non_finite(tensors)
     files = {MODEL_FILE: st_save(tensors)}
@@ -158,27 +110,20 @@ def save_checkpoint(
     )
     meta["checksum"] = _meta_checksum(meta)
     files[META] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+    return files
 
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        recover(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, data in files.items():
-            _write_file(tmp / name, data)
-        _fsync_dir(tmp)
-        old = aside_path(target)
-        if target.exists():
-            os.rename(target, old)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CharnnError(
-            f"could not save checkpoint {target}: {exc.strerror or exc}; the previous checkpoint is kept"
-        ) from exc
+
+def save_checkpoint(
+    target: Path,
+    model: CharRNN,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    train_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Atomically write a checkpoint directory at ``target`` (replacing the checkpoint there)."""
+    target = Path(target)
+    files = encode_checkpoint(model, tokenizer, meta, train_state)
+    RunDir(target.parent).write(target.name, files)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -203,7 +148,7 @@ class Checkpoint:
     def build_model(self) -> CharRNN:
         """An eval-mode CharRNN holding these weights. Built on the meta device and filled by
         assignment: a normal construction would first run the random init (orthogonal_ costs
-        a QR per gate block, seconds for big models) only to overwrite it."""
+        a QR per gate block, seconds for big models on a busy machine) only to overwrite it."""
         import torch
 
         from charnn.model import CharRNN
@@ -244,28 +189,6 @@ def _refuse_non_directory(path: Path) -> None:
     raise CheckpointError(f"{path}: not a charnn checkpoint (expected a checkpoint or run directory)")
 
 
-def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
-    """Map a user's path to one checkpoint directory: a checkpoint itself, or a run directory's
-    ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
-    path = Path(path)
-    if not path.exists():
-        if (aside_path(path) / META).exists():  # e.g. -c run/latest after a crash between renames
-            return aside_path(path)
-        raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
-    if path.is_file():
-        if path.name in (META, MODEL_FILE, STATE_FILE):
-            return path.parent
-        _refuse_non_directory(path)
-    if (path / META).exists():
-        return path
-    order = [prefer, LATEST if prefer == BEST else BEST]
-    for name in order:
-        for candidate in (path / name, aside_path(path / name)):
-            if (candidate / META).exists():
-                return candidate
-    raise CheckpointError(f"{path}: no checkpoint here (no meta.json, {BEST}/ or {LATEST}/)")
-
-
 META_MAX_BYTES = 16 << 20  # a real meta.json is a few KB (a SentencePiece model is the bulk)
 _HEADER_SLACK = 1 << 20  # room for a safetensors header over the tensors' own bytes
 
@@ -273,6 +196,7 @@ _HEADER_SLACK = 1 << 20  # room for a safetensors header over the tensors' own b
 def _read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; anything else is a CheckpointError.
     Checked before reading, so a file linked to /dev/zero or a huge stray file costs nothing."""
+    import os
     import stat
 
     try:
@@ -285,7 +209,7 @@ def _read_bounded(path: Path, limit: int) -> bytes:
             data = fh.read(info.st_size + 1)  # +1: notices a file that grew since fstat
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > limit:  # grew while we read it
+    if len(data) > limit:
         raise CheckpointError(f"{path}: more than {limit:,} bytes, more than this checkpoint can hold")
     return data
 
@@ -370,6 +294,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     """Load and fully validate a checkpoint onto the CPU, whatever device trained it."""
     directory = resolve_checkpoint(path, prefer)
+    if directory.is_file():
+        _refuse_non_directory(directory)
     meta = read_meta(directory)
     try:
         config = _model_config(meta.get("model"))
@@ -397,3 +323,109 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     if bad is not None:
         raise CheckpointError(f"{directory}: tensor {bad} is not finite float32")
     return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)
+
+
+# ---------------------------------------------------------------------------- training state
+#
+# Besides the weights, a checkpoint written by training holds what resuming exactly needs:
+#   meta.json   "train" (TrainConfig), "progress" (Progress), "corpus" (sources, sha256, sizes),
+#               "optimizer" (hyperparameters of each parameter group)
+#   train_state.safetensors
+#               optim.{param index}.{exp_avg|exp_avg_sq|step}   AdamW moments
+#               hidden.h / hidden.c                              carried TBPTT state (L, B, H)
+#               rng.cpu, rng.cuda.{i}                            generator states
+
+
+@dataclass
+class Progress:
+    """Counters saved in every checkpoint."""
+
+    step: int = 0  # batches consumed (including skipped ones)
+    optimizer_steps: int = 0
+    skipped_steps: int = 0
+    elapsed: float = 0.0  # seconds of training, summed over resumes
+    lr_scale: float = 1.0  # halved at each recovery from divergence
+    best_val_bpc: float | None = None
+    val: dict[str, Any] = field(default_factory=dict)
+    train_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def training_meta(
+    config: TrainConfig, progress: Progress, corpus: dict[str, Any], optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """The metadata a training checkpoint carries beyond the model and tokenizer."""
+    groups = optimizer.state_dict()["param_groups"]
+    return {
+        "charnn_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "train": config.to_dict(),
+        "progress": progress.to_dict(),
+        "corpus": corpus,
+        "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in groups]},
+    }
+
+
+def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) -> dict[str, torch.Tensor]:
+    """Optimizer moments, carried hidden state and RNG states as named tensors."""
+    import torch
+
+    from charnn.model import hidden_tensors
+
+    tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    for name, tensor in (hidden_tensors(hidden) if hidden is not None else {}).items():
+        tensors[f"hidden.{name}"] = tensor
+    for idx, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    return tensors
+
+
+def restore_train_state(
+    ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[Progress, Hidden | None]:
+    """Load weights, optimizer, RNG states into the given objects; return progress and hidden state.
+    A checkpoint whose checksums pass but whose state does not fit is refused as a bad checkpoint."""
+    if ckpt.config != model.config:
+        raise ConfigError("checkpoint model config differs from this run's")
+    try:
+        return _restore(ckpt, model, optimizer, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{ckpt.path}: training state cannot be resumed ({exc})") from None
+
+
+def _restore(
+    ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[Progress, Hidden | None]:
+    import torch
+
+    from charnn.model import hidden_from_tensors
+
+    meta = ckpt.meta
+    model.load_state_dict(ckpt.torch_weights(), strict=False)  # tied head.weight is not stored
+    tensors = ckpt.train_state()
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    hidden: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        kind, _, rest = name.partition(".")
+        if kind == "optim":
+            idx, _, key = rest.partition(".")
+            optim_state.setdefault(int(idx), {})[key] = tensor
+        elif kind == "hidden":
+            hidden[rest] = tensor.to(device)
+    groups = optimizer.state_dict()["param_groups"]
+    for group, saved in zip(groups, meta["optimizer"]["param_groups"], strict=True):
+        group.update(saved)
+    optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    carried = hidden_from_tensors(model.config.cell, hidden) if hidden else None
+    return Progress(**meta["progress"]), carried

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from charnn.config import TokenizerConfig
 from charnn.errors import DataError
 from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, unique_codepoints
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
-ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 
 @dataclass
@@ -147,11 +147,11 @@ def read_source(source: str, errors: str = "strict") -> str:
 
 def load_corpus(
     paths: Sequence[str],
-    tokenizer: str | Tokenizer = "char",
-    vocab_size: int | None = None,
+    tokenizer: TokenizerConfig | Tokenizer | None = None,
     encoding_errors: str = "strict",
 ) -> Corpus:
-    """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval)."""
+    """Read and encode a corpus. ``tokenizer``: how to build one from this text (default: characters),
+    or an existing tokenizer (resume, eval)."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
     names: list[str] = []  # the source of each text, for error messages
@@ -169,14 +169,8 @@ def load_corpus(
         raise DataError("the corpus is empty")
     chars = sum(len(t) for t in texts)
 
-    if isinstance(tokenizer, str):
-        if tokenizer == "char":
-            uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
-            tokenizer = CharTokenizer.from_codepoints(uniques)
-        elif tokenizer == "sentencepiece":
-            tokenizer = SentencePieceTokenizer.train("".join(texts), vocab_size or 2000)
-        else:
-            raise DataError(f"unknown tokenizer {tokenizer!r}")
+    if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
+        tokenizer = build_tokenizer(tokenizer or TokenizerConfig(), texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:
@@ -185,6 +179,14 @@ def load_corpus(
             raise DataError(f"{name}: {exc}") from None
     ids = np.concatenate(parts)
     return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=sources, notes=notes)
+
+
+def build_tokenizer(config: TokenizerConfig, texts: Sequence[str]) -> Tokenizer:
+    """A new tokenizer of ``config.kind`` fitted to ``texts``."""
+    if config.kind == "sentencepiece":
+        return SentencePieceTokenizer.train("".join(texts), config.vocab_size)
+    uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
+    return CharTokenizer.from_codepoints(uniques)
 
 
 def split_train_val(ids: np.ndarray, val_fraction: float, min_val: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from charnn.sampling import log_softmax
 from charnn.stepper import FastStepper
+from charnn.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 # Tokens (the lines, plus the context once). Measured on a 2-core EPYC with a 2x256 LSTM:
@@ -49,14 +49,13 @@ class LineScore:
         return -self.logprob / LN2 / self.chars if self.chars else 0.0
 
 
-def token_char_lengths(tokenizer: Any) -> np.ndarray:
+def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
     if tokenizer.kind == "char":
         return np.ones(tokenizer.vocab_size, dtype=np.int64)
-    byte_value = getattr(tokenizer, "byte_value", lambda _: None)
 
     def chars(token_id: int) -> int:
-        byte = byte_value(token_id)
+        byte = tokenizer.byte_value(token_id)
         if byte is not None:
             # Byte-fallback pieces spell UTF-8: a character is its lead byte; continuation bytes add none.
             return 0 if 0x80 <= byte < 0xC0 else 1

@@ -17,28 +17,16 @@ import numpy as np
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 from charnn.stepper import FastStepper
+from charnn.tokenizer import StreamDecoder
 
 OnText = Callable[[int, str], None]
 
 
-class StreamDecoder(Protocol):
-    """Incremental decoding of one stream (e.g. :class:`charnn.tokenizer.PieceDecoder`)."""
-
-    def feed(self, token_id: int) -> str: ...
-    def flush(self) -> str: ...
-    def getstate(self) -> object: ...
-    def setstate(self, state: object) -> None: ...
-
-
 class StreamDecoding(Protocol):
-    """Anything that makes a fresh :class:`StreamDecoder` per stream, e.g. a SentencePiece tokenizer."""
+    """What decoding needs of a tokenizer: a fresh incremental decoder per stream, which holds
+    back the bytes of a partial UTF-8 character (every :class:`~charnn.tokenizer.Tokenizer` has one)."""
 
     def stream_decoder(self) -> StreamDecoder: ...
-
-
-# A plain ``token id -> text`` callable (each token is whole text, as with characters), or a
-# StreamDecoding for tokenizers whose tokens may be parts of a character (byte-fallback pieces).
-Decode = Callable[[int], str] | StreamDecoding
 
 
 @dataclass
@@ -167,15 +155,15 @@ def generate(
     stepper: FastStepper,
     prime_ids: Sequence[int] | np.ndarray,
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
     on_text: OnText | None = None,
     rng: np.random.Generator | None = None,
     keep: Sequence[bool] | None = None,
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
-    ``decode`` turns ids into text: a plain ``id -> str`` callable, or a :class:`StreamDecoding`
-    (e.g. a SentencePiece tokenizer) whose per-stream decoders hold back partial UTF-8 characters.
+    ``decode`` (a tokenizer) turns ids into text through per-stream decoders, which hold back
+    partial UTF-8 characters of byte-fallback pieces.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
     rejects those combinations). Draws use uniforms from ``rng``: same seed, same output.
@@ -260,11 +248,10 @@ class _Picker:
 class _Streams:
     """Per-sample bookkeeping of _sample: decoding, streaming, stop strings, what is kept."""
 
-    def __init__(self, n: int, config: SampleConfig, decode: Decode, on_text: OnText | None,
+    def __init__(self, n: int, config: SampleConfig, decode: StreamDecoding, on_text: OnText | None,
                  keep: Sequence[bool]) -> None:
-        decoders = [decode.stream_decoder() for _ in range(n)] if hasattr(decode, "stream_decoder") else None
-        self.decoders = decoders
-        self.feeds = [d.feed for d in decoders] if decoders else [decode] * n
+        self.decoders = [decode.stream_decoder() for _ in range(n)]
+        self.feeds = [d.feed for d in self.decoders]
         self.on_text = on_text
         self.matcher = _StopMatcher(config.stops) if config.stops else None
         self.tails = [""] * n
@@ -289,14 +276,13 @@ class _Streams:
         return False
 
     def finish(self, logprob: list[float]) -> list[Sample]:
-        if self.decoders:  # a character cut short by the end of a stream
-            for i, decoder in enumerate(self.decoders):
-                rest = decoder.flush()
-                if rest:
-                    if self.keep[i]:
-                        self.pieces[i].append(rest)
-                    if self.on_text is not None:
-                        self.on_text(i, rest)
+        for i, decoder in enumerate(self.decoders):  # a character cut short by the end of a stream
+            rest = decoder.flush()
+            if rest:
+                if self.keep[i]:
+                    self.pieces[i].append(rest)
+                if self.on_text is not None:
+                    self.on_text(i, rest)
         return [
             Sample(self.ids[i], "".join(self.pieces[i]), logprob[i], self.stopped_by[i])
             for i in range(len(logprob))
@@ -308,7 +294,7 @@ def _sample(
     logits: np.ndarray,
     state: np.ndarray,
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
     on_text: OnText | None,
     rng: np.random.Generator,
     keep: Sequence[bool],
@@ -380,7 +366,7 @@ def _beam_search(
     logits: np.ndarray,
     state: np.ndarray,
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
 ) -> list[Sample]:
     """Width-W beam search; finished hypotheses keep their slot and compete by normalised score.
 
@@ -392,19 +378,14 @@ def _beam_search(
     width, alpha = config.beam or 1, config.length_penalty
     matcher = _StopMatcher(config.stops) if config.stops else None
     vocab = logits.shape[-1]
-    streaming = hasattr(decode, "stream_decoder")
-    scratch = decode.stream_decoder() if streaming else None
+    scratch = decode.stream_decoder()
 
     def extend(hyp: _Hyp, token: int) -> tuple[str, object]:
         """The text ``token`` completes after ``hyp``, and the decoder state after it."""
-        if scratch is None:
-            return decode(token), None
         scratch.setstate(hyp.pending)
         return scratch.feed(token), scratch.getstate()
 
     def full_text(hyp_ids: list[int]) -> str:
-        if not streaming:
-            return "".join(decode(i) for i in hyp_ids)
         decoder = decode.stream_decoder()
         return "".join(decoder.feed(i) for i in hyp_ids) + decoder.flush()
 

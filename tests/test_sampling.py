@@ -24,6 +24,31 @@ def decode(i: int) -> str:
     return ALPHABET[i]
 
 
+class Decoding:
+    """The decoding side of a tokenizer, from an ``id -> text`` function."""
+
+    def __init__(self, fn: Callable[[int], str]) -> None:
+        self.fn = fn
+
+    def stream_decoder(self) -> Decoding:
+        return self
+
+    def feed(self, token_id: int) -> str:
+        return self.fn(token_id)
+
+    def flush(self) -> str:
+        return ""
+
+    def getstate(self) -> None:
+        return None
+
+    def setstate(self, state: None) -> None:
+        pass
+
+
+DECODE = Decoding(decode)
+
+
 def make_stepper(vocab: int = 8, cell: str = "lstm", scale: float = 0.5) -> tuple[CharRNN, FastStepper]:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, layers=2, hidden=16, embed=8))
@@ -43,7 +68,7 @@ def model_logprob(model: CharRNN, prime: list[int], ids: list[int]) -> float:
 
 
 def run(stepper: FastStepper, seed: int = 0, prime: list[int] = PRIME, **kwargs: object) -> list:
-    return generate(stepper, prime, SampleConfig(**kwargs), decode, rng=np.random.default_rng(seed))
+    return generate(stepper, prime, SampleConfig(**kwargs), DECODE, rng=np.random.default_rng(seed))
 
 
 # -- filter_logits ---------------------------------------------------------------------------------
@@ -249,7 +274,7 @@ def test_num_samples_run_as_one_batch_and_differ() -> None:
         spy,
         PRIME,
         SampleConfig(length=30, num_samples=4),
-        decode,  # type: ignore[arg-type]
+        DECODE,
         rng=np.random.default_rng(0),
     )
     assert spy.prime_shapes == [(1, len(PRIME))]  # the prime goes in once, in one pass
@@ -274,7 +299,7 @@ def test_on_text_streams_each_sample_in_order() -> None:
         stepper,
         PRIME,
         SampleConfig(length=15, num_samples=3, stops=("a",)),
-        decode,
+        DECODE,
         on_text=lambda i, piece: got[i].append(piece),
         rng=np.random.default_rng(3),
     )
@@ -291,13 +316,13 @@ def test_length_zero_and_empty_prime() -> None:
             stepper,
             PRIME,
             SampleConfig(length=0, num_samples=2, **extra),
-            decode,
+            DECODE,
             on_text=lambda i, p: calls.append((i, p)),
         )
         assert [(s.ids, s.text, s.logprob) for s in out] == [([], "", 0.0)] * 2
     assert all(piece == "" for _, piece in calls)
     with pytest.raises(ConfigError):
-        generate(stepper, [], SampleConfig(length=5), decode)
+        generate(stepper, [], SampleConfig(length=5), DECODE)
 
 
 # -- stops -----------------------------------------------------------------------------------------
@@ -371,16 +396,16 @@ def test_a_failing_decoder_propagates() -> None:
         raise RuntimeError("decode failed")
 
     with pytest.raises(RuntimeError):
-        generate(stepper, PRIME, SampleConfig(length=5), boom)
+        generate(stepper, PRIME, SampleConfig(length=5), Decoding(boom))
 
 
 def test_unkept_samples_are_streamed_but_not_collected() -> None:
     """keep=False: an endless stream holds no ids or text (constant memory), same output."""
     _, stepper = make_stepper()
     config = SampleConfig(length=300, num_samples=2, stops=("hh",))
-    kept = generate(stepper, PRIME, config, decode, rng=np.random.default_rng(9))
+    kept = generate(stepper, PRIME, config, DECODE, rng=np.random.default_rng(9))
     streamed: list[str] = []
-    light = generate(stepper, PRIME, config, decode, rng=np.random.default_rng(9), keep=[False, True],
+    light = generate(stepper, PRIME, config, DECODE, rng=np.random.default_rng(9), keep=[False, True],
                      on_text=lambda i, p: streamed.append(p) if i == 0 else None)
     assert (light[0].ids, light[0].text) == ([], "")
     assert "".join(streamed) == kept[0].text and light[1] == kept[1]
