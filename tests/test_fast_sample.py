@@ -227,3 +227,19 @@ def test_short_score_and_eval_skip_torch_and_agree_with_the_torch_path(
                     assert a[key] == pytest.approx(b[key], abs=1e-4)
         first = json.loads(fast.stdout.splitlines()[0])
         assert json.loads(proc.stdout.splitlines()[0]) == first  # the real process printed the same
+
+
+def test_checkpoint_files_are_size_checked_before_reading(trained_run_copy: Path, cli_inprocess) -> None:
+    """A weights file linked to an endless device, or bigger than the config allows, is refused
+    before it is read (one check, shared by the numpy and the torch paths)."""
+    weights = trained_run_copy / "best" / "model.safetensors"
+    if os.path.exists("/dev/zero"):
+        weights.unlink()
+        weights.symlink_to("/dev/zero")
+        res = cli_inprocess("sample", "-c", trained_run_copy / "best", "--length", "1")
+        assert res.returncode == 3 and "model.safetensors: not a regular file" in res.stderr, res.stderr
+    weights.unlink()
+    weights.write_bytes(b"\0" * (4 << 20))  # a 32-hidden model stores far less than 4 MiB
+    for command in (("sample", "--length", "1"), ("info",)):
+        res = cli_inprocess(*command, "-c", trained_run_copy / "best")
+        assert res.returncode == 3 and "more than this checkpoint can hold" in res.stderr, res.stderr
