@@ -1,7 +1,10 @@
 """Everything people read goes to stderr through rich (stdout is for generated text and data).
 
 rich honours ``NO_COLOR`` and drops live displays when stderr is not a terminal;
-then progress is logged as plain lines every few seconds instead.
+then progress is logged as plain lines every few seconds instead. Messages are never
+read as rich markup, and names in them are shown literally (:func:`shown`). Losing
+stderr (a closed pipe, ``2>&-``) silences the console and nothing else: training
+goes on to its end and saves.
 
 rich is imported on first use, not with this module: ``charnn sample`` prints nothing for
 people when all goes well, and importing rich costs about a tenth of its start-up.
@@ -9,6 +12,7 @@ people when all goes well, and importing rich costs about a tenth of its start-u
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +26,26 @@ _err: Console | None = None
 
 
 def stderr_console() -> Console:
-    """The shared rich console on stderr (created, and rich imported, on first use)."""
+    """The shared console on stderr (created, and rich imported, on first use)."""
     global _err
     if _err is None:
         from rich.console import Console
 
-        _err = Console(stderr=True, highlight=False)
+        class _StderrConsole(Console):
+            """A console that goes quiet when its reader goes away instead of ending the process
+            (rich's default answer to a broken pipe is ``SystemExit(1)``, which would lose a run)."""
+
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+
+            def _check_buffer(self) -> None:
+                try:
+                    super()._check_buffer()
+                except (OSError, ValueError):  # EIO, EBADF, a closed file object
+                    self.quiet = True
+                    del self._buffer[:]
+
+        _err = _StderrConsole(stderr=True, highlight=False)
     return _err
 
 
@@ -37,14 +55,33 @@ def __getattr__(name: str) -> Any:  # ``charnn.console.err`` without importing r
     raise AttributeError(name)
 
 
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def shown(text: str) -> str:
+    """``text`` safe for one line of a terminal or log: control characters and lone surrogates
+    (undecodable file names) become escapes; everything else is shown as it is."""
+    text = text.translate(_CONTROL)
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def error(message: str) -> None:
-    stderr_console().print(
-        f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True
-    )
+    from rich.text import Text
+
+    stderr_console().print(Text.assemble(("charnn: error:", "bold red"), " ", shown(message)), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    stderr_console().print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+    from rich.text import Text
+
+    stderr_console().print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -77,8 +114,9 @@ class TrainReporter:
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {info.out}/",
+            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
             soft_wrap=True,
+            markup=False,
         )
         if self.live:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -107,9 +145,8 @@ class TrainReporter:
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
             total = f"/{report.total}" if report.total else ""
-            self.console.print(
-                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
-            )
+            line = f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
+            self.console.print(line, markup=False)
 
     def evaluated(self, report: EvalReport) -> None:
         star = " [green](best)[/]" if report.is_best else ""
@@ -118,7 +155,9 @@ class TrainReporter:
         )
 
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
+        from rich.text import Text
+
+        self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)
 
     def finish(self, summary: RunSummary) -> None:
         self.close()
@@ -128,8 +167,9 @@ class TrainReporter:
         best_text = f" (best {best:.4f})" if best is not None else ""
         self.console.print(
             f"done: {summary.step} steps in {_fmt_duration(summary.elapsed)}{val_text}{best_text}; "
-            f"sample with: charnn sample -c {summary.out}",
+            f"sample with: charnn sample -c {shlex.quote(shown(summary.out))}",
             soft_wrap=True,
+            markup=False,
         )
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from charnn.errors import CharnnError, CheckpointError, RunBusyError
+from charnn.errors import CharnnError, CheckpointError, ConfigError, RunBusyError
 
 LATEST, BEST = "latest", "best"
 MARKER = "meta.json"  # a checkpoint directory is one that holds this file
@@ -139,21 +139,31 @@ class RunDir:
 
     # ------------------------------------------------------------------ atomic replacement
 
-    def _refuse_foreign(self, path: Path) -> None:
-        if (path.exists() or path.is_symlink()) and not (
-            path.is_dir() and not path.is_symlink() and is_checkpoint_dir(path)
-        ):
-            raise CheckpointError(
+    def _refuse_foreign(self, path: Path, aside: bool = False) -> None:
+        """Refuse ``path`` unless it is absent or charnn's own. An aside copy may be a checkpoint
+        that a save was deleting when it was killed (its marker already gone): any real directory
+        under that dot-name is charnn's. ``latest/``, ``best/`` are only ever whole checkpoints."""
+        if not (path.exists() or path.is_symlink()):
+            return
+        real_dir = path.is_dir() and not path.is_symlink()
+        if not (real_dir and (aside or is_checkpoint_dir(path))):
+            raise ConfigError(
                 f"{path}: exists and is not a charnn checkpoint; charnn never replaces or removes it "
                 "(move it away or choose another --out)"
             )
+
+    def refuse_foreign(self) -> None:
+        """Refuse a run directory where a name charnn writes holds something of the user's."""
+        for which in (LATEST, BEST):
+            self._refuse_foreign(self.path / which)
+            self._refuse_foreign(aside_path(self.path / which), aside=True)
 
     def recover(self, which: str) -> None:
         """Finish or undo a save interrupted between its renames, drop a stale temporary
         directory. Called with the lock held, so no live save of this run exists."""
         target = self.path / which
         old, tmp = aside_path(target), tmp_path(target)
-        self._refuse_foreign(old)
+        self._refuse_foreign(old, aside=True)
         if old.exists():
             if is_checkpoint_dir(target):
                 shutil.rmtree(old)
@@ -193,8 +203,8 @@ class RunDir:
     def remove(self, which: str) -> None:
         """Delete a checkpoint of this run (and its aside copy), e.g. the old best/ on --force."""
         with self.lock():
-            for path in (self.path / which, aside_path(self.path / which)):
-                self._refuse_foreign(path)
+            for path, aside in ((self.path / which, False), (aside_path(self.path / which), True)):
+                self._refuse_foreign(path, aside)
                 if path.exists():
                     shutil.rmtree(path)
 

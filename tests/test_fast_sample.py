@@ -126,16 +126,16 @@ def test_prime_file_with_invalid_utf8(cli_inprocess, trained_run: Path, tmp_path
 
 def test_prime_file_reading_is_bounded(cli_inprocess, trained_run: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    if os.path.exists("/dev/zero"):  # an endless device: refused after the cap, not read for ever
+    if os.path.exists("/dev/zero"):  # an endless device: refused at its first chunk, not read for ever
         res = cli_inprocess("sample", "-c", trained_run, "--prime-file", "/dev/zero")
-        assert res.returncode == 3 and "larger than 16 MiB" in res.stderr, res.stderr
+        assert res.returncode == 3 and "/dev/zero: looks binary (NUL byte at offset 0)" in res.stderr
     import charnn.data
 
-    monkeypatch.setattr(charnn.data, "PRIME_MAX_BYTES", 1000)
+    monkeypatch.setattr(charnn.data, "PRIME_MAX_BYTES", 1 << 20)
     big = tmp_path / "big.txt"
-    big.write_bytes(b"The river " * 101)
+    big.write_bytes(b"The river " * (1 << 17))  # 1.25 MiB
     res = cli_inprocess("sample", "-c", trained_run, "--prime-file", big)
-    assert res.returncode == 3 and "big.txt: larger than" in res.stderr
+    assert res.returncode == 3 and "big.txt: more than 1 MiB of text" in res.stderr, res.stderr
     res = cli_inprocess("sample", "-c", trained_run, "--prime-file", tmp_path / "missing.txt")
     assert res.returncode == 3 and "missing.txt: cannot read" in res.stderr
 
@@ -247,4 +247,4 @@ def test_checkpoint_files_are_size_checked_before_reading(trained_run_copy: Path
     weights.write_bytes(b"\0" * (4 << 20))  # a 32-hidden model stores far less than 4 MiB
     for command in (("sample", "--length", "1"), ("info",)):
         res = cli_inprocess(*command, "-c", trained_run_copy / "best")
-        assert res.returncode == 3 and "more than this checkpoint can hold" in res.stderr, res.stderr
+        assert res.returncode == 3 and "more than a checkpoint file can hold" in res.stderr, res.stderr
