@@ -98,8 +98,10 @@ def main() -> None:
     print(f"{'shell loop, per sample --length 1':<34}{per:>9.3f}{per / base:>9.1f}x{'':>9}")
     print(f"shell loop of {args.loop}: {loop_s:.1f} s in all")
     ratio = best["charnn sample --length 1"][0] / base
-    print(f"goal: sample --length 1 <= 3x the numpy import ({ratio:.1f}x), "
-          f"peak < 100 MB ({best['charnn sample --length 1'][1]:.0f} MB)")
+    print(
+        f"goal: sample --length 1 <= 3x the numpy import ({ratio:.1f}x), "
+        f"peak < 100 MB ({best['charnn sample --length 1'][1]:.0f} MB)"
+    )
     result = {
         "rows": {name: {"seconds": s, "peak_mb": mb, "vs_numpy": s / base} for name, (s, mb) in best.items()},
         "loop": {"iterations": args.loop, "seconds": loop_s, "per_iteration": per},

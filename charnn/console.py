@@ -55,7 +55,6 @@ def __getattr__(name: str) -> Any:  # ``charnn.console.err`` without importing r
     raise AttributeError(name)
 
 
-
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
     ord("\n"): "\\n",
     ord("\r"): "\\r",

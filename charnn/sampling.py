@@ -210,8 +210,8 @@ class _Picker:
     def one(self, row: np.ndarray) -> tuple[int, float]:
         """A single stream (V,): scalar bookkeeping, as few numpy calls as possible."""
         if self.filtered:
-            token, logprob = self.many(row[None, :])
-            return int(token[0]), float(logprob[0])
+            tokens, logprobs = self.many(row[None, :])
+            return int(tokens[0]), float(logprobs[0])
         top = row.max()
         shifted = row - top  # float32, max 0
         numerators = np.exp(shifted)  # raw softmax numerators: the logprob is always raw
@@ -248,8 +248,14 @@ class _Picker:
 class _Streams:
     """Per-sample bookkeeping of _sample: decoding, streaming, stop strings, what is kept."""
 
-    def __init__(self, n: int, config: SampleConfig, decode: StreamDecoding, on_text: OnText | None,
-                 keep: Sequence[bool]) -> None:
+    def __init__(
+        self,
+        n: int,
+        config: SampleConfig,
+        decode: StreamDecoding,
+        on_text: OnText | None,
+        keep: Sequence[bool],
+    ) -> None:
         self.decoders = [decode.stream_decoder() for _ in range(n)]
         self.feeds = [d.feed for d in self.decoders]
         self.on_text = on_text

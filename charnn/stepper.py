@@ -210,11 +210,12 @@ class FastStepper:
             if layer == 0:
                 xp = self._table[ids]  # (T, N, G*H)
             else:
-                w_x = self._w_x[layer] if self.cell == "gru" else self._w[layer][:H]
+                gru_w_x = self._w_x[layer]
+                w_x = gru_w_x if gru_w_x is not None else self._w[layer][:H]
                 xp = (seq.reshape(T * N, H) @ w_x).reshape(T, N, -1)
                 xp += self._b[layer]
             w_h = self._w[layer] if layer == 0 or self.cell == "gru" else self._w[layer][H:]
-            c = state[:, (L + layer) * H : (L + layer + 1) * H] if self.cell == "lstm" else None
+            c = state[:, (L + layer) * H : (L + layer + 1) * H]  # LSTM cell state (unused otherwise)
             for t in range(T):
                 hidden_side = _matmul(h, w_h)
                 if self.cell == "lstm":

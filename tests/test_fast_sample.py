@@ -26,13 +26,19 @@ _HOOK = (
 )
 
 
-def sample_process(*args: str | os.PathLike[str], stdin: bytes | None = None,
-                   setup: str = "") -> subprocess.CompletedProcess:
+def sample_process(
+    *args: str | os.PathLike[str], stdin: bytes | None = None, setup: str = ""
+) -> subprocess.CompletedProcess:
     """``charnn sample ARGS`` in a real process (``setup``: Python run before the CLI)."""
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("CHARNN_DEBUG", None)
-    return subprocess.run([sys.executable, "-c", setup + _HOOK, "sample", *map(str, args)], input=stdin,
-                          capture_output=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", setup + _HOOK, "sample", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def torch_imported(proc: subprocess.CompletedProcess) -> bool:
@@ -46,10 +52,32 @@ def sp_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
     """A tiny run with a SentencePiece tokenizer."""
     out = tmp_path_factory.mktemp("sp") / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "charnn", "train", str(corpus_file), "--out", str(out), "--tokenizer",
-         "sentencepiece", "--vocab-size", "400", *TINY_MODEL_ARGS, "--steps", "3", "--seq-len", "16",
-         "--batch-size", "4", "--device", "cpu"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "charnn",
+            "train",
+            str(corpus_file),
+            "--out",
+            str(out),
+            "--tokenizer",
+            "sentencepiece",
+            "--vocab-size",
+            "400",
+            *TINY_MODEL_ARGS,
+            "--steps",
+            "3",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     return out
@@ -71,12 +99,15 @@ def test_sample_never_imports_torch_for_a_char_model(trained_run: Path, args: tu
     assert not torch_imported(proc)
 
 
-def test_sample_never_imports_torch_for_a_sentencepiece_model_or_a_prime_file(sp_run: Path,
-                                                                            tmp_path: Path) -> None:
+def test_sample_never_imports_torch_for_a_sentencepiece_model_or_a_prime_file(
+    sp_run: Path, tmp_path: Path
+) -> None:
     prime = tmp_path / "prime.txt"
     prime.write_bytes(("The quiet river " * 200).encode())  # 3.2 KB: an ordinary prime
-    for args in (("--seed", "3", "--prime", "The quiet", "--length", "20", "--json"),
-                 ("--beam", "2", "--length", "5", "--prime-file", prime)):
+    for args in (
+        ("--seed", "3", "--prime", "The quiet", "--length", "20", "--json"),
+        ("--beam", "2", "--length", "5", "--prime-file", prime),
+    ):
         proc = sample_process("-c", sp_run, *args)
         assert proc.returncode == 0, proc.stderr
         assert not torch_imported(proc)
@@ -119,13 +150,15 @@ def test_prime_file_with_invalid_utf8(cli_inprocess, trained_run: Path, tmp_path
     res = cli_inprocess("sample", "-c", trained_run, "--prime-file", prime, "--length", "0")
     assert res.returncode == 3
     assert "bad.txt: not valid UTF-8 at byte offset 5" in res.stderr and "Traceback" not in res.stderr
-    res = cli_inprocess("sample", "-c", trained_run, "--prime-file", prime, "--length", "0",
-                        "--encoding-errors", "ignore")
+    res = cli_inprocess(
+        "sample", "-c", trained_run, "--prime-file", prime, "--length", "0", "--encoding-errors", "ignore"
+    )
     assert (res.returncode, res.stdout) == (0, "The river")
 
 
-def test_prime_file_reading_is_bounded(cli_inprocess, trained_run: Path, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prime_file_reading_is_bounded(
+    cli_inprocess, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if os.path.exists("/dev/zero"):  # an endless device: refused at its first chunk, not read for ever
         res = cli_inprocess("sample", "-c", trained_run, "--prime-file", "/dev/zero")
         assert res.returncode == 3 and "/dev/zero: looks binary (NUL byte at offset 0)" in res.stderr
@@ -145,21 +178,32 @@ def test_prime_file_reading_is_bounded(cli_inprocess, trained_run: Path, tmp_pat
 
 @pytest.mark.parametrize("extra", [(), ("--top-k", "5"), ("--top-p", "0.5"), ("-k", "2")])
 @pytest.mark.parametrize("temp", ["1e-320", "1e-45", "4.9e-324"])
-def test_tiny_temperatures_behave_as_greedy(cli_inprocess, trained_run: Path, temp: str,
-                                            extra: tuple[str, ...]) -> None:
+def test_tiny_temperatures_behave_as_greedy(
+    cli_inprocess, trained_run: Path, temp: str, extra: tuple[str, ...]
+) -> None:
     greedy = cli_inprocess("sample", "-c", trained_run, "--temp", "0", "--length", "40", "--json", *extra)
     tiny = cli_inprocess("sample", "-c", trained_run, "--temp", temp, "--length", "40", "--json", *extra)
     assert tiny.returncode == 0 and tiny.stderr == ""  # no numpy warning
-    assert [json.loads(x)["text"] for x in tiny.stdout.splitlines()] == \
-        [json.loads(x)["text"] for x in greedy.stdout.splitlines()]
+    assert [json.loads(x)["text"] for x in tiny.stdout.splitlines()] == [
+        json.loads(x)["text"] for x in greedy.stdout.splitlines()
+    ]
 
 
-@pytest.mark.parametrize("args", [
-    ("--length-penalty", "nan"), ("--length-penalty", "inf"), ("--temp", "nan"), ("--temp", "inf"),
-    ("--top-p", "nan"), ("--seed", "-1"), ("--seed", str(2**64)),
-])
-def test_non_finite_numbers_and_bad_seeds_are_usage_errors(cli_inprocess, trained_run: Path,
-                                                           args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--length-penalty", "nan"),
+        ("--length-penalty", "inf"),
+        ("--temp", "nan"),
+        ("--temp", "inf"),
+        ("--top-p", "nan"),
+        ("--seed", "-1"),
+        ("--seed", str(2**64)),
+    ],
+)
+def test_non_finite_numbers_and_bad_seeds_are_usage_errors(
+    cli_inprocess, trained_run: Path, args: tuple[str, ...]
+) -> None:
     res = cli_inprocess("sample", "-c", trained_run, *args)
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("charnn: error: ") and len(res.stderr.strip().splitlines()) == 1
@@ -203,20 +247,28 @@ def test_numpy_eval_and_score_equal_the_torch_ones(cell: str) -> None:
         assert b.loss == pytest.approx(a.loss, abs=1e-5) and b.bpc == pytest.approx(a.bpc, abs=1e-5)
     lines = [rng.integers(0, 9, n).astype(np.uint8) for n in (5, 0, 1, 40)]
     for context in ([3], [1, 2, 3, 4]):
-        for x, y in zip(score_lines(model, context, lines, lengths),
-                        score_lines_numpy(stepper, context, lines, lengths), strict=True):
+        for x, y in zip(
+            score_lines(model, context, lines, lengths),
+            score_lines_numpy(stepper, context, lines, lengths),
+            strict=True,
+        ):
             assert (x.tokens, x.chars) == (y.tokens, y.chars)
             assert y.logprob == pytest.approx(x.logprob, abs=1e-4)
 
 
 def test_short_score_and_eval_skip_torch_and_agree_with_the_torch_path(
-        trained_run: Path, tmp_path: Path, cli_inprocess, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained_run: Path, tmp_path: Path, cli_inprocess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = tmp_path / "lines.txt"
     text.write_text("The river stone.\nA quiet night!\n", encoding="utf-8")
     env = {**os.environ, "NO_COLOR": "1"}
     for command in (("score", "--json"), ("eval", "--json")):
-        proc = subprocess.run([sys.executable, "-c", _HOOK, *command, "-c", str(trained_run), str(text)],
-                              capture_output=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", _HOOK, *command, "-c", str(trained_run), str(text)],
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert not torch_imported(proc)
         fast = cli_inprocess(*command, "-c", trained_run, text)

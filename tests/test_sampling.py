@@ -405,8 +405,15 @@ def test_unkept_samples_are_streamed_but_not_collected() -> None:
     config = SampleConfig(length=300, num_samples=2, stops=("hh",))
     kept = generate(stepper, PRIME, config, DECODE, rng=np.random.default_rng(9))
     streamed: list[str] = []
-    light = generate(stepper, PRIME, config, DECODE, rng=np.random.default_rng(9), keep=[False, True],
-                     on_text=lambda i, p: streamed.append(p) if i == 0 else None)
+    light = generate(
+        stepper,
+        PRIME,
+        config,
+        DECODE,
+        rng=np.random.default_rng(9),
+        keep=[False, True],
+        on_text=lambda i, p: streamed.append(p) if i == 0 else None,
+    )
     assert (light[0].ids, light[0].text) == ([], "")
     assert "".join(streamed) == kept[0].text and light[1] == kept[1]
     assert (light[0].logprob, light[0].stopped_by) == (kept[0].logprob, kept[0].stopped_by)

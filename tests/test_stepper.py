@@ -36,8 +36,9 @@ def reference_logits(model: CharRNN, ids: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def run_steps(stepper: FastStepper, ids: torch.Tensor, state: np.ndarray
-              ) -> tuple[list[torch.Tensor], np.ndarray]:
+def run_steps(
+    stepper: FastStepper, ids: torch.Tensor, state: np.ndarray
+) -> tuple[list[torch.Tensor], np.ndarray]:
     outs = []
     for t in range(ids.shape[1]):
         logits, state = stepper.step(ids[:, t].numpy(), state)
@@ -45,8 +46,9 @@ def run_steps(stepper: FastStepper, ids: torch.Tensor, state: np.ndarray
     return outs, state
 
 
-def prime(stepper: FastStepper, ids: torch.Tensor, state: np.ndarray | None = None
-          ) -> tuple[torch.Tensor, np.ndarray]:
+def prime(
+    stepper: FastStepper, ids: torch.Tensor, state: np.ndarray | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
     logits, state = stepper.prime(ids.numpy(), state)
     return torch.from_numpy(logits), state
 
@@ -128,8 +130,9 @@ def test_state_is_not_modified_in_place(cell: str) -> None:
 @pytest.mark.parametrize("window", [1, 3, 64])
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("cell", CELLS)
-def test_prime_in_windows_matches_forward(cell: str, layers: int, window: int,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prime_in_windows_matches_forward(
+    cell: str, layers: int, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A prime longer than the window runs window by window with the state carried."""
     monkeypatch.setattr(charnn.stepper, "PRIME_WINDOW", window)
     model = make_model(cell, layers)
@@ -173,8 +176,9 @@ def test_stepper_is_a_snapshot() -> None:
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_torch_prime_for_huge_primes_agrees_with_numpy(cell: str, layers: int, tmp_path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torch_prime_for_huge_primes_agrees_with_numpy(
+    cell: str, layers: int, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The torch prime (used past TORCH_PRIME_MIN tokens) gives the numpy prime's logits and state,
     across its windows and from a carried state; steps continue identically from either."""
     import charnn.torch_prime
@@ -214,8 +218,22 @@ def test_sample_json_logprob_equals_the_torch_model(cell: str, layers: int, tmp_
     model = make_model(cell, layers)
     tokenizer = CharTokenizer(list("abcdefghijk"))
     save_checkpoint(tmp_path / "ck", model, tokenizer, {})
-    res = cli_inprocess("sample", "-c", tmp_path / "ck", "--prime", "badge", "--length", "30",
-                        "--seed", "3", "--top-k", "6", "-k", "2", "--json")
+    res = cli_inprocess(
+        "sample",
+        "-c",
+        tmp_path / "ck",
+        "--prime",
+        "badge",
+        "--length",
+        "30",
+        "--seed",
+        "3",
+        "--top-k",
+        "6",
+        "-k",
+        "2",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     for row in map(json.loads, res.stdout.splitlines()):
         seq = torch.from_numpy(tokenizer.encode("badge" + row["text"]).astype(np.int64))[None]
