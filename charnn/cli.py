@@ -232,6 +232,13 @@ def cli() -> None:
     metavar="[DIR]",
     help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="PATH",
+    help="start a new run (fine-tuning) from the weights of a run (its best/) or checkpoint: "
+    "its model and tokenizer, new characters added; fresh optimizer and schedule",
+)
 @click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
 @config_options(ModelConfig)
 @config_options(TokenizerConfig)
@@ -243,6 +250,7 @@ def train(
     files: tuple[str, ...],
     out: str,
     resume: str | None,
+    init_from: str | None,
     force: bool,
     encoding_errors: str,
     **options: Any,
@@ -257,6 +265,7 @@ def train(
         files=list(files),
         out=out,
         resume=resume,
+        init_from=init_from,
         force=force,
         encoding_errors=encoding_errors,
         model=take_config(ctx, options, ModelConfig),
@@ -280,6 +289,12 @@ def train(
     help="read the prime from a file (- = stdin): its bytes as they are, at most 16 MiB",
 )
 @_encoding_errors_option
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="continue each line of FILE (- = stdin), batched; line i (from 0) uses seed --seed + i",
+)
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
 @click.pass_context
@@ -289,6 +304,7 @@ def sample(
     prime: str | None,
     prime_file: str | None,
     encoding_errors: str,
+    prompts: str | None,
     separator: str,
     as_json: bool,
     **options: Any,
@@ -304,7 +320,16 @@ def sample(
         raise ConfigError(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
+    if prompts is not None and (prime is not None or prime_file is not None):
+        raise ConfigError(
+            "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
+        )
     config = SampleConfig(**given)
+    if prompts is not None:
+        from charnn.runs import read_prompts, run_prompts
+
+        run_prompts(checkpoint, config, read_prompts(prompts), separator, as_json)
+        return
     prime_name = "--prime"
     if prime_file is not None:
         from charnn.data import read_prime_file

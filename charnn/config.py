@@ -297,6 +297,15 @@ class TrainConfig(_Validated):
             max=MAX_COUNT,
         ),
     )
+    sample_every: int = field(
+        default=1000,
+        metadata=opt(
+            "print a short sample (same prime and seed each time) every N steps and append it to "
+            "RUN/samples.txt; 0 = off",
+            min=0,
+            max=MAX_COUNT,
+        ),
+    )
     val_fraction: float = field(
         default=0.05,
         metadata=opt("held out from the end of the corpus", min=0, max=1, max_open=True, locked=True),

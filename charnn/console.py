@@ -16,7 +16,7 @@ import shlex
 import time
 from typing import TYPE_CHECKING, Any
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -81,6 +81,11 @@ def note(message: str) -> None:
     from rich.text import Text
 
     stderr_console().print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
+
+
+# A model's text keeps its lines, but control characters (ESC, CR, ...) other than newline and
+# tab become U+FFFD: it must not move the cursor or recolour the terminal.
+_SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -152,6 +157,13 @@ class TrainReporter:
         self.console.print(
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
         )
+
+    def sampled(self, report: SampleReport) -> None:
+        # The model's text is shown literally (a Text, never markup), without control characters.
+        from rich.text import Text
+
+        body = report.text.translate(_SAMPLE_CONTROLS).rstrip("\n")
+        self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
 
     def message(self, text: str) -> None:
         from rich.text import Text

@@ -199,7 +199,7 @@ class _Picker:
     finite 1/T is safe, since logits are shifted so the top one is 0 (0 * 1/T = 0, the rest
     underflow to weight 0), so tiny temperatures tend to greedy and never produce NaN."""
 
-    def __init__(self, config: SampleConfig, uniforms: _Uniforms) -> None:
+    def __init__(self, config: SampleConfig, uniforms: _Uniforms | None) -> None:
         t = config.temperature
         self.greedy = t == 0 or 1.0 / t > _F32_MAX
         self.inv_temp = 0.0 if self.greedy else 1.0 / t
@@ -227,8 +227,9 @@ class _Picker:
             total = float(numerators.sum(dtype=np.float64))
         return token, float(row[token] - top) - math.log(total)
 
-    def many(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows (N, V) -> tokens (N,) and their raw log-probabilities (N,)."""
+    def many(self, logits: np.ndarray, uniforms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (N, V) -> tokens (N,) and their raw log-probabilities (N,). ``uniforms`` (N,):
+        the draws to use (default: the next N of this picker's stream)."""
         tops = logits.max(axis=1, keepdims=True)
         shifted = logits - tops
         totals = np.exp(shifted).sum(axis=1, dtype=np.float64)
@@ -240,7 +241,8 @@ class _Picker:
                 weights = np.exp(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p))
             else:
                 weights = np.exp(shifted * np.float32(self.inv_temp))
-            tokens = _draw(weights.cumsum(axis=1, dtype=np.float64), self.uniforms.take(len(logits)))
+            u = self.uniforms.take(len(logits)) if uniforms is None else uniforms
+            tokens = _draw(weights.cumsum(axis=1, dtype=np.float64), u)
         chosen = shifted[np.arange(len(logits)), tokens].astype(np.float64)
         return tokens, chosen - np.log(totals)
 
