@@ -28,7 +28,7 @@ def prompt_seed(seed: int, index: int) -> int:
 
 def sample_prompts(
     stepper: FastStepper,
-    primes: Sequence[Sequence[int]],
+    primes: Sequence[Sequence[int] | np.ndarray],
     config: SampleConfig,
     decode: StreamDecoding,
     seeds: Sequence[int],
@@ -46,7 +46,7 @@ def sample_prompts(
 
 def _sample_batch(
     stepper: FastStepper,
-    primes: Sequence[Sequence[int]],
+    primes: Sequence[Sequence[int] | np.ndarray],
     config: SampleConfig,
     decode: StreamDecoding,
     seeds: Sequence[int],

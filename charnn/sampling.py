@@ -200,12 +200,19 @@ class _Picker:
     underflow to weight 0), so tiny temperatures tend to greedy and never produce NaN."""
 
     def __init__(self, config: SampleConfig, uniforms: _Uniforms | None) -> None:
+        """``uniforms``: the stream draws come from; None when the caller always passes its own
+        to :meth:`many` (batched prompts, one stream per prompt)."""
         t = config.temperature
         self.greedy = t == 0 or 1.0 / t > _F32_MAX
         self.inv_temp = 0.0 if self.greedy else 1.0 / t
         self.config, self.uniforms = config, uniforms
         # Temperature alone is done inline; top-k/top-p go through filter_logits.
         self.filtered = not self.greedy and (config.top_k is not None or config.top_p is not None)
+
+    def _stream(self) -> _Uniforms:
+        if self.uniforms is None:
+            raise ValueError("this picker draws only from uniforms passed to many()")
+        return self.uniforms
 
     def one(self, row: np.ndarray) -> tuple[int, float]:
         """A single stream (V,): scalar bookkeeping, as few numpy calls as possible."""
@@ -220,10 +227,10 @@ class _Picker:
             total = float(numerators.sum(dtype=np.float64))
         elif self.inv_temp == 1.0:
             cumulative = numerators.cumsum(dtype=np.float64)
-            token, total = _draw_one(cumulative, self.uniforms.one()), float(cumulative[-1])
+            token, total = _draw_one(cumulative, self._stream().one()), float(cumulative[-1])
         else:
             shifted *= self.inv_temp
-            token = _draw_one(np.exp(shifted).cumsum(dtype=np.float64), self.uniforms.one())
+            token = _draw_one(np.exp(shifted).cumsum(dtype=np.float64), self._stream().one())
             total = float(numerators.sum(dtype=np.float64))
         return token, float(row[token] - top) - math.log(total)
 
@@ -241,7 +248,7 @@ class _Picker:
                 weights = np.exp(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p))
             else:
                 weights = np.exp(shifted * np.float32(self.inv_temp))
-            u = self.uniforms.take(len(logits)) if uniforms is None else uniforms
+            u = self._stream().take(len(logits)) if uniforms is None else uniforms
             tokens = _draw(weights.cumsum(axis=1, dtype=np.float64), u)
         chosen = shifted[np.arange(len(logits)), tokens].astype(np.float64)
         return tokens, chosen - np.log(totals)
