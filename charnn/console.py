@@ -12,7 +12,9 @@ people when all goes well, and importing rich costs about a tenth of its start-u
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,14 @@ def stderr_console() -> Console:
 
         _err = _StderrConsole(stderr=True, highlight=False)
     return _err
+
+
+def stderr_is_terminal() -> bool:
+    """Whether people read stderr (rich's answer), without importing rich when stderr is plainly
+    not a terminal and nothing forces one: sampling into a pipe stays lean."""
+    if not sys.stderr.isatty() and not any(os.environ.get(v) for v in ("FORCE_COLOR", "TTY_COMPATIBLE")):
+        return False
+    return stderr_console().is_terminal
 
 
 def __getattr__(name: str) -> Any:  # ``charnn.console.err`` without importing rich up front

@@ -281,15 +281,13 @@ def sampling_seed(config: SampleConfig) -> int:
     if config.seed is not None:
         return config.seed
     seed = random.SystemRandom().getrandbits(63)
-    if not sys.stderr.isatty():  # decided before rich is imported: sampling into a pipe stays lean
-        return seed
-    from rich.text import Text
+    from charnn import console
 
-    from charnn.console import err
+    if console.stderr_is_terminal():  # a dim note: there for whoever wants the sample again
+        from rich.text import Text
 
-    if err.is_terminal:  # a dim note: there for whoever wants the sample again, not in the way
         text = Text(f"charnn: seed {seed} (repeat this sample with --seed {seed})", style="dim")
-        err.print(text, soft_wrap=True)
+        console.stderr_console().print(text, soft_wrap=True)
     return seed
 
 
