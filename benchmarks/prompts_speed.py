@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from charnn.config import ModelConfig, SampleConfig
@@ -35,7 +36,7 @@ def main() -> None:
     tokenizer = CharTokenizer([chr(c) for c in range(32, 132)])
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(tokenizer.vocab_size, cell=args.cell, layers=args.layers, hidden=args.hidden))
-    stepper = FastStepper(model.eval())
+    stepper = FastStepper.from_model(model.eval())
     primes = [tokenizer.encode(f"prompt {i}: ").tolist() for i in range(args.prompts)]
     config = SampleConfig(length=args.length)
     seeds = list(range(args.prompts))
@@ -46,9 +47,8 @@ def main() -> None:
     start = time.perf_counter()
     alone = []
     for ids, seed in zip(primes, seeds, strict=True):
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        alone.append(generate(stepper, ids, config, tokenizer, generator=generator)[0].text)
+        rng = np.random.default_rng(seed)
+        alone.append(generate(stepper, ids, config, tokenizer, rng=rng)[0].text)
     t_alone = time.perf_counter() - start
     same = sum(b[0].text == a for b, a in zip(batched, alone, strict=True))
     print(

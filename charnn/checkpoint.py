@@ -10,6 +10,10 @@ A checkpoint is a directory::
 This module owns the format: what the files hold, how training state is packed into
 them and unpacked, and the validation of every field on load. Where checkpoints live and
 how one is replaced atomically is :mod:`charnn.rundir`'s job. Nothing is ever unpickled.
+
+Loading and validation work on numpy arrays and never import torch, so ``charnn sample``
+starts fast; the torch side (saving, building a model, resuming) converts validated arrays
+to tensors and imports torch only there. Every path validates through ``load_checkpoint``.
 """
 
 from __future__ import annotations
@@ -23,20 +27,23 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.numpy import load as st_load
 
 from charnn import __version__
 from charnn.config import GATES, ModelConfig, TrainConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
-from charnn.model import CharRNN, Hidden, hidden_from_tensors, hidden_tensors
 from charnn.rundir import BEST, FORMAT, LATEST, RunDir, resolve_checkpoint
 from charnn.rundir import MARKER as META
 from charnn.tokenizer import Tokenizer, tokenizer_from_dict
+
+if TYPE_CHECKING:  # torch only where tensors are made: loading for sampling never imports it
+    import torch
+
+    from charnn.model import CharRNN, Hidden
 
 __all__ = ["BEST", "LATEST", "META", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -67,16 +74,17 @@ def model_tensors(model: CharRNN) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------- saving
 
 
-def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first floating-point tensor holding NaN or inf, if any."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+def _non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The name of the first floating-point array holding NaN or inf, if any."""
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             return name
     return None
 
 
 def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
-    name = _non_finite(tensors)
+    # CPU float32/integer tensors (detached above): numpy views, no copies, one finiteness check.
+    name = _non_finite({k: v.numpy() for k, v in tensors.items()})
     if name is not None:
         raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
 
@@ -88,6 +96,8 @@ def encode_checkpoint(
     train_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, bytes]:
     """The files of a checkpoint, by name: weights, optional training state, checksummed metadata."""
+    from safetensors.torch import save as st_save
+
     tensors = model_tensors(model)
     _refuse_non_finite(tensors)
     files = {MODEL_FILE: st_save(tensors)}
@@ -126,24 +136,45 @@ def save_checkpoint(
 
 @dataclass
 class Checkpoint:
-    """A validated checkpoint: metadata plus CPU tensors, ready to build a model."""
+    """A validated checkpoint: metadata plus numpy arrays (float32, finite, shapes checked)."""
 
     path: Path
     meta: dict[str, Any]
     config: ModelConfig
     tokenizer: Tokenizer
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, np.ndarray]
+
+    def torch_weights(self) -> dict[str, torch.Tensor]:
+        """The validated weights as CPU tensors (sharing memory with the arrays)."""
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.weights.items()}
 
     def build_model(self) -> CharRNN:
-        model = CharRNN(self.config)
-        missing, unexpected = model.load_state_dict(self.weights, strict=False)
+        """An eval-mode CharRNN holding these weights. Built on the meta device and filled by
+        assignment: a normal construction would first run the random init (orthogonal_ costs
+        a QR per gate block, seconds for big models on a busy machine) only to overwrite it."""
+        import torch
+
+        from charnn.model import CharRNN
+
+        with torch.device("meta"):
+            model = CharRNN(self.config)
+        missing, unexpected = model.load_state_dict(self.torch_weights(), strict=False, assign=True)
         assert not unexpected and set(missing) <= {"head.weight"}  # validated in load_checkpoint
+        if self.config.tie_weights:
+            model.head.weight = model.embed.weight
         model.eval()
         return model
 
     def train_state(self) -> dict[str, torch.Tensor]:
-        data = _read_verified(self.path, STATE_FILE, self.meta)
-        return _parse_safetensors(data, self.path / STATE_FILE)
+        import torch
+
+        # Optimizer moments (2 per parameter), RNG and carried hidden state: bounded by the model.
+        limit = 4 * 4 * parameter_count(self.config) + (64 << 20)
+        data = _read_verified(self.path, STATE_FILE, self.meta, limit)
+        arrays = _parse_safetensors(data, self.path / STATE_FILE)
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     @property
     def step(self) -> int:
@@ -163,21 +194,28 @@ def _refuse_non_directory(path: Path) -> None:
     raise CheckpointError(f"{path}: not a charnn checkpoint (expected a checkpoint or run directory)")
 
 
-def _read_verified(directory: Path, name: str, meta: dict[str, Any]) -> bytes:
+def _read_verified(directory: Path, name: str, meta: dict[str, Any], limit: int = MAX_TENSOR_FILE) -> bytes:
     files = meta.get("files")
     expected = files.get(name) if isinstance(files, dict) else None
     if not isinstance(expected, str):
         raise CheckpointError(f"{directory}: metadata lists no {name}")
-    data = read_bounded(directory / name, MAX_TENSOR_FILE)
+    data = read_bounded(directory / name, limit)
     if _sha256(data) != expected:
         raise _Torn(f"{directory / name}: checksum mismatch (truncated or corrupted file)")
     return data
 
 
-def _parse_safetensors(data: bytes, where: Path) -> dict[str, torch.Tensor]:
+def parameter_count(config: ModelConfig) -> int:
+    """Parameters stored for ``config`` (closed form: a forged layer count costs no loop)."""
+    gh, h, v = GATES[config.cell] * config.hidden, config.hidden, config.vocab_size
+    rnn = gh * (config.embed + h + 2) + (config.layers - 1) * gh * (2 * h + 2)
+    return v * config.embed + rnn + (0 if config.tie_weights else v * h) + v
+
+
+def _parse_safetensors(data: bytes, where: Path) -> dict[str, np.ndarray]:
     try:
         return st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:  # TypeError: e.g. bf16
         raise CheckpointError(f"{where}: unreadable safetensors ({exc})") from None
 
 
@@ -318,7 +356,8 @@ def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
         raise CheckpointError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}"
         )
-    weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta), directory / MODEL_FILE)
+    limit = min(4 * parameter_count(config) + (1 << 20), MAX_TENSOR_FILE)  # float32 weights + header
+    weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta, limit), directory / MODEL_FILE)
     rnn_tensors = sum(1 for name in weights if name.startswith("rnn."))
     if rnn_tensors != 4 * config.layers:  # first, so a forged layer count cannot make us loop for ages
         raise CheckpointError(
@@ -330,9 +369,9 @@ def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:3]
         raise CheckpointError(f"{directory}: tensors do not match the model config (e.g. {diff})")
-    bad = next((n for n, t in weights.items() if not t.is_floating_point()), None) or _non_finite(weights)
+    bad = next((n for n, t in weights.items() if t.dtype != np.float32), None) or _non_finite(weights)
     if bad is not None:
-        raise CheckpointError(f"{directory}: tensor {bad} is not finite floating point")
+        raise CheckpointError(f"{directory}: tensor {bad} is not finite float32")
     return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)
 
 
@@ -454,6 +493,10 @@ def training_meta(
 
 def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) -> dict[str, torch.Tensor]:
     """Optimizer moments, carried hidden state and RNG states as named tensors."""
+    import torch
+
+    from charnn.model import hidden_tensors
+
     tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -484,8 +527,12 @@ def restore_train_state(
 def _restore(
     ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> tuple[Progress, Hidden | None]:
+    import torch
+
+    from charnn.model import hidden_from_tensors
+
     meta = ckpt.meta
-    model.load_state_dict(ckpt.weights, strict=False)  # tied head.weight is not stored
+    model.load_state_dict(ckpt.torch_weights(), strict=False)  # tied head.weight is not stored
     tensors = ckpt.train_state()  # checked by _check_train_state
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
     hidden: dict[str, torch.Tensor] = {}
@@ -530,6 +577,8 @@ def _check_train_state(
 ) -> None:
     """Every tensor of train_state.safetensors is one resuming expects, of the right shape,
     dtype and finiteness: a forged file with valid checksums is a bad checkpoint (exit 3)."""
+    import torch
+
     where = ckpt.path / STATE_FILE
     config = ckpt.config
     params = [p for group in optimizer.param_groups for p in group["params"]]

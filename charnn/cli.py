@@ -285,10 +285,10 @@ def train(
 @click.option("--prime", default=None, help="text to start from (printed first)")
 @click.option(
     "--prime-file",
-    type=click.File("r", encoding="utf-8"),
     metavar="FILE",
-    help="read the prime from a file (- = stdin)",
+    help="read the prime from a file (- = stdin): its bytes as they are, at most 16 MiB",
 )
+@_encoding_errors_option
 @click.option(
     "--prompts",
     type=click.Path(dir_okay=False, allow_dash=True),
@@ -302,7 +302,8 @@ def sample(
     ctx: click.Context,
     checkpoint: str,
     prime: str | None,
-    prime_file: Any,
+    prime_file: str | None,
+    encoding_errors: str,
     prompts: str | None,
     separator: str,
     as_json: bool,
@@ -323,16 +324,21 @@ def sample(
         raise ConfigError(
             "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
         )
+    config = SampleConfig(**given)
     if prompts is not None:
         from charnn.runs import read_prompts, run_prompts
 
-        run_prompts(checkpoint, SampleConfig(**given), read_prompts(prompts), separator, as_json)
+        run_prompts(checkpoint, config, read_prompts(prompts), separator, as_json)
         return
+    prime_name = "--prime"
     if prime_file is not None:
-        prime = prime_file.read()
+        from charnn.data import read_prime_file
+
+        prime = read_prime_file(prime_file, encoding_errors)
+        prime_name = f"--prime-file {'<stdin>' if prime_file == '-' else prime_file}"
     from charnn.runs import run_sampling
 
-    run_sampling(checkpoint, SampleConfig(**given), prime or "", separator, as_json)
+    run_sampling(checkpoint, config, prime or "", separator, as_json, prime_name=prime_name)
 
 
 # ---------------------------------------------------------------------------- eval / score / info

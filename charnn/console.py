@@ -5,37 +5,65 @@ then progress is logged as plain lines every few seconds instead. Messages are n
 read as rich markup, and names in them are shown literally (:func:`shown`). Losing
 stderr (a closed pipe, ``2>&-``) silences the console and nothing else: training
 goes on to its end and saves.
+
+rich is imported on first use, not with this module: ``charnn sample`` prints nothing for
+people when all goes well, and importing rich costs about a tenth of its start-up.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 import time
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
-class _StderrConsole(Console):
-    """A console that goes quiet when its reader goes away instead of ending the process
-    (rich's default answer to a broken pipe is ``SystemExit(1)``, which would lose a run)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-
-    def _check_buffer(self) -> None:
-        try:
-            super()._check_buffer()
-        except (OSError, ValueError):  # EIO, EBADF, a closed file object
-            self.quiet = True
-            del self._buffer[:]
+_err: Console | None = None
 
 
-err = _StderrConsole(stderr=True, highlight=False)
+def stderr_console() -> Console:
+    """The shared console on stderr (created, and rich imported, on first use)."""
+    global _err
+    if _err is None:
+        from rich.console import Console
+
+        class _StderrConsole(Console):
+            """A console that goes quiet when its reader goes away instead of ending the process
+            (rich's default answer to a broken pipe is ``SystemExit(1)``, which would lose a run)."""
+
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+
+            def _check_buffer(self) -> None:
+                try:
+                    super()._check_buffer()
+                except (OSError, ValueError):  # EIO, EBADF, a closed file object
+                    self.quiet = True
+                    del self._buffer[:]
+
+        _err = _StderrConsole(stderr=True, highlight=False)
+    return _err
+
+
+def stderr_is_terminal() -> bool:
+    """Whether people read stderr (rich's answer), without importing rich when stderr is plainly
+    not a terminal and nothing forces one: sampling into a pipe stays lean."""
+    if not sys.stderr.isatty() and not any(os.environ.get(v) for v in ("FORCE_COLOR", "TTY_COMPATIBLE")):
+        return False
+    return stderr_console().is_terminal
+
+
+def __getattr__(name: str) -> Any:  # ``charnn.console.err`` without importing rich up front
+    if name == "err":
+        return stderr_console()
+    raise AttributeError(name)
+
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
     ord("\n"): "\\n",
@@ -54,11 +82,15 @@ def shown(text: str) -> str:
 
 
 def error(message: str) -> None:
-    err.print(Text.assemble(("charnn: error:", "bold red"), " ", shown(message)), soft_wrap=True)
+    from rich.text import Text
+
+    stderr_console().print(Text.assemble(("charnn: error:", "bold red"), " ", shown(message)), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
+    from rich.text import Text
+
+    stderr_console().print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
 
 
 # A model's text keeps its lines, but control characters (ESC, CR, ...) other than newline and
@@ -76,7 +108,8 @@ def _fmt_duration(seconds: float) -> str:
 class TrainReporter:
     """Progress bar (TTY) or periodic log lines (pipes, CI) for a training run."""
 
-    def __init__(self, console: Console = err, log_every: float = 10.0) -> None:
+    def __init__(self, console: Console | None = None, log_every: float = 10.0) -> None:
+        console = console or stderr_console()
         self.console = console
         self.live = console.is_terminal
         self.log_every = log_every
@@ -100,6 +133,8 @@ class TrainReporter:
             markup=False,
         )
         if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
             self._progress = Progress(
                 TextColumn("step {task.fields[step]}"),
                 BarColumn(bar_width=12),
@@ -145,10 +180,14 @@ class TrainReporter:
 
     def sampled(self, report: SampleReport) -> None:
         # The model's text is shown literally (a Text, never markup), without control characters.
+        from rich.text import Text
+
         body = report.text.translate(_SAMPLE_CONTROLS).rstrip("\n")
         self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
 
     def message(self, text: str) -> None:
+        from rich.text import Text
+
         self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)
 
     def finish(self, summary: RunSummary) -> None:

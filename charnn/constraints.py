@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from charnn.tokenizer import Tokenizer
 
 _FULL = (0x80, 0xBF)
 # Lead byte -> (continuation bytes, allowed range of the first continuation byte). RFC 3629.
@@ -69,10 +72,15 @@ class TokenRules:
         self._cache: dict[tuple, np.ndarray] = {}
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any) -> TokenRules:
-        byte_values = tokenizer.byte_values() if hasattr(tokenizer, "byte_values") else None
-        pieces = getattr(tokenizer, "pieces", None)
-        return cls(tokenizer.char_lengths(), tokenizer.never_emit(), byte_values, pieces)
+    def for_tokenizer(cls, tokenizer: Tokenizer) -> TokenRules:
+        """A tokenizer's rules, through its protocol (every tokenizer answers every call)."""
+        lengths = tokenizer.char_lengths()
+        values = [tokenizer.byte_value(i) for i in range(tokenizer.vocab_size)]
+        byte_values = np.array([-1 if b is None else b for b in values], dtype=np.int16)
+        pieces: list[str | bytes] | None = None
+        if int(lengths.max(initial=0)) > 1:  # subword pieces: a seam worth healing
+            pieces = [tokenizer.token_text(i) if b is None else bytes((b,)) for i, b in enumerate(values)]
+        return cls(lengths, tokenizer.never_emit(), byte_values, pieces)
 
     # ------------------------------------------------------------------ masks
 

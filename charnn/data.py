@@ -67,6 +67,23 @@ def decode_bytes(raw: bytes, name: str, errors: str = "strict") -> str:
         ) from None
 
 
+PRIME_MAX_BYTES = 16 << 20  # a prime beyond this is refused: reading is bounded whatever the file is
+
+
+def read_prime_file(source: str, errors: str = "strict") -> str:
+    """``--prime-file``: the bytes as they are (CRLF kept), decoded like a corpus, size-capped."""
+    name = f"--prime-file {'<stdin>' if source == '-' else source}"
+    if source == "-":
+        raw = read_bytes(sys.stdin.buffer, name, PRIME_MAX_BYTES)
+    else:
+        try:
+            with open(source, "rb") as fh:
+                raw = read_bytes(fh, name, PRIME_MAX_BYTES)
+        except OSError as exc:
+            raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    return decode_bytes(raw, name, errors)
+
+
 def _is_text_file(path: Path) -> bool:
     try:
         with path.open("rb") as fh:
@@ -132,8 +149,8 @@ def read_bytes(stream: BinaryIO, name: str, limit: int | None = None) -> bytes:
             raise BinaryData(f"{name}: looks binary (NUL byte at offset {where}); charnn trains on text")
         total += len(chunk)
         if total > limit:
-            size = f"{limit / 2**30:.1f} GiB"
-            raise DataError(f"{name}: more than {size} of text; split it or use a smaller corpus")
+            size = f"{limit / 2**30:.1f} GiB" if limit >= 1 << 30 else f"{limit / 2**20:g} MiB"
+            raise DataError(f"{name}: more than {size} of text; split it or use a smaller input")
         chunks.append(chunk)
     return b"".join(chunks)
 

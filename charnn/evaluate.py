@@ -1,56 +1,38 @@
 """Measuring a model on text: loss and bits per character over a stream, and per-line scores.
 
-``charnn eval``, ``charnn score`` and validation during training all go through
-``model.forward`` here; there is no second implementation of the forward pass.
+Validation during training, and ``charnn eval`` / ``charnn score`` on inputs too long for
+the numpy path (``charnn.metrics``, which holds the shared definitions), go through
+``model.forward`` here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charnn.metrics import (
+    LN2,
+    EvalResult,
+    LineScore,
+    layout_result,
+    stream_layout,
+    token_char_lengths,
+    token_extra_nats,
+)
 from charnn.model import CharRNN, detach_hidden
-from charnn.tokenizer import Tokenizer
 
-LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float  # mean negative log-likelihood per token, in nats
-    bpc: float  # bits per character of the predicted text: total nats / characters / ln 2
-    tokens: int  # tokens predicted
-    chars: int  # characters those tokens spell
-
-    @property
-    def bpt(self) -> float:
-        """Bits per token (equal to bpc for the char tokenizer)."""
-        return self.loss / LN2
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {
-            "loss": self.loss,
-            "bpc": self.bpc,
-            "bpt": self.bpt,
-            "tokens": self.tokens,
-            "chars": self.chars,
-        }
-
-
-def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
-    return tokenizer.char_lengths()
-
-
-def token_extra_nats(tokenizer: Tokenizer) -> np.ndarray | None:
-    """Nats each token costs on top of its model loss (the unknown symbol's share), or None."""
-    extra = tokenizer.extra_nats()
-    return extra if extra.any() else None
+__all__ = [
+    "LN2",
+    "EvalResult",
+    "LineScore",
+    "evaluate_stream",
+    "score_lines",
+    "token_char_lengths",
+    "token_extra_nats",
+]
 
 
 @torch.no_grad()
@@ -68,21 +50,13 @@ def evaluate_stream(
 
     With ``context`` (e.g. a newline, or the last training token before the validation split)
     the first token is predicted too, so the loss covers the whole text; without it, all tokens
-    after the first. Stream ``b`` predicts targets ``[b*L, (b+1)*L)`` (the last one is shorter,
-    padding is ignored), carrying its hidden state across windows; each stream starts from a
-    zero state with the true preceding token as input. ``extra_nats`` (V,) is added per target.
+    after the first. The streams are :func:`~charnn.metrics.stream_layout`'s, each carrying its
+    hidden state across windows. ``extra_nats`` (V,) is added per target.
     """
-    seq = ids if context is None else np.concatenate([np.asarray([context], dtype=ids.dtype), ids])
-    m = len(seq) - 1  # targets
-    if m < 1:
-        raise ValueError("need at least 2 tokens to evaluate")
-    streams = max(1, min(batch_size, m // max(1, seq_len)))
-    length = -(-m // streams)  # L, ceil
-    inputs = np.zeros(streams * length, dtype=np.int64)
-    targets = np.full(streams * length, -100, dtype=np.int64)  # -100: cross_entropy's ignore_index
-    inputs[:m], targets[:m] = seq[:-1], seq[1:]
-    x_all = torch.from_numpy(inputs.reshape(streams, length)).to(device)  # (B, L)
-    y_all = torch.from_numpy(targets.reshape(streams, length)).to(device)  # (B, L)
+    layout = stream_layout(ids, batch_size, seq_len, context)
+    length = layout.inputs.shape[1]
+    x_all = torch.from_numpy(layout.inputs).to(device)  # (B, L)
+    y_all = torch.from_numpy(layout.targets).to(device)  # (B, L), -1: padding (ignored)
     was_training = model.training
     model.eval()
     hidden = None
@@ -90,29 +64,12 @@ def evaluate_stream(
     for start in range(0, length, seq_len):
         x, y = x_all[:, start : start + seq_len], y_all[:, start : start + seq_len]  # (B, t)
         logits, hidden = model(x, hidden)  # (B, t, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        total += F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-1
+        ).item()
         hidden = detach_hidden(hidden)
     model.train(was_training)
-    predicted = seq[1:]
-    if extra_nats is not None:
-        total += float(extra_nats[predicted].sum())
-    chars = int(char_lengths[predicted].sum())
-    return EvalResult(loss=total / m, bpc=total / LN2 / max(chars, 1), tokens=m, chars=chars)
-
-
-@dataclass(frozen=True)
-class LineScore:
-    logprob: float  # natural-log probability of the line's tokens given the context
-    tokens: int
-    chars: int
-
-    @property
-    def bpt(self) -> float:
-        return -self.logprob / LN2 / self.tokens if self.tokens else 0.0
-
-    @property
-    def bpc(self) -> float:
-        return -self.logprob / LN2 / self.chars if self.chars else 0.0
+    return layout_result(total, layout, char_lengths, extra_nats)
 
 
 @torch.no_grad()

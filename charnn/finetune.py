@@ -67,7 +67,7 @@ def adopt_weights(model: CharRNN, parent: Checkpoint) -> None:
     known = parent.config.vocab_size
     params = dict(model.named_parameters())  # a tied head.weight is the embedding: listed once
     with torch.no_grad():
-        for name, tensor in parent.weights.items():
+        for name, tensor in parent.torch_weights().items():
             target = params[name]
             if name in PER_TOKEN:
                 target[:known].copy_(tensor)  # (V_parent, ...) of (V, ...)

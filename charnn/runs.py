@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
@@ -182,14 +184,13 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
 
 
 class _SampleWriter:
-    """Streams sample 0 as it is generated; the others (and JSON lines) follow when done."""
+    """Streams sample 0 as it is generated (nothing of it is kept); the others follow when done."""
 
     def __init__(self, out: TextIO, prime: str, separator: str) -> None:
         self.out, self.prime, self.separator = out, prime, separator
-        self.streamed = 0  # characters of sample 0 already written
-        self.last_flush = time.monotonic()
         self.started = False
         self.tail = ""
+        self.last_flush = time.monotonic()
 
     def write(self, text: str) -> None:
         if text:
@@ -202,33 +203,46 @@ class _SampleWriter:
         if not self.started:
             self.started = True
             self.write(self.prime)
-        self.write(piece)
-        self.streamed += len(piece)
+        if piece:
+            self.out.write(piece)
+            self.tail = piece[-1]
         now = time.monotonic()
         if now - self.last_flush > 0.05:  # flush often enough for a reader, not per character
             self.out.flush()
             self.last_flush = now
 
     def finish(self, texts: list[str]) -> None:
-        for i, text in enumerate(texts):
-            if i == 0:
-                if not self.started:
-                    self.write(self.prime)
-                self.write(text[self.streamed :])
-            else:
-                self.write(self.separator + self.prime + text)
+        """``texts``: samples 1..k-1 (sample 0 was streamed)."""
+        if not self.started:
+            self.write(self.prime)
+        for text in texts:
+            self.write(self.separator + self.prime + text)
         if self.out.isatty() and self.tail != "\n":
             self.write("\n")  # keep the shell prompt off the last line; pipes get the exact text
         self.out.flush()
 
 
-def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> list[int]:
+def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> np.ndarray:
+    """Token ids of ``text`` (the tokenizer's start context when empty), as a compact array."""
     if not text:
-        return tokenizer.start_ids()
+        return np.asarray(tokenizer.start_ids())
     try:
-        return tokenizer.encode(text).tolist()
+        return tokenizer.encode(text)
     except DataError as exc:
         raise DataError(f"{what}: {exc}") from None
+
+
+def sampling_stepper(ckpt: Any, prime_tokens: int) -> Any:
+    """The numpy stepper, or (a prime of TORCH_PRIME_MIN tokens or more) one that primes in torch."""
+    from charnn.stepper import FastStepper
+    from charnn.torch_prime import TORCH_PRIME_MIN
+
+    stepper = FastStepper(ckpt.config, ckpt.weights)
+    if prime_tokens < TORCH_PRIME_MIN:
+        return stepper
+    from charnn.torch_prime import TorchPrimedStepper
+
+    return TorchPrimedStepper(stepper, ckpt)
 
 
 def run_sampling(
@@ -238,29 +252,27 @@ def run_sampling(
     separator: str,
     as_json: bool,
     out: TextIO | None = None,
+    prime_name: str = "--prime",
 ) -> None:
+    """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime.
+    ``prime_name`` says where the prime came from, for errors."""
     import json
-
-    import torch
 
     from charnn.constraints import TokenRules
     from charnn.sampling import generate
-    from charnn.stepper import FastStepper
 
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    prime_ids = encode_prime(tokenizer, prime)
-    stepper = FastStepper(ckpt.build_model())
+    prime_ids = encode_prime(tokenizer, prime, prime_name)
+    stepper = sampling_stepper(ckpt, len(prime_ids))
     seed = sampling_seed(config)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    decode = tokenizer  # per-sample stream decoders (byte pieces form whole characters)
+    rng = np.random.default_rng(seed)
     # Lengths in characters, valid text only; a prime's last subword piece is regenerated (healed).
     rules = TokenRules.for_tokenizer(tokenizer)
     heal = bool(prime)
     if as_json:
-        samples = generate(stepper, prime_ids, config, decode, generator=generator, rules=rules, heal=heal)
+        samples = generate(stepper, prime_ids, config, tokenizer, rng=rng, rules=rules, heal=heal)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
@@ -275,17 +287,20 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
+    # Sample 0 is only streamed (constant memory however long); the others are printed at the end.
+    keep = [i > 0 for i in range(config.num_samples)]
     samples = generate(
         stepper,
         prime_ids,
         config,
-        decode,
+        tokenizer,
         on_text=writer.on_text,
-        generator=generator,
+        rng=rng,
+        keep=keep,
         rules=rules,
         heal=heal,
     )
-    writer.finish([s.text for s in samples])
+    writer.finish([s.text for s in samples[1:]])
 
 
 def sampling_seed(config: SampleConfig) -> int:
@@ -293,13 +308,13 @@ def sampling_seed(config: SampleConfig) -> int:
     if config.seed is not None:
         return config.seed
     seed = random.SystemRandom().getrandbits(63)
-    from rich.text import Text
+    from charnn import console
 
-    from charnn.console import err
+    if console.stderr_is_terminal():  # a dim note: there for whoever wants the sample again
+        from rich.text import Text
 
-    if err.is_terminal:  # a dim note: there for whoever wants the sample again, not in the way
         text = Text(f"charnn: seed {seed} (repeat this sample with --seed {seed})", style="dim")
-        err.print(text, soft_wrap=True)
+        console.stderr_console().print(text, soft_wrap=True)
     return seed
 
 
@@ -322,7 +337,7 @@ def run_prompts(
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
-    stepper = FastStepper(ckpt.build_model())
+    stepper = FastStepper(ckpt.config, ckpt.weights)
     seed = sampling_seed(config)
     first = True
     for start in range(0, len(prompts), BATCH_PROMPTS):
@@ -388,20 +403,27 @@ def printable_path(path: str) -> str:
 
 
 def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
-    from charnn.evaluate import evaluate_stream, token_char_lengths, token_extra_nats
+    """Loss and bpc over FILES; short texts in numpy (no torch import), long ones in torch."""
+    from charnn.metrics import NUMPY_MAX_TOKENS, evaluate_stream_numpy, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     corpus = load_corpus(files, tokenizer=tokenizer, encoding_errors=encoding_errors)
+    if len(corpus.ids) < 1:
+        raise DataError("need at least 1 token of text to evaluate")
     # Every token is predicted, the first from the start context (a newline), so bpc is the
     # total over the whole text divided by its characters, whatever the tokenizer.
-    result = evaluate_stream(
-        ckpt.build_model(),
-        corpus.ids,
-        token_char_lengths(tokenizer),
-        context=tokenizer.start_ids()[-1],
-        extra_nats=token_extra_nats(tokenizer),
-    )
+    lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
+    context = tokenizer.start_ids()[-1]
+    if len(corpus.ids) <= NUMPY_MAX_TOKENS:
+        from charnn.stepper import FastStepper
+
+        stepper = FastStepper(ckpt.config, ckpt.weights)
+        result = evaluate_stream_numpy(stepper, corpus.ids, lengths, context=context, extra_nats=extra)
+    else:
+        from charnn.evaluate import evaluate_stream
+
+        result = evaluate_stream(ckpt.build_model(), corpus.ids, lengths, context=context, extra_nats=extra)
     return {**result.to_dict(), "tokenizer": tokenizer.kind, "checkpoint": str(ckpt.path)}
 
 
@@ -413,13 +435,12 @@ def run_score(
     whole: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
-    import numpy as np
 
-    from charnn.evaluate import score_lines, token_char_lengths, token_extra_nats
+    from charnn.metrics import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    context_ids = encode_prime(tokenizer, context or "", "--context")
+    context_ids = encode_prime(tokenizer, context or "", "--context").tolist()
     sources, _ = resolve_sources(files)
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
@@ -440,7 +461,16 @@ def run_score(
             where = f"{source}:{n}" if n else source
             raise DataError(f"{where}: {exc}") from None
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
-    scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
+    # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
+    if len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
+        from charnn.stepper import FastStepper
+
+        stepper = FastStepper(ckpt.config, ckpt.weights)
+        scores = score_lines_numpy(stepper, context_ids, encoded, lengths, extra_nats=extra)
+    else:
+        from charnn.evaluate import score_lines
+
+        scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
         row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:
@@ -461,7 +491,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     meta, cfg = ckpt.meta, ckpt.config
     progress = meta.get("progress", {})
     val = progress.get("val") or {}
-    params = sum(t.numel() for t in ckpt.weights.values())
+    params = sum(t.size for t in ckpt.weights.values())
     parent = meta.get("parent")  # set for a fine-tuned run (--init-from)
     lineage = {}
     if isinstance(parent, dict):

@@ -1,19 +1,20 @@
 """Decoding: temperature / top-k / top-p sampling, greedy, and beam search.
 
-Pure functions over a :class:`~charnn.stepper.FastStepper`: nothing here prints or
-touches files. Text reaches the caller through ``on_text`` as it is generated.
+Pure functions over a :class:`~charnn.stepper.FastStepper`, in numpy (no torch import):
+nothing here prints or touches files. Text reaches the caller through ``on_text`` as it is
+generated. Random draws come from a seeded ``numpy.random.Generator``: same seed, same text.
+A tokenizer's :class:`~charnn.constraints.TokenRules` say what may be drawn next (lengths in
+characters, valid UTF-8, no unknown/control pieces, prime healing).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 import numpy as np
-import torch
 
 from charnn.config import SampleConfig
 from charnn.constraints import StreamState, TokenRules
@@ -31,17 +32,10 @@ class StreamDecoding(Protocol):
     def stream_decoder(self) -> StreamDecoder: ...
 
 
-# A tokenizer (decoded through per-stream decoders), or a plain ``token id -> text`` callable.
-Decode = Callable[[int], str] | StreamDecoding
-
-
-def _stream_decoding(decode: Decode) -> StreamDecoding | None:
-    return cast(StreamDecoding, decode) if hasattr(decode, "stream_decoder") else None
-
-
 @dataclass
 class Sample:
-    """One generated continuation (the prime is not included)."""
+    """One generated continuation (the prime is not included). ``ids`` and ``text`` stay empty
+    for a sample generate() was told not to keep (it was only streamed)."""
 
     ids: list[int]
     text: str
@@ -50,30 +44,50 @@ class Sample:
 
 
 def filter_logits(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
-) -> torch.Tensor:
-    """(N, V) -> (N, V): divide by temperature, then keep the top-k, then the top-p nucleus.
+    logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None
+) -> np.ndarray:
+    """(N, V) -> (N, V) float64: divide by temperature, then keep the top-k, then the top-p nucleus.
 
+    The result is shifted so each row's maximum is 0 (softmax is unchanged by a shift): then
+    dividing by any temperature > 0, however tiny, cannot overflow to inf - inf = NaN; a
+    temperature so small that every other token's weight underflows to 0 is greedy decoding.
     Removed tokens get -inf. The nucleus is the smallest set of most likely tokens whose
     probability reaches ``top_p`` (never empty). Temperature 0 (greedy) is the caller's job.
     """
-    if temperature <= 0:
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0 here (0 means greedy), got {temperature}")
-    out = logits / temperature if temperature != 1.0 else logits.clone()
+    x = np.asarray(logits, dtype=np.float64)
+    out = x - x.max(axis=-1, keepdims=True)
+    if temperature != 1.0:
+        with np.errstate(over="ignore"):  # a tiny temperature sends the others to -inf: intended
+            out /= temperature
     vocab = out.shape[-1]
+    rows = np.arange(out.shape[0])[:, None]
     if top_k is not None and top_k < vocab:
-        # Scatter exactly k survivors (a `< kth value` mask would keep extra ties).
-        values, index = torch.topk(out, top_k, dim=-1)
-        out = torch.full_like(out, -math.inf).scatter_(-1, index, values)
+        # Exactly k survivors (a `< kth value` mask would keep extra ties).
+        keep = np.argpartition(-out, top_k - 1, axis=-1)[:, :top_k]
+        kept = np.full_like(out, -math.inf)
+        kept[rows, keep] = out[rows, keep]
+        out = kept
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        order = np.argsort(-out, axis=-1, kind="stable")
+        sorted_logits = out[rows, order]
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        cumulative = probs.cumsum(axis=-1) / probs.sum(axis=-1, keepdims=True)
         # Drop a token when the tokens before it already reach p; the first one always stays.
-        drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
+        drop_sorted = np.zeros_like(cumulative, dtype=bool)
         drop_sorted[:, 1:] = cumulative[:, :-1] >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        out = out.masked_fill(drop, -math.inf)
+        drop = np.zeros_like(drop_sorted)
+        drop[rows, order] = drop_sorted
+        out[drop] = -math.inf
     return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities (N, V) in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def _draw_one(cumulative: np.ndarray, u: float) -> int:
@@ -101,43 +115,29 @@ def _draw(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 
 class _Uniforms:
-    """Uniforms in [0, 1) drawn from a torch.Generator in blocks (one torch call per block)."""
+    """Uniforms in [0, 1) from a numpy Generator, drawn in blocks (one call per block). The
+    stream of numbers does not depend on how they are taken, so a seed fixes the output."""
 
-    def __init__(self, generator: torch.Generator | None, block: int = 4096) -> None:
-        self.generator, self.block = generator, block
+    def __init__(self, rng: np.random.Generator, block: int = 4096) -> None:
+        self.rng, self.block = rng, block
         self.buffer = np.empty(0)
+        self.values: list[float] = []  # the buffer as Python floats, for one() (no numpy scalar)
         self.pos = 0
 
     def one(self) -> float:
-        if self.pos >= len(self.buffer):
+        if self.pos >= len(self.values):
             self.take(0)
         self.pos += 1
-        return float(self.buffer[self.pos - 1])
+        return self.values[self.pos - 1]
 
     def take(self, n: int) -> np.ndarray:
         if self.pos + n >= len(self.buffer):
             rest = self.buffer[self.pos :]
-            fresh = torch.rand(max(self.block, n), dtype=torch.float64, generator=self.generator).numpy()
-            self.buffer, self.pos = np.concatenate([rest, fresh]), 0
+            self.buffer = np.concatenate([rest, self.rng.random(max(self.block, n))])
+            self.values, self.pos = self.buffer.tolist(), 0
         out = self.buffer[self.pos : self.pos + n]
         self.pos += n
         return out
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Scope torch to one intra-op thread (restored afterwards) while decoding.
-
-    The steps run in numpy; torch is left with the prime pass and small per-step ops (beam
-    search's top-k, top-k/top-p filters), which a second thread cannot speed up, while OpenMP's
-    spin-waiting makes them 10x slower or worse whenever another process keeps the cores busy.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _StopMatcher:
@@ -146,11 +146,6 @@ class _StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(stops)
         self.keep = max((len(s) for s in self.stops), default=1) - 1  # chars a match may reach back
-
-    def feed(self, tail: str, piece: str) -> tuple[str, bool]:
-        """Return the new tail and whether a stop string ends inside ``piece``."""
-        new_tail, cut = self.find(tail, piece)
-        return new_tail, cut is not None
 
     def find(self, tail: str, piece: str) -> tuple[str, int | None]:
         """The new tail, and where in ``piece`` the earliest stop string ends (None: no stop).
@@ -167,132 +162,203 @@ class _StopMatcher:
 
 def generate(
     stepper: FastStepper,
-    prime_ids: Sequence[int],
+    prime_ids: Sequence[int] | np.ndarray,
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
     on_text: OnText | None = None,
-    generator: torch.Generator | None = None,
+    rng: np.random.Generator | None = None,
+    keep: Sequence[bool] | None = None,
     rules: TokenRules | None = None,
     heal: bool = False,
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
-    ``rules`` (from the tokenizer) make ``config.length`` count characters and keep samples
-    valid text (see :mod:`charnn.constraints`); with ``heal`` the prime's last subword token is
-    regenerated so the seam is tokenized as in training. Without rules every token is one
-    character and every id may be drawn.
-
-    ``decode`` turns ids into text: a plain ``id -> str`` callable, or a :class:`StreamDecoding`
-    (e.g. a SentencePiece tokenizer) whose per-stream decoders hold back partial UTF-8 characters.
+    ``decode`` (a tokenizer) turns ids into text through per-stream decoders, which hold back
+    partial UTF-8 characters of byte-fallback pieces. ``rules`` (the tokenizer's, see
+    :mod:`charnn.constraints`) make ``config.length`` count characters and keep samples valid
+    text; with ``heal`` the prime's last subword token is regenerated so the seam is tokenized
+    as in training. Without rules every token is one character and every id may be drawn.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
-    rejects those combinations). Draws use uniforms from ``generator``: same seed, same output.
+    rejects those combinations). Draws use uniforms from ``rng``: same seed, same output.
+    ``keep[i]`` False: sample i is only streamed, its ids and text are not collected, so an
+    endless stream runs in constant memory (default: keep all).
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
-    rules = rules or rules_for(decode, stepper.vocab_size)
-    prime_ids, healing = rules.heal_prime(prime_ids) if heal else (list(prime_ids), "")
+    rules = rules or plain_rules(stepper.vocab_size)
+    prime, healing = heal_prime(rules, prime_ids) if heal else (np.asarray(prime_ids), "")
     start = StreamState(heal=healing)
-    with torch.inference_mode(), _one_thread():
-        logits, state = stepper.prime(torch.tensor([list(prime_ids)], dtype=torch.long))  # (1, V)
-        if config.length == 0:
-            return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
-        if config.beam is None:
-            return _sample(
-                stepper, logits.numpy(), state, config, _Streams(decode, rules, start), on_text, generator
-            )
-        results = _beam_search(stepper, logits, state, config, decode, rules, start)
+    logits, state = stepper.prime(prime[None, :])  # (1, V); ids keep their compact dtype
+    if config.length == 0:
+        return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
+    if config.beam is None:
+        keep = [True] * config.num_samples if keep is None else list(keep)
+        streams = _Streams(config, decode, rules, [start] * config.num_samples, on_text, keep)
+        # Shifted logits times a huge 1/T overflow to -inf (weight 0) by design: no warning.
+        with np.errstate(over="ignore"):
+            return _sample(stepper, logits, state, config, streams, rng or np.random.default_rng())
+    results = _beam_search(stepper, logits, state, config, decode, rules, start)
     if on_text is not None:
         for i, sample in enumerate(results):
             on_text(i, sample.text)
     return results
 
 
-def rules_for(decode: Decode, vocab_size: int) -> TokenRules:
-    """A tokenizer's own rules; for a bare decode function, one character per token, all allowed."""
-    if hasattr(decode, "char_lengths"):
-        return TokenRules.for_tokenizer(decode)
+def plain_rules(vocab_size: int) -> TokenRules:
+    """Rules for a bare decoder: one character per token, every id allowed."""
     return TokenRules(np.ones(vocab_size, dtype=np.int64))
 
 
+def heal_prime(rules: TokenRules, prime_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, str]:
+    """The prime without its last token and that token's text, when the rules heal it; only the
+    last two ids are looked at, so a huge prime is not copied into a list."""
+    prime = np.asarray(prime_ids)
+    _, healing = rules.heal_prime([int(i) for i in prime[-2:]])
+    return (prime[:-1] if healing else prime), healing
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class _Picker:
+    """Chooses the next token of each row from raw logits, and returns its raw log-probability
+    (the model's, before temperature, filters or masks: what ``score`` computes for the text).
+
+    ``allowed`` masks (what the rules permit) only restrict the draw. Greedy when the
+    temperature is 0, and also when 1/T overflows float32 (T < 3e-39): any finite 1/T is
+    safe, since logits are shifted so the top one is 0 (0 * 1/T = 0, the rest underflow to
+    weight 0), so tiny temperatures tend to greedy and never produce NaN."""
+
+    def __init__(self, config: SampleConfig, uniforms: _Uniforms | None) -> None:
+        """``uniforms``: the stream draws come from; None when the caller always passes its own
+        to :meth:`many` (batched prompts, one stream per prompt)."""
+        t = config.temperature
+        self.greedy = t == 0 or 1.0 / t > _F32_MAX
+        self.inv_temp = 0.0 if self.greedy else 1.0 / t
+        self.config, self.uniforms = config, uniforms
+        # Temperature alone is done inline; top-k/top-p go through filter_logits.
+        self.filtered = not self.greedy and (config.top_k is not None or config.top_p is not None)
+
+    def _stream(self) -> _Uniforms:
+        if self.uniforms is None:
+            raise ValueError("this picker draws only from uniforms passed to many()")
+        return self.uniforms
+
+    def one(self, row: np.ndarray, allowed: np.ndarray | None = None) -> tuple[int, float]:
+        """A single stream (V,): scalar bookkeeping, as few numpy calls as possible."""
+        if self.filtered:
+            tokens, logprobs = self.many(row[None, :], allowed=None if allowed is None else allowed[None, :])
+            return int(tokens[0]), float(logprobs[0])
+        top = row.max()
+        shifted = row - top  # float32, max 0
+        numerators = np.exp(shifted)  # raw softmax numerators: the logprob is always raw
+        total = float(numerators.sum(dtype=np.float64))
+        if allowed is not None:
+            shifted = np.where(allowed, shifted, -np.inf)
+            shifted -= shifted.max()
+        if self.greedy:
+            token = int(shifted.argmax())
+        elif self.inv_temp == 1.0:
+            weights = numerators if allowed is None else np.exp(shifted)
+            token = _draw_one(weights.cumsum(dtype=np.float64), self._stream().one())
+        else:
+            shifted = shifted * self.inv_temp
+            token = _draw_one(np.exp(shifted).cumsum(dtype=np.float64), self._stream().one())
+        return token, float(row[token] - top) - math.log(total)
+
+    def many(
+        self, logits: np.ndarray, uniforms: np.ndarray | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (N, V) -> tokens (N,) and their raw log-probabilities (N,). ``uniforms`` (N,):
+        the draws to use (default: the next N of this picker's stream); ``allowed`` (N, V)."""
+        tops = logits.max(axis=1, keepdims=True)
+        shifted = logits - tops
+        totals = np.exp(shifted).sum(axis=1, dtype=np.float64)
+        draw = shifted
+        if allowed is not None:
+            draw = np.where(allowed, shifted, -np.inf)
+            draw -= draw.max(axis=1, keepdims=True)
+        if self.greedy:
+            tokens = draw.argmax(axis=1)
+        else:
+            if self.filtered:
+                cfg = self.config
+                weights = np.exp(filter_logits(draw, cfg.temperature, cfg.top_k, cfg.top_p))
+            else:
+                weights = np.exp(draw * np.float32(self.inv_temp))
+            u = self._stream().take(len(logits)) if uniforms is None else uniforms
+            tokens = _draw(weights.cumsum(axis=1, dtype=np.float64), u)
+        chosen = shifted[np.arange(len(logits)), tokens].astype(np.float64)
+        return tokens, chosen - np.log(totals)
+
+
 class _Streams:
-    """Per-sample decoding: incremental decoders, the rules' state and the stop-string tail."""
+    """Per-sample bookkeeping: decoding, the rules' state, stop strings, streaming, what is kept."""
 
-    def __init__(self, decode: Decode, rules: TokenRules, start: StreamState) -> None:
-        self.decode, self.rules, self.start = decode, rules, start
-
-    def open(self, n: int, stops: Sequence[str], starts: Sequence[StreamState] | None = None) -> None:
-        """``n`` streams, each from ``self.start`` (or from its own entry of ``starts``)."""
-        streaming = _stream_decoding(self.decode)
-        self.decoders = [streaming.stream_decoder() for _ in range(n)] if streaming else None
-        plain = cast(Callable[[int], str], self.decode)
-        self.feeds = [d.feed for d in self.decoders] if self.decoders else [plain] * n
-        self.states = [(starts[i] if starts else self.start).copy() for i in range(n)]
-        self.matcher = _StopMatcher(stops) if stops else None
+    def __init__(
+        self,
+        config: SampleConfig,
+        decode: StreamDecoding,
+        rules: TokenRules,
+        starts: Sequence[StreamState],
+        on_text: OnText | None = None,
+        keep: Sequence[bool] | None = None,
+    ) -> None:
+        """One stream per entry of ``starts`` (its rules' state at the start: a healed prime)."""
+        n = len(starts)
+        self.rules, self.length = rules, config.length
+        self.decoders = [decode.stream_decoder() for _ in range(n)]
+        self.feeds = [d.feed for d in self.decoders]
+        self.states = [s.copy() for s in starts]
+        self.matcher = _StopMatcher(config.stops) if config.stops else None
         self.tails = [""] * n
+        self.on_text = on_text
+        self.keep = [True] * n if keep is None else keep
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.pieces: list[list[str]] = [[] for _ in range(n)]
+        self.stopped_by = ["length"] * n
 
-    def masks(self, rows: Sequence[int], length: int) -> np.ndarray | None:
+    def masks(self, rows: Sequence[int]) -> np.ndarray | None:
         """(rows, V) bool: what each live stream may draw next; None when anything goes."""
         if self.rules.trivial:
             return None
-        states = self.states
-        return np.stack([self.rules.mask(states[i], length - states[i].chars) for i in rows])
+        states, rules = self.states, self.rules
+        return np.stack([rules.mask(states[i], self.length - states[i].chars) for i in rows])
 
-    def push(self, i: int, token: int, length: int) -> tuple[str, str | None]:
-        """Feed ``token`` to stream ``i``: the text to show, and why the stream ends (or None)."""
+    def emit(self, i: int, token: int) -> bool:
+        """Sample i produced ``token``: stream and record its text; True when the sample ended
+        (``length`` characters written, or a stop string, after which the piece is cut)."""
         piece = self.feeds[i](token)
         state = self.states[i]
         if self.rules.trivial:
             state.chars += 1
         else:
             piece = self.rules.advance(state, token, piece)
+        ended = self.rules.finished(state, self.length)
         if self.matcher is not None:
             self.tails[i], cut = self.matcher.find(self.tails[i], piece)
             if cut is not None:
-                return piece[:cut], "stop"
-        return piece, ("length" if self.rules.finished(state, length) else None)
+                piece, ended, self.stopped_by[i] = piece[:cut], True, "stop"
+        if self.keep[i]:
+            self.ids[i].append(token)
+            self.pieces[i].append(piece)
+        if self.on_text is not None:
+            self.on_text(i, piece)
+        return ended
 
-    def flush(self, i: int) -> str:
-        return self.decoders[i].flush() if self.decoders else ""
-
-
-def _draw_row(
-    row: np.ndarray, draw: np.ndarray, greedy: bool, inv_temp: float, uniforms: _Uniforms
-) -> tuple[int, float]:
-    """One stream: (token drawn from the allowed logits ``draw``, its raw log-probability)."""
-    top = float(row.max())
-    numerators = np.exp(row - top)  # raw softmax numerators: the logprob is always raw
-    if greedy:
-        token = int(draw.argmax())
-    else:
-        if draw is row and inv_temp == 1.0:
-            weights = numerators
-        else:
-            weights = np.exp((draw - float(draw.max())) * inv_temp)
-        token = _draw_one(weights.cumsum(dtype=np.float64), uniforms.one())
-    return token, float(row[token]) - top - math.log(numerators.sum(dtype=np.float64))
-
-
-def _draw_rows(
-    logits: np.ndarray, draw: np.ndarray, config: SampleConfig, inv_temp: float, uniforms: _Uniforms
-) -> tuple[np.ndarray, np.ndarray]:
-    """Several streams: tokens (rows,) drawn from the allowed logits ``draw``, raw log-probs (rows,)."""
-    top_rows = logits.max(axis=1, keepdims=True)
-    numerators = np.exp(logits - top_rows)
-    if config.temperature == 0:
-        nxt = draw.argmax(axis=1)  # (rows,)
-    elif config.top_k is None and config.top_p is None:
-        if draw is logits and inv_temp == 1.0:
-            weights = numerators
-        else:
-            weights = np.exp((draw - draw.max(axis=1, keepdims=True)) * inv_temp)
-        nxt = _draw(weights.cumsum(axis=1, dtype=np.float64), uniforms.take(len(logits)))
-    else:
-        filtered = filter_logits(torch.from_numpy(draw), config.temperature, config.top_k, config.top_p)
-        weights = torch.softmax(filtered.double(), dim=-1).numpy()
-        nxt = _draw(weights.cumsum(axis=1), uniforms.take(len(logits)))
-    chosen = logits[np.arange(len(logits)), nxt].astype(np.float64)
-    return nxt, chosen - top_rows[:, 0] - np.log(numerators.sum(axis=1, dtype=np.float64))
+    def finish(self, logprob: Sequence[float]) -> list[Sample]:
+        for i, decoder in enumerate(self.decoders):  # a character cut short (only without rules)
+            rest = decoder.flush()
+            if rest:
+                if self.keep[i]:
+                    self.pieces[i].append(rest)
+                if self.on_text is not None:
+                    self.on_text(i, rest)
+        return [
+            Sample(self.ids[i], "".join(self.pieces[i]), float(logprob[i]), self.stopped_by[i])
+            for i in range(len(logprob))
+        ]
 
 
 def _sample(
@@ -301,70 +367,43 @@ def _sample(
     state: np.ndarray,
     config: SampleConfig,
     streams: _Streams,
-    on_text: OnText | None,
-    generator: torch.Generator | None,
+    rng: np.random.Generator,
 ) -> list[Sample]:
     """All num_samples streams as one batch; finished rows are dropped from the batch.
 
-    Works on numpy arrays throughout (stepper.step returns numpy logits for numpy ids). Each
-    stream ends at ``config.length`` characters or a stop string; tokens the rules forbid are
-    masked out of the draw, while logprobs stay those of the raw model.
+    Each stream ends at ``config.length`` characters or a stop string; tokens the rules forbid
+    are masked out of the draw, while logprobs stay those of the raw model.
     """
     n = config.num_samples
     expand = np.zeros(n, dtype=np.intp)
     logits, state = logits[expand], stepper.reorder(state, expand)  # (n, V)
-    greedy = config.temperature == 0
-    inv_temp = 0.0 if greedy else 1.0 / config.temperature
-    simple = config.top_k is None and config.top_p is None
-    streams.open(n, config.stops)
-    uniforms = _Uniforms(generator)
-
+    picker = _Picker(config, _Uniforms(rng))
     rows = list(range(n))  # batch row -> sample index
-    ids: list[list[int]] = [[] for _ in range(n)]
-    pieces: list[list[str]] = [[] for _ in range(n)]
     logprob = [0.0] * n
-    stopped_by = ["length"] * n
-    row_logprob = np.zeros(n)  # running sums for the live rows
-
-    while rows:
-        masks = streams.masks(rows, config.length)  # (rows, V) or None
-        draw = logits if masks is None else np.where(masks, logits, -np.inf)
-        if len(rows) == 1 and simple:  # single stream: scalar bookkeeping, fewer numpy calls
-            token, lp = _draw_row(logits[0], draw[0], greedy, inv_temp, uniforms)
-            row_logprob[0] += lp
+    single_logprob = 0.0
+    while True:
+        masks = streams.masks(rows)  # (rows, V) or None
+        if len(rows) == 1:  # single stream: Python scalars, no per-token arrays
+            token, lp = picker.one(logits[0], None if masks is None else masks[0])
+            single_logprob += lp
+            if streams.emit(rows[0], token):
+                break
             nxt = np.array([token])
         else:
-            nxt, lps = _draw_rows(logits, draw, config, inv_temp, uniforms)
-            row_logprob += lps
-
-        done: list[int] = []
-        for row, token in enumerate(nxt.tolist()):
-            i = rows[row]
-            piece, end = streams.push(i, token, config.length)
-            ids[i].append(token)
-            pieces[i].append(piece)
-            if on_text is not None:
-                on_text(i, piece)
-            if end is not None:
-                stopped_by[i] = end
-                done.append(row)
-        if done:
-            for row in done:
-                logprob[rows[row]] = float(row_logprob[row])
-            done_rows = set(done)
-            keep = [row for row in range(len(rows)) if row not in done_rows]
-            rows, row_logprob = [rows[row] for row in keep], row_logprob[keep]
-            if not rows:
-                break
-            nxt, state = nxt[keep], stepper.reorder(state, np.array(keep, dtype=np.intp))
+            nxt, lps = picker.many(logits, allowed=masks)
+            for row, i in enumerate(rows):
+                logprob[i] += float(lps[row])
+            done = {row for row, token in enumerate(nxt.tolist()) if streams.emit(rows[row], token)}
+            if done:
+                keep_rows = [row for row in range(len(rows)) if row not in done]
+                rows = [rows[row] for row in keep_rows]
+                if not rows:
+                    break
+                nxt, state = nxt[keep_rows], stepper.reorder(state, np.array(keep_rows, dtype=np.intp))
         logits, state = stepper.step(nxt, state)
-    for i in range(n):  # a character cut short by the end of a stream (only without rules)
-        rest = streams.flush(i)
-        if rest:
-            pieces[i].append(rest)
-            if on_text is not None:
-                on_text(i, rest)
-    return [Sample(ids[i], "".join(pieces[i]), logprob[i], stopped_by[i]) for i in range(n)]
+    if len(rows) == 1:
+        logprob[rows[0]] += single_logprob
+    return streams.finish(logprob)
 
 
 @dataclass
@@ -389,12 +428,52 @@ class _Hyp:
         return out[::-1]
 
 
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first; ties go to the lower index (deterministic)."""
+    k = min(k, len(scores))
+    index = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return index[np.lexsort((index, -scores[index]))]
+
+
+class _Extender:
+    """Extends beam hypotheses by one token: decoding, the rules' state, stop strings."""
+
+    def __init__(self, config: SampleConfig, decode: StreamDecoding, rules: TokenRules) -> None:
+        self.config, self.rules = config, rules
+        self.matcher = _StopMatcher(config.stops) if config.stops else None
+        self.scratch = decode.stream_decoder()
+
+    def root(self, start: StreamState) -> _Hyp:
+        return _Hyp(None, 0, 0.0, "", "", None, start.copy(), self.scratch.getstate())
+
+    def masks(self, live: Sequence[_Hyp]) -> np.ndarray | None:
+        """(live, V) bool: what each hypothesis may take next; None when anything goes."""
+        if self.rules.trivial:
+            return None
+        length = self.config.length
+        return np.stack([self.rules.mask(h.rule, length - h.rule.chars) for h in live])
+
+    def extend(self, hyp: _Hyp, token: int, score: float) -> _Hyp:
+        self.scratch.setstate(hyp.pending)
+        piece, pending = self.scratch.feed(token), self.scratch.getstate()
+        rule = hyp.rule.copy()
+        piece = self.rules.advance(rule, token, piece)
+        tail, ended = "", None
+        if self.matcher is not None:
+            tail, cut = self.matcher.find(hyp.tail, piece)
+            if cut is not None:
+                piece, ended = piece[:cut], "stop"
+        if ended is None and self.rules.finished(rule, self.config.length):
+            ended = "length"
+        return _Hyp((token, hyp.path), hyp.length + 1, score, hyp.text + piece, tail, ended, rule, pending)
+
+
 def _beam_search(
     stepper: FastStepper,
-    logits: torch.Tensor,
-    state: tuple[torch.Tensor, ...],
+    logits: np.ndarray,
+    state: np.ndarray,
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
     rules: TokenRules,
     start: StreamState,
 ) -> list[Sample]:
@@ -408,75 +487,50 @@ def _beam_search(
     ``config.length`` characters or a stop string; the search ends when none is live.
     """
     width, alpha = config.beam or 1, config.length_penalty
-    matcher = _StopMatcher(config.stops) if config.stops else None
     vocab = logits.shape[-1]
-    streaming = _stream_decoding(decode)
-    scratch = streaming.stream_decoder() if streaming else None
-    plain = cast(Callable[[int], str], decode)
-
-    def extend(hyp: _Hyp, token: int) -> _Hyp:
-        pending: object
-        if scratch is None:
-            piece, pending = plain(token), None
-        else:
-            scratch.setstate(hyp.pending)
-            piece, pending = scratch.feed(token), scratch.getstate()
-        rule = hyp.rule.copy()
-        piece = rules.advance(rule, token, piece)
-        tail, ended = "", None
-        if matcher is not None:
-            tail, cut = matcher.find(hyp.tail, piece)
-            if cut is not None:
-                piece, ended = piece[:cut], "stop"
-        if ended is None and rules.finished(rule, config.length):
-            ended = "length"
-        return _Hyp((token, hyp.path), hyp.length + 1, 0.0, hyp.text + piece, tail, ended, rule, pending)
+    extender = _Extender(config, decode, rules)
 
     def norm(score: float, length: int) -> float:
         return score / length**alpha if alpha and length else score
 
-    # One row per live hypothesis, aligned with state.
-    live = [_Hyp(None, 0, 0.0, "", "", None, start.copy(), scratch.getstate() if scratch else None)]
+    live = [extender.root(start)]  # one row per live hypothesis, aligned with state
     finished: list[_Hyp] = []
     # Every token writes a character or a UTF-8 byte of one (at most 4 per character).
     for t in range(4 * config.length + len(start.heal) + 4):
-        scores = torch.tensor([h.score for h in live], dtype=torch.float64)
-        logp = torch.log_softmax(logits.double(), dim=-1)  # (live, V), raw
-        if not rules.trivial:
-            allowed = np.stack([rules.mask(h.rule, config.length - h.rule.chars) for h in live])
-            logp = logp.masked_fill(torch.from_numpy(~allowed), -math.inf)
-        cand = (scores.unsqueeze(1) + logp).view(-1)  # (live*V,)
-        top_scores, top_index = torch.topk(cand, min(width, cand.numel()))
+        logp = log_softmax(logits)  # (live, V), raw
+        allowed = extender.masks(live)
+        if allowed is not None:
+            logp = np.where(allowed, logp, -np.inf)
+        cand = (np.array([h.score for h in live])[:, None] + logp).ravel()  # (live*V,)
+        top_index = _top(cand, width)
         pool = [
-            (norm(s, t + 1), s, int(k))
-            for s, k in zip(top_scores.tolist(), top_index.tolist(), strict=True)
+            (norm(s, t + 1), s, k)
+            for s, k in zip(cand[top_index].tolist(), top_index.tolist(), strict=True)
             if s > -math.inf
         ]
         pool += [(norm(h.score, h.length), h.score, -1 - j) for j, h in enumerate(finished)]
-        pool.sort(key=lambda item: item[0], reverse=True)  # stable: ties keep topk's order
+        pool.sort(key=lambda item: item[0], reverse=True)  # stable: ties keep _top's order
 
         new_live: list[_Hyp] = []
         parents: list[int] = []
-        tokens: list[int] = []
         new_finished: list[_Hyp] = []
         for _, score, k in pool[:width]:
             if k < 0:
                 new_finished.append(finished[-1 - k])
                 continue
             parent, token = divmod(k, vocab)
-            child = extend(live[parent], token)
-            child.score = score
+            child = extender.extend(live[parent], token, score)
             if child.ended:
                 new_finished.append(child)
             else:
                 new_live.append(child)
                 parents.append(parent)
-                tokens.append(token)
         live, finished = new_live, new_finished
         if not live:
             break
-        state = stepper.reorder(state, torch.tensor(parents, dtype=torch.long))
-        logits, state = stepper.step(torch.tensor(tokens, dtype=torch.long), state)
+        tokens = np.array([h.path[0] for h in live if h.path is not None], dtype=np.intp)
+        state = stepper.reorder(state, np.array(parents, dtype=np.intp))
+        logits, state = stepper.step(tokens, state)
 
     ranked = sorted(finished + live, key=lambda h: norm(h.score, h.length), reverse=True)
     return [Sample(h.ids(), h.text, h.score, h.ended or "length") for h in ranked[: config.num_samples]]

@@ -1,10 +1,11 @@
-"""Fast one-token-at-a-time inference for sampling on CPU.
+"""Fast one-token-at-a-time inference for sampling on CPU, in numpy (no torch import).
 
 Calling ``nn.LSTM`` once per character is slow on CPU: every call pays oneDNN's
 fixed set-up cost, which dwarfs the arithmetic of a single step. FastStepper
-instead snapshots the weights into a layout made for single steps and runs the
-cells in numpy float32 (OpenBLAS's matrix-vector product is about twice as fast as
-torch's MKL one on AMD CPUs, and a numpy call costs a fraction of a torch op):
+instead takes the weights (numpy arrays, as a checkpoint stores them) into a layout
+made for single steps and runs the cells in numpy float32 (OpenBLAS's matrix-vector
+product is about twice as fast as torch's MKL one on AMD CPUs, a numpy call costs a
+fraction of a torch op, and ``charnn sample`` never has to import torch):
 
 * the embedding is folded into layer 0's input projection: a per-token table
   ``embed.weight @ W_ih_l0.T + biases`` (V, G*H) replaces embedding + matmul by
@@ -17,9 +18,11 @@ torch's MKL one on AMD CPUs, and a numpy call costs a fraction of a torch op):
 * GRU keeps the n-gate's hidden bias ``b_hn`` on the hidden side, because it sits
   inside ``r * (W_hn h + b_hn)`` and so cannot be folded into the input table.
 
-prime() runs the nn modules in one pass (what they are good at) and converts the state.
-The stepper always behaves like eval mode (no dropout). Weights are float32 on
-CPU, copied at construction: build a new stepper after changing the model.
+prime() feeds a sequence through the same cells layer by layer: the input projections
+of a whole window (table rows for layer 0, one matrix product for layers above) come
+first, then only the recurrent product runs per position. Long inputs go in windows
+with the state carried, so memory stays bounded. The stepper behaves like eval mode
+(no dropout).
 
 OpenBLAS should run single-threaded here (``OPENBLAS_NUM_THREADS=1`` before numpy is
 first imported; the CLI sets it): a one-row step cannot use a second thread, and its
@@ -28,19 +31,22 @@ spin-waiting collapses throughput whenever other processes keep the cores busy.
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from charnn.config import GATES
-from charnn.model import CharRNN, Hidden
+from charnn.config import GATES, ModelConfig
+
+if TYPE_CHECKING:
+    from charnn.model import CharRNN
 
 # One float32 array (N, S) per state: per-layer hidden states h_0..h_{L-1} side by side, then
 # (LSTM only) the cell states c_0..c_{L-1}; each block H wide. step() always returns a fresh
 # array and never writes to its input, so a caller may keep old states (beams do).
 State = np.ndarray
-Ids = torch.Tensor | np.ndarray
+
+PRIME_WINDOW = 2048  # positions per prime window: bounds the (T, N, G*H) projections
 
 
 _ROWWISE_MAX = 6  # batches up to this many rows multiply row by row (see _matmul); measured crossover
@@ -60,110 +66,173 @@ def _matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def _lstm_cell(gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
+    """One LSTM update in place: gates (N, 4H) pre-activations as (i, f, o, g), the sigmoid
+    ones halved; c and h (N, H) are views into the state."""
+    H = h.shape[1]
+    np.tanh(gates, out=gates)
+    sig = gates[:, : 3 * H]
+    sig *= 0.5
+    sig += 0.5  # sigmoid(x) = (tanh(x / 2) + 1) / 2
+    i, f, o, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    c *= f
+    g *= i
+    c += g  # c = f * c + i * g
+    np.tanh(c, out=h)
+    h *= o
+
+
+def _gru_cell(x: np.ndarray, gh: np.ndarray, h: np.ndarray) -> None:
+    """One GRU update of h (N, H) in place from the input side x (N, 3H) (r, z with both biases,
+    halved; n with b_in) and the hidden side gh (N, 3H) = W_h h + [0, 0, b_hn] (gh is overwritten)."""
+    H = h.shape[1]
+    rz = x[:, : 2 * H] + gh[:, : 2 * H]
+    np.tanh(rz, out=rz)
+    rz *= 0.5
+    rz += 0.5  # sigmoid
+    r, z = rz[:, :H], rz[:, H:]
+    n_gate = gh[:, 2 * H :]
+    n_gate *= r
+    n_gate += x[:, 2 * H :]
+    np.tanh(n_gate, out=n_gate)
+    h -= n_gate
+    h *= z
+    h += n_gate  # (1 - z) * n + z * h
+
+
 class FastStepper:
-    """Single-step inference engine over a snapshot of a :class:`CharRNN`."""
+    """Single-step (and primed) inference over a snapshot of a model's weights."""
 
-    def __init__(self, model: CharRNN) -> None:
-        cfg = model.config
-        self.cell = cfg.cell
-        self.layers = cfg.layers
-        self.hidden = cfg.hidden
-        self.vocab_size = cfg.vocab_size
-        # Private eval-mode CPU copy for prime(): one fused pass over a long prime is
-        # what nn.LSTM is good at, and a copy keeps the caller's train/eval mode untouched.
-        self._model = copy.deepcopy(model).to("cpu", torch.float32).eval().requires_grad_(False)
-        for p in self._model.parameters():
-            p.grad = None
-
+    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:
+        """``weights``: arrays named as in ``CharRNN.state_dict()`` (``head.weight`` may be absent
+        when tied), as a validated checkpoint holds them. They are copied, not kept."""
+        self.config = config
+        self.cell, self.layers, self.hidden = config.cell, config.layers, config.hidden
+        self.vocab_size = config.vocab_size
         # Derive in float64 and round once, so the folded table is as exact as the unfolded maths.
-        sd = {k: v.detach().to(torch.float64) for k, v in self._model.state_dict().items()}
-        H = cfg.hidden
-        gates = GATES[cfg.cell]
+        sd = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+        H = config.hidden
+        gates = GATES[config.cell]
         # Columns fed to a sigmoid, pre-scaled by 1/2: LSTM (i, f, o) after reordering, GRU (r, z).
-        scale = torch.ones(gates * H, dtype=torch.float64)
-        if cfg.cell == "lstm":
+        scale = np.ones(gates * H)
+        order: np.ndarray | None = None
+        if config.cell == "lstm":
             # PyTorch gate order is (i, f, g, o); (i, f, o, g) makes the sigmoid gates contiguous.
-            order: torch.Tensor | None = torch.arange(4 * H).view(4, H)[[0, 1, 3, 2]].flatten()
+            order = np.arange(4 * H).reshape(4, H)[[0, 1, 3, 2]].ravel()
             scale[: 3 * H] = 0.5
-        else:
-            order = None
-            if cfg.cell == "gru":
-                scale[: 2 * H] = 0.5
-
-        def f32(t: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.to(torch.float32).numpy())
+        elif config.cell == "gru":
+            scale[: 2 * H] = 0.5
 
         self._w: list[np.ndarray] = []  # (H, G*H) for layer 0; [W_ih | W_hh].T (2H, G*H) above (LSTM/RNN)
         self._w_x: list[np.ndarray | None] = []  # GRU layers > 0: input weights (H, 3H)
         self._b: list[np.ndarray] = []  # (G*H,) bias on the input side (layer 0's lives in the table)
         self._b_h: list[np.ndarray | None] = []  # GRU only: (3H,) = [b_hr, b_hz, b_hn] on the hidden side
-        table = torch.empty(0)
-        for layer in range(cfg.layers):
+        table = np.empty(0)
+        for layer in range(config.layers):
             w_ih, w_hh = sd[f"rnn.weight_ih_l{layer}"], sd[f"rnn.weight_hh_l{layer}"]  # (G*H, in), (G*H, H)
             b_ih, b_hh = sd[f"rnn.bias_ih_l{layer}"], sd[f"rnn.bias_hh_l{layer}"]  # (G*H,)
             if order is not None:
                 w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
-            if cfg.cell == "gru":
-                b_x = b_ih + torch.cat([b_hh[: 2 * H], torch.zeros(H, dtype=b_hh.dtype)])
-                b_h: torch.Tensor | None = torch.cat([torch.zeros(2 * H, dtype=b_hh.dtype), b_hh[2 * H :]])
+            b_h: np.ndarray | None = None
+            if config.cell == "gru":
+                b_x = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])
+                b_h = np.concatenate([np.zeros(2 * H), b_hh[2 * H :]])
             else:
-                b_x, b_h = b_ih + b_hh, None
+                b_x = b_ih + b_hh
             w_ih, w_hh, b_x = w_ih * scale[:, None], w_hh * scale[:, None], b_x * scale
-            self._b_h.append(None if b_h is None else f32(b_h * scale))
+            self._b_h.append(None if b_h is None else _f32(b_h * scale))
             if layer == 0:
                 table = sd["embed.weight"] @ w_ih.T + b_x  # (V, G*H)
-                self._w.append(f32(w_hh.T))
+                self._w.append(_f32(w_hh.T))
                 self._w_x.append(None)
-            elif cfg.cell == "gru":
-                self._w.append(f32(w_hh.T))
-                self._w_x.append(f32(w_ih.T))
+            elif config.cell == "gru":
+                self._w.append(_f32(w_hh.T))
+                self._w_x.append(_f32(w_ih.T))
             else:
-                self._w.append(f32(torch.cat([w_ih, w_hh], dim=1).T))  # (2H, G*H)
+                self._w.append(_f32(np.concatenate([w_ih, w_hh], axis=1).T))  # (2H, G*H)
                 self._w_x.append(None)
-            self._b.append(f32(b_x))
-        self._table = f32(table)
-        self._w_head = f32(sd["head.weight"].T)  # (H, V); tied weights are just read through
-        self._b_head = f32(sd["head.bias"])
-        self._width = cfg.layers * H * (2 if cfg.cell == "lstm" else 1)  # S, the state's row width
-        self._cell_step = {"lstm": self._step_lstm, "gru": self._step_gru, "rnn": self._step_rnn}[cfg.cell]
+            self._b.append(_f32(b_x))
+        self._table = _f32(table)
+        head = sd.get("head.weight", sd["embed.weight"])  # tied weights share the embedding
+        self._w_head = _f32(head.T)  # (H, V)
+        self._b_head = _f32(sd["head.bias"])
+        self._width = config.layers * H * (2 if config.cell == "lstm" else 1)  # S, the state's row width
+        self._cell_step = {"lstm": self._step_lstm, "gru": self._step_gru, "rnn": self._step_rnn}[config.cell]
+
+    @classmethod
+    def from_model(cls, model: CharRNN) -> FastStepper:
+        """A snapshot of a torch model's current weights (any device or dtype; eval behaviour)."""
+        arrays = {k: v.detach().to("cpu").float().numpy() for k, v in model.state_dict().items()}
+        return cls(model.config, arrays)
 
     # -- state handling ---------------------------------------------------------------------------
 
     def initial_state(self, n: int) -> State:
         return np.zeros((n, self._width), dtype=np.float32)
 
-    def reorder(self, state: State, index: Ids) -> State:
+    def reorder(self, state: State, index: Any) -> State:
         """Rows ``index`` of the state (a new array): selects, drops or duplicates streams."""
         return state[np.asarray(index, dtype=np.intp)]
 
-    def _to_hidden(self, state: State) -> Hidden:
-        n, L, H = state.shape[0], self.layers, self.hidden
-        blocks = torch.from_numpy(np.ascontiguousarray(state)).view(n, -1, H).transpose(0, 1)  # (L|2L, N, H)
-        if self.cell == "lstm":
-            return (blocks[:L].contiguous(), blocks[L:].contiguous())
-        return blocks.contiguous()
-
-    def _from_hidden(self, hidden: Hidden) -> State:
-        blocks = torch.cat(hidden, dim=0) if isinstance(hidden, tuple) else hidden  # (L or 2L, N, H)
-        return np.ascontiguousarray(blocks.transpose(0, 1).reshape(blocks.shape[1], -1).numpy())
-
     # -- inference --------------------------------------------------------------------------------
 
-    def prime(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Feed ids (N, T) in one pass; return logits (N, V) of the last position and the state."""
-        with torch.inference_mode():
-            hidden = None if state is None else self._to_hidden(state)
-            logits, hidden = self._model(torch.as_tensor(ids).to("cpu"), hidden)  # (N, T, V)
-            return logits[:, -1].contiguous(), self._from_hidden(hidden)
+    def prime(self, ids: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Feed ids (N, T), T >= 1, from ``state`` (default zeros); return the logits (N, V) after
+        the last position and the new state. Runs in windows of PRIME_WINDOW positions."""
+        ids = np.asarray(ids)  # any integer dtype: a huge prime stays uint8/uint16 until its window
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"prime needs ids of shape (N, T >= 1), got {ids.shape}")
+        state = self.initial_state(ids.shape[0]) if state is None else state.copy()
+        for start in range(0, ids.shape[1], PRIME_WINDOW):
+            window = ids[:, start : start + PRIME_WINDOW].T.astype(np.intp)  # (T, N)
+            h_top = self._prime_window(window, state)[-1]
+        logits = _matmul(h_top, self._w_head)
+        logits += self._b_head
+        return logits, state
 
-    def step(self, ids: Ids, state: State) -> tuple[torch.Tensor | np.ndarray, State]:
-        """Advance every stream by one token: ids (N,) -> logits (N, V) and the new state.
+    def forward(self, ids: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Logits after every position: ids (N, T) -> logits (N, T, V) float32 and the new state.
+        One window: the caller bounds T (score and eval feed windows with the state carried)."""
+        ids = np.asarray(ids)
+        state = self.initial_state(ids.shape[0]) if state is None else state.copy()
+        seq = self._prime_window(ids.T.astype(np.intp), state)  # (T, N, H)
+        logits = seq @ self._w_head  # (T, N, V)
+        logits += self._b_head
+        return logits.transpose(1, 0, 2), state
 
-        Logits come back as the same kind as ``ids``: a torch tensor for a tensor, a numpy
-        float32 array for an array (what generate() uses, skipping the conversions).
-        """
-        as_torch = isinstance(ids, torch.Tensor)
-        rows = ids.numpy() if as_torch else ids
+    def _prime_window(self, ids: np.ndarray, state: State) -> np.ndarray:
+        """ids (T, N): advance ``state`` in place layer by layer; return the top layer's h (T, N, H)."""
+        L, H, T, N = self.layers, self.hidden, ids.shape[0], ids.shape[1]
+        seq = np.empty((T, N, H), dtype=np.float32)  # one layer's outputs, the next layer's inputs
+        for layer in range(L):
+            h = state[:, layer * H : (layer + 1) * H]
+            # Input projections of the whole window in one product (a table lookup for layer 0).
+            if layer == 0:
+                xp = self._table[ids]  # (T, N, G*H)
+            else:
+                gru_w_x = self._w_x[layer]
+                w_x = gru_w_x if gru_w_x is not None else self._w[layer][:H]
+                xp = (seq.reshape(T * N, H) @ w_x).reshape(T, N, -1)
+                xp += self._b[layer]
+            w_h = self._w[layer] if layer == 0 or self.cell == "gru" else self._w[layer][H:]
+            c = state[:, (L + layer) * H : (L + layer + 1) * H]  # LSTM cell state (unused otherwise)
+            for t in range(T):
+                hidden_side = _matmul(h, w_h)
+                if self.cell == "lstm":
+                    hidden_side += xp[t]
+                    _lstm_cell(hidden_side, h, c)
+                elif self.cell == "gru":
+                    hidden_side += self._b_h[layer]
+                    _gru_cell(xp[t], hidden_side, h)
+                else:
+                    np.add(hidden_side, xp[t], out=h)
+                    np.tanh(h, out=h)
+                seq[t] = h
+        return seq
+
+    def step(self, ids: Any, state: State) -> tuple[np.ndarray, State]:
+        """Advance every stream by one token: ids (N,) -> logits (N, V) float32 and the new state."""
+        rows = np.asarray(ids)
         # Layer 0's input projection: table rows (a slice, no gather, for a single stream).
         x = self._table[rows[0] : rows[0] + 1] if len(rows) == 1 else self._table[rows]
         # The new state starts as a copy of the old and each layer updates its blocks in place:
@@ -172,7 +241,7 @@ class FastStepper:
         h_top = self._cell_step(x, new)
         logits = _matmul(h_top, self._w_head)
         logits += self._b_head
-        return (torch.from_numpy(logits) if as_torch else logits), new
+        return logits, new
 
     def _step_lstm(self, x: np.ndarray, new: State) -> np.ndarray:
         L, H = self.layers, self.hidden
@@ -183,18 +252,8 @@ class FastStepper:
             else:
                 gates = _matmul(new[:, (layer - 1) * H : (layer + 1) * H], self._w[layer])
                 gates += self._b[layer]
-            np.tanh(gates, out=gates)
-            sig = gates[:, : 3 * H]
-            sig *= 0.5
-            sig += 0.5  # sigmoid(x) = (tanh(x / 2) + 1) / 2
-            i, f, o, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-            c = new[:, (L + layer) * H : (L + layer + 1) * H]
-            c *= f
-            g *= i
-            c += g  # c = f * c + i * g
             h = new[:, layer * H : (layer + 1) * H]
-            np.tanh(c, out=h)
-            h *= o
+            _lstm_cell(gates, h, new[:, (L + layer) * H : (L + layer + 1) * H])
         return h
 
     def _step_gru(self, x: np.ndarray, new: State) -> np.ndarray:
@@ -207,18 +266,7 @@ class FastStepper:
                 x += self._b[layer]  # (N, 3H): r, z with both biases (halved), n with b_in
             gh = _matmul(h, self._w[layer])
             gh += self._b_h[layer]  # (N, 3H): W_h h, plus b_hn on n
-            rz = x[:, : 2 * H] + gh[:, : 2 * H]
-            np.tanh(rz, out=rz)
-            rz *= 0.5
-            rz += 0.5  # sigmoid
-            r, z = rz[:, :H], rz[:, H:]
-            n_gate = gh[:, 2 * H :]
-            n_gate *= r
-            n_gate += x[:, 2 * H :]
-            np.tanh(n_gate, out=n_gate)
-            h -= n_gate
-            h *= z
-            h += n_gate  # (1 - z) * n + z * h
+            _gru_cell(x, gh, h)
             x = h
         return h
 
@@ -233,3 +281,7 @@ class FastStepper:
                 np.add(_matmul(xh, self._w[layer]), self._b[layer], out=h)
             np.tanh(h, out=h)
         return h
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)

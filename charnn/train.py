@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +36,7 @@ from charnn.checkpoint import (
     training_meta,
 )
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.constraints import TokenRules
 from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.errors import (
     EXIT_SIGINT,
@@ -262,6 +264,7 @@ class TrainingSampler:
         self.every, self.tokenizer, self.seed = every, tokenizer, seed
         self.config = SampleConfig(length=length, seed=seed)
         self.prime_ids = tokenizer.start_ids()
+        self.rules: TokenRules | None = None  # built at the first sample
         self.pending = False
 
     def due(self, step: int) -> bool:
@@ -278,10 +281,12 @@ class TrainingSampler:
         from charnn.stepper import FastStepper
 
         self.pending = False
-        generator = torch.Generator()
-        generator.manual_seed(self.seed)
-        stepper = FastStepper(model)  # a float32 CPU snapshot: the model itself is not touched
-        return generate(stepper, self.prime_ids, self.config, self.tokenizer, generator=generator)[0].text
+        rng = np.random.default_rng(self.seed)
+        stepper = FastStepper.from_model(model)  # a float32 CPU snapshot: the model itself is not touched
+        if self.rules is None:  # lengths in characters, valid text, as `charnn sample` writes
+            self.rules = TokenRules.for_tokenizer(self.tokenizer)
+        samples = generate(stepper, self.prime_ids, self.config, self.tokenizer, rng=rng, rules=self.rules)
+        return samples[0].text
 
 
 @contextmanager

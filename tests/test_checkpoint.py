@@ -42,7 +42,7 @@ def tiny_model(seed: int = 0, **overrides: object) -> CharRNN:
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for name in a:
-        assert torch.equal(a[name], b[name]), name
+        assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), name
 
 
 # ---------------------------------------------------------------------------- round trip and validation
@@ -176,7 +176,7 @@ def test_sigkill_during_save_loop_always_leaves_a_loadable_checkpoint(tmp_path: 
         step = ckpt.step
         assert step >= 0
         for name, tensor in ckpt.weights.items():
-            assert torch.all(tensor == step % 7), f"{name} is not from the save of step {step}"
+            assert (tensor == step % 7).all(), f"{name} is not from the save of step {step}"
         assert torch.all(ckpt.train_state()["state"] == step)
         last_step = max(last_step, step)
     assert last_step > 0  # the loop really saved repeatedly while we were killing it

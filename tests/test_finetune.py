@@ -46,7 +46,7 @@ def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
 
     child = {k: v.detach() for k, v in trainer.model.state_dict().items()}
     v = len(old_chars)
-    for name, weight in parent.weights.items():
+    for name, weight in parent.torch_weights().items():
         if name in ("embed.weight", "head.weight", "head.bias"):
             assert child[name].shape[0] == v + len(NEW)
             assert child[name][:v].equal(weight), name

@@ -36,6 +36,7 @@ def test_drawn_seed_is_shown_on_a_terminal(
     from charnn.runs import sampling_seed
 
     monkeypatch.setattr(type(console.err), "is_terminal", property(lambda self: True))
+    monkeypatch.setattr(console, "stderr_is_terminal", lambda: True)  # capsys's stderr is no TTY
     seed = sampling_seed(SampleConfig())
     assert f"--seed {seed}" in capsys.readouterr().err
     assert sampling_seed(SampleConfig(seed=5)) == 5 and capsys.readouterr().err == ""

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from charnn.config import ModelConfig, SampleConfig
+from charnn.constraints import TokenRules
 from charnn.errors import ConfigError
 from charnn.model import CharRNN
 from charnn.sampling import _draw, _draw_one, filter_logits, generate
@@ -55,7 +56,7 @@ def make_stepper(vocab: int = 8, cell: str = "lstm", scale: float = 0.5) -> tupl
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * scale)
-    return model.eval(), FastStepper(model)
+    return model.eval(), FastStepper.from_model(model)
 
 
 def model_logprob(model: CharRNN, prime: list[int], ids: list[int]) -> float:
@@ -68,38 +69,66 @@ def model_logprob(model: CharRNN, prime: list[int], ids: list[int]) -> float:
 
 
 def run(stepper: FastStepper, seed: int = 0, prime: list[int] = PRIME, **kwargs: object) -> list:
-    gen = torch.Generator().manual_seed(seed)
-    return generate(stepper, prime, SampleConfig(**kwargs), DECODE, generator=gen)
+    return generate(stepper, prime, SampleConfig(**kwargs), DECODE, rng=np.random.default_rng(seed))
 
 
 # -- filter_logits ---------------------------------------------------------------------------------
 
 
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def test_temperature_scaling() -> None:
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    original = logits.clone()
+    logits = np.array([[2.0, 1.0, 0.0, -1.0]], dtype=np.float32)
+    original = logits.copy()
     for temperature in (0.5, 1.0, 2.0):
         out = filter_logits(logits, temperature, None, None)
-        torch.testing.assert_close(out, logits / temperature)
-        expected = torch.exp(logits / temperature) / torch.exp(logits / temperature).sum()
-        torch.testing.assert_close(torch.softmax(out, dim=-1), expected)
-    assert torch.equal(logits, original)  # input untouched
+        np.testing.assert_allclose(out, (logits - 2.0) / temperature)  # shifted: the top one is 0
+        expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+        np.testing.assert_allclose(softmax(out), expected, rtol=1e-6)
+    assert np.array_equal(logits, original)  # input untouched
     # Lower temperature sharpens: the top token's probability grows monotonically.
     temps = (2.0, 1.0, 0.5, 0.1)
-    tops = [torch.softmax(filter_logits(logits, t, None, None), -1)[0, 0].item() for t in temps]
+    tops = [softmax(filter_logits(logits, t, None, None))[0, 0] for t in temps]
     assert tops == sorted(tops) and tops[-1] > 0.99
     with pytest.raises(ValueError):
         filter_logits(logits, 0.0, None, None)
 
 
+@pytest.mark.parametrize("temperature", [1e-320, 5e-324, 1e-45, 1e-38, 1e-20])
+def test_tiny_temperatures_are_greedy_without_nan(temperature: float) -> None:
+    """Logits / T used to overflow to inf - inf = NaN and emit token 0 for ever."""
+    logits = np.array([[3.0, 1e4, -7.0, 9999.9], [-2.0, -1.0, -1.5, -3.0]], dtype=np.float32)
+    out = filter_logits(logits, temperature, None, None)
+    assert not np.isnan(out).any() and out[0, 1] == 0 and out[1, 1] == 0
+    assert (softmax(out).argmax(axis=1) == [1, 1]).all()
+    for k in (None, 2):
+        kept = filter_logits(logits, temperature, k, 0.5)
+        assert not np.isnan(kept).any() and (np.isfinite(kept).sum(axis=1) == 1).all()
+
+
+@pytest.mark.parametrize("extra", [{}, {"top_k": 5}, {"top_p": 0.9}, {"num_samples": 3}])
+@pytest.mark.parametrize("temperature", [1e-320, 1e-45, 1e-30])
+def test_tiny_temperatures_generate_the_greedy_text(temperature: float, extra: dict) -> None:
+    _, stepper = make_stepper()
+    greedy = run(stepper, length=25, temperature=0)[0]
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # no numpy warnings either
+        samples = run(stepper, seed=4, length=25, temperature=temperature, **extra)
+    assert all(s.ids == greedy.ids for s in samples)
+    assert all(s.logprob == pytest.approx(greedy.logprob, abs=1e-6) for s in samples)
+
+
 def test_top_k_keeps_exactly_the_k_best() -> None:
-    logits = torch.tensor([[0.1, 3.0, -2.0, 2.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    logits = np.array([[0.1, 3.0, -2.0, 2.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
     out = filter_logits(logits, 1.0, 2, None)
-    assert torch.isinf(out).sum(dim=1).tolist() == [3, 3]
-    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [1, 3]
-    assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [0, 1]
-    torch.testing.assert_close(out[torch.isfinite(out)], torch.tensor([3.0, 2.0, 5.0, 4.0]))
-    assert torch.equal(filter_logits(logits, 1.0, 99, None), logits)
+    assert np.isinf(out).sum(axis=1).tolist() == [3, 3]
+    assert np.flatnonzero(np.isfinite(out[0])).tolist() == [1, 3]
+    assert np.flatnonzero(np.isfinite(out[1])).tolist() == [0, 1]
+    np.testing.assert_allclose(out[np.isfinite(out)], [0.0, -1.0, 0.0, -1.0])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(filter_logits(logits, 1.0, 99, None), shifted)
 
 
 @pytest.mark.parametrize(
@@ -107,19 +136,19 @@ def test_top_k_keeps_exactly_the_k_best() -> None:
     [(1e-6, {2}), (0.45, {2}), (0.75, {2, 0}), (0.85, {2, 0, 3}), (0.99, {2, 0, 3, 1}), (1.0, {0, 1, 2, 3})],
 )
 def test_top_p_keeps_the_smallest_nucleus(top_p: float, kept: set[int]) -> None:
-    probs = torch.tensor([[0.3, 0.05, 0.5, 0.15]])  # sorted: 2 (0.5), 0 (0.3), 3 (0.15), 1 (0.05)
-    out = filter_logits(probs.log(), 1.0, None, top_p)
-    assert set(torch.isfinite(out[0]).nonzero().flatten().tolist()) == kept
+    probs = np.array([[0.3, 0.05, 0.5, 0.15]])  # sorted: 2 (0.5), 0 (0.3), 3 (0.15), 1 (0.05)
+    out = filter_logits(np.log(probs), 1.0, None, top_p)
+    assert set(np.flatnonzero(np.isfinite(out[0])).tolist()) == kept
 
 
 def test_filter_order_temperature_then_top_k_then_top_p() -> None:
-    logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    logits = np.log(np.array([[0.4, 0.3, 0.2, 0.1]]))
     # top-p alone at 0.5 needs two tokens (0.4 < 0.5) ...
-    assert torch.isfinite(filter_logits(logits, 1.0, None, 0.5)).sum().item() == 2
+    assert np.isfinite(filter_logits(logits, 1.0, None, 0.5)).sum() == 2
     # ... but after top-2 the renormalised top token has 4/7 >= 0.5, so one token survives.
-    assert torch.isfinite(filter_logits(logits, 1.0, 2, 0.5)).sum().item() == 1
+    assert np.isfinite(filter_logits(logits, 1.0, 2, 0.5)).sum() == 1
     # Temperature comes first: at T=0.25 the top token alone exceeds 0.5 (0.4^4 dominates).
-    assert torch.isfinite(filter_logits(logits, 0.25, None, 0.5)).sum().item() == 1
+    assert np.isfinite(filter_logits(logits, 0.25, None, 0.5)).sum() == 1
 
 
 def test_draw_inverts_the_cumulative_distribution() -> None:
@@ -227,7 +256,7 @@ class SpyStepper:
         self.step_rows: list[int] = []
         self.prime_shapes: list[tuple[int, ...]] = []
 
-    def prime(self, ids: torch.Tensor, state: object = None) -> tuple:
+    def prime(self, ids: np.ndarray, state: object = None) -> tuple:
         self.prime_shapes.append(tuple(ids.shape))
         return self.inner.prime(ids, state)
 
@@ -247,7 +276,7 @@ def test_num_samples_run_as_one_batch_and_differ() -> None:
         PRIME,
         SampleConfig(length=30, num_samples=4),
         DECODE,
-        generator=torch.Generator().manual_seed(0),
+        rng=np.random.default_rng(0),
     )
     assert spy.prime_shapes == [(1, len(PRIME))]  # the prime goes in once, in one pass
     assert spy.step_rows == [4] * 29  # the first token comes from prime's logits
@@ -273,7 +302,7 @@ def test_on_text_streams_each_sample_in_order() -> None:
         SampleConfig(length=15, num_samples=3, stops=("a",)),
         DECODE,
         on_text=lambda i, piece: got[i].append(piece),
-        generator=torch.Generator().manual_seed(3),
+        rng=np.random.default_rng(3),
     )
     for i, sample in enumerate(samples):
         assert "".join(got[i]) == sample.text
@@ -361,18 +390,34 @@ def test_beam_results_are_distinct_and_ranked_by_normalised_score() -> None:
     assert math.isfinite(beams[0].logprob)
 
 
-def test_single_stream_thread_scope_is_restored() -> None:
+def test_a_failing_decoder_propagates() -> None:
     _, stepper = make_stepper()
-    before = torch.get_num_threads()
-    run(stepper, length=5)
-    assert torch.get_num_threads() == before
 
     def boom(i: int) -> str:
         raise RuntimeError("decode failed")
 
     with pytest.raises(RuntimeError):
         generate(stepper, PRIME, SampleConfig(length=5), Decoding(boom))
-    assert torch.get_num_threads() == before
+
+
+def test_unkept_samples_are_streamed_but_not_collected() -> None:
+    """keep=False: an endless stream holds no ids or text (constant memory), same output."""
+    _, stepper = make_stepper()
+    config = SampleConfig(length=300, num_samples=2, stops=("hh",))
+    kept = generate(stepper, PRIME, config, DECODE, rng=np.random.default_rng(9))
+    streamed: list[str] = []
+    light = generate(
+        stepper,
+        PRIME,
+        config,
+        DECODE,
+        rng=np.random.default_rng(9),
+        keep=[False, True],
+        on_text=lambda i, p: streamed.append(p) if i == 0 else None,
+    )
+    assert (light[0].ids, light[0].text) == ([], "")
+    assert "".join(streamed) == kept[0].text and light[1] == kept[1]
+    assert (light[0].logprob, light[0].stopped_by) == (kept[0].logprob, kept[0].stopped_by)
 
 
 # -- streaming subword text ------------------------------------------------------------------------
@@ -389,13 +434,12 @@ class ScriptStepper:
         out[np.arange(len(pos)), [self.script[min(int(p), len(self.script) - 1)] for p in pos]] = 10.0
         return out
 
-    def prime(self, ids: torch.Tensor, state: object = None) -> tuple:
+    def prime(self, ids: np.ndarray, state: object = None) -> tuple:
         pos = np.zeros(ids.shape[0])
-        return torch.from_numpy(self._logits(pos)), pos
+        return self._logits(pos), pos
 
     def step(self, ids: object, state: np.ndarray) -> tuple:
-        logits = self._logits(state + 1)
-        return (torch.from_numpy(logits) if isinstance(ids, torch.Tensor) else logits), state + 1
+        return self._logits(state + 1), state + 1
 
     def reorder(self, state: np.ndarray, index: object) -> np.ndarray:
         return state[np.asarray(index)]
@@ -414,7 +458,9 @@ def test_sentencepiece_byte_pieces_stream_whole_characters() -> None:
     def go(**kwargs: object) -> tuple[list, str]:
         streamed: list[str] = []
         config = SampleConfig(**{"temperature": 0, **kwargs})  # type: ignore[arg-type]
-        out = generate(stepper, PRIME, config, tokenizer, on_text=lambda i, p: streamed.append(p))  # type: ignore[arg-type]
+        rules = TokenRules.for_tokenizer(tokenizer)  # a caller with a tokenizer passes its rules
+        on_text = lambda i, p: streamed.append(p)  # noqa: E731
+        out = generate(stepper, PRIME, config, tokenizer, on_text=on_text, rules=rules)  # type: ignore[arg-type]
         return out, "".join(streamed)
 
     samples, streamed = go(length=3)  # --length counts characters: 3 characters, 9 byte pieces

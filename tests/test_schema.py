@@ -101,7 +101,7 @@ def test_options_left_at_their_default_are_not_reported_as_given(monkeypatch: py
 
 def test_every_sample_option_reaches_the_sample_config(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[SampleConfig] = []
-    monkeypatch.setattr("charnn.runs.run_sampling", lambda ckpt, config, *rest: got.append(config))
+    monkeypatch.setattr("charnn.runs.run_sampling", lambda ckpt, config, *rest, **kw: got.append(config))
     argv = _argv((SampleConfig,), skip=("temperature", "top_k", "top_p"))  # those contradict --beam
     result = CliRunner().invoke(cli_mod.cli, ["sample", *argv])
     assert result.exit_code == 0, result.output

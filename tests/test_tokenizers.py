@@ -196,11 +196,10 @@ def test_unknown_symbol_is_counted_honestly_and_never_sampled() -> None:
         logp = torch.log_softmax(model(seq[:, :-1])[0].double(), -1)[0]
     nats = -sum(float(logp[k, t]) for k, t in enumerate(ids.tolist())) + math.log(3)  # one é
     assert result.chars == len(text) and result.bpc == pytest.approx(nats / len(text) / LN2, rel=1e-5)
-    stepper = FastStepper(model)
+    stepper = FastStepper.from_model(model)
     config = SampleConfig(length=2000, seed=0)
-    gen = torch.Generator().manual_seed(0)
     rules = TokenRules.for_tokenizer(tok)
-    sample = generate(stepper, [start], config, tok.token_text, generator=gen, rules=rules)
+    sample = generate(stepper, [start], config, tok, rng=np.random.default_rng(0), rules=rules)
     assert tok.unk_id not in sample[0].ids and "\ufffd" not in sample[0].text and len(sample[0].text) == 2000
 
 
@@ -258,7 +257,7 @@ def test_validation_split_is_by_characters_for_subwords() -> None:
 
 
 class PieceStepper:
-    """Logits that favour a scripted sequence of pieces (greedy replays it), as numpy or torch."""
+    """Logits that favour a scripted sequence of pieces (greedy replays it), in numpy."""
 
     def __init__(self, script: list[int], vocab: int) -> None:
         self.script, self.vocab_size = script, vocab
@@ -268,13 +267,12 @@ class PieceStepper:
         out[np.arange(len(pos)), [self.script[min(int(p), len(self.script) - 1)] for p in pos]] = 20.0
         return out
 
-    def prime(self, ids: torch.Tensor, state: object = None) -> tuple:
+    def prime(self, ids: np.ndarray, state: object = None) -> tuple:
         pos = np.zeros(ids.shape[0])
-        return torch.from_numpy(self._logits(pos)), pos
+        return self._logits(pos), pos
 
     def step(self, ids: object, state: np.ndarray) -> tuple:
-        logits = self._logits(state + 1)
-        return (torch.from_numpy(logits) if isinstance(ids, torch.Tensor) else logits), state + 1
+        return self._logits(state + 1), state + 1
 
     def reorder(self, state: np.ndarray, index: object) -> np.ndarray:
         return state[np.asarray(index)]
@@ -379,14 +377,13 @@ def test_untrained_bpe_model_writes_valid_text() -> None:
     characters, valid UTF-8, no U+FFFD (byte pieces that cannot complete a character are masked)."""
     tok = subword("bpe")
     assert tok.byte_values().max() >= 0x80
-    stepper = FastStepper(untrained(tok.vocab_size, seed=2))
-    gen = torch.Generator().manual_seed(0)
+    stepper = FastStepper.from_model(untrained(tok.vocab_size, seed=2))
     out = generate(
         stepper,
         tok.start_ids(),
         SampleConfig(length=10_000, temperature=1.5),
         tok,
-        generator=gen,
+        rng=np.random.default_rng(0),
         rules=TokenRules.for_tokenizer(tok),
     )[0]
     assert len(out.text) == 10_000 and "\ufffd" not in out.text
