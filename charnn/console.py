@@ -1,15 +1,18 @@
 """Everything people read goes to stderr through rich (stdout is for generated text and data).
 
-rich honours ``NO_COLOR`` and drops live displays when stderr is not a terminal;
-then progress is logged as plain lines every few seconds instead.
+rich honours ``NO_COLOR``; the live bar is drawn only where rich can redraw a line
+(``Console.is_interactive``: a terminal that is not ``TERM=dumb``), else progress is logged
+as plain lines every few seconds, with elapsed time and ETA.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
@@ -32,19 +35,33 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-class TrainReporter:
-    """Progress bar (TTY) or periodic log lines (pipes, CI) for a training run."""
+def stopped(message: str) -> None:
+    """A run the user stopped (Ctrl-C, SIGTERM): not an error, so not red."""
+    err.print(f"[yellow]charnn:[/] {escape(message)}", soft_wrap=True)
 
-    def __init__(self, console: Console = err, log_every: float = 10.0) -> None:
+
+class TrainReporter:
+    """Progress for a training run: a live bar where rich can redraw a line (an interactive
+    terminal: not a pipe, not ``TERM=dumb``), else a plain line every ``log_every`` seconds with
+    elapsed time and ETA. ``quiet``: nothing but warnings and the final line."""
+
+    def __init__(self, console: Console = err, log_every: float = 10.0, quiet: bool = False) -> None:
         self.console = console
-        self.live = console.is_terminal
+        self.quiet = quiet
+        self.live = console.is_interactive and not quiet
         self.log_every = log_every
-        self._last_log = 0.0
+        self._last_log = -math.inf
         self._progress: Progress | None = None
         self._task: Any = None
-        self._fraction = 0.0
+        self._wall0 = time.monotonic()
+        self._fraction0: float | None = None
+        self._stats = ""
 
     def start(self, info: RunInfo) -> None:
+        self._wall0 = time.monotonic()
+        self._fraction0 = None
+        if self.quiet:
+            return
         plan = f"{info.steps} steps" if info.steps else f"{_fmt_duration(info.time_limit or 0)}"
         if info.steps and info.time_limit:
             plan += f" or {_fmt_duration(info.time_limit)}"
@@ -54,12 +71,12 @@ class TrainReporter:
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {info.out}/",
+            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {escape(info.out)}/",
             soft_wrap=True,
         )
         if self.live:
             self._progress = Progress(
-                TextColumn("step {task.fields[step]}"),
+                TextColumn("{task.description}"),
                 BarColumn(bar_width=12),
                 TextColumn("{task.percentage:>3.0f}%"),
                 TextColumn("{task.fields[stats]}"),
@@ -70,30 +87,62 @@ class TrainReporter:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=1.0, step=info.start_step, stats="")
+            self._task = self._progress.add_task(f"step {info.start_step}", total=1.0, stats="")
+
+    def eta(self, fraction: float) -> float | None:
+        """Seconds left at this session's pace (a resumed run's earlier part does not count)."""
+        if self._fraction0 is None:
+            self._fraction0 = fraction
+        done = fraction - self._fraction0
+        spent = time.monotonic() - self._wall0
+        if done <= 0 or spent < 3:  # too early for a pace worth extrapolating
+            return None
+        return spent * (1 - fraction) / done
 
     def progress(self, report: StepReport) -> None:
-        text = f"loss {report.loss:.3f} bpc {report.bpc:.3f} {report.tok_per_s / 1000:.1f}k chars/s"
+        if self.quiet:
+            return
+        rate = report.chars_per_s or report.tok_per_s
+        text = f"loss {report.loss:.3f} bpc {report.bpc:.3f} {rate / 1000:.1f}k chars/s"
         if report.skipped:
             text += f" skipped {report.skipped}"
-        self._fraction = report.fraction
+        self._stats = text
+        if self._fraction0 is None:  # where this session started (0 for a new run)
+            self._fraction0 = report.fraction if report.step > 1 else 0.0
         if self._progress is not None:  # the live line stays short enough for 80 columns
-            self._progress.update(self._task, completed=report.fraction, step=report.step, stats=text)
+            self._progress.update(
+                self._task, completed=report.fraction, description=f"step {report.step}", stats=text
+            )
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
             total = f"/{report.total}" if report.total else ""
+            eta = self.eta(report.fraction)
             self.console.print(
-                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
+                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e} "
+                f"elapsed {_fmt_duration(time.monotonic() - self._wall0)} "
+                f"eta {_fmt_duration(eta) if eta is not None else '?'}",
+                soft_wrap=True,
             )
 
+    def validating(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"step {step} validating", stats=self._stats)
+
     def evaluated(self, report: EvalReport) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"step {report.step}")
         star = " [green](best)[/]" if report.is_best else ""
         self.console.print(
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
         )
 
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
+        self.console.print(f"[yellow]{escape(text)}[/]", markup=True, soft_wrap=True)
+
+    def stopped(self, step: int, elapsed: float, reason: str) -> None:
+        self.message(reason)
 
     def finish(self, summary: RunSummary) -> None:
         self.close()
@@ -101,9 +150,12 @@ class TrainReporter:
         val_text = f", val bpc {val['bpc']:.4f}" if val else ""
         best = summary.best_val_bpc
         best_text = f" (best {best:.4f})" if best is not None else ""
+        wall = time.monotonic() - self._wall0
+        total = f" ({_fmt_duration(summary.elapsed)} in all)" if summary.elapsed > wall + 1 else ""
+        early = " (stopped early)" if summary.stopped_reason else ""
         self.console.print(
-            f"done: {summary.step} steps in {_fmt_duration(summary.elapsed)}{val_text}{best_text}; "
-            f"sample with: charnn sample -c {summary.out}",
+            f"done: {summary.step} steps in {_fmt_duration(wall)}{total}{early}{val_text}{best_text}; "
+            f"sample with: charnn sample -c {escape(summary.out)}",
             soft_wrap=True,
         )
 

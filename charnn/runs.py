@@ -34,6 +34,7 @@ class TrainRequest:
     resume: str | None = None  # a run directory, or "" for ``out``
     force: bool = False
     encoding_errors: str = "strict"
+    quiet: bool = False  # no progress on stderr: errors and the final line only
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -88,7 +89,7 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     check_resume_corpus(ckpt, corpus)
     for text in corpus.notes:
         note(text)
-    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt)
+    return Trainer(corpus, ckpt.config, config, run.path, _reporter(run, request.quiet), resume=ckpt)
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -100,7 +101,14 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    return Trainer(corpus, model_config, config, run.path, TrainReporter())
+    return Trainer(corpus, model_config, config, run.path, _reporter(run, request.quiet))
+
+
+def _reporter(run: RunDir, quiet: bool) -> Any:
+    """The console, teed into the run's metrics.jsonl."""
+    from charnn.metrics import MetricsReporter, invocation
+
+    return MetricsReporter(run.metrics(), TrainReporter(quiet=quiet), start_row=invocation())
 
 
 # ---------------------------------------------------------------------------- sample
@@ -259,23 +267,10 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
+    from charnn.history import describe
+
     ckpt = load_checkpoint(checkpoint)
-    meta, cfg = ckpt.meta, ckpt.config
-    progress = meta.get("progress", {})
-    val = progress.get("val") or {}
-    params = sum(t.numel() for t in ckpt.weights.values())
-    return {
-        "path": str(ckpt.path),
-        "format": f"{meta['format']} v{meta['version']}",
-        "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
-        + (", tied" if cfg.tie_weights else ""),
-        "parameters": params,
-        "tokenizer": f"{ckpt.tokenizer.kind}, {cfg.vocab_size} tokens",
-        "step": progress.get("step"),
-        "val_bpc": val.get("bpc"),
-        "best_val_bpc": progress.get("best_val_bpc"),
-        "skipped_steps": progress.get("skipped_steps"),
-        "trained_seconds": round(progress.get("elapsed", 0.0), 1),
-        "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
-        "created": meta.get("created"),
-    }
+    info = describe(ckpt.meta, ckpt.path)
+    info["parameters"] = sum(t.numel() for t in ckpt.weights.values())  # counted, not derived
+    return info

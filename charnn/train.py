@@ -187,6 +187,31 @@ class EvalSavePolicy:
         self.pending_save = self.pending_eval = False
 
 
+class EarlyStop:
+    """``--patience K``: stop after K validations in a row without an improvement of at least
+    ``--min-delta`` bits per character over the reference (the best bpc that counted as one).
+    Its counter and reference live in :class:`Progress`, so they survive ``--resume``."""
+
+    def __init__(self, patience: int | None, min_delta: float) -> None:
+        self.patience, self.min_delta = patience or 0, min_delta
+
+    def observe(self, progress: Progress, bpc: float) -> str | None:
+        """Count one validation; the reason to stop now, or None."""
+        if not math.isfinite(bpc):
+            progress.stale_evals += 1
+        elif progress.patience_best is None or bpc < progress.patience_best - self.min_delta:
+            progress.patience_best, progress.stale_evals = bpc, 0
+        else:
+            progress.stale_evals += 1
+        if self.patience and progress.stale_evals >= self.patience:
+            delta = f" of at least {self.min_delta:g}" if self.min_delta else ""
+            return (
+                f"early stopping at step {progress.step}: {progress.stale_evals} "
+                f"validation{'s' if progress.stale_evals > 1 else ''} without an improvement{delta} on val bpc {progress.patience_best:.4f} (--patience {self.patience})"
+            )
+        return None
+
+
 @contextmanager
 def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
@@ -253,11 +278,14 @@ class Trainer:
         self.schedule = Schedule(config, self.total_steps, self.time_limit)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
+        self.stopper = EarlyStop(config.patience, config.min_delta)
         self.meter = ThroughputMeter()
         self.progress = Progress()
         self.hidden: Hidden | None = None
+        self._clock = time.perf_counter()
         if resume is not None:
             self._restore(resume)
+            self.progress.stopped_reason = None  # a resumed run goes on until its (new) end
 
     # ------------------------------------------------------------------ length
 
@@ -303,16 +331,14 @@ class Trainer:
         with _signal_flags(flags):
             if self.progress.step == 0:
                 self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            clock = time.perf_counter()
+            self._clock = time.perf_counter()
             while True:
                 # Clock: wall time, validation and saves included (--time 5m is five minutes).
-                now = time.perf_counter()
-                self.progress.elapsed, clock = self.progress.elapsed + now - clock, now
-                if self.done():
+                self._tick()
+                if self.done() or self.progress.stopped_reason:
                     break
                 # Step: one TBPTT window; None when it was skipped as non-finite.
                 loss = self.train_step()
-                self.meter.add(self.batcher.batch_size * self.config.seq_len)
                 save_due, eval_due = self.policy.due(self.progress.step, self.done())
                 # Guard: a finite loss can still overflow the weights; check before anything is saved.
                 stopping = bool(flags.get("signal")) or self.done()
@@ -331,8 +357,11 @@ class Trainer:
                 if flags.get("signal"):
                     self.save(LATEST)
                     code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
-                    step = self.progress.step
-                    raise Interrupted(f"interrupted at step {step}; saved {self.out / LATEST}", code)
+                    raise Interrupted(
+                        f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
+                        f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
+                        code,
+                    )
                 # Validate and save, or defer both while a run of bad steps lasts.
                 if self.guard.in_bad_run:
                     self.policy.defer(save_due, eval_due)
@@ -342,7 +371,7 @@ class Trainer:
                     self._eval_and_save(force_latest=save_due)
                 elif save_due:
                     self.save(LATEST)
-            result = self._eval_and_save(force_latest=True)
+            result = self._final_eval()
         prog = self.progress
         summary = RunSummary(
             step=prog.step,
@@ -351,6 +380,7 @@ class Trainer:
             val=result.to_dict() if result else None,
             best_val_bpc=prog.best_val_bpc,
             out=str(self.out),
+            stopped_reason=prog.stopped_reason,
         )
         self.reporter.finish(summary)
         return summary.to_dict()
@@ -363,6 +393,10 @@ class Trainer:
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.batcher.batch(self.progress.step)
+        chars = int(self.char_lengths[x_np].sum())
+        self.progress.tokens += int(x_np.size)
+        self.progress.chars += chars
+        self.meter.add(chars)
         x = torch.from_numpy(x_np).to(self.device)  # (B, T)
         y = torch.from_numpy(y_np).to(self.device)  # (B, T)
         if reset or self.hidden is None:
@@ -405,6 +439,10 @@ class Trainer:
                 tok_per_s=self.meter.rate(),
                 lr=self.lr_at(prog.step),
                 skipped=prog.skipped_steps,
+                elapsed=self._tick(),
+                tokens=prog.tokens,
+                chars=prog.chars,
+                chars_per_s=self.meter.rate(),
             )
         )
 
@@ -413,8 +451,26 @@ class Trainer:
             return None
         return evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
 
-    def _eval_and_save(self, force_latest: bool) -> EvalResult | None:
+    def _tick(self) -> float:
+        """Advance ``progress.elapsed`` to now (wall clock, summed over resumes) and return it."""
+        now = time.perf_counter()
+        self.progress.elapsed, self._clock = self.progress.elapsed + now - self._clock, now
+        return self.progress.elapsed
+
+    def _final_eval(self) -> EvalResult | None:
+        """The end of the run validates, unless this very step was just validated (early stop,
+        or a run resumed after it had finished): a step is never validated twice."""
         prog = self.progress
+        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2:
+            self.save(LATEST)
+            keys = ("loss", "bpc", "tokens", "chars")
+            return EvalResult(**{k: prog.val[k] for k in keys})
+        return self._eval_and_save(force_latest=True, final=True)
+
+    def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:
+        prog = self.progress
+        if len(self.val_ids) >= 2:
+            self.reporter.validating(prog.step)
         result = self.evaluate()
         is_best = False
         if result is not None:
@@ -424,7 +480,14 @@ class Trainer:
             is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
             if is_best:
                 prog.best_val_bpc = result.bpc
-            self.reporter.evaluated(EvalReport(prog.step, result.loss, result.bpc, is_best))
+            report = EvalReport(
+                prog.step, result.loss, result.bpc, is_best, elapsed=self._tick(), best_bpc=prog.best_val_bpc
+            )
+            self.reporter.evaluated(report)
+            reason = None if final else self.stopper.observe(prog, result.bpc)
+            if reason:
+                prog.stopped_reason = reason
+                self.reporter.stopped(prog.step, prog.elapsed, reason)
         if force_latest or prog.step % self.config.save_every == 0 or is_best:
             self.save(LATEST)
         if is_best or (result is None and force_latest):
@@ -464,6 +527,7 @@ class Trainer:
             default_length=self.total_steps is None and self.config.time_limit is None,
             start_step=self.progress.step,
             out=str(self.out),
+            elapsed=self.progress.elapsed,
         )
 
     def save(self, which: str) -> None:
@@ -473,13 +537,25 @@ class Trainer:
             "tokens": int(len(self.corpus.ids)),
             "chars": self.corpus.chars,
         }
-        meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
         state = pack_train_state(self.optimizer, self.hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
         self.guard.checkpointed()
 
+    def run_meta(self) -> dict[str, Any]:
+        """How this run (or its latest resumption) was started: command line, versions, device."""
+        from charnn.metrics import invocation
+
+        return {**invocation(), "device": str(self.device)}
+
     def _restore(self, ckpt: Checkpoint) -> None:
         self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
