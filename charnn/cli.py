@@ -290,7 +290,9 @@ def cli() -> None:
     help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
 @click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
-@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr: only warnings, errors and the final line")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="no progress on stderr: only warnings, errors and the final line"
+)
 @config_options(ModelConfig)
 @config_options(TokenizerConfig)
 @config_options(TrainConfig)
@@ -467,12 +469,29 @@ def runs(directory: str, as_json: bool) -> None:
     metavar="FILE",
     help="write a .png or .svg with matplotlib (pip install 'charnn[plot]') instead of a terminal chart",
 )
-@click.option("--x", "x_axis", type=click.Choice(["steps", "time", "chars"]), default="steps", show_default=True,
-              help="horizontal axis: training steps, wall-clock time, or characters trained on")
-@click.option("--width", type=click.IntRange(40, 1000), default=None, metavar="N",
-              help="terminal chart width in columns  [default: the terminal's, at most 120]")
-@click.option("--height", type=click.IntRange(5, 200), default=16, show_default=True, metavar="N",
-              help="terminal chart height in rows")
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["steps", "time", "chars"]),
+    default="steps",
+    show_default=True,
+    help="horizontal axis: training steps, wall-clock time, or characters trained on",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(40, 1000),
+    default=None,
+    metavar="N",
+    help="terminal chart width in columns  [default: the terminal's, at most 120]",
+)
+@click.option(
+    "--height",
+    type=click.IntRange(5, 200),
+    default=16,
+    show_default=True,
+    metavar="N",
+    help="terminal chart height in rows",
+)
 def plot(runs: tuple[str, ...], out: str | None, x_axis: str, width: int | None, height: int) -> None:
     """Train and validation bpc of RUNS (run directories) against steps, time or characters.
 

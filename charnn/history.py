@@ -198,7 +198,9 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     right = {1, 2, 3, 5}
     lines = []
     for row in [header, *body]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -6,7 +6,8 @@ summed over resumes)::
     {"kind": "start", "step": 0, "argv": [...], "charnn": "0.1.0", "torch": "2.13.0", "device": "cpu", ...}
     {"kind": "progress", "step": 120, "elapsed": 31.2, "tokens": 245760, "chars": 245760,
      "loss": 1.71, "bpc": 2.47, "lr": 0.0049, "chars_per_s": 7900.0}
-    {"kind": "val", "step": 250, "elapsed": 64.0, "loss": 1.52, "bpc": 2.19, "best_bpc": 2.19, "is_best": true}
+    {"kind": "val", "step": 250, "elapsed": 64.0, "tokens": 512000, "chars": 512000, "loss": 1.52,
+     "bpc": 2.19, "best_bpc": 2.19, "is_best": true}
     {"kind": "stop", "step": 1500, "elapsed": 380.1, "reason": "early stopping: ..."}
     {"kind": "end", "step": 1500, "elapsed": 381.0, "best_bpc": 1.98}
 
@@ -114,8 +115,15 @@ class MetricsReporter:
         self.log.rewind(info.start_step if info.start_step > 0 else -1)
         self.last_step = info.start_step
         self.log.append(
-            {"kind": "start", "step": info.start_step, "elapsed": info.elapsed, **self.start_row,
-             "device": info.device, "parameters": info.parameters, "time": _now()}
+            {
+                "kind": "start",
+                "step": info.start_step,
+                "elapsed": info.elapsed,
+                **self.start_row,
+                "device": info.device,
+                "parameters": info.parameters,
+                "time": _now(),
+            }
         )
         self.inner.start(info)
 
@@ -138,9 +146,17 @@ class MetricsReporter:
             return
         loss = sum(losses) / len(losses)
         self.log.append(
-            {"kind": "progress", "step": report.step, "elapsed": round(report.elapsed, 3),
-             "tokens": report.tokens, "chars": report.chars, "loss": loss, "bpc": loss / math.log(2),
-             "lr": report.lr, "chars_per_s": round(report.chars_per_s, 1)}
+            {
+                "kind": "progress",
+                "step": report.step,
+                "elapsed": round(report.elapsed, 3),
+                "tokens": report.tokens,
+                "chars": report.chars,
+                "loss": loss,
+                "bpc": loss / math.log(2),
+                "lr": report.lr,
+                "chars_per_s": round(report.chars_per_s, 1),
+            }
         )
         self.last_time = report.elapsed
         self._losses, self._pending = [], None
@@ -151,9 +167,17 @@ class MetricsReporter:
 
     def evaluated(self, report: EvalReport) -> None:
         self.log.append(
-            {"kind": "val", "step": report.step, "elapsed": round(report.elapsed, 3), "tokens": self._seen[0],
-             "chars": self._seen[1], "loss": report.loss, "bpc": report.bpc, "best_bpc": report.best_bpc,
-             "is_best": report.is_best}
+            {
+                "kind": "val",
+                "step": report.step,
+                "elapsed": round(report.elapsed, 3),
+                "tokens": self._seen[0],
+                "chars": self._seen[1],
+                "loss": report.loss,
+                "bpc": report.bpc,
+                "best_bpc": report.best_bpc,
+                "is_best": report.is_best,
+            }
         )
         self.inner.evaluated(report)
 
@@ -168,8 +192,14 @@ class MetricsReporter:
     def finish(self, summary: RunSummary) -> None:
         self._flush_progress()
         self.log.append(
-            {"kind": "end", "step": summary.step, "elapsed": round(summary.elapsed, 3),
-             "best_bpc": summary.best_val_bpc, "stopped_reason": summary.stopped_reason, "time": _now()}
+            {
+                "kind": "end",
+                "step": summary.step,
+                "elapsed": round(summary.elapsed, 3),
+                "best_bpc": summary.best_val_bpc,
+                "stopped_reason": summary.stopped_reason,
+                "time": _now(),
+            }
         )
         self.inner.finish(summary)
 

@@ -74,7 +74,9 @@ def y_range(series: list[Series]) -> tuple[float, float]:
     """The bpc range worth showing: the first few percent of a run (bpc falling from ~6) would
     flatten everything after it, so the top is set by what follows them and validation."""
     x_max = max(max(s.xs) for s in series)
-    shown = [y for s in series for x, y in zip(s.xs, s.ys) if s.kind == "val" or x >= 0.05 * x_max]
+    shown = [
+        y for s in series for x, y in zip(s.xs, s.ys, strict=True) if s.kind == "val" or x >= 0.05 * x_max
+    ]
     shown = shown or [y for s in series for y in s.ys]
     low, high = min(shown), max(shown)
     pad = (high - low) * 0.05 or 0.05
@@ -84,7 +86,9 @@ def y_range(series: list[Series]) -> tuple[float, float]:
 def x_text(value: float, x: str) -> str:
     if x == "time":
         value = int(round(value))
-        return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else f"{value // 60}m{value % 60:02d}s"
+        if value >= 3600:
+            return f"{value // 3600}h{value % 3600 // 60:02d}m"
+        return f"{value // 60}m{value % 60:02d}s"
     if value >= 1e6:
         return f"{value / 1e6:.3g}M"
     if value >= 1e4:
@@ -115,8 +119,8 @@ def text_chart(series: list[Series], x: str, width: int = 80, height: int = 16, 
         marker = MARKERS[runs.index(s.run) % len(MARKERS)][s.kind == "val"]
         if color:
             marker = f"\x1b[{_ansi(COLORS[runs.index(s.run) % len(COLORS)])}m{marker}\x1b[0m"
-        points = list(zip(s.xs, s.ys))
-        for (x0, y0), (x1, y1) in zip(points, points[1:] or points):
+        points = list(zip(s.xs, s.ys, strict=True))
+        for (x0, y0), (x1, y1) in zip(points, points[1:] or points, strict=False):
             (r0, c0), (r1, c1) = cell(x0, y0), cell(x1, y1)
             for c in range(c0, max(c0, c1) + 1):  # join the samples: one mark per column between
                 t = (c - c0) / (c1 - c0) if c1 != c0 else 0.0

@@ -205,9 +205,11 @@ class EarlyStop:
             progress.stale_evals += 1
         if self.patience and progress.stale_evals >= self.patience:
             delta = f" of at least {self.min_delta:g}" if self.min_delta else ""
+            ref = f" on val bpc {progress.patience_best:.4f}" if progress.patience_best is not None else ""
+            n = progress.stale_evals
             return (
-                f"early stopping at step {progress.step}: {progress.stale_evals} "
-                f"validation{'s' if progress.stale_evals > 1 else ''} without an improvement{delta} on val bpc {progress.patience_best:.4f} (--patience {self.patience})"
+                f"early stopping at step {progress.step}: {n} validation{'s' if n > 1 else ''} "
+                f"without an improvement{delta}{ref} (--patience {self.patience})"
             )
         return None
 
