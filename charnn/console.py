@@ -21,11 +21,11 @@ err = Console(stderr=True, highlight=False)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]charnn: error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+    err.print(f"[dim]charnn:[/] {escape(message)}", soft_wrap=True)
 
 
 def _fmt_duration(seconds: float) -> str:
