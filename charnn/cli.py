@@ -177,14 +177,14 @@ def _no_leftovers(options: dict[str, Any]) -> None:
 def checkpoint_option(multiple: bool = False) -> Callable[[F], F]:
     """``-c/--checkpoint`` (env ``CHARNN_CHECKPOINT``). With ``multiple``, repeatable: the command
     gives one block/row per checkpoint (the env value then splits on the path separator, ``:``)."""
-    help = CKPT_HELP + ("; repeatable" if multiple else "")
+    help = CKPT_HELP + ("; repeatable  [default: checkpoints]" if multiple else "")
     return click.option(
         "-c",
         "--checkpoint",
         "checkpoints" if multiple else "checkpoint",
         type=click.Path(),
         default=("checkpoints",) if multiple else "checkpoints",
-        show_default=True,
+        show_default=not multiple,
         multiple=multiple,
         metavar="PATH",
         envvar="CHARNN_CHECKPOINT",

@@ -126,8 +126,9 @@ def text_chart(series: list[Series], x: str, width: int = 80, height: int = 16, 
                 t = (c - c0) / (c1 - c0) if c1 != c0 else 0.0
                 grid[round(r0 + (r1 - r0) * t)][c] = marker
     lines = []
+    labelled = {round(i * (height - 1) / 3) for i in range(4)}  # top, bottom and two between
     for r, row in enumerate(grid):
-        label = f"{y_high - r * (y_high - y_low) / (height - 1):.2f}" if r % 5 == 0 or r == height - 1 else ""
+        label = f"{y_high - r * (y_high - y_low) / (height - 1):.2f}" if r in labelled else ""
         lines.append(f"{label:>{label_w}} ┤{''.join(row)}".rstrip())
     lines.append(" " * label_w + " └" + "─" * cols)
     left, right = x_text(x_low, x), x_text(x_high, x)
