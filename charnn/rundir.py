@@ -63,6 +63,24 @@ def is_checkpoint_dir(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
+def remove_checkpoint_dir(path: Path, ignore_errors: bool = False) -> None:
+    """Delete a checkpoint directory with its marker last: a kill in the middle leaves a directory
+    that is still recognisably ours (so the next save clears it), never an unmarked one that
+    would be refused as foreign forever."""
+    try:
+        for child in path.iterdir():
+            if child.name != MARKER:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        (path / MARKER).unlink(missing_ok=True)
+        path.rmdir()
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -162,7 +180,7 @@ class RunDir:
         self._refuse_foreign(old)
         if old.exists():
             if is_checkpoint_dir(target):
-                shutil.rmtree(old)
+                remove_checkpoint_dir(old)
             else:
                 self._refuse_foreign(target)
                 os.replace(old, target)
@@ -187,7 +205,7 @@ class RunDir:
                     os.replace(target, old)
                 os.replace(tmp, target)
                 _fsync_dir(self.path)
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint_dir(old, ignore_errors=True)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise CharnnError(
@@ -202,7 +220,7 @@ class RunDir:
             for path in (self.path / which, aside_path(self.path / which)):
                 self._refuse_foreign(path)
                 if path.exists():
-                    shutil.rmtree(path)
+                    remove_checkpoint_dir(path)
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:

@@ -109,14 +109,14 @@ class Schedule:
 
 
 class ThroughputMeter:
-    """Tokens per second over a window of about ``window`` seconds, so the rate follows changes."""
+    """Characters per second over a window of about ``window`` seconds, so the rate follows changes."""
 
     def __init__(self, window: float = 2.0) -> None:
         self.window = window
         self.start, self.tokens = time.perf_counter(), 0
 
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
+    def add(self, chars: int) -> None:
+        self.tokens += chars
 
     def rate(self) -> float:
         now = time.perf_counter()
@@ -431,6 +431,7 @@ class Trainer:
         prog = self.progress
         ema = prog.train_loss
         prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
+        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
         self.reporter.progress(
             StepReport(
                 step=prog.step,
@@ -438,13 +439,13 @@ class Trainer:
                 fraction=self.fraction_done(),
                 loss=loss,
                 bpc=loss / math.log(2),
-                tok_per_s=self.meter.rate(),
+                tok_per_s=chars_per_s * prog.tokens / max(1, prog.chars),
                 lr=self.lr_at(prog.step),
                 skipped=prog.skipped_steps,
                 elapsed=self._tick(),
                 tokens=prog.tokens,
                 chars=prog.chars,
-                chars_per_s=self.meter.rate(),
+                chars_per_s=chars_per_s,
             )
         )
 

@@ -281,3 +281,19 @@ def test_version_names_torch_and_devices(cli_inprocess) -> None:
     proc = cli_inprocess("--version")
     assert proc.returncode == 0
     assert proc.stdout.startswith("charnn ") and "torch 2." in proc.stdout and "devices: cpu" in proc.stdout
+
+
+def test_environment_variables_set_options(tmp_path: Path, corpus_file: Path, cli_inprocess,
+                                           monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setenv("CHARNN_OUT", str(tmp_path / "from-env"))
+    monkeypatch.setenv("CHARNN_TRAIN_SEQ_LEN", "8")  # the automatic CHARNN_<COMMAND>_<OPTION>
+    proc = cli_inprocess("train", corpus_file, *TINY_MODEL_ARGS, "--steps", "2", "-q", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "from-env" / "latest" / "meta.json").read_text())
+    assert meta["train"]["seq_len"] == 8
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("CHARNN_DEVICE", "cuda")
+        proc = cli_inprocess("train", corpus_file, "--out", tmp_path / "x", *TINY_MODEL_ARGS, "--steps", "2")
+        assert proc.returncode == 2 and "--device cuda: no CUDA device" in proc.stderr
