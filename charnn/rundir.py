@@ -177,6 +177,8 @@ class RunDir:
         directory. Called with the lock held, so no live save of this run exists."""
         target = self.path / which
         old, tmp = aside_path(target), tmp_path(target)
+        if old.is_dir() and not old.is_symlink() and not any(old.iterdir()):
+            old.rmdir()  # a delete killed after its marker went: nothing of anyone's is left in it
         self._refuse_foreign(old)
         if old.exists():
             if is_checkpoint_dir(target):
