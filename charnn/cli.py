@@ -541,12 +541,27 @@ def _terminate_like_interrupt() -> None:
         pass
 
 
+OUT_OF_MEMORY = "out of memory: try a smaller --batch-size, --hidden, --length or input"
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """torch's own allocation failures: ``torch.OutOfMemoryError`` (CUDA) and the CPU allocator's
+    ``RuntimeError: [enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate memory``."""
+    name = type(exc).__name__
+    text = str(exc)
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "out of memory" in text.lower())
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the CLI, map failures to one line and an exit code."""
     # Before numpy loads (its OpenBLAS reads this once): sampling's one-row matrix products gain
     # nothing from a second thread and collapse when spin-waiting threads compete for busy cores.
     # Torch's own threads (training) are governed by OMP/MKL settings, deliberately left alone.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if sys.stdout is None:  # started with stdout closed (>&-): like a reader that went away
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     from charnn.console import error, stopped
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"
@@ -584,15 +599,18 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         if debug:
             raise
-        error("out of memory: try a smaller --batch-size, --hidden or corpus")
+        error(OUT_OF_MEMORY)
         code = EXIT_ERROR
     except Exception as exc:
         if debug:
             raise
-        error(f"internal error: {type(exc).__name__}: {exc} (set CHARNN_DEBUG=1 for the traceback)")
+        if _is_allocation_failure(exc):
+            error(OUT_OF_MEMORY)
+        else:
+            error(f"internal error: {type(exc).__name__}: {exc} (set CHARNN_DEBUG=1 for the traceback)")
         code = EXIT_ERROR
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
+    except (BrokenPipeError, ValueError):
         _quiet_stdout()
     sys.exit(code)

@@ -2,30 +2,70 @@
 
 rich honours ``NO_COLOR``; the live bar is drawn only where rich can redraw a line
 (``Console.is_interactive``: a terminal that is not ``TERM=dumb``), else progress is logged
-as plain lines every few seconds, with elapsed time and ETA.
+as plain lines every few seconds, with elapsed time and ETA. Messages are never
+read as rich markup, and names in them are shown literally (:func:`shown`). Losing
+stderr (a closed pipe, ``2>&-``) silences the console and nothing else: training
+goes on to its end and saves.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
 
-err = Console(stderr=True, highlight=False)
+
+class _StderrConsole(Console):
+    """A console that goes quiet when its reader goes away instead of ending the process
+    (rich's default answer to a broken pipe is ``SystemExit(1)``, which would lose a run)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except (OSError, ValueError):  # EIO, EBADF, a closed file object
+            self.quiet = True
+            del self._buffer[:]
+
+
+err = _StderrConsole(stderr=True, highlight=False)
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def shown(text: str) -> str:
+    """``text`` safe for one line of a terminal or log: control characters and lone surrogates
+    (undecodable file names) become escapes; everything else is shown as it is."""
+    text = text.translate(_CONTROL)
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]charnn: error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("charnn: error:", "bold red"), " ", shown(message)), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]charnn:[/] {escape(message)}", soft_wrap=True)
+    err.print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
+
+
+def stopped(message: str) -> None:
+    """A run the user stopped (Ctrl-C, SIGTERM): not an error, so not red."""
+    err.print(Text.assemble(("charnn:", "yellow"), " ", shown(message)), soft_wrap=True)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -33,11 +73,6 @@ def _fmt_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def stopped(message: str) -> None:
-    """A run the user stopped (Ctrl-C, SIGTERM): not an error, so not red."""
-    err.print(f"[yellow]charnn:[/] {escape(message)}", soft_wrap=True)
 
 
 class TrainReporter:
@@ -71,8 +106,9 @@ class TrainReporter:
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {escape(info.out)}/",
+            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
             soft_wrap=True,
+            markup=False,
         )
         if self.live:
             self._progress = Progress(
@@ -122,6 +158,7 @@ class TrainReporter:
                 f"elapsed {_fmt_duration(time.monotonic() - self._wall0)} "
                 f"eta {_fmt_duration(eta) if eta is not None else '?'}",
                 soft_wrap=True,
+                markup=False,
             )
 
     def validating(self, step: int) -> None:
@@ -139,7 +176,7 @@ class TrainReporter:
         )
 
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{escape(text)}[/]", markup=True, soft_wrap=True)
+        self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)
 
     def stopped(self, step: int, elapsed: float, reason: str) -> None:
         self.message(reason)
@@ -155,8 +192,9 @@ class TrainReporter:
         early = " (stopped early)" if summary.stopped_reason else ""
         self.console.print(
             f"done: {summary.step} steps in {_fmt_duration(wall)}{total}{early}{val_text}{best_text}; "
-            f"sample with: charnn sample -c {escape(summary.out)}",
+            f"sample with: charnn sample -c {shlex.quote(shown(summary.out))}",
             soft_wrap=True,
+            markup=False,
         )
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from charnn.errors import CharnnError, CheckpointError, RunBusyError
+from charnn.errors import CharnnError, CheckpointError, ConfigError, RunBusyError
 from charnn.metrics import METRICS, MetricsLog
 
 LATEST, BEST = "latest", "best"
@@ -61,24 +61,6 @@ def is_checkpoint_dir(path: Path) -> bool:
     except ValueError:
         return b'"format": "charnn-checkpoint"' in head  # torn or huge metadata: still ours
     return isinstance(meta, dict) and meta.get("format") == FORMAT
-
-
-def remove_checkpoint_dir(path: Path, ignore_errors: bool = False) -> None:
-    """Delete a checkpoint directory with its marker last: a kill in the middle leaves a directory
-    that is still recognisably ours (so the next save clears it), never an unmarked one that
-    would be refused as foreign forever."""
-    try:
-        for child in path.iterdir():
-            if child.name != MARKER:
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        (path / MARKER).unlink(missing_ok=True)
-        path.rmdir()
-    except OSError:
-        if not ignore_errors:
-            raise
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -163,26 +145,34 @@ class RunDir:
 
     # ------------------------------------------------------------------ atomic replacement
 
-    def _refuse_foreign(self, path: Path) -> None:
-        if (path.exists() or path.is_symlink()) and not (
-            path.is_dir() and not path.is_symlink() and is_checkpoint_dir(path)
-        ):
-            raise CheckpointError(
+    def _refuse_foreign(self, path: Path, aside: bool = False) -> None:
+        """Refuse ``path`` unless it is absent or charnn's own. An aside copy may be a checkpoint
+        that a save was deleting when it was killed (its marker already gone): any real directory
+        under that dot-name is charnn's. ``latest/``, ``best/`` are only ever whole checkpoints."""
+        if not (path.exists() or path.is_symlink()):
+            return
+        real_dir = path.is_dir() and not path.is_symlink()
+        if not (real_dir and (aside or is_checkpoint_dir(path))):
+            raise ConfigError(
                 f"{path}: exists and is not a charnn checkpoint; charnn never replaces or removes it "
                 "(move it away or choose another --out)"
             )
+
+    def refuse_foreign(self) -> None:
+        """Refuse a run directory where a name charnn writes holds something of the user's."""
+        for which in (LATEST, BEST):
+            self._refuse_foreign(self.path / which)
+            self._refuse_foreign(aside_path(self.path / which), aside=True)
 
     def recover(self, which: str) -> None:
         """Finish or undo a save interrupted between its renames, drop a stale temporary
         directory. Called with the lock held, so no live save of this run exists."""
         target = self.path / which
         old, tmp = aside_path(target), tmp_path(target)
-        if old.is_dir() and not old.is_symlink() and not any(old.iterdir()):
-            old.rmdir()  # a delete killed after its marker went: nothing of anyone's is left in it
-        self._refuse_foreign(old)
+        self._refuse_foreign(old, aside=True)
         if old.exists():
             if is_checkpoint_dir(target):
-                remove_checkpoint_dir(old)
+                shutil.rmtree(old)
             else:
                 self._refuse_foreign(target)
                 os.replace(old, target)
@@ -207,7 +197,7 @@ class RunDir:
                     os.replace(target, old)
                 os.replace(tmp, target)
                 _fsync_dir(self.path)
-                remove_checkpoint_dir(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise CharnnError(
@@ -219,10 +209,10 @@ class RunDir:
     def remove(self, which: str) -> None:
         """Delete a checkpoint of this run (and its aside copy), e.g. the old best/ on --force."""
         with self.lock():
-            for path in (self.path / which, aside_path(self.path / which)):
-                self._refuse_foreign(path)
+            for path, aside in ((self.path / which, False), (aside_path(self.path / which), True)):
+                self._refuse_foreign(path, aside)
                 if path.exists():
-                    remove_checkpoint_dir(path)
+                    shutil.rmtree(path)
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:

@@ -7,14 +7,16 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
-from charnn.checkpoint import BEST, LATEST, load_checkpoint
+from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
 from charnn.console import TrainReporter, note
 from charnn.data import load_corpus, read_source, resolve_sources
@@ -44,9 +46,10 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
     before anything in it is read (resume) or written (new run) until the run ends."""
     if request.resume is not None:
-        run = RunDir(request.resume or request.out)
+        run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
         with run.lock():
+            run.refuse_foreign()
             return _run(_resumed_trainer(request, run))
     run = RunDir(request.out)
     _refuse_existing(run, request.force)  # before reading the corpus: fail fast
@@ -58,6 +61,18 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
         return _run(trainer)
 
 
+def _run_to_resume(path: Path) -> RunDir:
+    """``--resume`` takes a run directory; ``RUN/latest`` or ``RUN/best`` mean ``RUN``."""
+    if (path / META).is_file():
+        if path.name not in (LATEST, BEST):
+            raise ConfigError(
+                f"{path} is a single checkpoint, not a run directory: --resume continues a run "
+                "(the directory holding latest/); to train on from this checkpoint start a new run"
+            )
+        return RunDir(path.parent)
+    return RunDir(path)
+
+
 def _run(trainer: Any) -> dict[str, Any]:
     try:
         return trainer.run()  # type: ignore[no-any-return]
@@ -66,6 +81,7 @@ def _run(trainer: Any) -> dict[str, Any]:
 
 
 def _refuse_existing(run: RunDir, force: bool) -> None:
+    run.refuse_foreign()  # a user's own latest/ or best/ is never replaced, --force or not
     if run.holds_run() and not force:
         raise ConfigError(
             f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
@@ -77,14 +93,15 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
     ckpt = load_checkpoint(run.path, prefer=LATEST)
+    check_training_meta(ckpt)
     refuse_contradictions(ckpt.config, request.model, request.model)
     kind = request.tokenizer.get("kind", ckpt.tokenizer.kind)
     if kind != ckpt.tokenizer.kind:
         raise ConfigError(
             f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
-    config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
-    sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
+    config = merge_resume(train_config(ckpt), request.train)
+    sources = list(request.files) or ckpt.meta["corpus"]["sources"]
     corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
     check_resume_corpus(ckpt, corpus)
     for text in corpus.notes:
@@ -208,6 +225,12 @@ def run_sampling(
 # ---------------------------------------------------------------------------- eval / score / info
 
 
+def printable_path(path: str) -> str:
+    """A file name as valid Unicode: bytes that are not UTF-8 (kept by the OS as lone surrogates)
+    become ``\\xNN`` escapes, so JSON and terminals can carry it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
     from charnn.evaluate import evaluate_stream, token_char_lengths
 
@@ -238,6 +261,8 @@ def run_score(
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
         text = read_source(source, encoding_errors)
+        if not text:
+            raise DataError(f"{'<stdin>' if source == '-' else source}: is empty")
         if whole:
             items.append((source, 0, text))
         else:
@@ -253,7 +278,7 @@ def run_score(
             raise DataError(f"{where}: {exc}") from None
     scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else source}
+        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:
             row["line"] = n
         yield {

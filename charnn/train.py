@@ -36,7 +36,15 @@ from charnn.checkpoint import (
 )
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
-from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
+from charnn.errors import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    CharnnError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+)
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN, Hidden, detach_hidden
 from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
@@ -85,6 +93,29 @@ def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
 # ---------------------------------------------------------------------------- the loop's parts
 
 
+def build_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, biases and the embedding (a lookup table, not a map) do not."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+def autocast(precision: str) -> Any:
+    """bf16 autocast on CUDA for ``--precision bf16``; nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def all_finite(model: CharRNN) -> bool:
+    """Whether every weight is finite (one device sync; checked only before saves)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the decay horizon:
@@ -106,6 +137,34 @@ class Schedule:
             frac = elapsed / (self.time_limit or DEFAULT_TIME)
         frac = min(1.0, max(0.0, frac))
         return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long the run is: ``--steps``, ``--epochs`` (in steps) and/or ``--time``; with none
+    of them, the default time. The first limit reached ends the run."""
+
+    steps: int | None
+    seconds: float | None
+    default: bool  # no length was given
+
+    @classmethod
+    def of(cls, config: TrainConfig, batcher: StreamBatcher) -> RunLength:
+        steps = config.steps
+        if steps is None and config.epochs is not None:
+            steps = batcher.steps_for_epochs(config.epochs)
+        given = config.steps is not None or config.epochs is not None or config.time_limit is not None
+        return cls(steps, config.time_limit if given else DEFAULT_TIME, not given)
+
+    def fraction(self, step: int, elapsed: float) -> float:
+        parts = [step / self.steps] if self.steps else []
+        parts += [elapsed / self.seconds] if self.seconds else []
+        return min(1.0, max(parts)) if parts else 0.0
+
+    def reached(self, step: int, elapsed: float) -> bool:
+        return (self.steps is not None and step >= self.steps) or (
+            self.seconds is not None and elapsed >= self.seconds
+        )
 
 
 class ThroughputMeter:
@@ -267,17 +326,9 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.model = CharRNN(model_config).to(self.device)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "embed" in n]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-            betas=(0.9, 0.99),
-        )
-        self.schedule = Schedule(config, self.total_steps, self.time_limit)
+        self.optimizer = build_optimizer(self.model, config)
+        self.length = RunLength.of(config, self.batcher)
+        self.schedule = Schedule(config, self.length.steps, self.length.seconds)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
         self.stopper = EarlyStop(config.patience, config.min_delta)
@@ -288,41 +339,26 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
             self.progress.stopped_reason = None  # a resumed run goes on until its (new) end
+        self._saved_step = self.progress.step if resume is not None else -1
 
     # ------------------------------------------------------------------ length
 
     @property
     def total_steps(self) -> int | None:
-        cfg = self.config
-        if cfg.steps is not None:
-            return cfg.steps
-        if cfg.epochs is not None:
-            return self.batcher.steps_for_epochs(cfg.epochs)
-        return None
+        return self.length.steps
 
     @property
     def time_limit(self) -> float | None:
-        cfg = self.config
-        if cfg.time_limit is None and cfg.steps is None and cfg.epochs is None:
-            return DEFAULT_TIME
-        return cfg.time_limit
+        return self.length.seconds
 
     def fraction_done(self) -> float:
-        parts = []
-        if self.total_steps:
-            parts.append(self.progress.step / self.total_steps)
-        if self.time_limit:
-            parts.append(self.progress.elapsed / self.time_limit)
-        return min(1.0, max(parts)) if parts else 0.0
+        return self.length.fraction(self.progress.step, self.progress.elapsed)
 
     def lr_at(self, step: int) -> float:
         return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
 
     def done(self) -> bool:
-        total, limit = self.total_steps, self.time_limit
-        return (total is not None and self.progress.step >= total) or (
-            limit is not None and self.progress.elapsed >= limit
-        )
+        return self.length.reached(self.progress.step, self.progress.elapsed)
 
     # ------------------------------------------------------------------ the loop
 
@@ -331,49 +367,15 @@ class Trainer:
         flags: dict[str, int] = {}
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
         with _signal_flags(flags):
-            if self.progress.step == 0:
-                self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            self._clock = time.perf_counter()
-            while True:
-                # Clock: wall time, validation and saves included (--time 5m is five minutes).
-                self._tick()
-                if self.done() or self.progress.stopped_reason:
-                    break
-                # Step: one TBPTT window; None when it was skipped as non-finite.
-                loss = self.train_step()
-                save_due, eval_due = self.policy.due(self.progress.step, self.done())
-                # Guard: a finite loss can still overflow the weights; check before anything is saved.
-                stopping = bool(flags.get("signal")) or self.done()
-                overflowed = (save_due or eval_due or stopping) and not self._finite()
-                if overflowed and loss is not None:
-                    self.progress.skipped_steps += 1
-                if loss is None or overflowed:
-                    if self.guard.non_finite(overflowed):
-                        self._recover()
-                        self.policy.clear()
-                        continue
-                else:
-                    self.guard.finite()
-                    self._report_step(loss)
-                # Signals: save what we have (weights checked finite above) and stop.
-                if flags.get("signal"):
-                    self.save(LATEST)
-                    code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
-                    raise Interrupted(
-                        f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
-                        f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
-                        code,
-                    )
-                # Validate and save, or defer both while a run of bad steps lasts.
-                if self.guard.in_bad_run:
-                    self.policy.defer(save_due, eval_due)
-                    continue
-                self.policy.clear()
-                if eval_due:
-                    self._eval_and_save(force_latest=save_due)
-                elif save_due:
-                    self.save(LATEST)
-            result = self._final_eval()
+            try:
+                result = self._loop(flags)
+            except CharnnError:
+                raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
+            except BaseException:
+                self._save_what_we_can()
+                raise
+        if flags.get("signal"):  # arrived during the final validation, which has just saved
+            raise self._interrupted(flags["signal"])
         prog = self.progress
         summary = RunSummary(
             step=prog.step,
@@ -387,10 +389,64 @@ class Trainer:
         self.reporter.finish(summary)
         return summary.to_dict()
 
-    def _autocast(self) -> Any:
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+    def _loop(self, flags: dict[str, int]) -> EvalResult | None:
+        if self.progress.step == 0:
+            self.save(LATEST)  # claims the directory and gives divergence recovery a base
+        self._clock = time.perf_counter()
+        while True:
+            # Clock: wall time, validation and saves included (--time 5m is five minutes).
+            self._tick()
+            if self.done() or self.progress.stopped_reason:
+                break
+            # Step: one TBPTT window; None when it was skipped as non-finite.
+            loss = self.train_step()
+            save_due, eval_due = self.policy.due(self.progress.step, self.done())
+            # Guard: a finite loss can still overflow the weights; check before anything is saved.
+            stopping = bool(flags.get("signal")) or self.done()
+            overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
+            if overflowed and loss is not None:
+                self.progress.skipped_steps += 1
+            if loss is None or overflowed:
+                if self.guard.non_finite(overflowed):
+                    self._recover()
+                    self.policy.clear()
+                    continue
+            else:
+                self.guard.finite()
+                self._report_step(loss)
+            # Signals: save what we have (weights checked finite above) and stop.
+            if flags.get("signal"):
+                self.save(LATEST)
+                raise self._interrupted(flags["signal"])
+            # Validate and save, or defer both while a run of bad steps lasts.
+            if self.guard.in_bad_run:
+                self.policy.defer(save_due, eval_due)
+                continue
+            self.policy.clear()
+            if eval_due:
+                self._eval_and_save(force_latest=save_due)
+            elif save_due:
+                self.save(LATEST)
+        return self._final_eval()
+
+    def _interrupted(self, signum: int) -> Interrupted:
+        """A stop the user asked for: where the run stands and the command that continues it."""
+        return Interrupted(
+            f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
+            f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
+            EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+        )
+
+    def _save_what_we_can(self) -> None:
+        """After an unexpected failure: keep the progress since the last save, if it is sound."""
+        try:
+            if self.progress.step > self._saved_step and all_finite(self.model):
+                self.save(LATEST)
+                self.reporter.message(
+                    f"saved {self.out / LATEST} at step {self.progress.step} before stopping"
+                )
+        except Exception:  # the original failure is what the user must see
+            pass
 
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
@@ -407,7 +463,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with self._autocast():
+        with autocast(self.config.precision):
             logits, hidden = self.model(x, self.hidden)  # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.progress.step += 1
@@ -510,11 +566,6 @@ class Trainer:
         self.progress.skipped_steps = old.skipped_steps
         self.progress.elapsed = old.elapsed
 
-    def _finite(self) -> bool:
-        """Whether every weight is finite (one device sync; checked only before saves)."""
-        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
-        return bool(torch.stack(flags).all())
-
     # ------------------------------------------------------------------ checkpoints
 
     def _info(self) -> RunInfo:
@@ -527,7 +578,7 @@ class Trainer:
             batch_size=self.batcher.batch_size,
             steps=self.total_steps,
             time_limit=self.time_limit,
-            default_length=self.total_steps is None and self.config.time_limit is None,
+            default_length=self.length.default,
             start_step=self.progress.step,
             out=str(self.out),
             elapsed=self.progress.elapsed,
@@ -544,6 +595,7 @@ class Trainer:
         state = pack_train_state(self.optimizer, self.hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
         self.guard.checkpointed()
+        self._saved_step = self.progress.step
 
     def run_meta(self) -> dict[str, Any]:
         """How this run (or its latest resumption) was started: command line, versions, device."""
