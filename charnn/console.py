@@ -89,12 +89,12 @@ class TrainReporter:
         self._progress: Progress | None = None
         self._task: Any = None
         self._wall0 = time.monotonic()
-        self._fraction0: float | None = None
+        self._pace0: tuple[float, float] | None = None  # (time, fraction) at this session's first step
         self._stats = ""
 
     def start(self, info: RunInfo) -> None:
         self._wall0 = time.monotonic()
-        self._fraction0 = None
+        self._pace0 = None
         if self.quiet:
             return
         plan = f"{info.steps} steps" if info.steps else f"{_fmt_duration(info.time_limit or 0)}"
@@ -126,12 +126,13 @@ class TrainReporter:
             self._task = self._progress.add_task(f"step {info.start_step}", total=1.0, stats="")
 
     def eta(self, fraction: float) -> float | None:
-        """Seconds left at this session's pace (a resumed run's earlier part does not count)."""
-        if self._fraction0 is None:
-            self._fraction0 = fraction
-        done = fraction - self._fraction0
-        spent = time.monotonic() - self._wall0
-        if done <= 0 or spent < 3:  # too early for a pace worth extrapolating
+        """Seconds left at this session's pace since its first step (start-up, the first step's
+        warm-up and a resumed run's earlier part do not count)."""
+        if self._pace0 is None:
+            return None
+        t0, f0 = self._pace0
+        spent, done = time.monotonic() - t0, fraction - f0
+        if done <= 0 or spent < 2:  # too early for a pace worth extrapolating
             return None
         return spent * (1 - fraction) / done
 
@@ -143,8 +144,8 @@ class TrainReporter:
         if report.skipped:
             text += f" skipped {report.skipped}"
         self._stats = text
-        if self._fraction0 is None:  # where this session started (0 for a new run)
-            self._fraction0 = report.fraction if report.step > 1 else 0.0
+        if self._pace0 is None:
+            self._pace0 = (time.monotonic(), report.fraction)
         if self._progress is not None:  # the live line stays short enough for 80 columns
             self._progress.update(
                 self._task, completed=report.fraction, description=f"step {report.step}", stats=text
@@ -163,13 +164,14 @@ class TrainReporter:
 
     def validating(self, step: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=f"step {step} validating", stats=self._stats)
+            # The bar stays where training stopped; the stats say why it is not moving.
+            self._progress.update(self._task, description=f"step {step}", stats="validating…")
 
     def evaluated(self, report: EvalReport) -> None:
         if self.quiet:
             return
         if self._progress is not None:
-            self._progress.update(self._task, description=f"step {report.step}")
+            self._progress.update(self._task, description=f"step {report.step}", stats=self._stats)
         star = " [green](best)[/]" if report.is_best else ""
         self.console.print(
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True

@@ -261,13 +261,31 @@ def test_non_tty_progress_has_elapsed_and_eta(monkeypatch) -> None:
     reporter = console_module.TrainReporter(Console(file=buf, force_terminal=True, width=200), log_every=10)
     assert not reporter.live
     reporter.start(RunInfo("cpu", 10, 100, 10, 5, 4, 100, None, False, 0, "out"))
-    reporter.progress(_report(1, 0.01))
+    reporter.progress(_report(1, 0.0))
     now[0] += 30
     reporter.progress(_report(25, 0.25))
     lines = buf.getvalue().splitlines()
     assert "elapsed 30s eta 1m30s" in lines[-1]  # 25 % in 30 s: 90 s to go
     reporter.validating(25)  # no bar, nothing to redraw
     assert "step 1/100" in lines[1] and "eta ?" in lines[1]
+
+
+def test_live_bar_shows_validating_instead_of_a_frozen_bar(monkeypatch) -> None:
+    from rich.console import Console
+
+    from charnn.console import TrainReporter
+    from charnn.reporting import RunInfo
+
+    monkeypatch.setenv("TERM", "xterm")
+    buf = io.StringIO()
+    reporter = TrainReporter(Console(file=buf, force_terminal=True, force_interactive=True, width=100))
+    assert reporter.live
+    reporter.start(RunInfo("cpu", 10, 100, 10, 5, 4, 100, None, False, 0, "out"))
+    reporter.progress(_report(90, 0.9))
+    reporter.validating(90)
+    reporter.close()  # the last frame drawn is the validating state
+    frames = [f for f in buf.getvalue().replace("\r", "\n").splitlines() if "step 90" in f]
+    assert frames and "validating…" in frames[-1]
 
 
 def test_quiet_train_prints_only_the_final_line(tmp_path: Path, corpus_file: Path, cli_inprocess) -> None:
