@@ -289,6 +289,13 @@ def cli() -> None:
     metavar="[DIR]",
     help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="PATH",
+    help="start a new run (fine-tuning) from the weights of a run (its best/) or checkpoint: "
+    "its model and tokenizer, new characters added; fresh optimizer and schedule",
+)
 @click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
 @click.option(
     "-q", "--quiet", is_flag=True, help="no progress on stderr: only warnings, errors and the final line"
@@ -303,6 +310,7 @@ def train(
     files: tuple[str, ...],
     out: str,
     resume: str | None,
+    init_from: str | None,
     force: bool,
     quiet: bool,
     encoding_errors: str,
@@ -318,6 +326,7 @@ def train(
         files=list(files),
         out=out,
         resume=resume,
+        init_from=init_from,
         force=force,
         quiet=quiet,
         encoding_errors=encoding_errors,
@@ -342,6 +351,12 @@ def train(
     metavar="FILE",
     help="read the prime from a file (- = stdin)",
 )
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="continue each line of FILE (- = stdin), batched; line i (from 0) uses seed --seed + i",
+)
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
 @click.pass_context
@@ -350,6 +365,7 @@ def sample(
     checkpoint: str,
     prime: str | None,
     prime_file: Any,
+    prompts: str | None,
     separator: str,
     as_json: bool,
     **options: Any,
@@ -365,6 +381,15 @@ def sample(
         raise ConfigError(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
+    if prompts is not None and (prime is not None or prime_file is not None):
+        raise ConfigError(
+            "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
+        )
+    if prompts is not None:
+        from charnn.runs import read_prompts, run_prompts
+
+        run_prompts(checkpoint, SampleConfig(**given), read_prompts(prompts), separator, as_json)
+        return
     if prime_file is not None:
         prime = prime_file.read()
     from charnn.runs import run_sampling

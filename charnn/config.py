@@ -301,7 +301,8 @@ class TrainConfig(_Validated):
     patience: int | None = field(
         default=None,
         metadata=opt(
-            "early stopping: end the run after K validations without an improvement of --min-delta; 0 = off",
+            "early stopping: end the run after K validations without an improvement of --min-delta; "
+            "0 = off",
             min=0,
             max=MAX_COUNT,
             metavar="K",
@@ -311,6 +312,15 @@ class TrainConfig(_Validated):
     min_delta: float = field(
         default=0.0,
         metadata=opt("early stopping: the val bpc drop that counts as an improvement", min=0, max=1e6),
+    )
+    sample_every: int = field(
+        default=1000,
+        metadata=opt(
+            "print a short sample (same prime and seed each time) every N steps and append it to "
+            "RUN/samples.txt; 0 = off",
+            min=0,
+            max=MAX_COUNT,
+        ),
     )
     val_fraction: float = field(
         default=0.05,

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
 
 class _StderrConsole(Console):
@@ -66,6 +66,11 @@ def note(message: str) -> None:
 def stopped(message: str) -> None:
     """A run the user stopped (Ctrl-C, SIGTERM): not an error, so not red."""
     err.print(Text.assemble(("charnn:", "yellow"), " ", shown(message)), soft_wrap=True)
+
+
+# A model's text keeps its lines, but control characters (ESC, CR, ...) other than newline and
+# tab become U+FFFD: it must not move the cursor or recolour the terminal.
+_SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -176,6 +181,13 @@ class TrainReporter:
         self.console.print(
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
         )
+
+    def sampled(self, report: SampleReport) -> None:
+        if self.quiet:
+            return
+        # The model's text is shown literally (a Text, never markup), without control characters.
+        body = report.text.translate(_SAMPLE_CONTROLS).rstrip("\n")
+        self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
 
     def message(self, text: str) -> None:
         self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)

@@ -155,9 +155,11 @@ def load_corpus(
     paths: Sequence[str],
     tokenizer: TokenizerConfig | Tokenizer | None = None,
     encoding_errors: str = "strict",
+    grow_vocab: bool = False,
 ) -> Corpus:
     """Read and encode a corpus. ``tokenizer``: how to build one from this text (default: characters),
-    or an existing tokenizer (resume, eval)."""
+    or an existing tokenizer (resume, eval). ``grow_vocab``: an existing character tokenizer
+    gains the characters of this text it lacks, at the end of its vocabulary (fine-tuning)."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
     names: list[str] = []  # the source of each text, for error messages
@@ -186,6 +188,8 @@ def load_corpus(
 
     if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
         tokenizer = build_tokenizer(tokenizer or TokenizerConfig(), texts)
+    elif grow_vocab and isinstance(tokenizer, CharTokenizer):
+        tokenizer = tokenizer.extended(texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:

@@ -59,6 +59,7 @@ def describe(meta: dict[str, Any], path: Path | str) -> dict[str, Any]:
         "train": meta.get("train"),
         "corpus": meta.get("corpus"),
         "run": meta.get("run"),
+        "parent": meta.get("parent"),  # a fine-tuned run (--init-from): where its weights came from
         "charnn_version": meta.get("charnn_version"),
         "created": meta.get("created"),
     }
@@ -102,6 +103,9 @@ def info_lines(info: dict[str, Any]) -> list[str]:
     if run:
         rows["command"] = " ".join(run.get("argv") or [])
         rows["versions"] = f"charnn {run.get('charnn')}, torch {run.get('torch')}, device {run.get('device')}"
+    parent = info.get("parent")
+    if isinstance(parent, dict):
+        rows["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
     if info.get("stopped_reason"):
         rows["stopped"] = info["stopped_reason"]
     return [f"{key:16} {value}" for key, value in rows.items()]

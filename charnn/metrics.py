@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 METRICS = "metrics.jsonl"
 MIN_INTERVAL = 1.0  # seconds between progress rows, at least
@@ -180,6 +180,9 @@ class MetricsReporter:
             }
         )
         self.inner.evaluated(report)
+
+    def sampled(self, report: SampleReport) -> None:
+        self.inner.sampled(report)  # the text itself goes to RUN/samples.txt
 
     def message(self, text: str) -> None:
         self.inner.message(text)

@@ -34,6 +34,7 @@ class TrainRequest:
     files: list[str]
     out: str = "checkpoints"
     resume: str | None = None  # a run directory, or "" for ``out``
+    init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
     quiet: bool = False  # no progress on stderr: errors and the final line only
@@ -45,6 +46,10 @@ class TrainRequest:
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
     before anything in it is read (resume) or written (new run) until the run ends."""
+    if request.resume is not None and request.init_from is not None:
+        raise ConfigError(
+            "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
+        )
     if request.resume is not None:
         run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
@@ -52,10 +57,12 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
             run.refuse_foreign()
             return _run(_resumed_trainer(request, run))
     run = RunDir(request.out)
-    _refuse_existing(run, request.force)  # before reading the corpus: fail fast
-    trainer = _new_trainer(request, run)  # reads and encodes the corpus; writes nothing
+    fine_tune = request.init_from is not None
+    _refuse_existing(run, request.force, fine_tune)  # before reading the corpus: fail fast
+    # Reads and encodes the corpus (and the parent's checkpoint); writes nothing.
+    trainer = _fine_tune_trainer(request, run) if fine_tune else _new_trainer(request, run)
     with run.lock():
-        _refuse_existing(run, request.force)  # again: another run may have started meanwhile
+        _refuse_existing(run, request.force, fine_tune)  # again: another run may have started meanwhile
         if request.force:
             run.remove(BEST)  # the old run's best must not outlive it
         return _run(trainer)
@@ -80,9 +87,14 @@ def _run(trainer: Any) -> dict[str, Any]:
         trainer.reporter.close()
 
 
-def _refuse_existing(run: RunDir, force: bool) -> None:
+def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
     run.refuse_foreign()  # a user's own latest/ or best/ is never replaced, --force or not
     if run.holds_run() and not force:
+        if fine_tune:
+            raise ConfigError(
+                f"{run.path}/ already holds a run; give the fine-tuned run its own directory with "
+                "-o/--out, or replace that run with --force"
+            )
         raise ConfigError(
             f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
             "or replace it with --force"
@@ -90,7 +102,7 @@ def _refuse_existing(run: RunDir, force: bool) -> None:
 
 
 def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
-    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
+    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
 
     ckpt = load_checkpoint(run.path, prefer=LATEST)
     check_training_meta(ckpt)
@@ -102,11 +114,18 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
         )
     config = merge_resume(train_config(ckpt), request.train)
     sources = list(request.files) or ckpt.meta["corpus"]["sources"]
-    corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    try:
+        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    except DataError as exc:
+        if not request.files or "vocabulary" not in str(exc):
+            raise
+        raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
     for text in corpus.notes:
         note(text)
-    return Trainer(corpus, ckpt.config, config, run.path, _reporter(run, request.quiet), resume=ckpt)
+    parent = ckpt.meta.get("parent")
+    reporter = _reporter(run, request.quiet)
+    return Trainer(corpus, ckpt.config, config, run.path, reporter, resume=ckpt, parent=parent)
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -126,6 +145,33 @@ def _reporter(run: RunDir, quiet: bool) -> Any:
     from charnn.metrics import MetricsReporter, invocation
 
     return MetricsReporter(run.metrics(), TrainReporter(quiet=quiet), start_row=invocation())
+
+
+def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
+    """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
+    the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
+    from charnn import finetune
+    from charnn.train import Trainer
+
+    assert request.init_from is not None
+    parent = load_checkpoint(request.init_from)
+    finetune.check_tokenizer_options(parent, request.tokenizer)
+    finetune.child_model_config(parent, request.model, parent.config.vocab_size)  # refuse clashes early
+    config = TrainConfig(**request.train)
+    corpus = load_corpus(
+        request.files, tokenizer=parent.tokenizer, encoding_errors=request.encoding_errors, grow_vocab=True
+    )
+    model_config = finetune.child_model_config(parent, request.model, corpus.tokenizer.vocab_size)
+    for text in corpus.notes:
+        note(text)
+    note(f"fine-tuning from {parent.path} (step {parent.step}): fresh optimizer and schedule")
+    grown = finetune.describe_growth(parent.tokenizer, corpus.tokenizer, corpus.ids)
+    if grown:
+        note(grown)
+    lineage = finetune.lineage(parent)
+    trainer = Trainer(corpus, model_config, config, run.path, _reporter(run, request.quiet), parent=lineage)
+    finetune.adopt_weights(trainer.model, parent)
+    return trainer
 
 
 # ---------------------------------------------------------------------------- sample
@@ -201,13 +247,15 @@ def run_sampling(
     tokenizer = ckpt.tokenizer
     prime_ids = encode_prime(tokenizer, prime)
     stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
     generator = torch.Generator()
-    generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    generator.manual_seed(seed)
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, generator=generator)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
+                "seed": seed,
                 "prime": prime,
                 "text": s.text,
                 "logprob": s.logprob,
@@ -220,6 +268,95 @@ def run_sampling(
     writer = _SampleWriter(out, prime, separator)
     samples = generate(stepper, prime_ids, config, tokenizer, on_text=writer.on_text, generator=generator)
     writer.finish([s.text for s in samples])
+
+
+def sampling_seed(config: SampleConfig) -> int:
+    """``--seed``, or a fresh one; a fresh seed is shown on a terminal so any sample can be redone."""
+    if config.seed is not None:
+        return config.seed
+    seed = random.SystemRandom().getrandbits(63)
+    from rich.text import Text
+
+    from charnn.console import err
+
+    if err.is_terminal:  # a dim note: there for whoever wants the sample again, not in the way
+        text = Text(f"charnn: seed {seed} (repeat this sample with --seed {seed})", style="dim")
+        err.print(text, soft_wrap=True)
+    return seed
+
+
+def run_prompts(
+    checkpoint: str,
+    config: SampleConfig,
+    prompts: list[str],
+    separator: str,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> None:
+    """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
+    are written in prompt order as each batch of prompts finishes."""
+    import json
+
+    from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
+    from charnn.stepper import FastStepper
+
+    out = out or sys.stdout
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer
+    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
+    stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
+    first = True
+    for start in range(0, len(prompts), BATCH_PROMPTS):
+        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
+        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds)
+        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
+            prompt = prompts[start + offset]
+            for j, s in enumerate(samples):
+                if as_json:
+                    row = {
+                        "line": start + offset + 1,
+                        "sample": j,
+                        "seed": prompt_seed_,
+                        "prime": prompt,
+                        "text": s.text,
+                        "logprob": s.logprob,
+                        "chars": len(s.text),
+                        "stopped_by": s.stopped_by,
+                    }
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    out.write(("" if first else separator) + prompt + s.text)
+                first = False
+        out.flush()
+    if not as_json and out.isatty():
+        out.write("\n")
+
+
+def read_prompts(source: str) -> list[str]:
+    """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size."""
+    limit = 64 << 20
+    name = "<stdin>" if source == "-" else source
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(source, "rb") as fh:
+                raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"--prompts {name}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise DataError(f"--prompts {name}: larger than {limit >> 20} MiB")
+    try:
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a byte-order mark is not a prompt
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--prompts {name}: not valid UTF-8 at byte offset {exc.start}") from None
+    if not text:
+        raise DataError(f"--prompts {name}: no prompts (the file is empty)")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if text.endswith("\n"):
+        lines.pop()  # the empty "line" after a final newline
+    return lines
 
 
 # ---------------------------------------------------------------------------- eval / score / info

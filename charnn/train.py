@@ -4,9 +4,9 @@ from non-finite steps. Reports progress through a :class:`~charnn.reporting.Repo
 
 The loop (:meth:`Trainer.run`) reads top to bottom; its parts are small named objects:
 :class:`Schedule` (learning rate), :class:`ThroughputMeter` (chars/s),
-:class:`DivergenceGuard` (what non-finite steps mean) and :class:`EvalSavePolicy`
-(when to validate and save). Checkpoint contents are :mod:`charnn.checkpoint`'s business,
-their place on disk :mod:`charnn.rundir`'s.
+:class:`DivergenceGuard` (what non-finite steps mean), :class:`EvalSavePolicy`
+(when to validate and save) and :class:`TrainingSampler` (``--sample-every``). Checkpoint
+contents are :mod:`charnn.checkpoint`'s business, their place on disk :mod:`charnn.rundir`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from charnn.checkpoint import (
     save_checkpoint,
     training_meta,
 )
-from charnn.config import ModelConfig, TrainConfig
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.errors import (
     EXIT_SIGINT,
@@ -47,7 +47,9 @@ from charnn.errors import (
 )
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN, Hidden, detach_hidden
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
+from charnn.rundir import RunDir
+from charnn.tokenizer import Tokenizer
 
 __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
 
@@ -273,6 +275,42 @@ class EarlyStop:
         return None
 
 
+class TrainingSampler:
+    """A short sample every ``every`` steps (0 = never), always from the same prime (the
+    tokenizer's start, a newline) with the same seed, so samples differ only by the weights.
+
+    Uses the fast CPU stepper on a snapshot of the model: the model's train/eval mode, the
+    trainer's carried hidden state and torch's global RNG are untouched (draws come from a
+    private generator), so a run with samples trains exactly as one without. A sample due on a
+    step inside a run of non-finite steps waits for the next good step.
+    """
+
+    def __init__(self, every: int, tokenizer: Tokenizer, seed: int, length: int = 200) -> None:
+        self.every, self.tokenizer, self.seed = every, tokenizer, seed
+        self.config = SampleConfig(length=length, seed=seed)
+        self.prime_ids = tokenizer.start_ids()
+        self.pending = False
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and (self.pending or step % self.every == 0)
+
+    def defer(self, step: int) -> None:
+        self.pending = self.due(step)
+
+    def clear(self) -> None:
+        self.pending = False
+
+    def sample(self, model: CharRNN) -> str:
+        from charnn.sampling import generate
+        from charnn.stepper import FastStepper
+
+        self.pending = False
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        stepper = FastStepper(model)  # a float32 CPU snapshot: the model itself is not touched
+        return generate(stepper, self.prime_ids, self.config, self.tokenizer, generator=generator)[0].text
+
+
 @contextmanager
 def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
@@ -312,8 +350,10 @@ class Trainer:
         out: Path,
         reporter: Reporter,
         resume: Checkpoint | None = None,
+        parent: dict[str, Any] | None = None,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
+        self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
         self.device = select_device(config.device)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
@@ -332,6 +372,8 @@ class Trainer:
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
         self.stopper = EarlyStop(config.patience, config.min_delta)
+        self.sampler = TrainingSampler(config.sample_every, corpus.tokenizer, config.seed)
+        self.rundir = RunDir(self.out)
         self.meter = ThroughputMeter()
         self.progress = Progress()
         self.hidden: Hidden | None = None
@@ -392,6 +434,7 @@ class Trainer:
     def _loop(self, flags: dict[str, int]) -> EvalResult | None:
         if self.progress.step == 0:
             self.save(LATEST)  # claims the directory and gives divergence recovery a base
+            self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
         self._clock = time.perf_counter()
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
@@ -410,6 +453,7 @@ class Trainer:
                 if self.guard.non_finite(overflowed):
                     self._recover()
                     self.policy.clear()
+                    self.sampler.clear()
                     continue
             else:
                 self.guard.finite()
@@ -421,12 +465,16 @@ class Trainer:
             # Validate and save, or defer both while a run of bad steps lasts.
             if self.guard.in_bad_run:
                 self.policy.defer(save_due, eval_due)
+                self.sampler.defer(self.progress.step)
                 continue
             self.policy.clear()
             if eval_due:
                 self._eval_and_save(force_latest=save_due)
             elif save_due:
                 self.save(LATEST)
+            # Sample: what the model writes now, beside the checkpoints and on stderr.
+            if self.sampler.due(self.progress.step):
+                self._sample()
         return self._final_eval()
 
     def _interrupted(self, signum: int) -> Interrupted:
@@ -553,6 +601,12 @@ class Trainer:
             self.save(BEST)
         return result
 
+    def _sample(self) -> None:
+        start = time.perf_counter()
+        text = self.sampler.sample(self.model)
+        self.rundir.append_sample(self.progress.step, text, f"(seed {self.sampler.seed})")
+        self.reporter.sampled(SampleReport(self.progress.step, text, time.perf_counter() - start))
+
     def _recover(self) -> None:
         self.reporter.message(
             f"{self.config.max_bad_steps} non-finite steps in a row at step {self.progress.step}: "
@@ -592,6 +646,8 @@ class Trainer:
             "chars": self.corpus.chars,
         }
         meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
+        if self.parent is not None:
+            meta["parent"] = self.parent
         state = pack_train_state(self.optimizer, self.hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
         self.guard.checkpointed()
@@ -605,6 +661,7 @@ class Trainer:
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
 
 
 def _shell_quote(text: str) -> str:
@@ -616,4 +673,12 @@ def _shell_quote(text: str) -> str:
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
     saved = ckpt.meta.get("corpus", {}).get("sha256")
     if saved and saved != corpus.sha256:
-        raise DataError("the corpus differs from the one this run trained on (sha256 mismatch)")
+        raise DataError(
+            "the corpus differs from the one this run trained on (sha256 mismatch); "
+            + init_from_hint(ckpt.path.parent)
+        )
+
+
+def init_from_hint(run: Path | str) -> str:
+    """What to do instead of resuming on new text."""
+    return f"to train this model on new text, start a new run from it: --init-from {run} -o NEW_RUN"

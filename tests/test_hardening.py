@@ -478,6 +478,9 @@ def test_an_endless_text_stream_is_refused_past_the_limit() -> None:
     from charnn.errors import DataError
 
     class Endless(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
         def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
             buffer[:] = b"y\n" * (len(buffer) // 2)
             return len(buffer)

@@ -45,6 +45,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "save_every": ("23", 23),
     "patience": ("4", 4),
     "min_delta": ("0.01", 0.01),
+    "sample_every": ("29", 29),
     "val_fraction": ("0.2", 0.2),
     "seed": ("5", 5),
     "device": ("cpu", "cpu"),
