@@ -215,6 +215,11 @@ class _StdoutClosed(Exception):
 
 
 class _Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The command line as typed, for a run's records (sys.argv is the host's when embedded).
+        ctx.meta["charnn.argv"] = ["charnn", *args]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -329,6 +334,7 @@ def train(
         init_from=init_from,
         force=force,
         quiet=quiet,
+        argv=ctx.meta.get("charnn.argv"),
         encoding_errors=encoding_errors,
         model=take_config(ctx, options, ModelConfig),
         tokenizer=take_config(ctx, options, TokenizerConfig),

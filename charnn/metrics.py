@@ -214,8 +214,9 @@ class MetricsReporter:
             close()
 
 
-def invocation() -> dict[str, Any]:
-    """The command line and versions of this process (torch's from its metadata: no import)."""
+def invocation(argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line (``argv``, else this process's) and versions (torch's from its metadata:
+    no import)."""
     import platform
     import sys
     from importlib.metadata import PackageNotFoundError, version
@@ -227,7 +228,7 @@ def invocation() -> dict[str, Any]:
     except PackageNotFoundError:
         torch_version = None
     return {
-        "argv": list(sys.argv),
+        "argv": list(argv if argv is not None else sys.argv),
         "charnn": __version__,
         "torch": torch_version,
         "python": platform.python_version(),

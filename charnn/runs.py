@@ -38,6 +38,7 @@ class TrainRequest:
     force: bool = False
     encoding_errors: str = "strict"
     quiet: bool = False  # no progress on stderr: errors and the final line only
+    argv: list[str] | None = None  # the command line, for the run's records (default: sys.argv)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -124,8 +125,10 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     parent = ckpt.meta.get("parent")
-    reporter = _reporter(run, request.quiet)
-    return Trainer(corpus, ckpt.config, config, run.path, reporter, resume=ckpt, parent=parent)
+    reporter, inv = _reporter(run, request)
+    return Trainer(
+        corpus, ckpt.config, config, run.path, reporter, resume=ckpt, parent=parent, invocation=inv
+    )
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -137,14 +140,16 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    return Trainer(corpus, model_config, config, run.path, _reporter(run, request.quiet))
+    reporter, inv = _reporter(run, request)
+    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
 
 
-def _reporter(run: RunDir, quiet: bool) -> Any:
-    """The console, teed into the run's metrics.jsonl."""
+def _reporter(run: RunDir, request: TrainRequest) -> tuple[Any, dict[str, Any]]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked."""
     from charnn.metrics import MetricsReporter, invocation
 
-    return MetricsReporter(run.metrics(), TrainReporter(quiet=quiet), start_row=invocation())
+    inv = invocation(request.argv)
+    return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
 
 
 def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -169,7 +174,8 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     if grown:
         note(grown)
     lineage = finetune.lineage(parent)
-    trainer = Trainer(corpus, model_config, config, run.path, _reporter(run, request.quiet), parent=lineage)
+    reporter, inv = _reporter(run, request)
+    trainer = Trainer(corpus, model_config, config, run.path, reporter, parent=lineage, invocation=inv)
     finetune.adopt_weights(trainer.model, parent)
     return trainer
 

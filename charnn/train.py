@@ -351,8 +351,10 @@ class Trainer:
         reporter: Reporter,
         resume: Checkpoint | None = None,
         parent: dict[str, Any] | None = None,
+        invocation: dict[str, Any] | None = None,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
+        self.invocation = invocation  # command line and versions, for the metadata (run_meta)
         self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
         self.device = select_device(config.device)
         if config.precision == "bf16" and self.device.type != "cuda":
@@ -657,7 +659,7 @@ class Trainer:
         """How this run (or its latest resumption) was started: command line, versions, device."""
         from charnn.metrics import invocation
 
-        return {**invocation(), "device": str(self.device)}
+        return {**(self.invocation or invocation()), "device": str(self.device)}
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
