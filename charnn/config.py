@@ -301,8 +301,7 @@ class TrainConfig(_Validated):
     patience: int | None = field(
         default=None,
         metadata=opt(
-            "early stopping: end the run after K validations without an improvement of --min-delta; "
-            "0 = off",
+            "early stopping: end the run after K validations without an improvement of --min-delta; 0 = off",
             min=0,
             max=MAX_COUNT,
             metavar="K",

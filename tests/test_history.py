@@ -61,11 +61,23 @@ def test_metrics_rows_continue_across_resume(tmp_path: Path, corpus_file: Path, 
     assert elapsed == sorted(elapsed)  # seconds since the run began, summed over both sessions
 
 
-def test_metrics_survive_sigkill(tmp_path: Path, corpus_file: Path, cli_command, cli_env,
-                                 cli_inprocess) -> None:
+def test_metrics_survive_sigkill(
+    tmp_path: Path, corpus_file: Path, cli_command, cli_env, cli_inprocess
+) -> None:
     out = tmp_path / "run"
-    cmd = cli_command("train", corpus_file, "--out", out, *TINY, "--steps", "1000000",
-                      "--eval-every", "10", "--save-every", "25")
+    cmd = cli_command(
+        "train",
+        corpus_file,
+        "--out",
+        out,
+        *TINY,
+        "--steps",
+        "1000000",
+        "--eval-every",
+        "10",
+        "--save-every",
+        "25",
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     try:
         deadline = time.monotonic() + 90
@@ -121,9 +133,25 @@ def test_patience_stops_a_run_whose_validation_stalls(tmp_path: Path, cli_inproc
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text + noise, encoding="utf-8")
     out = tmp_path / "run"
-    proc = cli_inprocess("train", corpus, "--out", out, *TINY, "--steps", "2000", "--eval-every", "10",
-                         "--eval-chars", "2000", "--val-fraction", "0.25", "--patience", "3",
-                         "--min-delta", "0.01")
+    proc = cli_inprocess(
+        "train",
+        corpus,
+        "--out",
+        out,
+        *TINY,
+        "--steps",
+        "2000",
+        "--eval-every",
+        "10",
+        "--eval-chars",
+        "2000",
+        "--val-fraction",
+        "0.25",
+        "--patience",
+        "3",
+        "--min-delta",
+        "0.01",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "early stopping at step" in proc.stderr and "(stopped early)" in proc.stderr
     stop = _rows(out, "stop")
@@ -210,8 +238,9 @@ def test_plot_writes_a_png(trained_run: Path, tmp_path: Path, cli_inprocess) -> 
     assert bad.returncode == 2 and ".png or .svg" in bad.stderr
 
 
-def test_plot_without_matplotlib_names_the_extra(trained_run: Path, tmp_path: Path, cli_inprocess,
-                                                  monkeypatch) -> None:
+def test_plot_without_matplotlib_names_the_extra(
+    trained_run: Path, tmp_path: Path, cli_inprocess, monkeypatch
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
@@ -243,8 +272,18 @@ def test_plot_of_a_directory_without_history(tmp_path: Path, cli_inprocess) -> N
 def _report(step: int, fraction: float):
     from charnn.reporting import StepReport
 
-    return StepReport(step=step, total=100, fraction=fraction, loss=1.0, bpc=1.44, tok_per_s=1000.0,
-                      lr=1e-3, skipped=0, elapsed=0.0, chars_per_s=1000.0)
+    return StepReport(
+        step=step,
+        total=100,
+        fraction=fraction,
+        loss=1.0,
+        bpc=1.44,
+        tok_per_s=1000.0,
+        lr=1e-3,
+        skipped=0,
+        elapsed=0.0,
+        chars_per_s=1000.0,
+    )
 
 
 def test_non_tty_progress_has_elapsed_and_eta(monkeypatch) -> None:
@@ -301,8 +340,9 @@ def test_version_names_torch_and_devices(cli_inprocess) -> None:
     assert proc.stdout.startswith("charnn ") and "torch 2." in proc.stdout and "devices: cpu" in proc.stdout
 
 
-def test_environment_variables_set_options(tmp_path: Path, corpus_file: Path, cli_inprocess,
-                                           monkeypatch) -> None:
+def test_environment_variables_set_options(
+    tmp_path: Path, corpus_file: Path, cli_inprocess, monkeypatch
+) -> None:
     import torch
 
     monkeypatch.setenv("CHARNN_OUT", str(tmp_path / "from-env"))
