@@ -5,6 +5,7 @@
     RUN/
       latest/              newest checkpoint; --resume continues from here
       best/                checkpoint with the best validation bpc; sample/eval default to it
+      metrics.jsonl        the run's history: progress and validation rows (charnn.metrics)
       samples.txt          a short sample every --sample-every steps, each under "=== step N ... ==="
       .lock                held (filelock) by the one process writing this run
       .latest.old/         the previous latest/, only while a save swaps the two
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from charnn.errors import CharnnError, CheckpointError, ConfigError, RunBusyError
+from charnn.metrics import METRICS, MetricsLog
 
 LATEST, BEST = "latest", "best"
 MARKER = "meta.json"  # a checkpoint directory is one that holds this file
@@ -95,6 +97,10 @@ class RunDir:
 
     def checkpoint(self, which: str) -> Path:
         return self.path / which
+
+    def metrics(self) -> MetricsLog:
+        """The run's history, ``metrics.jsonl`` (see :mod:`charnn.metrics`)."""
+        return MetricsLog(self.path / METRICS)
 
     def holds_run(self) -> bool:
         """Whether a run (finished, or interrupted between a save's renames) lives here."""

@@ -38,6 +38,8 @@ class TrainRequest:
     init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
+    quiet: bool = False  # no progress on stderr: errors and the final line only
+    argv: list[str] | None = None  # the command line, for the run's records (default: sys.argv)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -124,7 +126,10 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     parent = ckpt.meta.get("parent")
-    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt, parent=parent)
+    reporter, inv = _reporter(run, request)
+    return Trainer(
+        corpus, ckpt.config, config, run.path, reporter, resume=ckpt, parent=parent, invocation=inv
+    )
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -148,7 +153,16 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    return Trainer(corpus, model_config, config, run.path, TrainReporter())
+    reporter, inv = _reporter(run, request)
+    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
+
+
+def _reporter(run: RunDir, request: TrainRequest) -> tuple[Any, dict[str, Any]]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked."""
+    from charnn.metrics import MetricsReporter, invocation
+
+    inv = invocation(request.argv)
+    return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
 
 
 def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -173,7 +187,8 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     if grown:
         note(grown)
     lineage = finetune.lineage(parent)
-    trainer = Trainer(corpus, model_config, config, run.path, TrainReporter(), parent=lineage)
+    reporter, inv = _reporter(run, request)
+    trainer = Trainer(corpus, model_config, config, run.path, reporter, parent=lineage, invocation=inv)
     finetune.adopt_weights(trainer.model, parent)
     return trainer
 
@@ -457,38 +472,14 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
+    from charnn.history import describe
+
     ckpt = load_checkpoint(checkpoint)
-    meta, cfg = ckpt.meta, ckpt.config
-    progress = meta.get("progress", {})
-    val = progress.get("val") or {}
-    params = sum(t.numel() for t in ckpt.weights.values())
-    parent = meta.get("parent")  # set for a fine-tuned run (--init-from)
-    lineage = {}
-    if isinstance(parent, dict):
-        lineage["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
-    return {
-        "path": str(ckpt.path),
-        "format": f"{meta['format']} v{meta['version']}",
-        "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
-        + (", tied" if cfg.tie_weights else ""),
-        "parameters": params,
-        "tokenizer": _tokenizer_summary(ckpt.tokenizer, cfg.vocab_size),
-        "step": progress.get("step"),
-        "val_bpc": val.get("bpc"),
-        "val_bpt": val.get("bpt"),  # bits per token
-        "best_val_bpc": progress.get("best_val_bpc"),
-        "skipped_steps": progress.get("skipped_steps"),
-        "trained_seconds": round(progress.get("elapsed", 0.0), 1),
-        "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
-        "created": meta.get("created"),
-        **lineage,
-    }
-
-
-def _tokenizer_summary(tokenizer: Any, vocab_size: int) -> str:
-    text = f"{tokenizer.kind}, {vocab_size} tokens"
-    if getattr(tokenizer, "unk", None) is not None:
-        text += f" (one stands for {tokenizer.unk} rare characters)"
-    if tokenizer.normalize:
-        text += f", {tokenizer.normalize.upper()}-normalised"
-    return text
+    info = describe(ckpt.meta, ckpt.path)
+    info["parameters"] = sum(t.numel() for t in ckpt.weights.values())  # counted, not derived
+    tokenizer = ckpt.tokenizer
+    extras = {"unk": getattr(tokenizer, "unk", None), "normalize": tokenizer.normalize}
+    info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
+    info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
+    return info
