@@ -286,21 +286,46 @@ def sample(
 
 @cli.command(name="eval")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("-c", "--checkpoint", default="checkpoints", show_default=True, help=CKPT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "-c",
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    default=("checkpoints",),
+    show_default=True,
+    help=CKPT_HELP + " Repeatable: one result per checkpoint.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per checkpoint per line.")
 @click.option("--encoding-errors", type=ENC_ERRORS, default="strict", show_default=True)
-def eval_(files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_errors: str) -> None:
-    """Loss and bits per character of the model on FILES (- = stdin)."""
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False),
+    help="Also write a self-contained surprisal page (two -c: compare them).",
+)
+@click.option(
+    "--top-k", type=click.IntRange(1, 20), default=5, show_default=True, help="Predictions per character."
+)
+def eval_(
+    files: tuple[str, ...],
+    checkpoints: tuple[str, ...],
+    as_json: bool,
+    encoding_errors: str,
+    html: str | None,
+    top_k: int,
+) -> None:
+    """Loss and bits per character of the model(s) on FILES (- = stdin)."""
     from charnn.runs import run_eval
 
-    result = run_eval(checkpoint, list(files), encoding_errors)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        click.echo(
-            f"bpc {result['bpc']:.4f}  loss {result['loss']:.4f}  chars {result['chars']}  "
-            f"tokens {result['tokens']}"
-        )
+    rows = run_eval(list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k)
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            where = f"  checkpoint {row['checkpoint']}" if len(rows) > 1 else ""
+            click.echo(
+                f"bpc {row['bpc']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
+                f"tokens {row['tokens']}{where}"
+            )
 
 
 @cli.command()

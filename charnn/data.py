@@ -113,16 +113,21 @@ def read_source(source: str, errors: str = "strict") -> str:
     return decode_bytes(raw, source, errors)
 
 
-def load_corpus(
-    paths: Sequence[str],
-    tokenizer: str | Tokenizer = "char",
-    vocab_size: int | None = None,
-    encoding_errors: str = "strict",
-) -> Corpus:
-    """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval)."""
+@dataclass
+class CorpusTexts:
+    """Corpus sources read into memory, not yet encoded (read once, encode with several tokenizers)."""
+
+    sources: list[str]
+    names: list[str]  # the source of each text, for error messages
+    texts: list[str]
+    notes: list[str]
+
+
+def read_corpus(paths: Sequence[str], encoding_errors: str = "strict") -> CorpusTexts:
+    """Read every source of a corpus (stdin at most once), skipping empty files found in directories."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
-    names: list[str] = []  # the source of each text, for error messages
+    names: list[str] = []
     for source in sources:
         text = read_source(source, encoding_errors)
         if not text:
@@ -135,6 +140,19 @@ def load_corpus(
         names.append("<stdin>" if source == "-" else source)
     if not texts:
         raise DataError("the corpus is empty")
+    return CorpusTexts(sources=sources, names=names, texts=texts, notes=notes)
+
+
+def load_corpus(
+    paths: Sequence[str] | CorpusTexts,
+    tokenizer: str | Tokenizer = "char",
+    vocab_size: int | None = None,
+    encoding_errors: str = "strict",
+) -> Corpus:
+    """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval);
+    ``paths`` may be texts already read by :func:`read_corpus`."""
+    read = paths if isinstance(paths, CorpusTexts) else read_corpus(paths, encoding_errors)
+    texts, names = read.texts, read.names
     chars = sum(len(t) for t in texts)
 
     if isinstance(tokenizer, str):
@@ -152,7 +170,7 @@ def load_corpus(
         except DataError as exc:  # e.g. characters a checkpoint's vocabulary lacks: say where
             raise DataError(f"{name}: {exc}") from None
     ids = np.concatenate(parts)
-    return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=sources, notes=notes)
+    return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=read.sources, notes=list(read.notes))
 
 
 def split_train_val(ids: np.ndarray, val_fraction: float, min_val: int = 2) -> tuple[np.ndarray, np.ndarray]:

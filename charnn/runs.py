@@ -17,8 +17,8 @@ from typing import Any, TextIO
 from charnn.checkpoint import BEST, LATEST, META, aside_path, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.console import TrainReporter, note
-from charnn.data import load_corpus, read_source, resolve_sources
-from charnn.errors import ConfigError, DataError
+from charnn.data import load_corpus, read_corpus, read_source, resolve_sources
+from charnn.errors import CharnnError, ConfigError, DataError
 
 # ---------------------------------------------------------------------------- train
 
@@ -181,15 +181,55 @@ def run_sampling(
 # ---------------------------------------------------------------------------- eval / score / info
 
 
-def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
+def run_eval(
+    checkpoints: Sequence[str] | str,
+    files: Sequence[str],
+    encoding_errors: str = "strict",
+    html: str | None = None,
+    top_k: int = 5,
+) -> list[dict[str, Any]]:
+    """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page."""
     from charnn.evaluate import evaluate_stream, token_char_lengths
 
-    ckpt = load_checkpoint(checkpoint)
-    corpus = load_corpus(files, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
-    if len(corpus.ids) < 2:
-        raise DataError("need at least 2 tokens of text to evaluate")
-    result = evaluate_stream(ckpt.build_model(), corpus.ids, token_char_lengths(ckpt.tokenizer))
-    return {**result.to_dict(), "checkpoint": str(ckpt.path)}
+    if isinstance(checkpoints, str):
+        checkpoints = [checkpoints]
+    if html is not None and len(checkpoints) > 2:
+        raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    texts = read_corpus(files, encoding_errors)
+    rows, reports = [], []
+    for checkpoint in checkpoints:
+        ckpt = load_checkpoint(checkpoint)
+        corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
+        if len(corpus.ids) < 2:
+            raise DataError("need at least 2 tokens of text to evaluate")
+        model = ckpt.build_model()
+        result = evaluate_stream(model, corpus.ids, token_char_lengths(ckpt.tokenizer))
+        rows.append({**result.to_dict(), "checkpoint": str(ckpt.path)})
+        if html is not None:
+            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+    if html is not None:
+        from charnn.report import build_report, write_report
+
+        if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
+            raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
+        name = ", ".join("<stdin>" if f == "-" else f for f in files)
+        try:
+            write_report(html, build_report(name, reports))
+        except OSError as exc:
+            raise CharnnError(f"{html}: cannot write the page ({exc.strerror or exc})") from None
+        note(f"wrote {html}")
+    return rows
+
+
+def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+    """Per-character surprisal of one checkpoint, ready for the page."""
+    from charnn.evaluate import char_surprisal, token_surprisal
+    from charnn.report import ModelReport
+
+    tokenizer = ckpt.tokenizer
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
 def run_score(
