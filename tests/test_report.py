@@ -145,3 +145,37 @@ def test_page_references_nothing_outside_itself(tmp_path: Path) -> None:
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(|\bsrc\s*=", page, re.I)
     assert all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', page))
+
+
+def test_eval_repeated_checkpoint_gives_one_row_each(
+    trained_run: Path, corpus_text: str, tmp_path: Path, cli_inprocess
+) -> None:
+    held_out = tmp_path / "held.txt"
+    held_out.write_text(corpus_text[-600:], encoding="utf-8")
+    proc = cli_inprocess("eval", "-c", trained_run, "-c", trained_run / "latest", held_out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [Path(r["checkpoint"]).name for r in rows] == ["best", "latest"]
+    assert all(r["chars"] > 0 and r["bpc"] > 0 for r in rows)
+    plain = cli_inprocess("eval", "-c", trained_run, "-c", trained_run / "latest", held_out)
+    lines = plain.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("bpc ") and lines[1].endswith("latest")
+    assert f"{rows[1]['bpc']:.4f}" in lines[1]
+
+
+def test_eval_html_compares_two_and_refuses_three(
+    trained_run: Path, corpus_text: str, tmp_path: Path, cli_inprocess
+) -> None:
+    held_out = tmp_path / "held.txt"
+    held_out.write_text(corpus_text[-600:], encoding="utf-8")
+    out = tmp_path / "ab.html"
+    proc = cli_inprocess("eval", "-c", trained_run, "-c", trained_run / "latest", held_out, "--html", out)
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text(encoding="utf-8")
+    meta, _ = _data(page)
+    assert len(meta["models"]) == 2 and "B − A" in page and "d4" in page
+    assert not list(tmp_path.glob(".ab.html.*"))  # no temporary file left behind
+    three = cli_inprocess("eval", *["-c", trained_run] * 3, held_out, "--html", out)
+    assert three.returncode == 2 and "compares two" in three.stderr
+    unwritable = cli_inprocess("eval", "-c", trained_run, held_out, "--html", tmp_path / "no" / "x.html")
+    assert unwritable.returncode == 1 and "cannot write the page" in unwritable.stderr
