@@ -58,6 +58,7 @@ def cli() -> None:
       charnn eval held-out.txt --json    loss and bits per character
       charnn score lines.txt --json      per-line log-probabilities
       charnn info                        what a checkpoint holds
+      charnn corpora                     public-domain corpora to fetch and train on
     """
 
 
@@ -173,7 +174,8 @@ def train(
 ) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
 
-    With no FILES, trains on Python's documentation topics that ship with CPython.
+    With no FILES, trains on Python's documentation topics that ship with CPython. A FILE that
+    is not a path but a name from 'charnn corpora' is fetched into the cache when needed.
     """
     from charnn.runs import start_training
 
@@ -366,6 +368,61 @@ def info(checkpoint: str, as_json: bool) -> None:
     else:
         for key, value in data.items():
             click.echo(f"{key:16} {value}")
+
+
+# ---------------------------------------------------------------------------- corpora
+
+CACHE_HELP = (
+    "Download directory.  [default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]"
+)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per corpus per line.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.pass_context
+def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
+    """List known public-domain corpora (name, size, verified, cached, description).
+
+    \b
+      charnn corpora                       the list
+      charnn corpora fetch tinyshakespeare download it into the cache (path on stdout)
+      charnn train tinyshakespeare         fetch when needed, then train on it
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from charnn.runs import list_corpora
+
+    for row in list_corpora(cache_dir):
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
+            builtin = row["url"].startswith("builtin:")
+            verified = "sha256" if row["sha256"] else ("builtin" if builtin else "no")
+            cached = "cached" if row["cached"] else ""
+            click.echo(
+                f"{row['name']:20} {row['language']:3} {size:>8}  {verified:8} {cached:7} "
+                f"{row['description']}"
+            )
+
+
+@corpora.command()
+@click.argument("name")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--no-verify", is_flag=True, help="Fetch a corpus whose registry entry has no sha256.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds without data before giving up.",
+)
+def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> None:
+    """Download corpus NAME into the cache (resumable, sha256-checked); print its path."""
+    from charnn.runs import fetch_corpus
+
+    click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
 
 
 # ---------------------------------------------------------------------------- entry point

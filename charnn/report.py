@@ -26,7 +26,10 @@ from charnn.evaluate import CharSurprisal, line_bpc, surprising_passages
 CHUNK_CHARS = 4096  # characters per lazily rendered chunk
 SURPRISAL_THRESHOLDS = [0.5, 1, 2, 3, 4, 6, 8, 11]  # bits: shade classes s0..s8
 DIFF_THRESHOLDS = [-4, -2, -1, -0.25, 0.25, 1, 2, 4]  # bits, B - A: shade classes d0..d8
-CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'"
+)
 ATTRIBUTION = {
     "char": "one token per character, so each character carries its own surprisal",
     "sentencepiece": (
@@ -137,7 +140,9 @@ def _legend(compare: bool) -> str:
         labels = [f"< {edges[0]}"] + [f"{a:g}–{b:g}" for a, b in zip(edges, edges[1:], strict=False)]
         labels.append(f"≥ {edges[-1]:g}")
         prefix, what = "s", "surprisal, bits (−log₂ p of the character)"
-    swatches = "".join(f'<span class="sw {prefix}{i}">{html.escape(label)}</span>' for i, label in enumerate(labels))
+    swatches = "".join(
+        f'<span class="sw {prefix}{i}">{html.escape(label)}</span>' for i, label in enumerate(labels)
+    )
     return f'<div class="legend" aria-label="colour legend"><span>{what}:</span>{swatches}</div>'
 
 

@@ -37,6 +37,7 @@ def start_training(
     """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``)."""
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
+    files = resolve_corpus_names(list(files))
     reporter = TrainReporter()
     if resume is not None:
         out_dir = Path(resume or out)
@@ -300,3 +301,49 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
         "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
         "created": meta.get("created"),
     }
+
+
+# ---------------------------------------------------------------------------- corpora
+
+
+def list_corpora(cache: str | None = None) -> list[dict[str, Any]]:
+    """Registry entries with ``cached``: the path of the downloaded file, or None."""
+    from charnn.corpora import cache_dir, cached_path, load_registry
+
+    directory = cache_dir(cache)
+    rows = []
+    for entry in load_registry():
+        path = cached_path(entry, directory)
+        rows.append({**entry.to_dict(), "cached": str(path) if path.exists() else None})
+    return rows
+
+
+def fetch_corpus(name: str, cache: str | None = None, verify: bool = True, timeout: float = 60.0) -> str:
+    """Download a registry corpus (progress on stderr); returns the cached path."""
+    from charnn.corpora import cache_dir, find_entry, load_registry
+
+    entry = find_entry(name, load_registry())
+    if entry.builtin:
+        note(f"{name} ships with Python; nothing to download (train on it with: charnn train {name})")
+        return entry.url
+    return _fetch_with_progress(entry, cache_dir(cache), verify, timeout)
+
+
+def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: float) -> str:
+    from charnn.console import download_progress
+    from charnn.corpora import cached_path, fetch, refuse_unverifiable
+
+    if cached_path(entry, directory).exists():
+        return str(cached_path(entry, directory))
+    refuse_unverifiable(entry, verify)
+    with download_progress(entry.name, entry.url) as progress:
+        path = fetch(entry, directory, verify=verify, timeout=timeout, progress=progress)
+    note(f"{entry.name}: saved {path}" + ("" if verify else " (not verified: the registry has no sha256)"))
+    return str(path)
+
+
+def resolve_corpus_names(files: list[str]) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+    from charnn.corpora import cache_dir, resolve_names
+
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))
