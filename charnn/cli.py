@@ -305,7 +305,11 @@ def sample(
     help="Also write a self-contained surprisal page (two -c: compare them).",
 )
 @click.option(
-    "--top-k", type=click.IntRange(1, 20), default=5, show_default=True, help="Predictions per character."
+    "--top-k",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Predictions shown per character on the --html page.",
 )
 def eval_(
     files: tuple[str, ...],

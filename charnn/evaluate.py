@@ -145,6 +145,12 @@ class TokenSurprisal:
     top_probs: np.ndarray  # (N, k) float32: their probabilities
 
 
+def _segments(n: int, streams: int, min_segment: int) -> np.ndarray:
+    """Boundaries of up to ``streams`` equal parts of ``n`` targets, each at least ``min_segment`` long."""
+    count = max(1, min(streams, n // max(1, min_segment)))
+    return np.linspace(0, n, count + 1).round().astype(np.int64)  # (count + 1,)
+
+
 @torch.no_grad()
 def token_surprisal(
     model: CharRNN,
@@ -152,42 +158,52 @@ def token_surprisal(
     start_ids: Sequence[int],
     top_k: int = 5,
     seq_len: int = 256,
+    streams: int = 16,
+    min_segment: int = 8192,
+    warmup: int = 1024,
     device: torch.device | str = "cpu",
 ) -> TokenSurprisal:
-    """Per-token log-probabilities and top-k predictions of ``ids`` read as one stream.
+    """Per-token log-probabilities and top-k predictions of ``ids``.
 
-    The stream starts after ``start_ids`` (a newline for the char tokenizer, as ``score``
+    The text is read after ``start_ids`` (a newline for the char tokenizer, as ``score``
     conditions on), so the first token is scored too. Windows of ``seq_len`` carry the hidden
     state, so memory is bounded by the window, not the text; the result is O(N * k).
+    A text longer than ``2 * min_segment`` tokens is read as up to ``streams`` parallel parts
+    (a batch), each after ``warmup`` tokens of the text before it, so every prediction sees at
+    least ``warmup`` tokens of context (the whole text before it when there is one part).
     """
     n = len(ids)
     if n < 1 or not start_ids:
         raise ValueError("token_surprisal needs at least one token and a start context")
     k = max(1, min(top_k, model.config.vocab_size))
     seq = np.concatenate([np.asarray(start_ids, dtype=np.int64), ids.astype(np.int64)])  # (S + N,)
-    context = len(start_ids) - 1  # inputs before the first prediction that matters
+    context = len(start_ids) - 1  # input position that predicts ids[0]
+    bounds = _segments(n, streams, min_segment)
+    lo, hi = bounds[:-1], bounds[1:]  # (B,) targets each part reports
+    first = np.where(lo == 0, 0, context + lo - warmup).clip(min=0)  # (B,) first input position read
+    length = int((context + hi - first).max())  # positions each stream reads (shorter ones pad)
     logprob = np.empty(n, dtype=np.float64)
     top_ids = np.empty((n, k), dtype=np.int64)
     top_probs = np.empty((n, k), dtype=np.float32)
     was_training = model.training
     model.eval()
     hidden = None
-    for start in range(0, len(seq) - 1, seq_len):
-        end = min(start + seq_len, len(seq) - 1)
-        x = torch.from_numpy(seq[start:end])[None].to(device)  # (1, t)
-        y = torch.from_numpy(seq[start + 1 : end + 1]).to(device)  # (t,)
-        logits, hidden = model(x, hidden)  # (1, t, V)
+    for start in range(0, length, seq_len):
+        pos = first[:, None] + np.arange(start, min(start + seq_len, length))[None, :]  # (B, t)
+        x = torch.from_numpy(seq[np.minimum(pos, len(seq) - 1)]).to(device)  # (B, t)
+        y = torch.from_numpy(seq[np.minimum(pos + 1, len(seq) - 1)]).to(device)  # (B, t)
+        logits, hidden = model(x, hidden)  # (B, t, V)
         hidden = detach_hidden(hidden)
-        logp = torch.log_softmax(logits[0].float(), dim=-1)  # (t, V)
-        probs, top = logp.topk(k, dim=-1)  # (t, k)
-        lo = max(start, context)  # positions < context only predict the start context
-        if end <= lo:
+        target = pos - context  # (B, t) index into ids predicted at each position
+        keep = torch.from_numpy((target >= lo[:, None]) & (target < hi[:, None])).to(device)  # (B, t)
+        if not keep.any():
             continue
-        sl = slice(lo - start, end - start)
-        out = slice(lo - context, end - context)
-        logprob[out] = logp[sl].gather(1, y[sl, None]).squeeze(1).double().cpu().numpy()
-        top_ids[out] = top[sl].cpu().numpy()
-        top_probs[out] = probs[sl].exp().cpu().numpy()
+        logp = torch.log_softmax(logits[keep].float(), dim=-1)  # (M, V)
+        probs, top = logp.topk(k, dim=-1)  # (M, k)
+        where = target[keep.cpu().numpy()]  # (M,)
+        logprob[where] = logp.gather(1, y[keep][:, None]).squeeze(1).double().cpu().numpy()
+        top_ids[where] = top.cpu().numpy()
+        top_probs[where] = probs.exp().cpu().numpy()
     model.train(was_training)
     return TokenSurprisal(logprob=logprob, top_ids=top_ids, top_probs=top_probs)
 

@@ -49,8 +49,18 @@ class ModelReport:
     surprisal: CharSurprisal
 
 
+BITS_SCALE = 64  # surprisal stored in 1/64 bit (shown to 2 decimals), up to 1023.98 bits
+PROB_STEPS = 50  # prediction probabilities stored in 2 % steps; smaller ones are left out
+
+
 def _milli(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * 1000), 0, 65535).astype(np.uint16)
+
+
+def _bit_planes(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surprisal as high and low bytes of 1/64-bit units: two planes compress better than uint16."""
+    units = np.clip(np.rint(bits * BITS_SCALE), 0, 65535).astype(np.uint16)
+    return (units >> 8).astype(np.uint8), (units & 0xFF).astype(np.uint8)
 
 
 class _Blob:
@@ -89,12 +99,14 @@ def _chunk_bounds(text: str, line_starts: np.ndarray) -> list[int]:
 def _model_sections(blob: _Blob, j: int, model: ModelReport) -> dict[str, object]:
     cs = model.surprisal
     _, lbpc = line_bpc(cs.text, cs.bits)
-    blob.add(f"bits{j}", _milli(cs.bits))
+    high, low = _bit_planes(cs.bits)
+    blob.add(f"bh{j}", high)
+    blob.add(f"bl{j}", low)
     blob.add(f"lbpc{j}", _milli(lbpc))
     if model.kind != "char":
         blob.add(f"tok{j}", cs.token_of_char.astype(np.uint32))
     top_ids, top_probs = cs.tokens.top_ids, cs.tokens.top_probs  # (N, k)
-    quantised = np.rint(top_probs * 255).astype(np.uint8)
+    quantised = np.rint(top_probs * PROB_STEPS).astype(np.uint8)
     ids = np.where(quantised > 0, top_ids, 0)  # ids of predictions too small to show compress away
     id_type = np.uint8 if len(model.vocab) <= 256 else np.uint16
     blob.add(f"ids{j}", ids.T.astype(id_type))  # column-major: all first choices, then all second...
@@ -216,6 +228,7 @@ def build_report(source_name: str, models: list[ModelReport]) -> str:
         "bounds": _chunk_bounds(text, starts),
         "models": [_model_sections(blob, j, m) for j, m in enumerate(models)],
         "thresholds": {"s": SURPRISAL_THRESHOLDS, "d": DIFF_THRESHOLDS},
+        "scale": {"bits": BITS_SCALE, "prob": PROB_STEPS},
     }
     meta["sections"] = blob.sections
     assets = resources.files("charnn") / "assets"

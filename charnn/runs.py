@@ -187,7 +187,7 @@ def run_eval(
     files: Sequence[str],
     encoding_errors: str = "strict",
     html: str | None = None,
-    top_k: int = 5,
+    top_k: int = 3,
 ) -> list[dict[str, Any]]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page."""
     from charnn.evaluate import evaluate_stream, token_char_lengths

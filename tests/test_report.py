@@ -136,8 +136,8 @@ def test_page_escapes_the_text_and_keeps_its_data(tmp_path: Path, two: bool) -> 
     assert raw[offset : offset + size].decode("utf-8") == text
     assert meta["chars"] == len(text) and meta["bounds"][0] == 0 and meta["bounds"][-1] == len(text)
     assert len(meta["models"]) == (2 if two else 1)
-    offset, size, kind = meta["sections"]["bits0"]
-    assert kind == "u16" and size == len(text)
+    offset, size, kind = meta["sections"]["bh0"]
+    assert kind == "u8" and size == len(text)
 
 
 def test_page_references_nothing_outside_itself(tmp_path: Path) -> None:
@@ -179,3 +179,21 @@ def test_eval_html_compares_two_and_refuses_three(
     assert three.returncode == 2 and "compares two" in three.stderr
     unwritable = cli_inprocess("eval", "-c", trained_run, held_out, "--html", tmp_path / "no" / "x.html")
     assert unwritable.returncode == 1 and "cannot write the page" in unwritable.stderr
+
+
+def test_parallel_parts_see_their_warmup_context() -> None:
+    """A long text read as parallel parts: every target scored exactly once; with a warm-up as long
+    as the text before each part, the numbers equal one sequential pass."""
+    tok = CharTokenizer.from_codepoints(codepoints(TEXT))
+    ids = tok.encode(TEXT * 4)  # ~1.1k tokens
+    model = small_gru(tok.vocab_size)
+    one = token_surprisal(model, ids, tok.start_ids(), top_k=2, seq_len=50)
+    parts = token_surprisal(model, ids, tok.start_ids(), top_k=2, seq_len=50, streams=4, min_segment=200,
+                            warmup=len(ids))
+    np.testing.assert_allclose(parts.logprob, one.logprob, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(parts.top_ids[:, 0], one.top_ids[:, 0])
+    short = token_surprisal(model, ids, tok.start_ids(), top_k=2, seq_len=50, streams=4, min_segment=200,
+                            warmup=30)
+    assert np.isfinite(short.logprob).all() and (short.logprob <= 0).all()
+    # A small GRU forgets quickly: 30 tokens of warm-up already give nearly the same numbers.
+    assert np.abs(short.logprob - one.logprob).max() < 0.5

@@ -31,7 +31,7 @@
   const chars = Array.from(new TextDecoder().decode(sec('text')));
   const lineStarts = sec('lines');
   const models = meta.models.map(function (m, j) {
-    return { name: m.name, vocab: m.vocab, k: m.k, n: m.tokens, bits: sec('bits' + j),
+    return { name: m.name, vocab: m.vocab, k: m.k, n: m.tokens, bh: sec('bh' + j), bl: sec('bl' + j),
       lbpc: sec('lbpc' + j), tok: sec('tok' + j), ids: sec('ids' + j), p: sec('p' + j) };
   });
   const compare = models.length === 2;
@@ -44,7 +44,7 @@
     if (t === '\t') return '\u21E5';
     return t.replace(/\n/g, '\u21B5').replace(/ /g, '\u2423');
   }
-  const bitsOf = (m, i) => m.bits[i] / 1000;
+  const bitsOf = (m, i) => ((m.bh[i] << 8) | m.bl[i]) / meta.scale.bits;
   function bucket(v, th) {
     let b = 0;
     while (b < th.length && v >= th[b]) b++;
@@ -59,20 +59,20 @@
     const out = [];
     for (let j = 0; j < m.k; j++) {
       const q = m.p[j * m.n + t];
-      if (q) out.push([m.vocab[m.ids[j * m.n + t]], q / 255]);
+      if (q) out.push([m.vocab[m.ids[j * m.n + t]], q / meta.scale.prob]);
     }
     return out;
   }
-  const pct = (q) => (q < 0.01 ? '<1%' : Math.round(q * 100) + '%');
+  const pct = (q) => Math.round(q * 100) + '%';
   function title(i) {
     const ch = show(chars[i]);
     if (compare) {
       const a = bitsOf(models[0], i), b = bitsOf(models[1], i);
-      return "'" + ch + "' A " + a.toFixed(3) + ' bits, B ' + b.toFixed(3) + ' bits, B\u2212A ' +
-        (b - a >= 0 ? '+' : '') + (b - a).toFixed(3);
+      return "'" + ch + "' A " + a.toFixed(2) + ' bits, B ' + b.toFixed(2) + ' bits, B\u2212A ' +
+        (b - a >= 0 ? '+' : '') + (b - a).toFixed(2);
     }
     const top = preds(models[0], i).map((x) => show(x[0]) + ' ' + pct(x[1])).join(', ');
-    return "'" + ch + "' " + bitsOf(models[0], i).toFixed(3) + ' bits; expected ' + top;
+    return "'" + ch + "' " + bitsOf(models[0], i).toFixed(2) + ' bits; expected ' + top;
   }
   function lineOf(i) {  // index of the line holding character i (binary search)
     let lo = 0, hi = lineStarts.length - 1;
@@ -161,19 +161,19 @@
     models.forEach(function (m, j) {
       const b = bitsOf(m, i);
       h += '<div' + (compare ? '' : ' class="sur"') + '>' + (compare ? '<b>' + 'AB'[j] + '</b> ' : '') +
-        'surprisal <b class="num" data-bits="' + b.toFixed(3) + '">' + b.toFixed(3) + ' bits</b> (p = ' +
-        Math.pow(2, -b).toPrecision(3) + '); line ' + (m.lbpc[line] / 1000).toFixed(3) + ' bpc</div><table>';
+        'surprisal <b class="num" data-bits="' + b + '">' + b.toFixed(2) + ' bits</b> (p = ' +
+        Math.pow(2, -b).toPrecision(3) + '); line ' + (m.lbpc[line] / 1000).toFixed(2) + ' bpc</div><table>';
       for (const [t, q] of preds(m, i)) {
         const hit = t === chars[i] ? ' class="hit"' : '';
         h += '<tr' + hit + '><td><code>' + esc(show(t)) + '</code></td><td class="num">' +
-          (q * 100).toFixed(1) + '%</td><td><span class="bar" style="width:' + Math.round(q * 120) +
+          pct(q) + '</td><td><span class="bar" style="width:' + Math.round(q * 120) +
           'px"></span></td></tr>';
       }
       h += '</table>';
     });
     if (compare) {
       const d = bitsOf(models[1], i) - bitsOf(models[0], i);
-      h += '<div>B \u2212 A: <b class="num">' + (d >= 0 ? '+' : '') + d.toFixed(3) + ' bits</b> (' +
+      h += '<div>B \u2212 A: <b class="num">' + (d >= 0 ? '+' : '') + d.toFixed(2) + ' bits</b> (' +
         (d < 0 ? 'B finds it less surprising' : d > 0 ? 'B finds it more surprising' : 'equal') + ')</div>';
     }
     info.innerHTML = h;
