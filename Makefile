@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint readme bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check charnn tests benchmarks
+	$(VENV)/bin/ruff format --check charnn tests benchmarks
+	$(VENV)/bin/mypy
+
+# The README's option tables are generated from the commands (see charnn/docs.py).
+readme: $(STAMP)
+	$(PY) -m charnn.docs README.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/sample_speed.py

@@ -28,8 +28,10 @@ from charnn.config import ModelConfig, SampleConfig  # noqa: E402
 from charnn.model import CharRNN  # noqa: E402
 from charnn.sampling import generate  # noqa: E402
 from charnn.stepper import FastStepper  # noqa: E402
+from charnn.tokenizer import CharTokenizer  # noqa: E402
 
 VOCAB = 65
+DIGITS = CharTokenizer([chr(48 + i) for i in range(VOCAB)])  # ids decode to distinct characters
 
 
 def bare_loop(model: CharRNN, chars: int, mode: Callable = torch.inference_mode) -> float:
@@ -50,7 +52,7 @@ def fast(stepper: FastStepper, config: SampleConfig) -> float:
     """Generated chars/s through generate(), summed over streams (beam: positions/s)."""
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    samples = generate(stepper, [0], config, lambda i: chr(48 + i), generator=gen)
+    samples = generate(stepper, [0], config, DIGITS, generator=gen)
     elapsed = time.perf_counter() - start
     chars = len(samples[0].ids) if config.beam else sum(len(s.ids) for s in samples)
     return chars / elapsed

@@ -20,15 +20,8 @@ import torch.nn.functional as F
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
 from charnn.model import CharRNN, detach_hidden
+from charnn.reporting import NullReporter
 from charnn.train import Trainer
-
-
-class _Quiet:
-    def start(self, info: dict) -> None: ...
-    def progress(self, *args: object) -> None: ...
-    def evaluated(self, *args: object) -> None: ...
-    def message(self, text: str) -> None: ...
-    def finish(self, summary: dict) -> None: ...
 
 
 def bare_loop(model: CharRNN, data: torch.Tensor, batch: int, seq_len: int, steps: int) -> float:
@@ -85,7 +78,7 @@ def main() -> None:
     bare = bare_loop(
         CharRNN(mcfg), torch.from_numpy(ids.astype("int64")), args.batch_size, args.seq_len, args.steps
     )
-    trainer = Trainer(corpus, mcfg, tcfg, Path("/nonexistent-not-written"), _Quiet())
+    trainer = Trainer(corpus, mcfg, tcfg, Path("/nonexistent-not-written"), NullReporter())
     trainer.train_step()  # warm-up (allocations, oneDNN primitive creation)
     start = time.perf_counter()
     for _ in range(args.steps):

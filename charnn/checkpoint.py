@@ -7,20 +7,18 @@ A checkpoint is a directory::
     model.safetensors         the network's weights
     train_state.safetensors   optimizer moments, RNG states, carried hidden state (resume only)
 
-A run directory (``--out``) holds ``latest/`` and ``best/``. Saving writes a
-hidden temporary directory (files fsynced), moves the old checkpoint aside,
-renames the new one into place and only then deletes the old one; a crash at
-any moment leaves a complete checkpoint under the final or the aside name, and
-loading looks at both. Nothing is ever unpickled.
+This module owns the format: what the files hold, how training state is packed into
+them and unpacked, and the validation of every field on load. Where checkpoints live and
+how one is replaced atomically is :mod:`charnn.rundir`'s job. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
-import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from charnn.config import GATES, ModelConfig
+from charnn import __version__
+from charnn.config import GATES, ModelConfig, TrainConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
-from charnn.model import CharRNN
+from charnn.model import CharRNN, Hidden, hidden_from_tensors, hidden_tensors
+from charnn.rundir import BEST, FORMAT, LATEST, RunDir, resolve_checkpoint
+from charnn.rundir import MARKER as META
 from charnn.tokenizer import Tokenizer, tokenizer_from_dict
 
-FORMAT = "charnn-checkpoint"
+__all__ = ["BEST", "LATEST", "META", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+
 VERSION = 1
-META = "meta.json"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
-LATEST, BEST = "latest", "best"
 
 
 def _sha256(data: bytes) -> str:
@@ -62,52 +62,6 @@ def model_tensors(model: CharRNN) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------- saving
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def aside_path(target: Path) -> Path:
-    """Where a save moves the previous checkpoint while it renames the new one into place."""
-    return target.parent / f".{target.name}.old"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: exists, but not ours
-        return True
-    return True
-
-
-def recover(target: Path) -> None:
-    """Finish or undo a save that was interrupted between its two renames, and drop the
-    temporary directories of saves killed while writing (their process is gone)."""
-    old = aside_path(target)
-    if old.is_dir():
-        if target.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(old, target)
-    if target.parent.is_dir():
-        for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-            pid = tmp.name.rpartition("-")[2]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first floating-point tensor holding NaN or inf, if any."""
     for name, tensor in tensors.items():
@@ -122,15 +76,13 @@ def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
         raise CharnnError(f"refusing to save a checkpoint with non-finite values in {name}")
 
 
-def save_checkpoint(
-    target: Path,
+def encode_checkpoint(
     model: CharRNN,
     tokenizer: Tokenizer,
     meta: dict[str, Any],
     train_state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Atomically write a checkpoint directory at ``target`` (replacing any there)."""
-    target = Path(target)
+) -> dict[str, bytes]:
+    """The files of a checkpoint, by name: weights, optional training state, checksummed metadata."""
     tensors = model_tensors(model)
     _refuse_non_finite(tensors)
     files = {MODEL_FILE: st_save(tensors)}
@@ -148,27 +100,20 @@ def save_checkpoint(
     )
     meta["checksum"] = _meta_checksum(meta)
     files[META] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+    return files
 
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        recover(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, data in files.items():
-            _write_file(tmp / name, data)
-        _fsync_dir(tmp)
-        old = aside_path(target)
-        if target.exists():
-            os.rename(target, old)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CharnnError(
-            f"could not save checkpoint {target}: {exc.strerror or exc}; the previous checkpoint is kept"
-        ) from exc
+
+def save_checkpoint(
+    target: Path,
+    model: CharRNN,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    train_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Atomically write a checkpoint directory at ``target`` (replacing the checkpoint there)."""
+    target = Path(target)
+    files = encode_checkpoint(model, tokenizer, meta, train_state)
+    RunDir(target.parent).write(target.name, files)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -211,28 +156,6 @@ def _refuse_non_directory(path: Path) -> None:
             "charnn checkpoints are directories of safetensors + JSON"
         )
     raise CheckpointError(f"{path}: not a charnn checkpoint (expected a checkpoint or run directory)")
-
-
-def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
-    """Map a user's path to one checkpoint directory: a checkpoint itself, or a run directory's
-    ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
-    path = Path(path)
-    if not path.exists():
-        if (aside_path(path) / META).exists():  # e.g. -c run/latest after a crash between renames
-            return aside_path(path)
-        raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
-    if path.is_file():
-        if path.name in (META, MODEL_FILE, STATE_FILE):
-            return path.parent
-        _refuse_non_directory(path)
-    if (path / META).exists():
-        return path
-    order = [prefer, LATEST if prefer == BEST else BEST]
-    for name in order:
-        for candidate in (path / name, aside_path(path / name)):
-            if (candidate / META).exists():
-                return candidate
-    raise CheckpointError(f"{path}: no checkpoint here (no meta.json, {BEST}/ or {LATEST}/)")
 
 
 def _read_verified(directory: Path, name: str, meta: dict[str, Any]) -> bytes:
@@ -314,6 +237,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     """Load and fully validate a checkpoint onto the CPU, whatever device trained it."""
     directory = resolve_checkpoint(path, prefer)
+    if directory.is_file():
+        _refuse_non_directory(directory)
     meta = read_meta(directory)
     try:
         config = _model_config(meta.get("model"))
@@ -340,3 +265,101 @@ def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     if bad is not None:
         raise CheckpointError(f"{directory}: tensor {bad} is not finite floating point")
     return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)
+
+
+# ---------------------------------------------------------------------------- training state
+#
+# Besides the weights, a checkpoint written by training holds what resuming exactly needs:
+#   meta.json   "train" (TrainConfig), "progress" (Progress), "corpus" (sources, sha256, sizes),
+#               "optimizer" (hyperparameters of each parameter group)
+#   train_state.safetensors
+#               optim.{param index}.{exp_avg|exp_avg_sq|step}   AdamW moments
+#               hidden.h / hidden.c                              carried TBPTT state (L, B, H)
+#               rng.cpu, rng.cuda.{i}                            generator states
+
+
+@dataclass
+class Progress:
+    """Counters saved in every checkpoint."""
+
+    step: int = 0  # batches consumed (including skipped ones)
+    optimizer_steps: int = 0
+    skipped_steps: int = 0
+    elapsed: float = 0.0  # seconds of training, summed over resumes
+    lr_scale: float = 1.0  # halved at each recovery from divergence
+    best_val_bpc: float | None = None
+    val: dict[str, Any] = field(default_factory=dict)
+    train_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def training_meta(
+    config: TrainConfig, progress: Progress, corpus: dict[str, Any], optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """The metadata a training checkpoint carries beyond the model and tokenizer."""
+    groups = optimizer.state_dict()["param_groups"]
+    return {
+        "charnn_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "train": config.to_dict(),
+        "progress": progress.to_dict(),
+        "corpus": corpus,
+        "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in groups]},
+    }
+
+
+def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) -> dict[str, torch.Tensor]:
+    """Optimizer moments, carried hidden state and RNG states as named tensors."""
+    tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    for name, tensor in (hidden_tensors(hidden) if hidden is not None else {}).items():
+        tensors[f"hidden.{name}"] = tensor
+    for idx, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    return tensors
+
+
+def restore_train_state(
+    ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[Progress, Hidden | None]:
+    """Load weights, optimizer, RNG states into the given objects; return progress and hidden state.
+    A checkpoint whose checksums pass but whose state does not fit is refused as a bad checkpoint."""
+    if ckpt.config != model.config:
+        raise ConfigError("checkpoint model config differs from this run's")
+    try:
+        return _restore(ckpt, model, optimizer, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{ckpt.path}: training state cannot be resumed ({exc})") from None
+
+
+def _restore(
+    ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[Progress, Hidden | None]:
+    meta = ckpt.meta
+    model.load_state_dict(ckpt.weights, strict=False)  # tied head.weight is not stored
+    tensors = ckpt.train_state()
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    hidden: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        kind, _, rest = name.partition(".")
+        if kind == "optim":
+            idx, _, key = rest.partition(".")
+            optim_state.setdefault(int(idx), {})[key] = tensor
+        elif kind == "hidden":
+            hidden[rest] = tensor.to(device)
+    groups = optimizer.state_dict()["param_groups"]
+    for group, saved in zip(groups, meta["optimizer"]["param_groups"], strict=True):
+        group.update(saved)
+    optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    carried = hidden_from_tensors(model.config.cell, hidden) if hidden else None
+    return Progress(**meta["progress"]), carried

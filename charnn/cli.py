@@ -1,37 +1,187 @@
 """The ``charnn`` command line: thin click commands that delegate to the library.
 
-Heavy modules (torch, numpy) are imported inside commands so ``charnn --help``
-starts instantly. stdout carries only generated text or requested data;
-everything for people goes to stderr. Errors become one line and an exit code
-(see ``charnn.errors``); ``CHARNN_DEBUG=1`` shows the traceback.
+Options of the config dataclasses are not written here: :func:`config_options` turns each
+field declared with :func:`charnn.config.opt` into a click option named after the field,
+with its default, choices and range, and :func:`take_config` hands the values back as that
+config's fields. An option that no config and no command parameter takes is an error
+(``_no_leftovers``), never silently ignored.
+
+Heavy modules (torch, numpy) are imported inside commands so ``charnn --help`` starts
+instantly. stdout carries only generated text or requested data; everything for people
+goes to stderr. Errors become one line and an exit code (see ``charnn.errors``);
+``CHARNN_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from typing import Any
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from charnn import __version__
+from charnn.config import (
+    ENCODING_ERRORS,
+    ModelConfig,
+    Opt,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+    cli_opt,
+    flag_of,
+)
 from charnn.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, CharnnError, ConfigError
 
-ENC_ERRORS = click.Choice(["strict", "replace", "ignore"])
-POS_INT = click.IntRange(min=1)
-NONNEG_INT = click.IntRange(min=0)
-CKPT_HELP = "Checkpoint: a run directory (uses best/, else latest/) or one checkpoint directory."
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
+CKPT_HELP = "checkpoint: a run directory (uses best/, else latest/) or one checkpoint directory"
 
 
-def _given(ctx: click.Context, mapping: dict[str, str]) -> dict[str, Any]:
-    """Options the user actually typed (not defaults), renamed to config field names."""
-    out = {}
-    for param, field in mapping.items():
-        source = ctx.get_parameter_source(param)
-        if source is not None and source.name not in ("DEFAULT",) and ctx.params[param] is not None:
-            out[field] = ctx.params[param]
-    return out
+# ---------------------------------------------------------------------------- options from the schema
+
+
+class _Parsed(click.ParamType):
+    """A value click cannot type by itself (a duration), read by the schema's own parser."""
+
+    def __init__(self, parse: Callable[[str], Any], metavar: str | None) -> None:
+        self.parse, self.name = parse, (metavar or "VALUE").lower()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _IntRange(click.IntRange):
+    def _describe_range(self) -> str:
+        return _describe(self)
+
+
+class _FloatRange(click.FloatRange):
+    def _describe_range(self) -> str:
+        return _describe(self)
+
+
+def _describe(rng: click.IntRange | click.FloatRange) -> str:
+    """Click's range text without the sanity caps (a year, 2**53...) that only refuse typos."""
+    shown = [b if b is not None and abs(b) < 1e6 else None for b in (rng.min, rng.max)]
+    if shown == [None, None]:
+        return ""
+    saved = rng.min, rng.max
+    rng.min, rng.max = shown  # type: ignore[assignment]
+    try:
+        return click.FloatRange._describe_range(rng)  # type: ignore[arg-type]
+    finally:
+        rng.min, rng.max = saved
+
+
+def _click_type(o: Opt, hint: Any) -> click.ParamType:
+    if o.parse is not None:
+        return _Parsed(o.parse, o.metavar)
+    if o.choices is not None:
+        return click.Choice(o.choices)
+    base = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    if float in base:
+        return _FloatRange(o.min, o.max, min_open=o.min_open, max_open=o.max_open)
+    if int in base:
+        return _IntRange(
+            None if o.min is None else int(o.min),
+            None if o.max is None else int(o.max),
+            min_open=o.min_open,
+            max_open=o.max_open,
+        )
+    return click.STRING
+
+
+def _metavar(o: Opt, hint: Any) -> str | None:
+    if o.metavar or o.choices:
+        return o.metavar
+    base = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    return "F" if float in base else "N" if int in base else "TEXT"
+
+
+def _help(f: dataclasses.Field[Any], o: Opt) -> str:
+    """The help text with the real default (the field's), as click's own ``[default: ...]``."""
+    if o.default_text is not None:
+        return f"{o.help}  [default: {o.default_text}]"
+    if f.default is None or o.multiple or f.default is False or f.default is dataclasses.MISSING:
+        return o.help
+    value = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+    return f"{o.help}  [default: {value}]"
+
+
+def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Decorator: one click option per declared field of config dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(func: F) -> F:
+        for f in reversed(dataclasses.fields(cls)):
+            o = cli_opt(f)
+            if o is None or f.name in exclude:
+                continue
+            decls = [d for d in (o.short, flag_of(f)) if d] + [f.name]
+            kwargs: dict[str, Any] = {"help": _help(f, o)}
+            if bool in typing.get_args(hints[f.name]) or hints[f.name] is bool:
+                kwargs.update(is_flag=True, default=f.default)
+            else:
+                kwargs.update(
+                    type=_click_type(o, hints[f.name]),
+                    metavar=_metavar(o, hints[f.name]),
+                    multiple=o.multiple,
+                    default=f.default if f.default is not dataclasses.MISSING else None,
+                )
+            func = click.option(*decls, **kwargs)(func)
+        return func
+
+    return decorate
+
+
+def take_config(ctx: click.Context, options: dict[str, Any], cls: type[C]) -> dict[str, Any]:
+    """Remove ``cls``'s fields from ``options``; return those the user gave (command line or
+    environment), not the defaults: on ``--resume`` only what was typed may change a run."""
+    given = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if cli_opt(f) is None or f.name not in options:
+            continue
+        value = options.pop(f.name)
+        source = ctx.get_parameter_source(f.name)
+        if source is not None and source.name != "DEFAULT":
+            given[f.name] = value
+    return given
+
+
+def _no_leftovers(options: dict[str, Any]) -> None:
+    """Every option must have a home; one that reaches here was declared but never wired up."""
+    if options:
+        raise TypeError(f"options without a home: {', '.join(sorted(options))}")
+
+
+def _checkpoint_option(func: F) -> F:
+    return click.option(
+        "-c", "--checkpoint", default="checkpoints", show_default=True, metavar="PATH", help=CKPT_HELP
+    )(func)
+
+
+def _encoding_errors_option(func: F) -> F:
+    return click.option(
+        "--encoding-errors",
+        type=click.Choice(ENCODING_ERRORS),
+        default="strict",
+        show_default=True,
+        help="what to do with invalid UTF-8 in the text",
+    )(func)
+
+
+def _json_option(help: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 class _StdoutClosed(Exception):
@@ -64,101 +214,30 @@ def cli() -> None:
 
 # ---------------------------------------------------------------------------- train
 
-_MODEL_OPTS = {
-    "cell": "cell",
-    "layers": "layers",
-    "hidden": "hidden",
-    "embed": "embed",
-    "dropout": "dropout",
-    "tie_weights": "tie_weights",
-}
-_TRAIN_OPTS = {
-    "batch_size": "batch_size",
-    "seq_len": "seq_len",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup": "warmup_steps",
-    "grad_clip": "grad_clip",
-    "steps": "steps",
-    "epochs": "epochs",
-    "time_": "time_limit",
-    "decay_steps": "decay_steps",
-    "eval_every": "eval_every",
-    "eval_chars": "eval_chars",
-    "save_every": "save_every",
-    "val_fraction": "val_fraction",
-    "seed": "seed",
-    "device": "device",
-    "precision": "precision",
-    "max_bad_steps": "max_bad_steps",
-}
-
 
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path())
-@click.option("-o", "--out", default="checkpoints", show_default=True, help="Run directory for checkpoints.")
+@click.option(
+    "-o",
+    "--out",
+    default="checkpoints",
+    show_default=True,
+    metavar="DIR",
+    help="run directory; holds latest/ and best/",
+)
 @click.option(
     "--resume",
     is_flag=False,
     flag_value="",
     default=None,
     metavar="[DIR]",
-    help="Continue the run in DIR (default: --out) from its latest checkpoint, exactly.",
+    help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
-@click.option("--force", is_flag=True, help="Start a new run even if --out already holds one (replaces it).")
-@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="Recurrent cell.  [default: lstm]")
-@click.option("--layers", type=POS_INT, help="Recurrent layers.  [default: 2]")
-@click.option("--hidden", type=POS_INT, help="Hidden units per layer.  [default: 256]")
-@click.option("--embed", type=POS_INT, help="Embedding size.  [default: 64]")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout.  [default: 0]")
-@click.option("--tie-weights", is_flag=True, default=None, help="Share embedding and output weights.")
-@click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True)
-@click.option(
-    "--vocab-size",
-    type=click.IntRange(min=8),
-    default=2000,
-    show_default=True,
-    help="SentencePiece vocabulary size.",
-)
-@click.option("--batch-size", type=POS_INT, help="Parallel streams per batch.  [default: 16]")
-@click.option("--seq-len", type=POS_INT, help="TBPTT window length.  [default: 128]")
-@click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.  [default: 5e-3]"
-)
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay.  [default: 0.01]")
-@click.option("--warmup", type=NONNEG_INT, help="Warm-up steps.  [default: 50]")
-@click.option("--grad-clip", type=click.FloatRange(min=0), help="Gradient-norm clip, 0 = off.  [default: 1]")
-@click.option("--steps", type=POS_INT, help="Train for N steps (total for the run).")
-@click.option(
-    "--epochs", type=click.FloatRange(min=0, min_open=True), help="Train for F passes over the data."
-)
-@click.option("--time", "time_", metavar="DURATION", help="Train for a time: 90s, 5m, 2h.  [default: 5m]")
-@click.option("--decay-steps", type=POS_INT, help="Cosine decay horizon in steps.  [default: run length]")
-@click.option("--eval-every", type=POS_INT, help="Validate every N steps.  [default: 250]")
-@click.option("--eval-chars", type=POS_INT, help="Validate on at most N tokens.  [default: 200000]")
-@click.option("--save-every", type=POS_INT, help="Save latest/ every N steps.  [default: 500]")
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, max_open=True),
-    help="Held-out fraction from the end.  [default: 0.05]",
-)
-@click.option("--seed", type=int, help="Random seed.  [default: 1337]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default: auto]")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "bf16"]), help="bf16 autocast (CUDA).  [default: fp32]"
-)
-@click.option(
-    "--max-bad-steps",
-    type=POS_INT,
-    help="Non-finite steps in a row before restoring the last checkpoint.  [default: 10]",
-)
-@click.option(
-    "--encoding-errors",
-    type=ENC_ERRORS,
-    default="strict",
-    show_default=True,
-    help="What to do with invalid UTF-8 in the corpus.",
-)
+@click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
+@config_options(ModelConfig)
+@config_options(TokenizerConfig)
+@config_options(TrainConfig)
+@_encoding_errors_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -166,121 +245,71 @@ def train(
     out: str,
     resume: str | None,
     force: bool,
-    tokenizer: str,
-    vocab_size: int,
     encoding_errors: str,
-    time_: str | None,
-    **_: Any,
+    **options: Any,
 ) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
 
     With no FILES, trains on Python's documentation topics that ship with CPython. A FILE that
     is not a path but a name from 'charnn corpora' is fetched into the cache when needed.
     """
-    from charnn.runs import start_training
+    from charnn.runs import TrainRequest, start_training
 
-    model_opts = _given(ctx, _MODEL_OPTS)
-    train_opts = _given(ctx, _TRAIN_OPTS)
-    if "time_limit" in train_opts:
-        from charnn.config import parse_duration
-
-        train_opts["time_limit"] = parse_duration(train_opts["time_limit"])
-    start_training(
+    request = TrainRequest(
         files=list(files),
         out=out,
         resume=resume,
         force=force,
-        tokenizer=tokenizer,
-        vocab_size=vocab_size,
         encoding_errors=encoding_errors,
-        model_opts=model_opts,
-        train_opts=train_opts,
+        model=take_config(ctx, options, ModelConfig),
+        tokenizer=take_config(ctx, options, TokenizerConfig),
+        train=take_config(ctx, options, TrainConfig),
     )
+    _no_leftovers(options)
+    start_training(request)
 
 
 # ---------------------------------------------------------------------------- sample
 
 
 @cli.command()
-@click.option("-c", "--checkpoint", default="checkpoints", show_default=True, help=CKPT_HELP)
+@_checkpoint_option
+@config_options(SampleConfig)
+@click.option("--prime", default=None, help="text to start from (printed first)")
 @click.option(
-    "-n",
-    "--length",
-    type=NONNEG_INT,
-    default=500,
-    show_default=True,
-    help="Characters (tokens) to generate per sample, at most.",
+    "--prime-file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
+    help="read the prime from a file (- = stdin)",
 )
-@click.option(
-    "-t",
-    "--temp",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Temperature; 0 = greedy.  [default: 1.0]",
-)
-@click.option("--top-k", type=POS_INT, help="Sample only from the K most likely tokens.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass P.")
-@click.option("--beam", type=POS_INT, help="Beam search of width W (most probable continuation).")
-@click.option(
-    "--length-penalty",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Beam ranking: logprob / length**P.",
-)
-@click.option("--prime", default=None, help="Text to start from (printed first).")
-@click.option(
-    "--prime-file", type=click.File("r", encoding="utf-8"), help="Read the prime from a file (- = stdin)."
-)
-@click.option("--stop", "stops", multiple=True, help="End a sample after this string (kept). Repeatable.")
-@click.option(
-    "-k", "--num-samples", type=POS_INT, default=1, show_default=True, help="Samples, run as one batch."
-)
-@click.option("--separator", default="\n\n", show_default=repr("\n\n"), help="Printed between samples.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per sample per line.")
-@click.option("--seed", type=int, help="Random seed for reproducible samples.")
+@click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
+@_json_option("one JSON object per sample per line")
 @click.pass_context
 def sample(
     ctx: click.Context,
     checkpoint: str,
-    length: int,
-    temp: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    beam: int | None,
-    length_penalty: float,
     prime: str | None,
     prime_file: Any,
-    stops: tuple[str, ...],
-    num_samples: int,
     separator: str,
     as_json: bool,
-    seed: int | None,
+    **options: Any,
 ) -> None:
     """Generate text from a trained model; only the text goes to stdout."""
+    given = take_config(ctx, options, SampleConfig)
+    _no_leftovers(options)
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
-    if beam is not None and ((temp is not None and temp > 0) or top_k or top_p):
+    if given.get("beam") is not None and (
+        given.get("temperature", 0) > 0 or given.get("top_k") or given.get("top_p")
+    ):
         raise ConfigError(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
     if prime_file is not None:
         prime = prime_file.read()
-    from charnn.config import SampleConfig
     from charnn.runs import run_sampling
 
-    config = SampleConfig(
-        length=length,
-        temperature=1.0 if temp is None else temp,
-        top_k=top_k,
-        top_p=top_p,
-        beam=beam,
-        length_penalty=length_penalty,
-        num_samples=num_samples,
-        stops=stops,
-        seed=seed,
-    )
-    run_sampling(checkpoint, config, prime or "", separator, as_json)
+    run_sampling(checkpoint, SampleConfig(**given), prime or "", separator, as_json)
 
 
 # ---------------------------------------------------------------------------- eval / score / info
@@ -295,21 +324,23 @@ def sample(
     multiple=True,
     default=("checkpoints",),
     show_default=True,
-    help=CKPT_HELP + " Repeatable: one result per checkpoint.",
+    metavar="PATH",
+    help=CKPT_HELP + "; repeatable: one result per checkpoint",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per checkpoint per line.")
-@click.option("--encoding-errors", type=ENC_ERRORS, default="strict", show_default=True)
+@_json_option("one JSON object per checkpoint per line")
+@_encoding_errors_option
 @click.option(
     "--html",
     type=click.Path(dir_okay=False),
-    help="Also write a self-contained surprisal page (two -c: compare them).",
+    metavar="FILE",
+    help="also write a self-contained surprisal page (two -c: compare them)",
 )
 @click.option(
     "--top-k",
     type=click.IntRange(1, 20),
     default=3,
     show_default=True,
-    help="Predictions shown per character on the --html page.",
+    help="predictions shown per character on the --html page",
 )
 def eval_(
     files: tuple[str, ...],
@@ -336,11 +367,11 @@ def eval_(
 
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path())
-@click.option("-c", "--checkpoint", default="checkpoints", show_default=True, help=CKPT_HELP)
-@click.option("--context", default=None, help="Text each line is conditioned on.  [default: a newline]")
-@click.option("--whole", is_flag=True, help="Score each input as one text instead of line by line.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
-@click.option("--encoding-errors", type=ENC_ERRORS, default="strict", show_default=True)
+@_checkpoint_option
+@click.option("--context", default=None, help="text each line is conditioned on  [default: a newline]")
+@click.option("--whole", is_flag=True, help="score each input as one text instead of line by line")
+@_json_option("one JSON object per input line")
+@_encoding_errors_option
 def score(
     files: tuple[str, ...],
     checkpoint: str,
@@ -360,8 +391,8 @@ def score(
 
 
 @cli.command()
-@click.option("-c", "--checkpoint", default="checkpoints", show_default=True, help=CKPT_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+@_checkpoint_option
+@_json_option("print the metadata as JSON")
 def info(checkpoint: str, as_json: bool) -> None:
     """Show what a checkpoint holds: model, vocabulary, progress, validation."""
     from charnn.runs import checkpoint_info
@@ -377,13 +408,13 @@ def info(checkpoint: str, as_json: bool) -> None:
 # ---------------------------------------------------------------------------- corpora
 
 CACHE_HELP = (
-    "Download directory.  [default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]"
+    "download directory  [default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]"
 )
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per corpus per line.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
+@_json_option("one JSON object per corpus per line")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
 @click.pass_context
 def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
     """List known public-domain corpora (name, size, verified, cached, description).
@@ -413,14 +444,14 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
 
 @corpora.command()
 @click.argument("name")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
-@click.option("--no-verify", is_flag=True, help="Fetch a corpus whose registry entry has no sha256.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@click.option("--no-verify", is_flag=True, help="fetch a corpus whose registry entry has no sha256")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
-    help="Seconds without data before giving up.",
+    help="seconds without data before giving up",
 )
 def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> None:
     """Download corpus NAME into the cache (resumable, sha256-checked); print its path."""

@@ -1,14 +1,21 @@
-"""Validated configuration dataclasses (no torch import).
+"""The option schema: validated, frozen configuration dataclasses (no torch import).
 
-Each dataclass checks its own values in ``__post_init__`` and raises
-:class:`~charnn.errors.ConfigError` (exit 2) with a one-line message, so the
-library refuses impossible settings whether it is driven by the CLI or by code.
+Every user-facing knob is declared exactly once, as a dataclass field whose metadata
+(:func:`opt`) holds its command-line spelling, help text, choices and range. From that one
+declaration come the click option (``charnn.cli`` builds it, default shown from the field),
+the check in ``__post_init__`` (ranges, choices and finiteness are validated generically
+here, so the library refuses impossible settings whether it is driven by the CLI or by
+code), whether ``--resume`` may change it (``locked``), and the README's option tables
+(``charnn.docs``). Checks raise :class:`~charnn.errors.ConfigError` (exit 2) with one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +25,113 @@ CELLS = ("lstm", "gru", "rnn")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+TOKENIZERS = ("char", "sentencepiece")
+ENCODING_ERRORS = ("strict", "replace", "ignore")
+MAX_SEED = 2**63 - 1  # torch and numpy seeds are 64-bit; a larger one cannot be honoured
+MAX_SECONDS = 366 * 86400.0  # a year: beyond that a duration is a typo, and clocks lose precision
+MAX_COUNT = 2**53  # steps, tokens, lengths: exact in a float64, far beyond any real run
+
+
+@dataclass(frozen=True)
+class Opt:
+    """How one config field appears on the command line (the field's metadata under ``"cli"``)."""
+
+    help: str
+    flag: str | None = None  # default: --field-name
+    short: str | None = None  # e.g. "-n"
+    choices: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None  # text -> value, for values click cannot type (durations)
+    default_text: str | None = None  # what --help shows as the default, when the field's default is None
+    multiple: bool = False  # a repeatable option collected into a tuple
+    locked: bool = False  # defines what a run computes: --resume must not change it
+
+
+def opt(help: str, **kwargs: Any) -> dict[str, Opt]:
+    """Field metadata declaring a command-line option: ``field(default=..., metadata=opt(...))``."""
+    return {"cli": Opt(help, **kwargs)}
+
+
+def cli_opt(f: dataclasses.Field[Any]) -> Opt | None:
+    return f.metadata.get("cli")
+
+
+def flag_of(f: dataclasses.Field[Any]) -> str:
+    """The option a user types for field ``f`` (its name, for fields without one)."""
+    o = cli_opt(f)
+    if o is None:
+        return f.name
+    return o.flag or "--" + f.name.replace("_", "-")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _range_text(o: Opt) -> str:
+    if o.min is not None and o.max is not None:
+        return f"in {'(' if o.min_open else '['}{_fmt(o.min)}, {_fmt(o.max)}{')' if o.max_open else ']'}"
+    if o.min is not None:
+        return f"{'>' if o.min_open else '>='} {_fmt(o.min)}"
+    return f"{'<' if o.max_open else '<='} {_fmt(o.max or 0)}"
+
+
+def _check_field(f: dataclasses.Field[Any], kind: Any, value: Any) -> None:
+    """Generic checks from the declaration: type, finiteness, range, choices."""
+    name, o = flag_of(f), cli_opt(f)
+    if value is None:
+        if type(None) in typing.get_args(kind):
+            return
+        raise ConfigError(f"{name} must be given")
+    base = tuple(t for t in (typing.get_args(kind) or (kind,)) if t is not type(None))
+    if bool in base:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return
+    if int in base and float not in base and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if float in base:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    if o is None:
+        return
+    if o.choices is not None and value not in o.choices:
+        raise ConfigError(f"{name} must be one of {', '.join(o.choices)}, got {value!r}")
+    low_bad = o.min is not None and (value <= o.min if o.min_open else value < o.min)
+    high_bad = o.max is not None and (value >= o.max if o.max_open else value > o.max)
+    if low_bad or high_bad:
+        raise ConfigError(f"{name} must be {_range_text(o)}, got {value}")
+
+
+class _Validated:
+    """Mixin: check every field against its declaration, then the class's own cross-field rules."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_field(f, hints[f.name], getattr(self, f.name))
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve several fields (override)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} is not a mapping")
+        return cls(**_known_fields(cls, data))
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -26,126 +140,233 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Validated):
     """Shape of the network; stored in every checkpoint."""
 
-    vocab_size: int
-    cell: str = "lstm"
-    layers: int = 2
-    hidden: int = 256
-    embed: int = 64
-    dropout: float = 0.0
-    tie_weights: bool = False
+    vocab_size: int = field(metadata={"cli": None})
+    cell: str = field(
+        default="lstm",
+        metadata=opt(
+            "recurrent cell (`rnn` is the classic tanh RNN); built on torch.nn, so CUDA uses cuDNN",
+            choices=CELLS,
+        ),
+    )
+    layers: int = field(default=2, metadata=opt("recurrent layers", min=1, max=MAX_COUNT))
+    hidden: int = field(default=256, metadata=opt("hidden units per layer", min=1, max=MAX_COUNT))
+    embed: int = field(default=64, metadata=opt("embedding size", min=1, max=MAX_COUNT))
+    dropout: float = field(
+        default=0.0,
+        metadata=opt("dropout between layers and before the output layer", min=0, max=1, max_open=True),
+    )
+    tie_weights: bool = field(
+        default=False, metadata=opt("share embedding and output weights (needs --embed = --hidden)")
+    )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
-        _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        _check(self.layers >= 1, f"--layers must be >= 1, got {self.layers}")
-        _check(self.hidden >= 1, f"--hidden must be >= 1, got {self.hidden}")
-        _check(self.embed >= 1, f"--embed must be >= 1, got {self.embed}")
-        _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
         _check(
             not self.tie_weights or self.embed == self.hidden,
             f"--tie-weights needs --embed equal to --hidden (got {self.embed} and {self.hidden})",
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(**_known_fields(cls, data))
+@dataclass(frozen=True)
+class TokenizerConfig(_Validated):
+    """Which tokenizer a new run builds from its corpus (a resumed run keeps its own)."""
+
+    kind: str = field(
+        default="char",
+        metadata=opt(
+            "characters, or SentencePiece subwords trained on the corpus",
+            flag="--tokenizer",
+            choices=TOKENIZERS,
+        ),
+    )
+    vocab_size: int = field(default=2000, metadata=opt("SentencePiece vocabulary size", min=8, max=1_000_000))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``5m``, ``90min``, ``2h``, ``1.5h``, ``1h30m``, ``2d`` or a bare number."""
+    compact = text.strip().lower().replace(" ", "")
+    if _NUMBER.fullmatch(compact):
+        seconds = float(compact)
+    elif compact and _DURATION.fullmatch(compact):
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(compact))
+    else:
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 5m, 1h30m, 2h")
+    _check(seconds > 0, f"duration must be > 0, got {text!r}")
+    _check(seconds <= MAX_SECONDS, f"duration must be at most a year, got {text!r}")
+    return seconds
+
+
+_UNIT_SECONDS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "mins": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hrs": 3600.0,
+    "d": 86400.0,
+}
+_UNITS = "|".join(sorted(_UNIT_SECONDS, key=len, reverse=True))
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_PART = re.compile(rf"(\d+(?:\.\d+)?)({_UNITS})")
+_DURATION = re.compile(rf"(?:\d+(?:\.\d+)?(?:{_UNITS}))+")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Validated):
     """Everything about how a run trains; stored in checkpoints for exact resume."""
 
-    batch_size: int = 16
-    seq_len: int = 128
-    lr: float = 5e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    steps: int | None = None
-    epochs: float | None = None
-    time_limit: float | None = None  # seconds
-    decay_steps: int | None = None
-    eval_every: int = 250
-    eval_chars: int = 200_000
-    save_every: int = 500
-    val_fraction: float = 0.05
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "fp32"
-    max_bad_steps: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        _check(self.seq_len >= 1, f"--seq-len must be >= 1, got {self.seq_len}")
-        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
-        _check(self.warmup_steps >= 0, f"--warmup must be >= 0, got {self.warmup_steps}")
-        _check(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 turns it off), got {self.grad_clip}")
-        _check(self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
-        _check(self.epochs is None or self.epochs > 0, f"--epochs must be > 0, got {self.epochs}")
-        _check(
-            self.time_limit is None or self.time_limit > 0, f"--time must be > 0, got {self.time_limit}"
-        )
-        _check(
-            self.decay_steps is None or self.decay_steps >= 1,
-            f"--decay-steps must be >= 1, got {self.decay_steps}",
-        )
-        _check(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
-        _check(self.eval_chars >= 1, f"--eval-chars must be >= 1, got {self.eval_chars}")
-        _check(self.save_every >= 1, f"--save-every must be >= 1, got {self.save_every}")
-        _check(
-            0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}"
-        )
-        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        _check(
-            self.precision in PRECISIONS,
-            f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-        )
-        _check(self.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {self.max_bad_steps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    batch_size: int = field(
+        default=16, metadata=opt("parallel streams per batch", min=1, max=1 << 20, locked=True)
+    )
+    seq_len: int = field(
+        default=128, metadata=opt("truncated-BPTT window length", min=1, max=1 << 20, locked=True)
+    )
+    lr: float = field(
+        default=5e-3, metadata=opt("peak learning rate (AdamW)", min=0, min_open=True, locked=True)
+    )
+    min_lr_ratio: float = field(default=0.1, metadata={"cli": None, "locked": True})
+    weight_decay: float = field(default=0.01, metadata=opt("AdamW weight decay", min=0, locked=True))
+    warmup_steps: int = field(
+        default=50,
+        metadata=opt(
+            "linear warm-up steps, then cosine decay to 10 %",
+            flag="--warmup",
+            min=0,
+            max=MAX_COUNT,
+            locked=True,
+        ),
+    )
+    grad_clip: float = field(default=1.0, metadata=opt("gradient-norm clipping, 0 = off", min=0, locked=True))
+    steps: int | None = field(
+        default=None,
+        metadata=opt(
+            "train for N steps (total for the run)",
+            min=1,
+            max=MAX_COUNT,
+        ),
+    )
+    epochs: float | None = field(
+        default=None, metadata=opt("train for F passes over the data", min=0, min_open=True, max=1e6)
+    )
+    time_limit: float | None = field(
+        default=None,
+        metadata=opt(
+            "train for a time: 90s, 5m, 2h",
+            flag="--time",
+            metavar="DURATION",
+            parse=parse_duration,
+            min=0,
+            min_open=True,
+            max=MAX_SECONDS,
+            default_text="5m",
+        ),
+    )
+    decay_steps: int | None = field(
+        default=None,
+        metadata=opt("cosine decay horizon in steps", min=1, max=MAX_COUNT, default_text="run length"),
+    )
+    eval_every: int = field(default=250, metadata=opt("validate every N steps", min=1, max=MAX_COUNT))
+    eval_chars: int = field(
+        default=200_000,
+        metadata=opt("validate on the first N tokens of the held-out split", min=1, max=MAX_COUNT),
+    )
+    save_every: int = field(
+        default=500,
+        metadata=opt(
+            "save latest/ every N steps (also on a better validation, on Ctrl-C/SIGTERM, at the end)",
+            min=1,
+            max=MAX_COUNT,
+        ),
+    )
+    val_fraction: float = field(
+        default=0.05,
+        metadata=opt("held out from the end of the corpus", min=0, max=1, max_open=True, locked=True),
+    )
+    seed: int = field(
+        default=1337,
+        metadata=opt(
+            "random seed: same seed, same command, same weights (CPU)", min=0, max=MAX_SEED, locked=True
+        ),
+    )
+    device: str = field(default="auto", metadata=opt("auto picks CUDA, then MPS, then CPU", choices=DEVICES))
+    precision: str = field(
+        default="fp32", metadata=opt("bf16 autocast on CUDA", choices=PRECISIONS, locked=True)
+    )
+    max_bad_steps: int = field(
+        default=10,
+        metadata=opt(
+            "non-finite steps in a row before restoring the last checkpoint with half the learning rate",
+            min=1,
+            max=MAX_COUNT,
+        ),
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls(**_known_fields(cls, data))
+        if isinstance(data, dict) and data.get("extra") == {}:
+            data = {k: v for k, v in data.items() if k != "extra"}  # written by charnn 0.1.0, always empty
+        return typing.cast(TrainConfig, super().from_dict(data))
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+    @classmethod
+    def locked_fields(cls) -> tuple[str, ...]:
+        """Fields that define what a run computes: resuming with other values would silently make
+        a different run, so ``--resume`` refuses them."""
+        return tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("locked") or (cli_opt(f) is not None and cli_opt(f).locked)  # type: ignore[union-attr]
+        )
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(_Validated):
     """How to decode: one of sampling (temperature/top-k/top-p), greedy, or beam search."""
 
-    length: int = 500
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    beam: int | None = None
-    length_penalty: float = 1.0
-    num_samples: int = 1
-    stops: tuple[str, ...] = ()
-    seed: int | None = None
+    length: int = field(
+        default=500,
+        metadata=opt("characters (tokens) to generate per sample, at most", short="-n", min=0, max=MAX_COUNT),
+    )
+    temperature: float = field(
+        default=1.0, metadata=opt("temperature; 0 = greedy", flag="--temp", short="-t", min=0, metavar="T")
+    )
+    top_k: int | None = field(
+        default=None, metadata=opt("sample only from the K most likely tokens", min=1, max=MAX_COUNT)
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata=opt(
+            "nucleus sampling: the smallest set of tokens with probability >= P", min=0, max=1, min_open=True
+        ),
+    )
+    beam: int | None = field(
+        default=None,
+        metadata=opt("beam search of width W (most probable continuation)", min=1, max=4096, metavar="W"),
+    )
+    length_penalty: float = field(default=1.0, metadata=opt("beam ranking: logprob / length**P", min=0))
+    num_samples: int = field(
+        default=1, metadata=opt("samples, generated as one batch", short="-k", min=1, max=65536)
+    )
+    stops: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "end a sample after this string (kept); repeatable",
+            flag="--stop",
+            multiple=True,
+            metavar="STRING",
+        ),
+    )
+    seed: int | None = field(
+        default=None, metadata=opt("random seed for reproducible samples", min=0, max=MAX_SEED)
+    )
 
-    def __post_init__(self) -> None:
-        _check(self.length >= 0, f"--length must be >= 0, got {self.length}")
-        _check(self.temperature >= 0, f"--temp must be >= 0 (0 means greedy), got {self.temperature}")
-        _check(self.top_k is None or self.top_k >= 1, f"--top-k must be >= 1, got {self.top_k}")
-        _check(
-            self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p must be in (0, 1], got {self.top_p}"
-        )
-        _check(self.beam is None or self.beam >= 1, f"--beam must be >= 1, got {self.beam}")
-        _check(self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}")
+    def check(self) -> None:
         _check(all(self.stops), "--stop strings must not be empty")
         if self.beam is not None:
             _check(
@@ -159,19 +380,5 @@ def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(sorted(map(str, unknown)))}")
     return dict(data)
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """Parse ``90s``, ``5m``, ``2h``, ``1.5h`` or a bare number of seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 5m, 2h")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    _check(seconds > 0, f"duration must be > 0, got {text!r}")
-    return seconds

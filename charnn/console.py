@@ -22,7 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+
+from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
 
 err = Console(stderr=True, highlight=False)
 
@@ -54,17 +55,17 @@ class TrainReporter:
         self._task: Any = None
         self._fraction = 0.0
 
-    def start(self, info: dict[str, Any]) -> None:
-        plan = f"{info['steps']} steps" if info["steps"] else f"{_fmt_duration(info['time_limit'])}"
-        if info["steps"] and info["time_limit"]:
-            plan += f" or {_fmt_duration(info['time_limit'])}"
-        if info.get("default_length"):
+    def start(self, info: RunInfo) -> None:
+        plan = f"{info.steps} steps" if info.steps else f"{_fmt_duration(info.time_limit or 0)}"
+        if info.steps and info.time_limit:
+            plan += f" or {_fmt_duration(info.time_limit)}"
+        if info.default_length:
             plan += " (the default; set --time, --steps or --epochs)"
-        resumed = f", resuming at step {info['start_step']}" if info["start_step"] else ""
+        resumed = f", resuming at step {info.start_step}" if info.start_step else ""
         self.console.print(
-            f"training {info['parameters']:,} parameters on {info['device']}: "
-            f"{info['train_tokens']:,} train / {info['val_tokens']:,} val tokens, vocab {info['vocab']}, "
-            f"batch {info['batch_size']}; until {plan}{resumed}; checkpoints in {info['out']}/",
+            f"training {info.parameters:,} parameters on {info.device}: "
+            f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
+            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {info.out}/",
             soft_wrap=True,
         )
         if self.live:
@@ -80,39 +81,40 @@ class TrainReporter:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=1.0, step=info["start_step"], stats="")
+            self._task = self._progress.add_task("train", total=1.0, step=info.start_step, stats="")
 
-    def progress(self, step: int, total: int | None, fraction: float, stats: dict[str, float]) -> None:
-        text = f"loss {stats['loss']:.3f} bpc {stats['bpc']:.3f} {stats['tok_per_s'] / 1000:.1f}k chars/s"
-        if stats["skipped"]:
-            text += f" skipped {stats['skipped']:.0f}"
-        self._fraction = fraction
+    def progress(self, report: StepReport) -> None:
+        text = f"loss {report.loss:.3f} bpc {report.bpc:.3f} {report.tok_per_s / 1000:.1f}k chars/s"
+        if report.skipped:
+            text += f" skipped {report.skipped}"
+        self._fraction = report.fraction
         if self._progress is not None:  # the live line stays short enough for 80 columns
-            self._progress.update(self._task, completed=fraction, step=step, stats=text)
+            self._progress.update(self._task, completed=report.fraction, step=report.step, stats=text)
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
+            total = f"/{report.total}" if report.total else ""
             self.console.print(
-                f"step {step}{f'/{total}' if total else ''} ({fraction:.0%}) {text} lr {stats['lr']:.2e}"
+                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
             )
 
-    def evaluated(self, step: int, result: Any, is_best: bool) -> None:
-        star = " [green](best)[/]" if is_best else ""
+    def evaluated(self, report: EvalReport) -> None:
+        star = " [green](best)[/]" if report.is_best else ""
         self.console.print(
-            f"step {step}: val loss {result.loss:.4f}, val bpc {result.bpc:.4f}{star}", markup=True
+            f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
         )
 
     def message(self, text: str) -> None:
         self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: RunSummary) -> None:
         self.close()
-        val = summary.get("val")
+        val = summary.val
         val_text = f", val bpc {val['bpc']:.4f}" if val else ""
-        best = summary.get("best_val_bpc")
+        best = summary.best_val_bpc
         best_text = f" (best {best:.4f})" if best is not None else ""
         self.console.print(
-            f"done: {summary['step']} steps in {_fmt_duration(summary['elapsed'])}{val_text}{best_text}; "
-            f"sample with: charnn sample -c {summary['out']}",
+            f"done: {summary.step} steps in {_fmt_duration(summary.elapsed)}{val_text}{best_text}; "
+            f"sample with: charnn sample -c {summary.out}",
             soft_wrap=True,
         )
 
@@ -120,15 +122,6 @@ class TrainReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def key_value_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows.items():
-        table.add_row(key, str(value))
-    return table
 
 
 @contextmanager

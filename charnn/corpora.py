@@ -68,8 +68,10 @@ def _entry(raw: Any, where: Path) -> CorpusEntry:
     except KeyError as exc:
         raise DataError(f"{where}: corpus {raw.get('name')!r} lacks {exc.args[0]!r}") from None
     ok = (
-        isinstance(entry.name, str) and _NAME.fullmatch(entry.name)
-        and isinstance(entry.url, str) and (entry.builtin or entry.url.startswith(("http://", "https://")))
+        isinstance(entry.name, str)
+        and _NAME.fullmatch(entry.name)
+        and isinstance(entry.url, str)
+        and (entry.builtin or entry.url.startswith(("http://", "https://")))
         and (entry.size is None or (isinstance(entry.size, int) and entry.size >= 0))
         and (entry.sha256 is None or bool(re.fullmatch(r"[0-9a-f]{64}", str(entry.sha256))))
     )
@@ -200,10 +202,10 @@ def fetch(
             f"{entry.url}: timed out after {timeout:g}s without data; run the same command again to resume"
         ) from None
     except urllib.error.URLError as exc:
-        reason = exc.reason if isinstance(exc.reason, str) else (exc.reason.strerror or exc.reason)
+        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", None)
         if isinstance(exc.reason, TimeoutError):
             reason = f"timed out after {timeout:g}s"
-        raise CharnnError(f"{entry.url}: cannot download ({reason})") from None
+        raise CharnnError(f"{entry.url}: cannot download ({reason or exc.reason})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise CharnnError(
             f"{entry.url}: download failed ({exc}); run the same command again to resume"

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from charnn.config import TokenizerConfig
 from charnn.errors import DataError
 from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, unique_codepoints
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
-ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 
 @dataclass
@@ -145,24 +145,17 @@ def read_corpus(paths: Sequence[str], encoding_errors: str = "strict") -> Corpus
 
 def load_corpus(
     paths: Sequence[str] | CorpusTexts,
-    tokenizer: str | Tokenizer = "char",
-    vocab_size: int | None = None,
+    tokenizer: TokenizerConfig | Tokenizer | None = None,
     encoding_errors: str = "strict",
 ) -> Corpus:
-    """Read and encode a corpus. ``tokenizer`` is a kind to build or an existing tokenizer (resume/eval);
-    ``paths`` may be texts already read by :func:`read_corpus`."""
+    """Read and encode a corpus. ``tokenizer``: how to build one from this text (default: characters),
+    or an existing tokenizer (resume, eval). ``paths`` may be texts already read by :func:`read_corpus`."""
     read = paths if isinstance(paths, CorpusTexts) else read_corpus(paths, encoding_errors)
     texts, names = read.texts, read.names
     chars = sum(len(t) for t in texts)
 
-    if isinstance(tokenizer, str):
-        if tokenizer == "char":
-            uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
-            tokenizer = CharTokenizer.from_codepoints(uniques)
-        elif tokenizer == "sentencepiece":
-            tokenizer = SentencePieceTokenizer.train("".join(texts), vocab_size or 2000)
-        else:
-            raise DataError(f"unknown tokenizer {tokenizer!r}")
+    if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
+        tokenizer = build_tokenizer(tokenizer or TokenizerConfig(), texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:
@@ -171,6 +164,14 @@ def load_corpus(
             raise DataError(f"{name}: {exc}") from None
     ids = np.concatenate(parts)
     return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=read.sources, notes=list(read.notes))
+
+
+def build_tokenizer(config: TokenizerConfig, texts: Sequence[str]) -> Tokenizer:
+    """A new tokenizer of ``config.kind`` fitted to ``texts``."""
+    if config.kind == "sentencepiece":
+        return SentencePieceTokenizer.train("".join(texts), config.vocab_size)
+    uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
+    return CharTokenizer.from_codepoints(uniques)
 
 
 def split_train_val(ids: np.ndarray, val_fraction: float, min_val: int = 2) -> tuple[np.ndarray, np.ndarray]:

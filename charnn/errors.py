@@ -12,6 +12,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_DIVERGED = 4
+EXIT_BUSY = 5
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -44,6 +45,12 @@ class DivergedError(CharnnError):
     """Training kept producing non-finite values even after recovery."""
 
     exit_code = EXIT_DIVERGED
+
+
+class RunBusyError(CharnnError):
+    """Another process holds the run directory's lock (it is training or saving there)."""
+
+    exit_code = EXIT_BUSY
 
 
 class Interrupted(CharnnError):

@@ -35,10 +35,9 @@ def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
     if tokenizer.kind == "char":
         return np.ones(tokenizer.vocab_size, dtype=np.int64)
-    byte_value = getattr(tokenizer, "byte_value", lambda _: None)
 
     def chars(token_id: int) -> int:
-        byte = byte_value(token_id)
+        byte = tokenizer.byte_value(token_id)
         if byte is not None:
             # Byte-fallback pieces spell UTF-8: a character is its lead byte; continuation bytes add none.
             return 0 if 0x80 <= byte < 0xC0 else 1

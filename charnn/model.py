@@ -6,6 +6,8 @@ so CUDA uses cuDNN and CPU uses oneDNN for batched training. No I/O here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed)
-        kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
+        kwargs: dict[str, Any] = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
         self.rnn = _RNN_CLASSES[config.cell](
             input_size=config.embed,
             hidden_size=config.hidden,

@@ -124,8 +124,13 @@ def _model_sections(blob: _Blob, j: int, model: ModelReport) -> dict[str, object
 def _json_for_script(data: object) -> str:
     """JSON that cannot end its <script> element or open a comment inside it."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    for ch, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                        ("\u2029", "\\u2029")):
+    for ch, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(ch, escaped)
     return text
 

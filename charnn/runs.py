@@ -11,76 +11,99 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from charnn.checkpoint import BEST, LATEST, META, aside_path, load_checkpoint
-from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.checkpoint import BEST, LATEST, load_checkpoint
+from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
 from charnn.console import TrainReporter, note
 from charnn.data import load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError
+from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
 
 
-def start_training(
-    files: Sequence[str],
-    out: str,
-    resume: str | None,
-    force: bool,
-    tokenizer: str,
-    vocab_size: int,
-    encoding_errors: str,
-    model_opts: dict[str, Any],
-    train_opts: dict[str, Any],
-) -> dict[str, Any]:
-    """Start a new run in ``out`` or continue one (``resume``: a directory, or '' for ``out``)."""
+@dataclass(frozen=True)
+class TrainRequest:
+    """A ``charnn train`` invocation: where, what, and the config fields the user gave
+    (only those: on ``--resume`` the rest come from the checkpoint)."""
+
+    files: list[str]
+    out: str = "checkpoints"
+    resume: str | None = None  # a run directory, or "" for ``out``
+    force: bool = False
+    encoding_errors: str = "strict"
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+
+
+def start_training(request: TrainRequest) -> dict[str, Any]:
+    """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
+    before anything in it is read (resume) or written (new run) until the run ends. FILES that
+    name registry corpora (and are not paths) are fetched first."""
+    request = replace(request, files=resolve_corpus_names(list(request.files)))
+    if request.resume is not None:
+        run = RunDir(request.resume or request.out)
+        resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
+        with run.lock():
+            return _run(_resumed_trainer(request, run))
+    run = RunDir(request.out)
+    _refuse_existing(run, request.force)  # before reading the corpus: fail fast
+    trainer = _new_trainer(request, run)  # reads and encodes the corpus; writes nothing
+    with run.lock():
+        _refuse_existing(run, request.force)  # again: another run may have started meanwhile
+        if request.force:
+            run.remove(BEST)  # the old run's best must not outlive it
+        return _run(trainer)
+
+
+def _run(trainer: Any) -> dict[str, Any]:
+    try:
+        return trainer.run()  # type: ignore[no-any-return]
+    finally:
+        trainer.reporter.close()
+
+
+def _refuse_existing(run: RunDir, force: bool) -> None:
+    if run.holds_run() and not force:
+        raise ConfigError(
+            f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
+            "or replace it with --force"
+        )
+
+
+def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
-    files = resolve_corpus_names(list(files))
-    reporter = TrainReporter()
-    if resume is not None:
-        out_dir = Path(resume or out)
-        ckpt = load_checkpoint(out_dir, prefer=LATEST)
-        refuse_contradictions(ckpt.config, model_opts, model_opts)
-        config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), train_opts)
-        sources = list(files) or ckpt.meta.get("corpus", {}).get("sources", [])
-        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
-        check_resume_corpus(ckpt, corpus)
-        for text in corpus.notes:
-            note(text)
-        trainer = Trainer(corpus, ckpt.config, config, out_dir, reporter, resume=ckpt)
-    else:
-        out_dir = Path(out)
-        # A run interrupted between a save's renames has only the aside copy (.latest.old).
-        existing = [
-            n
-            for n in (LATEST, BEST)
-            if (out_dir / n / META).exists() or (aside_path(out_dir / n) / META).exists()
-        ]
-        if existing and not force:
-            raise ConfigError(
-                f"{out_dir}/ already holds a run; continue it with --resume, pick another --out, "
-                "or replace it with --force"
-            )
-        config = TrainConfig(**train_opts)
-        corpus = load_corpus(
-            files, tokenizer=tokenizer, vocab_size=vocab_size, encoding_errors=encoding_errors
+    ckpt = load_checkpoint(run.path, prefer=LATEST)
+    refuse_contradictions(ckpt.config, request.model, request.model)
+    kind = request.tokenizer.get("kind", ckpt.tokenizer.kind)
+    if kind != ckpt.tokenizer.kind:
+        raise ConfigError(
+            f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
-        for text in corpus.notes:
-            note(text)
-        model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_opts)
-        trainer = Trainer(corpus, model_config, config, out_dir, reporter)
-        if force:
-            import shutil
+    config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
+    sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
+    corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    check_resume_corpus(ckpt, corpus)
+    for text in corpus.notes:
+        note(text)
+    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt)
 
-            for stale in (out_dir / BEST, aside_path(out_dir / BEST)):
-                if stale.exists():
-                    shutil.rmtree(stale)  # the old run's best must not outlive it
-    try:
-        return trainer.run()
-    finally:
-        reporter.close()
+
+def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
+    from charnn.train import Trainer
+
+    config = TrainConfig(**request.train)
+    tokenizer = TokenizerConfig(**request.tokenizer)
+    corpus = load_corpus(request.files, tokenizer=tokenizer, encoding_errors=request.encoding_errors)
+    for text in corpus.notes:
+        note(text)
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
+    return Trainer(corpus, model_config, config, run.path, TrainReporter())
 
 
 # ---------------------------------------------------------------------------- sample
@@ -158,10 +181,8 @@ def run_sampling(
     stepper = FastStepper(ckpt.build_model())
     generator = torch.Generator()
     generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
-    # Subword tokenizers stream through per-sample decoders (byte pieces form whole characters).
-    decode = tokenizer if hasattr(tokenizer, "stream_decoder") else tokenizer.token_text
     if as_json:
-        samples = generate(stepper, prime_ids, config, decode, generator=generator)
+        samples = generate(stepper, prime_ids, config, tokenizer, generator=generator)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
@@ -175,7 +196,7 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(stepper, prime_ids, config, decode, on_text=writer.on_text, generator=generator)
+    samples = generate(stepper, prime_ids, config, tokenizer, on_text=writer.on_text, generator=generator)
     writer.finish([s.text for s in samples])
 
 
@@ -267,7 +288,7 @@ def run_score(
             raise DataError(f"{where}: {exc}") from None
     scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row = {"source": "<stdin>" if source == "-" else source}
+        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else source}
         if not whole:
             row["line"] = n
         yield {

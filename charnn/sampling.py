@@ -18,28 +18,16 @@ import torch
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 from charnn.stepper import FastStepper
+from charnn.tokenizer import StreamDecoder
 
 OnText = Callable[[int, str], None]
 
 
-class StreamDecoder(Protocol):
-    """Incremental decoding of one stream (e.g. :class:`charnn.tokenizer.PieceDecoder`)."""
-
-    def feed(self, token_id: int) -> str: ...
-    def flush(self) -> str: ...
-    def getstate(self) -> object: ...
-    def setstate(self, state: object) -> None: ...
-
-
 class StreamDecoding(Protocol):
-    """Anything that makes a fresh :class:`StreamDecoder` per stream, e.g. a SentencePiece tokenizer."""
+    """What decoding needs of a tokenizer: a fresh incremental decoder per stream, which holds
+    back the bytes of a partial UTF-8 character (every :class:`~charnn.tokenizer.Tokenizer` has one)."""
 
     def stream_decoder(self) -> StreamDecoder: ...
-
-
-# A plain ``token id -> text`` callable (each token is whole text, as with characters), or a
-# StreamDecoding for tokenizers whose tokens may be parts of a character (byte-fallback pieces).
-Decode = Callable[[int], str] | StreamDecoding
 
 
 @dataclass
@@ -161,14 +149,14 @@ def generate(
     stepper: FastStepper,
     prime_ids: Sequence[int],
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
     on_text: OnText | None = None,
     generator: torch.Generator | None = None,
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
-    ``decode`` turns ids into text: a plain ``id -> str`` callable, or a :class:`StreamDecoding`
-    (e.g. a SentencePiece tokenizer) whose per-stream decoders hold back partial UTF-8 characters.
+    ``decode`` (a tokenizer) turns ids into text through per-stream decoders, which hold back
+    partial UTF-8 characters of byte-fallback pieces.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
     rejects those combinations). Draws use uniforms from ``generator``: same seed, same output.
@@ -193,7 +181,7 @@ def _sample(
     logits: np.ndarray,
     state: np.ndarray,
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
     on_text: OnText | None,
     generator: torch.Generator | None,
 ) -> list[Sample]:
@@ -209,8 +197,8 @@ def _sample(
     # Temperature alone is done in numpy here; top-k/top-p go through filter_logits.
     simple = config.top_k is None and config.top_p is None
     matcher = _StopMatcher(config.stops) if config.stops else None
-    decoders = [decode.stream_decoder() for _ in range(n)] if hasattr(decode, "stream_decoder") else None
-    feeds = [d.feed for d in decoders] if decoders else [decode] * n
+    decoders = [decode.stream_decoder() for _ in range(n)]
+    feeds = [d.feed for d in decoders]
     uniforms = _Uniforms(generator)
 
     rows = list(range(n))  # batch row -> sample index
@@ -277,13 +265,12 @@ def _sample(
         logits, state = stepper.step(nxt, state)
     for row, total in zip(rows, row_logprob.tolist(), strict=True):
         logprob[row] = total
-    if decoders:  # a character cut short by the end of a stream
-        for i, decoder in enumerate(decoders):
-            rest = decoder.flush()
-            if rest:
-                pieces[i].append(rest)
-                if on_text is not None:
-                    on_text(i, rest)
+    for i, decoder in enumerate(decoders):  # a character cut short by the end of a stream
+        rest = decoder.flush()
+        if rest:
+            pieces[i].append(rest)
+            if on_text is not None:
+                on_text(i, rest)
     return [Sample(ids[i], "".join(pieces[i]), logprob[i], stopped_by[i]) for i in range(n)]
 
 
@@ -312,7 +299,7 @@ def _beam_search(
     logits: torch.Tensor,
     state: tuple[torch.Tensor, ...],
     config: SampleConfig,
-    decode: Decode,
+    decode: StreamDecoding,
 ) -> list[Sample]:
     """Width-W beam search; finished hypotheses keep their slot and compete by normalised score.
 
@@ -324,19 +311,14 @@ def _beam_search(
     width, alpha = config.beam or 1, config.length_penalty
     matcher = _StopMatcher(config.stops) if config.stops else None
     vocab = logits.shape[-1]
-    streaming = hasattr(decode, "stream_decoder")
-    scratch = decode.stream_decoder() if streaming else None
+    scratch = decode.stream_decoder()
 
     def extend(hyp: _Hyp, token: int) -> tuple[str, object]:
         """The text ``token`` completes after ``hyp``, and the decoder state after it."""
-        if scratch is None:
-            return decode(token), None
         scratch.setstate(hyp.pending)
         return scratch.feed(token), scratch.getstate()
 
     def full_text(hyp_ids: list[int]) -> str:
-        if not streaming:
-            return "".join(decode(i) for i in hyp_ids)
         decoder = decode.stream_decoder()
         return "".join(decoder.feed(i) for i in hyp_ids) + decoder.flush()
 

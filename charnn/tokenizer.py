@@ -41,7 +41,18 @@ def unique_codepoints(text: str) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint32)
 
 
+class StreamDecoder(Protocol):
+    """Incremental decoding of one stream of generated ids (beam search forks its state)."""
+
+    def feed(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+    def getstate(self) -> object: ...
+    def setstate(self, state: Any) -> None: ...
+
+
 class Tokenizer(Protocol):
+    """What every tokenizer implements, whole: sampling, evaluation and checkpoints use only this."""
+
     kind: str
 
     @property
@@ -49,6 +60,8 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> np.ndarray: ...
     def decode(self, ids: Iterable[int]) -> str: ...
     def token_text(self, token_id: int) -> str: ...
+    def stream_decoder(self) -> StreamDecoder: ...
+    def byte_value(self, token_id: int) -> int | None: ...
     def start_ids(self) -> list[int]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -108,6 +121,14 @@ class CharTokenizer:
     def start_ids(self) -> list[int]:
         """Context used when the user gives no prime: a newline, as at the start of a line."""
         return self.encode("\n").tolist() if "\n" in self.chars else [0]
+
+    def stream_decoder(self) -> CharDecoder:
+        """Every token is a whole character: decoding a stream is a table lookup."""
+        return CharDecoder(self.chars)
+
+    def byte_value(self, token_id: int) -> int | None:
+        """Characters are never single bytes of a longer UTF-8 sequence."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         # A list, not one string: JSON would merge an adjacent high + low surrogate into one character.
@@ -215,6 +236,25 @@ class SentencePieceTokenizer:
         return {"kind": self.kind, "model": base64.b64encode(self._proto).decode("ascii")}
 
 
+class CharDecoder:
+    """The stream decoder of :class:`CharTokenizer`: stateless, each id is one character."""
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        self._chars = chars
+
+    def feed(self, token_id: int) -> str:
+        return self._chars[token_id]
+
+    def flush(self) -> str:
+        return ""
+
+    def getstate(self) -> None:
+        return None
+
+    def setstate(self, state: None) -> None:
+        pass
+
+
 class PieceDecoder:
     """Streams text token by token when some tokens are single UTF-8 bytes (byte-fallback pieces).
 
@@ -245,7 +285,7 @@ class PieceDecoder:
         self._utf8.setstate(state)
 
 
-def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+def tokenizer_from_dict(data: Any) -> Tokenizer:
     """Rebuild a tokenizer from checkpoint metadata; anything malformed is a CheckpointError."""
     if not isinstance(data, dict):
         raise CheckpointError("checkpoint has no tokenizer")

@@ -1,6 +1,12 @@
 """The training loop: teacher forcing with truncated BPTT, AdamW, warm-up + cosine decay,
-gradient clipping, periodic validation, atomic checkpoints, exact resume, and
-recovery from non-finite steps. Reports progress through a ``Reporter``; never prints.
+gradient clipping, periodic validation, atomic checkpoints, exact resume, and recovery
+from non-finite steps. Reports progress through a :class:`~charnn.reporting.Reporter`; never prints.
+
+The loop (:meth:`Trainer.run`) reads top to bottom; its parts are small named objects:
+:class:`Schedule` (learning rate), :class:`ThroughputMeter` (chars/s),
+:class:`DivergenceGuard` (what non-finite steps mean) and :class:`EvalSavePolicy`
+(when to validate and save). Checkpoint contents are :mod:`charnn.checkpoint`'s business,
+their place on disk :mod:`charnn.rundir`'s.
 """
 
 from __future__ import annotations
@@ -8,47 +14,36 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from charnn import __version__
-from charnn.checkpoint import BEST, LATEST, Checkpoint, load_checkpoint, save_checkpoint
+from charnn.checkpoint import (
+    BEST,
+    LATEST,
+    Checkpoint,
+    Progress,
+    load_checkpoint,
+    pack_train_state,
+    restore_train_state,
+    save_checkpoint,
+    training_meta,
+)
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
-from charnn.errors import (
-    EXIT_SIGINT,
-    EXIT_SIGTERM,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DivergedError,
-    Interrupted,
-)
+from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
-from charnn.model import CharRNN, Hidden, detach_hidden, hidden_from_tensors, hidden_tensors
+from charnn.model import CharRNN, Hidden, detach_hidden
+from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
+
+__all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
 
 DEFAULT_TIME = 300.0  # seconds, when no --steps/--epochs/--time is given
-
-# Options that define what a run computes: resuming with different values would
-# silently make a different run, so it is refused.
-LOCKED_FIELDS = (
-    "batch_size", "seq_len", "lr", "min_lr_ratio", "weight_decay", "warmup_steps",
-    "grad_clip", "val_fraction", "seed", "precision",
-)
-
-
-class Reporter(Protocol):
-    def start(self, info: dict[str, Any]) -> None: ...
-    def progress(self, step: int, total: int | None, fraction: float, stats: dict[str, float]) -> None: ...
-    def evaluated(self, step: int, result: EvalResult, is_best: bool) -> None: ...
-    def message(self, text: str) -> None: ...
-    def finish(self, summary: dict[str, Any]) -> None: ...
 
 
 def select_device(name: str) -> torch.device:
@@ -78,30 +73,122 @@ def refuse_contradictions(saved: object, given: dict[str, Any], fields: Iterable
 
 def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     """The run's config with the given lengths and bookkeeping options; the rest must agree."""
-    refuse_contradictions(saved, given, LOCKED_FIELDS)
-    changes = {k: v for k, v in given.items() if k not in LOCKED_FIELDS}
+    locked = TrainConfig.locked_fields()
+    refuse_contradictions(saved, given, locked)
+    changes = {k: v for k, v in given.items() if k not in locked}
     if {"steps", "epochs", "time_limit"} & changes.keys():
         # A new length replaces the old one (lengths are totals for the whole run).
         changes = {"steps": None, "epochs": None, "time_limit": None, **changes}
-    return saved.replace(**changes)
+    return saved.replace(**changes)  # type: ignore[no-any-return]
 
 
-@dataclass
-class Progress:
-    """Counters saved in every checkpoint."""
+# ---------------------------------------------------------------------------- the loop's parts
 
-    step: int = 0  # batches consumed (including skipped ones)
-    optimizer_steps: int = 0
-    skipped_steps: int = 0
-    elapsed: float = 0.0  # seconds of training, summed over resumes
-    lr_scale: float = 1.0  # halved at each recovery from divergence
-    best_val_bpc: float | None = None
-    val: dict[str, Any] = field(default_factory=dict)
-    train_loss: float | None = None
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the decay horizon:
+    ``--decay-steps`` if given, else the run's length in steps, else its length in time."""
+
+    config: TrainConfig
+    total_steps: int | None
+    time_limit: float | None
+
+    def lr(self, step: int, elapsed: float, scale: float) -> float:
+        cfg = self.config
+        base = cfg.lr * scale
+        if step < cfg.warmup_steps:
+            return base * (step + 1) / cfg.warmup_steps
+        horizon = cfg.decay_steps or self.total_steps
+        if horizon:
+            frac = (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
+        else:
+            frac = elapsed / (self.time_limit or DEFAULT_TIME)
+        frac = min(1.0, max(0.0, frac))
+        return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class ThroughputMeter:
+    """Tokens per second over a window of about ``window`` seconds, so the rate follows changes."""
+
+    def __init__(self, window: float = 2.0) -> None:
+        self.window = window
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.start, 1e-9)
+        if now - self.start > self.window:
+            self.start, self.tokens = now, 0
+        return rate
+
+
+class DivergenceGuard:
+    """What non-finite steps mean.
+
+    ``in_a_row`` counts consecutive non-finite steps. At ``max_bad`` of them the run recovers
+    (restores latest/ with half the learning rate). ``recovered`` is true from a recovery until
+    the next checkpoint of a good state: another ``max_bad`` in a row inside that window means
+    the run has diverged for good.
+    """
+
+    def __init__(self, max_bad: int) -> None:
+        self.max_bad = max_bad
+        self.in_a_row = 0
+        self.recovered = False
+
+    def finite(self) -> None:
+        self.in_a_row = 0
+
+    def non_finite(self, weights_overflowed: bool = False) -> bool:
+        """Count a bad step; True when the run must recover now. Overflowed weights cannot be
+        stepped out of, so they recover at once."""
+        self.in_a_row = self.max_bad if weights_overflowed else self.in_a_row + 1
+        if self.in_a_row < self.max_bad:
+            return False
+        if self.recovered:
+            raise DivergedError(
+                f"training diverged: {self.in_a_row} non-finite steps in a row again after "
+                "restoring the last checkpoint with a lower learning rate"
+            )
+        self.in_a_row, self.recovered = 0, True
+        return True
+
+    @property
+    def in_bad_run(self) -> bool:
+        return self.in_a_row > 0
+
+    def checkpointed(self) -> None:
+        self.recovered = False
+
+
+class EvalSavePolicy:
+    """When to validate and save: every ``eval_every`` / ``save_every`` steps, never the final
+    step twice (the end of the run validates anyway). A due save or validation that falls in a
+    run of bad steps is deferred to the next good step: latest/ must stay the last good state,
+    or recovery would restore the trouble (and keep "recovering" forever)."""
+
+    def __init__(self, eval_every: int, save_every: int) -> None:
+        self.eval_every, self.save_every = eval_every, save_every
+        self.pending_save = self.pending_eval = False
+
+    def due(self, step: int, done: bool) -> tuple[bool, bool]:
+        save = self.pending_save or step % self.save_every == 0
+        evaluate = (self.pending_eval or step % self.eval_every == 0) and not done
+        return save, evaluate
+
+    def defer(self, save: bool, evaluate: bool) -> None:
+        self.pending_save, self.pending_eval = save, evaluate
+
+    def clear(self) -> None:
+        self.pending_save = self.pending_eval = False
 
 
 @contextmanager
-def _signal_flags(flags: dict[str, int]) -> Any:
+def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
     (saves are atomic, so that cannot leave a torn checkpoint)."""
 
@@ -123,6 +210,9 @@ def _signal_flags(flags: dict[str, int]) -> Any:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------- the trainer
 
 
 class Trainer:
@@ -160,12 +250,16 @@ class Trainer:
             lr=config.lr,
             betas=(0.9, 0.99),
         )
+        self.schedule = Schedule(config, self.total_steps, self.time_limit)
+        self.guard = DivergenceGuard(config.max_bad_steps)
+        self.policy = EvalSavePolicy(config.eval_every, config.save_every)
+        self.meter = ThroughputMeter()
         self.progress = Progress()
         self.hidden: Hidden | None = None
         if resume is not None:
             self._restore(resume)
 
-    # ------------------------------------------------------------------ schedule and length
+    # ------------------------------------------------------------------ length
 
     @property
     def total_steps(self) -> int | None:
@@ -192,19 +286,7 @@ class Trainer:
         return min(1.0, max(parts)) if parts else 0.0
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the decay horizon:
-        ``--decay-steps`` if given, else the run's length in steps, else its length in time."""
-        cfg = self.config
-        base = cfg.lr * self.progress.lr_scale
-        if step < cfg.warmup_steps:
-            return base * (step + 1) / cfg.warmup_steps
-        horizon = cfg.decay_steps or self.total_steps
-        if horizon:
-            frac = (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
-        else:
-            frac = self.progress.elapsed / (self.time_limit or DEFAULT_TIME)
-        frac = min(1.0, max(0.0, frac))
-        return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
 
     def done(self) -> bool:
         total, limit = self.total_steps, self.time_limit
@@ -213,6 +295,65 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        self.reporter.start(self._info())
+        flags: dict[str, int] = {}
+        # Signals become flags before the first save, so Ctrl-C can never land inside one.
+        with _signal_flags(flags):
+            if self.progress.step == 0:
+                self.save(LATEST)  # claims the directory and gives divergence recovery a base
+            clock = time.perf_counter()
+            while True:
+                # Clock: wall time, validation and saves included (--time 5m is five minutes).
+                now = time.perf_counter()
+                self.progress.elapsed, clock = self.progress.elapsed + now - clock, now
+                if self.done():
+                    break
+                # Step: one TBPTT window; None when it was skipped as non-finite.
+                loss = self.train_step()
+                self.meter.add(self.batcher.batch_size * self.config.seq_len)
+                save_due, eval_due = self.policy.due(self.progress.step, self.done())
+                # Guard: a finite loss can still overflow the weights; check before anything is saved.
+                stopping = bool(flags.get("signal")) or self.done()
+                overflowed = (save_due or eval_due or stopping) and not self._finite()
+                if overflowed and loss is not None:
+                    self.progress.skipped_steps += 1
+                if loss is None or overflowed:
+                    if self.guard.non_finite(overflowed):
+                        self._recover()
+                        self.policy.clear()
+                        continue
+                else:
+                    self.guard.finite()
+                    self._report_step(loss)
+                # Signals: save what we have (weights checked finite above) and stop.
+                if flags.get("signal"):
+                    self.save(LATEST)
+                    code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
+                    step = self.progress.step
+                    raise Interrupted(f"interrupted at step {step}; saved {self.out / LATEST}", code)
+                # Validate and save, or defer both while a run of bad steps lasts.
+                if self.guard.in_bad_run:
+                    self.policy.defer(save_due, eval_due)
+                    continue
+                self.policy.clear()
+                if eval_due:
+                    self._eval_and_save(force_latest=save_due)
+                elif save_due:
+                    self.save(LATEST)
+            result = self._eval_and_save(force_latest=True)
+        prog = self.progress
+        summary = RunSummary(
+            step=prog.step,
+            elapsed=prog.elapsed,
+            skipped_steps=prog.skipped_steps,
+            val=result.to_dict() if result else None,
+            best_val_bpc=prog.best_val_bpc,
+            out=str(self.out),
+        )
+        self.reporter.finish(summary)
+        return summary.to_dict()
 
     def _autocast(self) -> Any:
         if self.config.precision == "bf16":
@@ -250,97 +391,27 @@ class Trainer:
         self.hidden = None
         return None
 
+    def _report_step(self, loss: float) -> None:
+        prog = self.progress
+        ema = prog.train_loss
+        prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
+        self.reporter.progress(
+            StepReport(
+                step=prog.step,
+                total=self.total_steps,
+                fraction=self.fraction_done(),
+                loss=loss,
+                bpc=loss / math.log(2),
+                tok_per_s=self.meter.rate(),
+                lr=self.lr_at(prog.step),
+                skipped=prog.skipped_steps,
+            )
+        )
+
     def evaluate(self) -> EvalResult | None:
         if len(self.val_ids) < 2:
             return None
         return evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
-
-    def run(self) -> dict[str, Any]:
-        cfg = self.config
-        self.reporter.start(self._info())
-        # bad_in_a_row: consecutive non-finite steps. recovered: a recovery happened and no good step
-        # has been checkpointed since, so another run of bad steps means the run has diverged.
-        bad_in_a_row, recovered = 0, False
-        pending_save = pending_eval = False  # deferred while a run of bad steps lasts
-        window_start, window_tokens = time.perf_counter(), 0
-        flags: dict[str, int] = {}
-        # Signals become flags before the first save, so Ctrl-C can never land inside one.
-        with _signal_flags(flags):
-            if self.progress.step == 0:
-                self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            clock = time.perf_counter()
-            while True:
-                prog = self.progress  # a recovery replaces it
-                # Wall time, validation and saves included: --time 5m means five minutes on the clock.
-                now = time.perf_counter()
-                prog.elapsed, clock = prog.elapsed + now - clock, now
-                if self.done():
-                    break
-                loss = self.train_step()
-                window_tokens += self.batcher.batch_size * cfg.seq_len
-                save_due = pending_save or prog.step % cfg.save_every == 0
-                eval_due = (pending_eval or prog.step % cfg.eval_every == 0) and not self.done()
-                stopping = bool(flags.get("signal")) or self.done()
-                if (save_due or eval_due or stopping) and not self._finite():
-                    # A finite step can still overflow the weights: never save those, recover at once.
-                    if loss is not None:
-                        prog.skipped_steps += 1
-                    loss, bad_in_a_row = None, cfg.max_bad_steps - 1
-                if loss is None:
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= cfg.max_bad_steps:
-                        if recovered:
-                            raise DivergedError(
-                                f"training diverged: {bad_in_a_row} non-finite steps in a row again after "
-                                "restoring the last checkpoint with a lower learning rate"
-                            )
-                        self._recover()
-                        bad_in_a_row, recovered = 0, True
-                        pending_save = pending_eval = False
-                        continue
-                else:
-                    bad_in_a_row = 0
-                    ema = prog.train_loss
-                    prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
-                    now = time.perf_counter()
-                    stats = {
-                        "loss": loss,
-                        "bpc": loss / math.log(2),
-                        "tok_per_s": window_tokens / max(now - window_start, 1e-9),
-                        "lr": self.lr_at(prog.step),
-                        "skipped": prog.skipped_steps,
-                    }
-                    if now - window_start > 2.0:
-                        window_start, window_tokens = now, 0
-                    self.reporter.progress(prog.step, self.total_steps, self.fraction_done(), stats)
-                if flags.get("signal"):
-                    self.save(LATEST)  # weights checked finite above
-                    code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
-                    raise Interrupted(f"interrupted at step {prog.step}; saved {self.out / LATEST}", code)
-                if bad_in_a_row:
-                    # No checkpoint in the middle of bad steps: latest/ must stay the last good state,
-                    # or recovery would restore the trouble (and keep "recovering" forever).
-                    pending_save, pending_eval = save_due, eval_due
-                    continue
-                pending_save = pending_eval = False
-                if eval_due:
-                    self._eval_and_save(force_latest=save_due)
-                    recovered = False
-                elif save_due:
-                    self.save(LATEST)
-                    recovered = False
-            result = self._eval_and_save(force_latest=True)
-        prog = self.progress
-        summary = {
-            "step": prog.step,
-            "elapsed": prog.elapsed,
-            "skipped_steps": prog.skipped_steps,
-            "val": result.to_dict() if result else None,
-            "best_val_bpc": prog.best_val_bpc,
-            "out": str(self.out),
-        }
-        self.reporter.finish(summary)
-        return summary
 
     def _eval_and_save(self, force_latest: bool) -> EvalResult | None:
         prog = self.progress
@@ -353,7 +424,7 @@ class Trainer:
             is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
             if is_best:
                 prog.best_val_bpc = result.bpc
-            self.reporter.evaluated(prog.step, result, is_best)
+            self.reporter.evaluated(EvalReport(prog.step, result.loss, result.bpc, is_best))
         if force_latest or prog.step % self.config.save_every == 0 or is_best:
             self.save(LATEST)
         if is_best or (result is None and force_latest):
@@ -380,86 +451,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _info(self) -> dict[str, Any]:
-        return {
-            "device": str(self.device),
-            "parameters": self.model.num_parameters(),
-            "train_tokens": len(self.batcher.data),
-            "val_tokens": len(self.val_ids),
-            "vocab": self.corpus.tokenizer.vocab_size,
-            "batch_size": self.batcher.batch_size,
-            "steps": self.total_steps,
-            "time_limit": self.time_limit,
-            "default_length": self.total_steps is None and self.config.time_limit is None,
-            "start_step": self.progress.step,
-            "out": str(self.out),
-        }
+    def _info(self) -> RunInfo:
+        return RunInfo(
+            device=str(self.device),
+            parameters=self.model.num_parameters(),
+            train_tokens=len(self.batcher.data),
+            val_tokens=len(self.val_ids),
+            vocab=self.corpus.tokenizer.vocab_size,
+            batch_size=self.batcher.batch_size,
+            steps=self.total_steps,
+            time_limit=self.time_limit,
+            default_length=self.total_steps is None and self.config.time_limit is None,
+            start_step=self.progress.step,
+            out=str(self.out),
+        )
 
     def save(self, which: str) -> None:
-        prog = self.progress
-        meta = {
-            "charnn_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "train": self.config.to_dict(),
-            "progress": {k: v for k, v in vars(prog).items()},
-            "corpus": {
-                "sources": self.corpus.sources,
-                "sha256": self.corpus.sha256,
-                "tokens": int(len(self.corpus.ids)),
-                "chars": self.corpus.chars,
-            },
-            "optimizer": {"param_groups": [
-                {k: v for k, v in g.items() if k != "params"}
-                for g in self.optimizer.state_dict()["param_groups"]
-            ]},
+        corpus = {
+            "sources": self.corpus.sources,
+            "sha256": self.corpus.sha256,
+            "tokens": int(len(self.corpus.ids)),
+            "chars": self.corpus.chars,
         }
-        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, self._train_state())
-
-    def _train_state(self) -> dict[str, torch.Tensor]:
-        tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = state
-        for name, tensor in (hidden_tensors(self.hidden) if self.hidden is not None else {}).items():
-            tensors[f"hidden.{name}"] = tensor
-        for idx, state in self.optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
-        return tensors
+        meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        state = pack_train_state(self.optimizer, self.hidden)
+        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
+        self.guard.checkpointed()
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        if ckpt.config != self.model.config:
-            raise ConfigError("checkpoint model config differs from this run's")
-        try:
-            self._restore_state(ckpt)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            # Checksums passed, so this is a checkpoint from another tool or version: refuse it.
-            raise CheckpointError(f"{ckpt.path}: training state cannot be resumed ({exc})") from None
-
-    def _restore_state(self, ckpt: Checkpoint) -> None:
-        meta = ckpt.meta
-        self.model.load_state_dict(ckpt.weights, strict=False)  # tied head.weight is not stored
-        tensors = ckpt.train_state()
-        optim_state: dict[int, dict[str, torch.Tensor]] = {}
-        hidden: dict[str, torch.Tensor] = {}
-        for name, tensor in tensors.items():
-            kind, _, rest = name.partition(".")
-            if kind == "optim":
-                idx, _, key = rest.partition(".")
-                optim_state.setdefault(int(idx), {})[key] = tensor
-            elif kind == "hidden":
-                hidden[rest] = tensor.to(self.device)
-        groups = self.optimizer.state_dict()["param_groups"]
-        for group, saved in zip(groups, meta["optimizer"]["param_groups"], strict=True):
-            group.update(saved)
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-        self.hidden = hidden_from_tensors(self.model.config.cell, hidden) if hidden else None
-        torch.set_rng_state(tensors["rng.cpu"])
-        if torch.cuda.is_available():
-            states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
-        self.progress = Progress(**meta["progress"])
+        self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:

@@ -18,6 +18,7 @@ import torch
 from conftest import TINY_MODEL_ARGS
 
 from charnn import checkpoint as ck
+from charnn import rundir
 from charnn.checkpoint import load_checkpoint
 
 SHORT_RUN = (*TINY_MODEL_ARGS, "--steps", "2", "--seq-len", "16", "--batch-size", "4", "--device", "cpu")
@@ -225,7 +226,7 @@ def test_disk_full_mid_save_keeps_the_old_checkpoint(trained_run_copy: Path, cli
         def __getattr__(self, name: str) -> object:
             return getattr(self.fh, name)
 
-    monkeypatch.setattr(ck, "open", FullDisk, raising=False)  # shadows the builtin inside checkpoint.py
+    monkeypatch.setattr(rundir, "open", FullDisk, raising=False)  # shadows the builtin inside rundir.py
     proc = cli_inprocess("train", "--resume", "--out", trained_run_copy, "--steps", "32", "--save-every", "1")
     assert_error(proc, 1, "could not save checkpoint", "No space left on device", "checkpoint is kept")
     assert written["files"] == 2

@@ -71,13 +71,21 @@ def registry(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     sha = hashlib.sha256(DATA).hexdigest()
 
     def entry(name: str, path: str, verified: bool = True) -> dict[str, object]:
-        return {"name": name, "url": f"{server}/{path}", "size": len(DATA) if verified else None,
-                "sha256": sha if verified else None, "language": "en", "licence": "public domain",
-                "description": f"test corpus {name}"}
+        return {
+            "name": name,
+            "url": f"{server}/{path}",
+            "size": len(DATA) if verified else None,
+            "sha256": sha if verified else None,
+            "language": "en",
+            "licence": "public domain",
+            "description": f"test corpus {name}",
+        }
 
     corpora = [entry(n, n) for n in ("good", "corrupt", "drop", "norange", "slow")]
-    corpora += [entry("unverified", "good", verified=False),
-                {**entry("docs", "x"), "url": "builtin:pydoc", "sha256": None, "size": None}]
+    corpora += [
+        entry("unverified", "good", verified=False),
+        {**entry("docs", "x"), "url": "builtin:pydoc", "sha256": None, "size": None},
+    ]
     path = tmp_path / "registry.json"
     path.write_text(json.dumps({"format": "charnn-corpora", "version": 1, "corpora": corpora}))
     monkeypatch.setenv("CHARNN_CORPORA_REGISTRY", str(path))
@@ -142,8 +150,21 @@ def test_unknown_name_and_builtin(registry: Path, cli_inprocess) -> None:
 
 def test_train_accepts_a_registry_name(registry: Path, cli_inprocess, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = cli_inprocess("train", "good", "-o", out, *TINY_MODEL_ARGS, "--steps", "2", "--seq-len", "16",
-                         "--batch-size", "4", "--device", "cpu")
+    proc = cli_inprocess(
+        "train",
+        "good",
+        "-o",
+        out,
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert (registry / "good.txt").read_bytes() == DATA
     meta = json.loads((out / "latest" / "meta.json").read_text())

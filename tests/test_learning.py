@@ -7,14 +7,13 @@ import math
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
-from charnn.evaluate import EvalResult
+from charnn.reporting import EvalReport, NullReporter
 from charnn.train import Trainer
 
 SENTENCES = (
@@ -38,26 +37,15 @@ def unigram_bits(text: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-class QuietReporter:
+class QuietReporter(NullReporter):
     """Collects validation results instead of printing."""
 
     def __init__(self) -> None:
-        self.evals: list[EvalResult] = []
+        super().__init__()
+        self.evals: list[EvalReport] = []
 
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def progress(self, step: int, total: int | None, fraction: float, stats: dict[str, float]) -> None:
-        pass
-
-    def evaluated(self, step: int, result: EvalResult, is_best: bool) -> None:
-        self.evals.append(result)
-
-    def message(self, text: str) -> None:
-        pass
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        pass
+    def evaluated(self, report: EvalReport) -> None:
+        self.evals.append(report)
 
 
 def test_unigram_entropy_helper() -> None:

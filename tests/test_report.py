@@ -99,11 +99,12 @@ def test_line_bpc_and_passages(text: str, width: int) -> None:
     assert all(z1 <= a2 for (_, z1), (a2, _) in zip(spans, spans[1:], strict=False))  # no overlap
     totals = [t for _, _, t in passages]
     assert totals == sorted(totals, reverse=True)
-    assert totals[0] == pytest.approx(max(bits[i : i + min(width, len(text))].sum()
-                                          for i in range(len(text) - min(width, len(text)) + 1)))
+    assert totals[0] == pytest.approx(
+        max(bits[i : i + min(width, len(text))].sum() for i in range(len(text) - min(width, len(text)) + 1))
+    )
 
 
-NASTY = 'a</script><script>alert(1)</script> & "q" \'s\' <!-- x\n<blink>\n'
+NASTY = "a</script><script>alert(1)</script> & \"q\" 's' <!-- x\n<blink>\n"
 
 
 def _nasty_report(tmp_path: Path, two: bool = False) -> tuple[str, str]:
@@ -188,12 +189,14 @@ def test_parallel_parts_see_their_warmup_context() -> None:
     ids = tok.encode(TEXT * 4)  # ~1.1k tokens
     model = small_gru(tok.vocab_size)
     one = token_surprisal(model, ids, tok.start_ids(), top_k=2, seq_len=50)
-    parts = token_surprisal(model, ids, tok.start_ids(), top_k=2, seq_len=50, streams=4, min_segment=200,
-                            warmup=len(ids))
+    parts = token_surprisal(
+        model, ids, tok.start_ids(), top_k=2, seq_len=50, streams=4, min_segment=200, warmup=len(ids)
+    )
     np.testing.assert_allclose(parts.logprob, one.logprob, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(parts.top_ids[:, 0], one.top_ids[:, 0])
-    short = token_surprisal(model, ids, tok.start_ids(), top_k=2, seq_len=50, streams=4, min_segment=200,
-                            warmup=30)
+    short = token_surprisal(
+        model, ids, tok.start_ids(), top_k=2, seq_len=50, streams=4, min_segment=200, warmup=30
+    )
     assert np.isfinite(short.logprob).all() and (short.logprob <= 0).all()
     # A small GRU forgets quickly: 30 tokens of warm-up already give nearly the same numbers.
     assert np.abs(short.logprob - one.logprob).max() < 0.5

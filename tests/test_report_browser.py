@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import TINY_MODEL_ARGS, make_text
 
-NASTY = 'He said "</script><b>&amp;" & \'left\' <!-- -->\n'
+NASTY = "He said \"</script><b>&amp;\" & 'left' <!-- -->\n"
 EVAL_TEXT = make_text(8, seed=5) + NASTY + make_text(4, seed=6) + "é\tend"
 
 
@@ -45,10 +45,20 @@ pytestmark = pytest.mark.skipif(
 
 def _chromium(page: Path, fragment: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [
-        BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=10000",
-        *extra, page.as_uri() + fragment,
+        BROWSER,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--virtual-time-budget=10000",
+        *extra,
+        page.as_uri() + fragment,
     ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -99,8 +109,19 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     held_out.write_text(EVAL_TEXT, encoding="utf-8")
     out = tmp / "page.html"
     for argv in (
-        ["train", str(corpus), "-o", str(run), *TINY_MODEL_ARGS, "--steps", "20", "--seq-len", "32",
-         "--device", "cpu"],
+        [
+            "train",
+            str(corpus),
+            "-o",
+            str(run),
+            *TINY_MODEL_ARGS,
+            "--steps",
+            "20",
+            "--seq-len",
+            "32",
+            "--device",
+            "cpu",
+        ],
         ["eval", "-c", str(run), str(held_out), "--html", str(out)],
     ):
         with pytest.raises(SystemExit) as exit_info:

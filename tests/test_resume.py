@@ -103,21 +103,6 @@ def test_fresh_train_into_an_existing_run_needs_force(trained_run_copy: Path, co
 # Recovery is "resume from latest/ with a lower learning rate", so it lives with the resume tests.
 
 
-class _QuietReporter:
-    """A Reporter that records messages and prints nothing."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def start(self, info: dict) -> None: ...
-    def progress(self, step: int, total: int | None, fraction: float, stats: dict) -> None: ...
-    def evaluated(self, step: int, result: object, is_best: bool) -> None: ...
-    def finish(self, summary: dict) -> None: ...
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-
 def _poisoned_trainer(tmp_path: Path, corpus_text: str, bad_calls: dict[int, str], monkeypatch,
                       **train: object):
     """A tiny in-process Trainer whose training forward pass turns bad on chosen calls (1-based):
@@ -129,13 +114,14 @@ def _poisoned_trainer(tmp_path: Path, corpus_text: str, bad_calls: dict[int, str
     from charnn.checkpoint import load_checkpoint
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
+    from charnn.reporting import NullReporter
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])
     config = TrainConfig(**{"batch_size": 4, "seq_len": 16, "warmup_steps": 0, "eval_every": 1000,
                             "device": "cpu", "seed": 5, **train})  # type: ignore[arg-type]
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, hidden=16, embed=8, layers=1)
-    trainer = train_mod.Trainer(corpus, model_config, config, tmp_path / "run", _QuietReporter())
+    trainer = train_mod.Trainer(corpus, model_config, config, tmp_path / "run", NullReporter())
     calls = {"n": 0}
     real_forward = trainer.model.forward
 

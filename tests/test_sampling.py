@@ -24,6 +24,31 @@ def decode(i: int) -> str:
     return ALPHABET[i]
 
 
+class Decoding:
+    """The decoding side of a tokenizer, from an ``id -> text`` function."""
+
+    def __init__(self, fn: Callable[[int], str]) -> None:
+        self.fn = fn
+
+    def stream_decoder(self) -> Decoding:
+        return self
+
+    def feed(self, token_id: int) -> str:
+        return self.fn(token_id)
+
+    def flush(self) -> str:
+        return ""
+
+    def getstate(self) -> None:
+        return None
+
+    def setstate(self, state: None) -> None:
+        pass
+
+
+DECODE = Decoding(decode)
+
+
 def make_stepper(vocab: int = 8, cell: str = "lstm", scale: float = 0.5) -> tuple[CharRNN, FastStepper]:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, layers=2, hidden=16, embed=8))
@@ -44,7 +69,7 @@ def model_logprob(model: CharRNN, prime: list[int], ids: list[int]) -> float:
 
 def run(stepper: FastStepper, seed: int = 0, prime: list[int] = PRIME, **kwargs: object) -> list:
     gen = torch.Generator().manual_seed(seed)
-    return generate(stepper, prime, SampleConfig(**kwargs), decode, generator=gen)
+    return generate(stepper, prime, SampleConfig(**kwargs), DECODE, generator=gen)
 
 
 # -- filter_logits ---------------------------------------------------------------------------------
@@ -221,7 +246,7 @@ def test_num_samples_run_as_one_batch_and_differ() -> None:
         spy,
         PRIME,
         SampleConfig(length=30, num_samples=4),
-        decode,  # type: ignore[arg-type]
+        DECODE,
         generator=torch.Generator().manual_seed(0),
     )
     assert spy.prime_shapes == [(1, len(PRIME))]  # the prime goes in once, in one pass
@@ -246,7 +271,7 @@ def test_on_text_streams_each_sample_in_order() -> None:
         stepper,
         PRIME,
         SampleConfig(length=15, num_samples=3, stops=("a",)),
-        decode,
+        DECODE,
         on_text=lambda i, piece: got[i].append(piece),
         generator=torch.Generator().manual_seed(3),
     )
@@ -263,13 +288,13 @@ def test_length_zero_and_empty_prime() -> None:
             stepper,
             PRIME,
             SampleConfig(length=0, num_samples=2, **extra),
-            decode,
+            DECODE,
             on_text=lambda i, p: calls.append((i, p)),
         )
         assert [(s.ids, s.text, s.logprob) for s in out] == [([], "", 0.0)] * 2
     assert all(piece == "" for _, piece in calls)
     with pytest.raises(ConfigError):
-        generate(stepper, [], SampleConfig(length=5), decode)
+        generate(stepper, [], SampleConfig(length=5), DECODE)
 
 
 # -- stops -----------------------------------------------------------------------------------------
@@ -346,7 +371,7 @@ def test_single_stream_thread_scope_is_restored() -> None:
         raise RuntimeError("decode failed")
 
     with pytest.raises(RuntimeError):
-        generate(stepper, PRIME, SampleConfig(length=5), boom)
+        generate(stepper, PRIME, SampleConfig(length=5), Decoding(boom))
     assert torch.get_num_threads() == before
 
 

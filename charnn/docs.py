@@ -1,0 +1,63 @@
+"""The README's option tables, derived from the click commands (themselves derived from the
+config dataclasses), so the README cannot drift from ``--help``.
+
+``python -m charnn.docs README.md`` rewrites every block between
+``<!-- options: COMMAND -->`` and ``<!-- /options -->``; ``make readme`` runs it and a test
+checks that the README is up to date.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+
+_BLOCK = re.compile(r"(<!-- options: ([\w-]+) -->\n)(.*?)(<!-- /options -->)", re.S)
+_DEFAULT = re.compile(r"\s*\[default: (.*?)\]$")
+
+
+def _row(param: click.Option) -> str:
+    names = "/".join(sorted(param.opts, key=len))
+    metavar = "" if param.is_flag else f" {param.make_metavar(click.Context(click.Command('x')))}"
+    metavar = metavar.replace("[", "").replace("]", "").replace("|", "\\|")
+    meaning = param.help or ""
+    default = ""
+    found = _DEFAULT.search(meaning)
+    if found:
+        default, meaning = found.group(1), meaning[: found.start()]
+    elif param.show_default and param.default not in (None, False, ()):
+        default = str(param.default)
+    if param.multiple:
+        meaning += " (repeatable)" if "repeatable" not in meaning else ""
+    default = default.replace("\n", "\\n")
+    return f"| `{names}{metavar}` | {f'`{default}`' if default else ''} | {meaning} |"
+
+
+def options_table(command: str) -> str:
+    """Markdown table of ``charnn COMMAND``'s options, in ``--help`` order."""
+    from charnn.cli import cli
+
+    cmd = cli.commands[command]
+    rows = [_row(p) for p in cmd.params if isinstance(p, click.Option) and not p.hidden]
+    return "\n".join(["| option | default | meaning |", "| --- | --- | --- |", *rows]) + "\n"
+
+
+def render(readme: str) -> str:
+    """``readme`` with every options block regenerated."""
+    return _BLOCK.sub(lambda m: m.group(1) + options_table(m.group(2)) + m.group(4), readme)
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[0] if argv else "README.md")
+    text = path.read_text(encoding="utf-8")
+    new = render(text)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+        print(f"{path}: option tables updated", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,221 @@
+"""The run directory (``--out``): the one owner of what lives beside the checkpoints.
+
+::
+
+    RUN/
+      latest/              newest checkpoint; --resume continues from here
+      best/                checkpoint with the best validation bpc; sample/eval default to it
+      .lock                held (filelock) by the one process writing this run
+      .latest.old/         the previous latest/, only while a save swaps the two
+      .latest.tmp/         a save being written (stale unless the lock's holder is writing it)
+
+A save writes ``.NAME.tmp/`` (files fsynced), renames the current ``NAME/`` aside to
+``.NAME.old/``, renames the new one into place and only then deletes the aside copy: a
+crash at any moment leaves a complete checkpoint under the final or the aside name, and
+:func:`resolve_checkpoint` finds either. Only a directory that holds a charnn checkpoint
+is ever renamed or deleted: a user's own file or folder under one of these names is
+refused, ``--force`` or not. This module knows names and atomic swaps, not the format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from charnn.errors import CharnnError, CheckpointError, RunBusyError
+
+LATEST, BEST = "latest", "best"
+MARKER = "meta.json"  # a checkpoint directory is one that holds this file
+FORMAT = "charnn-checkpoint"  # the marker's "format" value
+LOCK = ".lock"
+
+_held: dict[str, tuple[object, int]] = {}  # lock path -> (FileLock, depth): re-entrant per process
+_held_guard = threading.Lock()
+
+
+def aside_path(target: Path) -> Path:
+    """Where a save moves the previous checkpoint while it renames the new one into place."""
+    return target.parent / f".{target.name}.old"
+
+
+def tmp_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.tmp"
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory whose marker says it is a charnn checkpoint."""
+    try:
+        with open(path / MARKER, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    try:
+        meta = json.loads(head)
+    except ValueError:
+        return b'"format": "charnn-checkpoint"' in head  # torn or huge metadata: still ours
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames in ``path`` durable. Windows cannot open a directory for fsync: skip there."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunDir:
+    """A run directory: its lock, its checkpoints' names, and atomic replacement of them."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def checkpoint(self, which: str) -> Path:
+        return self.path / which
+
+    def holds_run(self) -> bool:
+        """Whether a run (finished, or interrupted between a save's renames) lives here."""
+        return any(
+            is_checkpoint_dir(p)
+            for name in (LATEST, BEST)
+            for p in (self.path / name, aside_path(self.path / name))
+        )
+
+    # ------------------------------------------------------------------ the one-writer lock
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock; a second process gets :class:`RunBusyError` at once, never waits.
+        Re-entrant within this process (the trainer holds it, each save takes it again)."""
+        from filelock import FileLock, Timeout
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CharnnError(f"could not save checkpoint in {self.path}: {exc.strerror or exc}") from None
+        key = os.path.abspath(self.path / LOCK)
+        with _held_guard:
+            lock, depth = _held.get(key, (None, 0))
+            if lock is None:
+                lock = FileLock(key, timeout=0)
+                try:
+                    lock.acquire()
+                except Timeout:
+                    raise RunBusyError(
+                        f"{self.path}: another charnn process is writing this run directory; "
+                        "wait for it to finish or choose another --out"
+                    ) from None
+                except OSError as exc:
+                    raise CharnnError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
+            _held[key] = (lock, depth + 1)
+        try:
+            yield
+        finally:
+            with _held_guard:
+                lock, depth = _held[key]
+                if depth == 1:
+                    del _held[key]
+                    lock.release()  # type: ignore[attr-defined]
+                else:
+                    _held[key] = (lock, depth - 1)
+
+    # ------------------------------------------------------------------ atomic replacement
+
+    def _refuse_foreign(self, path: Path) -> None:
+        if (path.exists() or path.is_symlink()) and not (
+            path.is_dir() and not path.is_symlink() and is_checkpoint_dir(path)
+        ):
+            raise CheckpointError(
+                f"{path}: exists and is not a charnn checkpoint; charnn never replaces or removes it "
+                "(move it away or choose another --out)"
+            )
+
+    def recover(self, which: str) -> None:
+        """Finish or undo a save interrupted between its renames, drop a stale temporary
+        directory. Called with the lock held, so no live save of this run exists."""
+        target = self.path / which
+        old, tmp = aside_path(target), tmp_path(target)
+        self._refuse_foreign(old)
+        if old.exists():
+            if is_checkpoint_dir(target):
+                shutil.rmtree(old)
+            else:
+                self._refuse_foreign(target)
+                os.replace(old, target)
+        for stale in [tmp, *self.path.glob(f".{which}.tmp-*")]:  # -PID: left by charnn 0.1.0
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def write(self, which: str, files: dict[str, bytes]) -> Path:
+        """Atomically make ``RUN/which/`` hold exactly ``files``; the old checkpoint is kept on any error."""
+        target = self.path / which
+        tmp = tmp_path(target)
+        with self.lock():
+            self.recover(which)
+            self._refuse_foreign(target)
+            try:
+                tmp.mkdir()
+                for name, data in files.items():
+                    _write_file(tmp / name, data)
+                _fsync_dir(tmp)
+                old = aside_path(target)
+                if target.exists():
+                    os.replace(target, old)
+                os.replace(tmp, target)
+                _fsync_dir(self.path)
+                shutil.rmtree(old, ignore_errors=True)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CharnnError(
+                    f"could not save checkpoint {target}: {exc.strerror or exc}; "
+                    "the previous checkpoint is kept"
+                ) from exc
+        return target
+
+    def remove(self, which: str) -> None:
+        """Delete a checkpoint of this run (and its aside copy), e.g. the old best/ on --force."""
+        with self.lock():
+            for path in (self.path / which, aside_path(self.path / which)):
+                self._refuse_foreign(path)
+                if path.exists():
+                    shutil.rmtree(path)
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
+    """Map a user's path to one checkpoint directory: a checkpoint itself, or a run directory's
+    ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
+    path = Path(path)
+    if not path.exists():
+        if (aside_path(path) / MARKER).exists():  # e.g. -c run/latest after a crash between renames
+            return aside_path(path)
+        raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
+    if path.is_file():
+        if path.name == MARKER or path.suffix == ".safetensors":
+            return path.parent
+        return path  # the caller refuses files that are not checkpoint directories
+    if (path / MARKER).exists():
+        return path
+    order = [prefer, LATEST if prefer == BEST else BEST]
+    for name in order:
+        for candidate in (path / name, aside_path(path / name)):
+            if (candidate / MARKER).exists():
+                return candidate
+    raise CheckpointError(f"{path}: no checkpoint here (no {MARKER}, {BEST}/ or {LATEST}/)")
