@@ -50,7 +50,7 @@ class ModelReport:
 
 
 BITS_SCALE = 64  # surprisal stored in 1/64 bit (shown to 2 decimals), up to 1023.98 bits
-PROB_STEPS = 50  # prediction probabilities stored in 2 % steps; smaller ones are left out
+PROB_STEPS = 50  # prediction probabilities stored in 2 % steps; those under 1 % round to 0 and are left out
 
 
 def _milli(values: np.ndarray) -> np.ndarray:

@@ -200,3 +200,29 @@ def test_parallel_parts_see_their_warmup_context() -> None:
     assert np.isfinite(short.logprob).all() and (short.logprob <= 0).all()
     # A small GRU forgets quickly: 30 tokens of warm-up already give nearly the same numbers.
     assert np.abs(short.logprob - one.logprob).max() < 0.5
+
+
+def test_packed_columns_decode_to_the_computed_numbers(tmp_path: Path) -> None:
+    text = NASTY * 3
+    tok = CharTokenizer.from_codepoints(codepoints(text))
+    ids = tok.encode(text)
+    torch.manual_seed(3)
+    model = CharRNN(ModelConfig(vocab_size=tok.vocab_size, layers=1, hidden=8, embed=4)).eval()
+    cs = char_surprisal(tok, ids, token_surprisal(model, ids, tok.start_ids(), top_k=3))
+    meta, raw = _data(build_report("x", [ModelReport("m", "char", list(tok.chars), cs)]))
+
+    def column(name: str) -> np.ndarray:
+        offset, size, kind = meta["sections"][name]
+        return np.frombuffer(
+            raw, dtype={"u8": "<u1", "u16": "<u2", "u32": "<u4"}[kind], count=size, offset=offset
+        )
+
+    bits = ((column("bh0").astype(np.int64) << 8) | column("bl0")) / meta["scale"]["bits"]
+    np.testing.assert_allclose(bits, cs.bits, atol=1 / 128 + 1e-9)
+    n, k = len(ids), 3
+    probs = column("p0").reshape(k, n).T / meta["scale"]["prob"]  # (n, k), column-major on the page
+    top = column("ids0").reshape(k, n).T
+    shown = probs > 0
+    np.testing.assert_allclose(probs[shown], cs.tokens.top_probs[shown], atol=0.01 + 1e-6)
+    np.testing.assert_array_equal(top[shown], cs.tokens.top_ids[shown])
+    assert (cs.tokens.top_probs[~shown] < 0.01 + 1e-6).all()  # only predictions under 1 % are left out
