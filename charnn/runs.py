@@ -217,10 +217,10 @@ def run_eval(
         checkpoints = [checkpoints]
     if html is not None and len(checkpoints) > 2:
         raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     texts = read_corpus(files, encoding_errors)
     rows, reports = [], []
-    for checkpoint in checkpoints:
-        ckpt = load_checkpoint(checkpoint)
+    for ckpt in loaded:
         corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
