@@ -74,6 +74,7 @@ class _Dom(HTMLParser):
         self.links: list[str] = []
         self.csp = ""
         self.panel_bits: list[float] = []
+        self.ready_ms: float | None = None
         self._open: int | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -81,6 +82,8 @@ class _Dom(HTMLParser):
         self.links += [a[k] for k in ("src", "href", "action", "poster") if k in a]
         if tag == "meta" and a.get("http-equiv", "").lower() == "content-security-policy":
             self.csp = a.get("content", "")
+        if tag == "body" and "data-ready-ms" in a:
+            self.ready_ms = float(a["data-ready-ms"])
         if "data-bits" in a:
             self.panel_bits.append(float(a["data-bits"]))
         if tag == "span" and re.fullmatch(r"c\d+", a.get("id", "")):
@@ -148,6 +151,7 @@ def test_rendered_dom_has_every_character_shaded_and_nothing_external(
     html_file, _ = page
     dom = _Dom()
     dom.feed(_chromium(html_file, "#render-all", tmp_path, "--dump-dom").stdout)
+    assert dom.ready_ms is not None, "the page's script did not finish"
     assert sorted(dom.spans) == list(range(len(EVAL_TEXT))), "one element per character"
     assert "".join(dom.spans[i]["text"] for i in range(len(EVAL_TEXT))) == EVAL_TEXT
     assert all(re.search(r"\bs[0-8]\b", s["class"]) for s in dom.spans.values()), "every character shaded"

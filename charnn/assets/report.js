@@ -225,5 +225,5 @@
   window.addEventListener('hashchange', fromHash);
   fromHash();
   status.textContent = '';
-  document.body.dataset.ready = '1';
+  document.body.dataset.readyMs = String(Math.round(performance.now()));  // load to interactive
 })();
