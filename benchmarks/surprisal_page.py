@@ -66,7 +66,8 @@ def main() -> int:
     ready = re.search(r'data-ready-ms="(\d+)"', dom)
     spans = len(re.findall(r'<span id="c\d+"', dom))
     print(
-        f"chromium: interactive after {ready[1] if ready else '?'} ms (page clock); whole headless run {wall:.1f} s"
+        f"chromium: interactive after {ready[1] if ready else '?'} ms (page clock); "
+        f"whole headless run {wall:.1f} s"
     )
     print(f"character spans after load: {spans:,} of {chars:,} characters ({spans / max(chars, 1):.1%})")
     return 0
