@@ -233,6 +233,13 @@ def cli() -> None:
     metavar="[DIR]",
     help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="PATH",
+    help="start a new run (fine-tuning) from the weights of a run (its best/) or checkpoint: "
+    "its model and tokenizer, new characters added; fresh optimizer and schedule",
+)
 @click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
 @config_options(ModelConfig)
 @config_options(TokenizerConfig)
@@ -244,6 +251,7 @@ def train(
     files: tuple[str, ...],
     out: str,
     resume: str | None,
+    init_from: str | None,
     force: bool,
     encoding_errors: str,
     **options: Any,
@@ -259,6 +267,7 @@ def train(
         files=list(files),
         out=out,
         resume=resume,
+        init_from=init_from,
         force=force,
         encoding_errors=encoding_errors,
         model=take_config(ctx, options, ModelConfig),
@@ -282,6 +291,12 @@ def train(
     metavar="FILE",
     help="read the prime from a file (- = stdin)",
 )
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="continue each line of FILE (- = stdin), batched; line i (from 0) uses seed --seed + i",
+)
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
 @click.pass_context
@@ -290,6 +305,7 @@ def sample(
     checkpoint: str,
     prime: str | None,
     prime_file: Any,
+    prompts: str | None,
     separator: str,
     as_json: bool,
     **options: Any,
@@ -305,6 +321,15 @@ def sample(
         raise ConfigError(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
+    if prompts is not None and (prime is not None or prime_file is not None):
+        raise ConfigError(
+            "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
+        )
+    if prompts is not None:
+        from charnn.runs import read_prompts, run_prompts
+
+        run_prompts(checkpoint, SampleConfig(**given), read_prompts(prompts), separator, as_json)
+        return
     if prime_file is not None:
         prime = prime_file.read()
     from charnn.runs import run_sampling
@@ -487,12 +512,27 @@ def _terminate_like_interrupt() -> None:
         pass
 
 
+OUT_OF_MEMORY = "out of memory: try a smaller --batch-size, --hidden, --length or input"
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """torch's own allocation failures: ``torch.OutOfMemoryError`` (CUDA) and the CPU allocator's
+    ``RuntimeError: [enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate memory``."""
+    name = type(exc).__name__
+    text = str(exc)
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "out of memory" in text.lower())
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the CLI, map failures to one line and an exit code."""
     # Before numpy loads (its OpenBLAS reads this once): sampling's one-row matrix products gain
     # nothing from a second thread and collapse when spin-waiting threads compete for busy cores.
     # Torch's own threads (training) are governed by OMP/MKL settings, deliberately left alone.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if sys.stdout is None:  # started with stdout closed (>&-): like a reader that went away
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     from charnn.console import error
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"
@@ -527,15 +567,18 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         if debug:
             raise
-        error("out of memory: try a smaller --batch-size, --hidden or corpus")
+        error(OUT_OF_MEMORY)
         code = EXIT_ERROR
     except Exception as exc:
         if debug:
             raise
-        error(f"internal error: {type(exc).__name__}: {exc} (set CHARNN_DEBUG=1 for the traceback)")
+        if _is_allocation_failure(exc):
+            error(OUT_OF_MEMORY)
+        else:
+            error(f"internal error: {type(exc).__name__}: {exc} (set CHARNN_DEBUG=1 for the traceback)")
         code = EXIT_ERROR
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
+    except (BrokenPipeError, ValueError):
         _quiet_stdout()
     sys.exit(code)

@@ -11,6 +11,7 @@ code), whether ``--resume`` may change it (``locked``), and the README's option 
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import re
@@ -69,7 +70,7 @@ def flag_of(f: dataclasses.Field[Any]) -> str:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _range_text(o: Opt) -> str:
@@ -80,9 +81,15 @@ def _range_text(o: Opt) -> str:
     return f"{'<' if o.max_open else '<='} {_fmt(o.max or 0)}"
 
 
+# Set while a config is rebuilt from stored data (a checkpoint): errors then name the stored
+# field ("train.batch_size"), not a flag the user never typed.
+_STORED_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar("stored_as", default=None)
+
+
 def _check_field(f: dataclasses.Field[Any], kind: Any, value: Any) -> None:
     """Generic checks from the declaration: type, finiteness, range, choices."""
-    name, o = flag_of(f), cli_opt(f)
+    stored = _STORED_AS.get()
+    name, o = (f"{stored}.{f.name}" if stored else flag_of(f)), cli_opt(f)
     if value is None:
         if type(None) in typing.get_args(kind):
             return
@@ -125,10 +132,15 @@ class _Validated:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
+    def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> Any:
+        """Rebuild from stored data; with ``stored_as`` (e.g. "train"), errors name stored fields."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{cls.__name__} is not a mapping")
-        return cls(**_known_fields(cls, data))
+            raise ConfigError(f"{stored_as or cls.__name__} is not a mapping")
+        token = _STORED_AS.set(stored_as)
+        try:
+            return cls(**_known_fields(cls, data))
+        finally:
+            _STORED_AS.reset(token)
 
     def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
@@ -285,6 +297,15 @@ class TrainConfig(_Validated):
             max=MAX_COUNT,
         ),
     )
+    sample_every: int = field(
+        default=1000,
+        metadata=opt(
+            "print a short sample (same prime and seed each time) every N steps and append it to "
+            "RUN/samples.txt; 0 = off",
+            min=0,
+            max=MAX_COUNT,
+        ),
+    )
     val_fraction: float = field(
         default=0.05,
         metadata=opt("held out from the end of the corpus", min=0, max=1, max_open=True, locked=True),
@@ -309,10 +330,10 @@ class TrainConfig(_Validated):
     )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> TrainConfig:
         if isinstance(data, dict) and data.get("extra") == {}:
             data = {k: v for k, v in data.items() if k != "extra"}  # written by charnn 0.1.0, always empty
-        return typing.cast(TrainConfig, super().from_dict(data))
+        return typing.cast(TrainConfig, super().from_dict(data, stored_as))
 
     @classmethod
     def locked_fields(cls) -> tuple[str, ...]:

@@ -1,11 +1,15 @@
 """Everything people read goes to stderr through rich (stdout is for generated text and data).
 
 rich honours ``NO_COLOR`` and drops live displays when stderr is not a terminal;
-then progress is logged as plain lines every few seconds instead.
+then progress is logged as plain lines every few seconds instead. Messages are never
+read as rich markup, and names in them are shown literally (:func:`shown`). Losing
+stderr (a closed pipe, ``2>&-``) silences the console and nothing else: training
+goes on to its end and saves.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,18 +26,55 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
-err = Console(stderr=True, highlight=False)
+
+class _StderrConsole(Console):
+    """A console that goes quiet when its reader goes away instead of ending the process
+    (rich's default answer to a broken pipe is ``SystemExit(1)``, which would lose a run)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except (OSError, ValueError):  # EIO, EBADF, a closed file object
+            self.quiet = True
+            del self._buffer[:]
+
+
+err = _StderrConsole(stderr=True, highlight=False)
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def shown(text: str) -> str:
+    """``text`` safe for one line of a terminal or log: control characters and lone surrogates
+    (undecodable file names) become escapes; everything else is shown as it is."""
+    text = text.translate(_CONTROL)
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("charnn: error:", "bold red"), " ", shown(message)), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+    err.print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
+
+
+# A model's text keeps its lines, but control characters (ESC, CR, ...) other than newline and
+# tab become U+FFFD: it must not move the cursor or recolour the terminal.
+_SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -65,8 +106,9 @@ class TrainReporter:
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {info.out}/",
+            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
             soft_wrap=True,
+            markup=False,
         )
         if self.live:
             self._progress = Progress(
@@ -93,9 +135,8 @@ class TrainReporter:
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
             total = f"/{report.total}" if report.total else ""
-            self.console.print(
-                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
-            )
+            line = f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
+            self.console.print(line, markup=False)
 
     def evaluated(self, report: EvalReport) -> None:
         star = " [green](best)[/]" if report.is_best else ""
@@ -103,8 +144,13 @@ class TrainReporter:
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
         )
 
+    def sampled(self, report: SampleReport) -> None:
+        # The model's text is shown literally (a Text, never markup), without control characters.
+        body = report.text.translate(_SAMPLE_CONTROLS).rstrip("\n")
+        self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
+
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
+        self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)
 
     def finish(self, summary: RunSummary) -> None:
         self.close()
@@ -114,8 +160,9 @@ class TrainReporter:
         best_text = f" (best {best:.4f})" if best is not None else ""
         self.console.print(
             f"done: {summary.step} steps in {_fmt_duration(summary.elapsed)}{val_text}{best_text}; "
-            f"sample with: charnn sample -c {summary.out}",
+            f"sample with: charnn sample -c {shlex.quote(shown(summary.out))}",
             soft_wrap=True,
+            markup=False,
         )
 
     def close(self) -> None:

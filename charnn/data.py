@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, u
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
+_READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -85,7 +88,8 @@ def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
         path = Path(arg)
         if path.is_dir():
             files = sorted(
-                p for p in path.rglob("*")
+                p
+                for p in path.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             text_files = [p for p in files if _is_text_file(p)]
@@ -101,13 +105,47 @@ def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     return sources, notes
 
 
+class BinaryData(DataError):
+    """A NUL byte: the input is not text."""
+
+
+def _text_limit() -> int:
+    """How much text one input may hold in memory: a quarter of the machine's RAM (the encoded
+    corpus and the text itself live side by side), 4 GiB where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
+    except (AttributeError, ValueError, OSError):
+        return 4 << 30
+
+
+def read_bytes(stream: BinaryIO, name: str, limit: int | None = None) -> bytes:
+    """All bytes of ``stream``, read in chunks and checked as they come: a binary input (a NUL
+    byte, e.g. ``/dev/zero``) or one larger than ``limit`` (an endless pipe) is refused without
+    first filling memory."""
+    limit = _text_limit() if limit is None else limit
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := stream.read(_READ_CHUNK):
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            where = total + nul
+            raise BinaryData(f"{name}: looks binary (NUL byte at offset {where}); charnn trains on text")
+        total += len(chunk)
+        if total > limit:
+            size = f"{limit / 2**30:.1f} GiB"
+            raise DataError(f"{name}: more than {size} of text; split it or use a smaller corpus")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_source(source: str, errors: str = "strict") -> str:
     if source == BUILTIN_CORPUS:
         return builtin_text()
     if source == "-":
-        return decode_bytes(sys.stdin.buffer.read(), "<stdin>", errors)
+        return decode_bytes(read_bytes(sys.stdin.buffer, "<stdin>"), "<stdin>", errors)
     try:
-        raw = Path(source).read_bytes()
+        with open(source, "rb") as fh:
+            raw = read_bytes(fh, source)
     except OSError as exc:
         raise DataError(f"{source}: cannot read ({exc.strerror or exc})") from None
     return decode_bytes(raw, source, errors)
@@ -117,45 +155,60 @@ def read_source(source: str, errors: str = "strict") -> str:
 class CorpusTexts:
     """Corpus sources read into memory, not yet encoded (read once, encode with several tokenizers)."""
 
-    sources: list[str]
+    sources: list[str]  # the sources that contributed text (what a resume must read again)
     names: list[str]  # the source of each text, for error messages
     texts: list[str]
     notes: list[str]
 
 
 def read_corpus(paths: Sequence[str], encoding_errors: str = "strict") -> CorpusTexts:
-    """Read every source of a corpus (stdin at most once), skipping empty files found in directories."""
+    """Read every source of a corpus (stdin at most once), skipping empty or binary files found in
+    directories."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
     names: list[str] = []
+    used: list[str] = []
     for source in sources:
-        text = read_source(source, encoding_errors)
+        explicit = source in paths or source == "-"
+        try:
+            text = read_source(source, encoding_errors)
+        except BinaryData as exc:
+            if explicit:
+                raise
+            notes.append(f"{exc}: skipped")  # a file of a directory: binary past the first sniff
+            continue
         if not text:
-            if source in paths or source == "-":
+            if explicit:
                 raise DataError(f"{'<stdin>' if source == '-' else source}: is empty")
             notes.append(f"{source}: empty, skipped")
             continue
         # Documents are joined on line boundaries so one file's last line does not run into the next.
         texts.append(text if text.endswith("\n") or source == sources[-1] else text + "\n")
         names.append("<stdin>" if source == "-" else source)
+        used.append(source)
     if not texts:
         raise DataError("the corpus is empty")
-    return CorpusTexts(sources=sources, names=names, texts=texts, notes=notes)
+    return CorpusTexts(sources=used, names=names, texts=texts, notes=notes)
 
 
 def load_corpus(
     paths: Sequence[str] | CorpusTexts,
     tokenizer: TokenizerConfig | Tokenizer | None = None,
     encoding_errors: str = "strict",
+    grow_vocab: bool = False,
 ) -> Corpus:
     """Read and encode a corpus. ``tokenizer``: how to build one from this text (default: characters),
-    or an existing tokenizer (resume, eval). ``paths`` may be texts already read by :func:`read_corpus`."""
+    or an existing tokenizer (resume, eval). ``grow_vocab``: an existing character tokenizer
+    gains the characters of this text it lacks, at the end of its vocabulary (fine-tuning).
+    ``paths`` may be texts already read by :func:`read_corpus`."""
     read = paths if isinstance(paths, CorpusTexts) else read_corpus(paths, encoding_errors)
     texts, names = read.texts, read.names
     chars = sum(len(t) for t in texts)
 
     if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
         tokenizer = build_tokenizer(tokenizer or TokenizerConfig(), texts)
+    elif grow_vocab and isinstance(tokenizer, CharTokenizer):
+        tokenizer = tokenizer.extended(texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:
@@ -163,7 +216,9 @@ def load_corpus(
         except DataError as exc:  # e.g. characters a checkpoint's vocabulary lacks: say where
             raise DataError(f"{name}: {exc}") from None
     ids = np.concatenate(parts)
-    return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=read.sources, notes=list(read.notes))
+    return Corpus(
+        tokenizer=tokenizer, ids=ids, chars=chars, sources=list(read.sources), notes=list(read.notes)
+    )
 
 
 def build_tokenizer(config: TokenizerConfig, texts: Sequence[str]) -> Tokenizer:

@@ -2,7 +2,7 @@
 
 The trainer never prints: it hands these records to a :class:`Reporter`. The console's
 ``TrainReporter`` draws them for people; :class:`NullReporter` keeps quiet (tests,
-benchmarks, library use) and remembers the messages.
+benchmarks, library use) and remembers the messages and samples.
 """
 
 from __future__ import annotations
@@ -54,6 +54,15 @@ class EvalReport:
 
 
 @dataclass(frozen=True)
+class SampleReport:
+    """A sample generated during training (``--sample-every``): same prime and seed every time."""
+
+    step: int
+    text: str
+    seconds: float  # what generating it cost
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """How a run ended."""
 
@@ -72,6 +81,7 @@ class Reporter(Protocol):
     def start(self, info: RunInfo) -> None: ...
     def progress(self, report: StepReport) -> None: ...
     def evaluated(self, report: EvalReport) -> None: ...
+    def sampled(self, report: SampleReport) -> None: ...
     def message(self, text: str) -> None: ...
     def finish(self, summary: RunSummary) -> None: ...
 
@@ -81,6 +91,7 @@ class NullReporter:
     """Prints nothing; keeps the messages (recoveries, notes) for whoever asks."""
 
     messages: list[str] = field(default_factory=list)
+    samples: list[SampleReport] = field(default_factory=list)
 
     def start(self, info: RunInfo) -> None:
         pass
@@ -90,6 +101,9 @@ class NullReporter:
 
     def evaluated(self, report: EvalReport) -> None:
         pass
+
+    def sampled(self, report: SampleReport) -> None:
+        self.samples.append(report)
 
     def message(self, text: str) -> None:
         self.messages.append(text)

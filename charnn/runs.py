@@ -7,6 +7,7 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from charnn.checkpoint import BEST, LATEST, load_checkpoint
+from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
 from charnn.console import TrainReporter, note
 from charnn.data import load_corpus, read_corpus, read_source, resolve_sources
@@ -33,6 +34,7 @@ class TrainRequest:
     files: list[str]
     out: str = "checkpoints"
     resume: str | None = None  # a run directory, or "" for ``out``
+    init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
@@ -44,20 +46,39 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
     before anything in it is read (resume) or written (new run) until the run ends. FILES that
     name registry corpora (and are not paths) are fetched first."""
+    if request.resume is not None and request.init_from is not None:
+        raise ConfigError(
+            "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
+        )
     request = replace(request, files=resolve_corpus_names(list(request.files)))
     if request.resume is not None:
-        run = RunDir(request.resume or request.out)
+        run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
         with run.lock():
+            run.refuse_foreign()
             return _run(_resumed_trainer(request, run))
     run = RunDir(request.out)
-    _refuse_existing(run, request.force)  # before reading the corpus: fail fast
-    trainer = _new_trainer(request, run)  # reads and encodes the corpus; writes nothing
+    fine_tune = request.init_from is not None
+    _refuse_existing(run, request.force, fine_tune)  # before reading the corpus: fail fast
+    # Reads and encodes the corpus (and the parent's checkpoint); writes nothing.
+    trainer = _fine_tune_trainer(request, run) if fine_tune else _new_trainer(request, run)
     with run.lock():
-        _refuse_existing(run, request.force)  # again: another run may have started meanwhile
+        _refuse_existing(run, request.force, fine_tune)  # again: another run may have started meanwhile
         if request.force:
             run.remove(BEST)  # the old run's best must not outlive it
         return _run(trainer)
+
+
+def _run_to_resume(path: Path) -> RunDir:
+    """``--resume`` takes a run directory; ``RUN/latest`` or ``RUN/best`` mean ``RUN``."""
+    if (path / META).is_file():
+        if path.name not in (LATEST, BEST):
+            raise ConfigError(
+                f"{path} is a single checkpoint, not a run directory: --resume continues a run "
+                "(the directory holding latest/); to train on from this checkpoint start a new run"
+            )
+        return RunDir(path.parent)
+    return RunDir(path)
 
 
 def _run(trainer: Any) -> dict[str, Any]:
@@ -67,8 +88,14 @@ def _run(trainer: Any) -> dict[str, Any]:
         trainer.reporter.close()
 
 
-def _refuse_existing(run: RunDir, force: bool) -> None:
+def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
+    run.refuse_foreign()  # a user's own latest/ or best/ is never replaced, --force or not
     if run.holds_run() and not force:
+        if fine_tune:
+            raise ConfigError(
+                f"{run.path}/ already holds a run; give the fine-tuned run its own directory with "
+                "-o/--out, or replace that run with --force"
+            )
         raise ConfigError(
             f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
             "or replace it with --force"
@@ -76,22 +103,29 @@ def _refuse_existing(run: RunDir, force: bool) -> None:
 
 
 def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
-    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
+    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
 
     ckpt = load_checkpoint(run.path, prefer=LATEST)
+    check_training_meta(ckpt)
     refuse_contradictions(ckpt.config, request.model, request.model)
     kind = request.tokenizer.get("kind", ckpt.tokenizer.kind)
     if kind != ckpt.tokenizer.kind:
         raise ConfigError(
             f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
-    config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
-    sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
-    corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    config = merge_resume(train_config(ckpt), request.train)
+    sources = list(request.files) or ckpt.meta["corpus"]["sources"]
+    try:
+        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    except DataError as exc:
+        if not request.files or "vocabulary" not in str(exc):
+            raise
+        raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
     for text in corpus.notes:
         note(text)
-    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt)
+    parent = ckpt.meta.get("parent")
+    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt, parent=parent)
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -104,6 +138,33 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
     return Trainer(corpus, model_config, config, run.path, TrainReporter())
+
+
+def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
+    """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
+    the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
+    from charnn import finetune
+    from charnn.train import Trainer
+
+    assert request.init_from is not None
+    parent = load_checkpoint(request.init_from)
+    finetune.check_tokenizer_options(parent, request.tokenizer)
+    finetune.child_model_config(parent, request.model, parent.config.vocab_size)  # refuse clashes early
+    config = TrainConfig(**request.train)
+    corpus = load_corpus(
+        request.files, tokenizer=parent.tokenizer, encoding_errors=request.encoding_errors, grow_vocab=True
+    )
+    model_config = finetune.child_model_config(parent, request.model, corpus.tokenizer.vocab_size)
+    for text in corpus.notes:
+        note(text)
+    note(f"fine-tuning from {parent.path} (step {parent.step}): fresh optimizer and schedule")
+    grown = finetune.describe_growth(parent.tokenizer, corpus.tokenizer, corpus.ids)
+    if grown:
+        note(grown)
+    lineage = finetune.lineage(parent)
+    trainer = Trainer(corpus, model_config, config, run.path, TrainReporter(), parent=lineage)
+    finetune.adopt_weights(trainer.model, parent)
+    return trainer
 
 
 # ---------------------------------------------------------------------------- sample
@@ -179,13 +240,15 @@ def run_sampling(
     tokenizer = ckpt.tokenizer
     prime_ids = encode_prime(tokenizer, prime)
     stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
     generator = torch.Generator()
-    generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    generator.manual_seed(seed)
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, generator=generator)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
+                "seed": seed,
                 "prime": prime,
                 "text": s.text,
                 "logprob": s.logprob,
@@ -200,7 +263,102 @@ def run_sampling(
     writer.finish([s.text for s in samples])
 
 
+def sampling_seed(config: SampleConfig) -> int:
+    """``--seed``, or a fresh one; a fresh seed is shown on a terminal so any sample can be redone."""
+    if config.seed is not None:
+        return config.seed
+    seed = random.SystemRandom().getrandbits(63)
+    from rich.text import Text
+
+    from charnn.console import err
+
+    if err.is_terminal:  # a dim note: there for whoever wants the sample again, not in the way
+        text = Text(f"charnn: seed {seed} (repeat this sample with --seed {seed})", style="dim")
+        err.print(text, soft_wrap=True)
+    return seed
+
+
+def run_prompts(
+    checkpoint: str,
+    config: SampleConfig,
+    prompts: list[str],
+    separator: str,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> None:
+    """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
+    are written in prompt order as each batch of prompts finishes."""
+    import json
+
+    from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
+    from charnn.stepper import FastStepper
+
+    out = out or sys.stdout
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer
+    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
+    stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
+    first = True
+    for start in range(0, len(prompts), BATCH_PROMPTS):
+        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
+        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds)
+        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
+            prompt = prompts[start + offset]
+            for j, s in enumerate(samples):
+                if as_json:
+                    row = {
+                        "line": start + offset + 1,
+                        "sample": j,
+                        "seed": prompt_seed_,
+                        "prime": prompt,
+                        "text": s.text,
+                        "logprob": s.logprob,
+                        "chars": len(s.text),
+                        "stopped_by": s.stopped_by,
+                    }
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    out.write(("" if first else separator) + prompt + s.text)
+                first = False
+        out.flush()
+    if not as_json and out.isatty():
+        out.write("\n")
+
+
+def read_prompts(source: str) -> list[str]:
+    """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size."""
+    limit = 64 << 20
+    name = "<stdin>" if source == "-" else source
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(source, "rb") as fh:
+                raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"--prompts {name}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise DataError(f"--prompts {name}: larger than {limit >> 20} MiB")
+    try:
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a byte-order mark is not a prompt
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--prompts {name}: not valid UTF-8 at byte offset {exc.start}") from None
+    if not text:
+        raise DataError(f"--prompts {name}: no prompts (the file is empty)")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if text.endswith("\n"):
+        lines.pop()  # the empty "line" after a final newline
+    return lines
+
+
 # ---------------------------------------------------------------------------- eval / score / info
+
+
+def printable_path(path: str) -> str:
+    """A file name as valid Unicode: bytes that are not UTF-8 (kept by the OS as lone surrogates)
+    become ``\\xNN`` escapes, so JSON and terminals can carry it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def run_eval(
@@ -273,6 +431,8 @@ def run_score(
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
         text = read_source(source, encoding_errors)
+        if not text:
+            raise DataError(f"{'<stdin>' if source == '-' else source}: is empty")
         if whole:
             items.append((source, 0, text))
         else:
@@ -288,7 +448,7 @@ def run_score(
             raise DataError(f"{where}: {exc}") from None
     scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else source}
+        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:
             row["line"] = n
         yield {
@@ -307,6 +467,10 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     progress = meta.get("progress", {})
     val = progress.get("val") or {}
     params = sum(t.numel() for t in ckpt.weights.values())
+    parent = meta.get("parent")  # set for a fine-tuned run (--init-from)
+    lineage = {}
+    if isinstance(parent, dict):
+        lineage["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
     return {
         "path": str(ckpt.path),
         "format": f"{meta['format']} v{meta['version']}",
@@ -321,6 +485,7 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
         "trained_seconds": round(progress.get("elapsed", 0.0), 1),
         "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
         "created": meta.get("created"),
+        **lineage,
     }
 
 

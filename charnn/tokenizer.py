@@ -86,6 +86,14 @@ class CharTokenizer:
     def from_codepoints(cls, unique_codepoints: np.ndarray) -> CharTokenizer:
         return cls([chr(int(c)) for c in np.unique(unique_codepoints)])
 
+    def extended(self, texts: Iterable[str]) -> CharTokenizer:
+        """This vocabulary plus the characters of ``texts`` it lacks, appended in code-point order:
+        every known character keeps its id (fine-tuning on new text, ``--init-from``)."""
+        known = self._sorted_cps
+        new = [unique_codepoints(t) for t in texts]
+        missing = np.setdiff1d(np.concatenate(new), known) if new else np.zeros(0, dtype=np.uint32)
+        return CharTokenizer(self.chars + [chr(int(c)) for c in missing])
+
     @property
     def vocab_size(self) -> int:
         return len(self.chars)

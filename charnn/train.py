@@ -4,9 +4,9 @@ from non-finite steps. Reports progress through a :class:`~charnn.reporting.Repo
 
 The loop (:meth:`Trainer.run`) reads top to bottom; its parts are small named objects:
 :class:`Schedule` (learning rate), :class:`ThroughputMeter` (chars/s),
-:class:`DivergenceGuard` (what non-finite steps mean) and :class:`EvalSavePolicy`
-(when to validate and save). Checkpoint contents are :mod:`charnn.checkpoint`'s business,
-their place on disk :mod:`charnn.rundir`'s.
+:class:`DivergenceGuard` (what non-finite steps mean), :class:`EvalSavePolicy`
+(when to validate and save) and :class:`TrainingSampler` (``--sample-every``). Checkpoint
+contents are :mod:`charnn.checkpoint`'s business, their place on disk :mod:`charnn.rundir`'s.
 """
 
 from __future__ import annotations
@@ -34,12 +34,22 @@ from charnn.checkpoint import (
     save_checkpoint,
     training_meta,
 )
-from charnn.config import ModelConfig, TrainConfig
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
-from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
+from charnn.errors import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    CharnnError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+)
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN, Hidden, detach_hidden
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
+from charnn.rundir import RunDir
+from charnn.tokenizer import Tokenizer
 
 __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
 
@@ -85,6 +95,29 @@ def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
 # ---------------------------------------------------------------------------- the loop's parts
 
 
+def build_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, biases and the embedding (a lookup table, not a map) do not."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+def autocast(precision: str) -> Any:
+    """bf16 autocast on CUDA for ``--precision bf16``; nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def all_finite(model: CharRNN) -> bool:
+    """Whether every weight is finite (one device sync; checked only before saves)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the decay horizon:
@@ -106,6 +139,34 @@ class Schedule:
             frac = elapsed / (self.time_limit or DEFAULT_TIME)
         frac = min(1.0, max(0.0, frac))
         return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long the run is: ``--steps``, ``--epochs`` (in steps) and/or ``--time``; with none
+    of them, the default time. The first limit reached ends the run."""
+
+    steps: int | None
+    seconds: float | None
+    default: bool  # no length was given
+
+    @classmethod
+    def of(cls, config: TrainConfig, batcher: StreamBatcher) -> RunLength:
+        steps = config.steps
+        if steps is None and config.epochs is not None:
+            steps = batcher.steps_for_epochs(config.epochs)
+        given = config.steps is not None or config.epochs is not None or config.time_limit is not None
+        return cls(steps, config.time_limit if given else DEFAULT_TIME, not given)
+
+    def fraction(self, step: int, elapsed: float) -> float:
+        parts = [step / self.steps] if self.steps else []
+        parts += [elapsed / self.seconds] if self.seconds else []
+        return min(1.0, max(parts)) if parts else 0.0
+
+    def reached(self, step: int, elapsed: float) -> bool:
+        return (self.steps is not None and step >= self.steps) or (
+            self.seconds is not None and elapsed >= self.seconds
+        )
 
 
 class ThroughputMeter:
@@ -187,6 +248,42 @@ class EvalSavePolicy:
         self.pending_save = self.pending_eval = False
 
 
+class TrainingSampler:
+    """A short sample every ``every`` steps (0 = never), always from the same prime (the
+    tokenizer's start, a newline) with the same seed, so samples differ only by the weights.
+
+    Uses the fast CPU stepper on a snapshot of the model: the model's train/eval mode, the
+    trainer's carried hidden state and torch's global RNG are untouched (draws come from a
+    private generator), so a run with samples trains exactly as one without. A sample due on a
+    step inside a run of non-finite steps waits for the next good step.
+    """
+
+    def __init__(self, every: int, tokenizer: Tokenizer, seed: int, length: int = 200) -> None:
+        self.every, self.tokenizer, self.seed = every, tokenizer, seed
+        self.config = SampleConfig(length=length, seed=seed)
+        self.prime_ids = tokenizer.start_ids()
+        self.pending = False
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and (self.pending or step % self.every == 0)
+
+    def defer(self, step: int) -> None:
+        self.pending = self.due(step)
+
+    def clear(self) -> None:
+        self.pending = False
+
+    def sample(self, model: CharRNN) -> str:
+        from charnn.sampling import generate
+        from charnn.stepper import FastStepper
+
+        self.pending = False
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        stepper = FastStepper(model)  # a float32 CPU snapshot: the model itself is not touched
+        return generate(stepper, self.prime_ids, self.config, self.tokenizer, generator=generator)[0].text
+
+
 @contextmanager
 def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
@@ -226,8 +323,10 @@ class Trainer:
         out: Path,
         reporter: Reporter,
         resume: Checkpoint | None = None,
+        parent: dict[str, Any] | None = None,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
+        self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
         self.device = select_device(config.device)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
@@ -240,59 +339,38 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.model = CharRNN(model_config).to(self.device)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "embed" in n]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-            betas=(0.9, 0.99),
-        )
-        self.schedule = Schedule(config, self.total_steps, self.time_limit)
+        self.optimizer = build_optimizer(self.model, config)
+        self.length = RunLength.of(config, self.batcher)
+        self.schedule = Schedule(config, self.length.steps, self.length.seconds)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
+        self.sampler = TrainingSampler(config.sample_every, corpus.tokenizer, config.seed)
+        self.rundir = RunDir(self.out)
         self.meter = ThroughputMeter()
         self.progress = Progress()
         self.hidden: Hidden | None = None
         if resume is not None:
             self._restore(resume)
+        self._saved_step = self.progress.step if resume is not None else -1
 
     # ------------------------------------------------------------------ length
 
     @property
     def total_steps(self) -> int | None:
-        cfg = self.config
-        if cfg.steps is not None:
-            return cfg.steps
-        if cfg.epochs is not None:
-            return self.batcher.steps_for_epochs(cfg.epochs)
-        return None
+        return self.length.steps
 
     @property
     def time_limit(self) -> float | None:
-        cfg = self.config
-        if cfg.time_limit is None and cfg.steps is None and cfg.epochs is None:
-            return DEFAULT_TIME
-        return cfg.time_limit
+        return self.length.seconds
 
     def fraction_done(self) -> float:
-        parts = []
-        if self.total_steps:
-            parts.append(self.progress.step / self.total_steps)
-        if self.time_limit:
-            parts.append(self.progress.elapsed / self.time_limit)
-        return min(1.0, max(parts)) if parts else 0.0
+        return self.length.fraction(self.progress.step, self.progress.elapsed)
 
     def lr_at(self, step: int) -> float:
         return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
 
     def done(self) -> bool:
-        total, limit = self.total_steps, self.time_limit
-        return (total is not None and self.progress.step >= total) or (
-            limit is not None and self.progress.elapsed >= limit
-        )
+        return self.length.reached(self.progress.step, self.progress.elapsed)
 
     # ------------------------------------------------------------------ the loop
 
@@ -301,48 +379,18 @@ class Trainer:
         flags: dict[str, int] = {}
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
         with _signal_flags(flags):
-            if self.progress.step == 0:
-                self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            clock = time.perf_counter()
-            while True:
-                # Clock: wall time, validation and saves included (--time 5m is five minutes).
-                now = time.perf_counter()
-                self.progress.elapsed, clock = self.progress.elapsed + now - clock, now
-                if self.done():
-                    break
-                # Step: one TBPTT window; None when it was skipped as non-finite.
-                loss = self.train_step()
-                self.meter.add(self.batcher.batch_size * self.config.seq_len)
-                save_due, eval_due = self.policy.due(self.progress.step, self.done())
-                # Guard: a finite loss can still overflow the weights; check before anything is saved.
-                stopping = bool(flags.get("signal")) or self.done()
-                overflowed = (save_due or eval_due or stopping) and not self._finite()
-                if overflowed and loss is not None:
-                    self.progress.skipped_steps += 1
-                if loss is None or overflowed:
-                    if self.guard.non_finite(overflowed):
-                        self._recover()
-                        self.policy.clear()
-                        continue
-                else:
-                    self.guard.finite()
-                    self._report_step(loss)
-                # Signals: save what we have (weights checked finite above) and stop.
-                if flags.get("signal"):
-                    self.save(LATEST)
-                    code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
-                    step = self.progress.step
-                    raise Interrupted(f"interrupted at step {step}; saved {self.out / LATEST}", code)
-                # Validate and save, or defer both while a run of bad steps lasts.
-                if self.guard.in_bad_run:
-                    self.policy.defer(save_due, eval_due)
-                    continue
-                self.policy.clear()
-                if eval_due:
-                    self._eval_and_save(force_latest=save_due)
-                elif save_due:
-                    self.save(LATEST)
-            result = self._eval_and_save(force_latest=True)
+            try:
+                result = self._loop(flags)
+            except CharnnError:
+                raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
+            except BaseException:
+                self._save_what_we_can()
+                raise
+        if flags.get("signal"):  # arrived during the final validation, which has just saved
+            raise Interrupted(
+                f"interrupted at step {self.progress.step}; saved {self.out / LATEST}",
+                EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT,
+            )
         prog = self.progress
         summary = RunSummary(
             step=prog.step,
@@ -355,10 +403,67 @@ class Trainer:
         self.reporter.finish(summary)
         return summary.to_dict()
 
-    def _autocast(self) -> Any:
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+    def _loop(self, flags: dict[str, int]) -> EvalResult | None:
+        if self.progress.step == 0:
+            self.save(LATEST)  # claims the directory and gives divergence recovery a base
+            self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
+        clock = time.perf_counter()
+        while True:
+            # Clock: wall time, validation and saves included (--time 5m is five minutes).
+            now = time.perf_counter()
+            self.progress.elapsed, clock = self.progress.elapsed + now - clock, now
+            if self.done():
+                break
+            # Step: one TBPTT window; None when it was skipped as non-finite.
+            loss = self.train_step()
+            self.meter.add(self.batcher.batch_size * self.config.seq_len)
+            save_due, eval_due = self.policy.due(self.progress.step, self.done())
+            # Guard: a finite loss can still overflow the weights; check before anything is saved.
+            stopping = bool(flags.get("signal")) or self.done()
+            overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
+            if overflowed and loss is not None:
+                self.progress.skipped_steps += 1
+            if loss is None or overflowed:
+                if self.guard.non_finite(overflowed):
+                    self._recover()
+                    self.policy.clear()
+                    self.sampler.clear()
+                    continue
+            else:
+                self.guard.finite()
+                self._report_step(loss)
+            # Signals: save what we have (weights checked finite above) and stop.
+            if flags.get("signal"):
+                self.save(LATEST)
+                code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
+                raise Interrupted(
+                    f"interrupted at step {self.progress.step}; saved {self.out / LATEST}", code
+                )
+            # Validate and save, or defer both while a run of bad steps lasts.
+            if self.guard.in_bad_run:
+                self.policy.defer(save_due, eval_due)
+                self.sampler.defer(self.progress.step)
+                continue
+            self.policy.clear()
+            if eval_due:
+                self._eval_and_save(force_latest=save_due)
+            elif save_due:
+                self.save(LATEST)
+            # Sample: what the model writes now, beside the checkpoints and on stderr.
+            if self.sampler.due(self.progress.step):
+                self._sample()
+        return self._eval_and_save(force_latest=True)
+
+    def _save_what_we_can(self) -> None:
+        """After an unexpected failure: keep the progress since the last save, if it is sound."""
+        try:
+            if self.progress.step > self._saved_step and all_finite(self.model):
+                self.save(LATEST)
+                self.reporter.message(
+                    f"saved {self.out / LATEST} at step {self.progress.step} before stopping"
+                )
+        except Exception:  # the original failure is what the user must see
+            pass
 
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
@@ -371,7 +476,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with self._autocast():
+        with autocast(self.config.precision):
             logits, hidden = self.model(x, self.hidden)  # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.progress.step += 1
@@ -431,6 +536,12 @@ class Trainer:
             self.save(BEST)
         return result
 
+    def _sample(self) -> None:
+        start = time.perf_counter()
+        text = self.sampler.sample(self.model)
+        self.rundir.append_sample(self.progress.step, text, f"(seed {self.sampler.seed})")
+        self.reporter.sampled(SampleReport(self.progress.step, text, time.perf_counter() - start))
+
     def _recover(self) -> None:
         self.reporter.message(
             f"{self.config.max_bad_steps} non-finite steps in a row at step {self.progress.step}: "
@@ -444,11 +555,6 @@ class Trainer:
         self.progress.skipped_steps = old.skipped_steps
         self.progress.elapsed = old.elapsed
 
-    def _finite(self) -> bool:
-        """Whether every weight is finite (one device sync; checked only before saves)."""
-        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
-        return bool(torch.stack(flags).all())
-
     # ------------------------------------------------------------------ checkpoints
 
     def _info(self) -> RunInfo:
@@ -461,7 +567,7 @@ class Trainer:
             batch_size=self.batcher.batch_size,
             steps=self.total_steps,
             time_limit=self.time_limit,
-            default_length=self.total_steps is None and self.config.time_limit is None,
+            default_length=self.length.default,
             start_step=self.progress.step,
             out=str(self.out),
         )
@@ -474,15 +580,27 @@ class Trainer:
             "chars": self.corpus.chars,
         }
         meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        if self.parent is not None:
+            meta["parent"] = self.parent
         state = pack_train_state(self.optimizer, self.hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
         self.guard.checkpointed()
+        self._saved_step = self.progress.step
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
     saved = ckpt.meta.get("corpus", {}).get("sha256")
     if saved and saved != corpus.sha256:
-        raise DataError("the corpus differs from the one this run trained on (sha256 mismatch)")
+        raise DataError(
+            "the corpus differs from the one this run trained on (sha256 mismatch); "
+            + init_from_hint(ckpt.path.parent)
+        )
+
+
+def init_from_hint(run: Path | str) -> str:
+    """What to do instead of resuming on new text."""
+    return f"to train this model on new text, start a new run from it: --init-from {run} -o NEW_RUN"

@@ -80,9 +80,9 @@ def test_cli_import_and_help_do_not_import_torch(cli_env: Callable[..., dict]) -
     assert proc.stderr.strip() == "([], [])"
 
 
-def test_console_script_and_module_entry_points(run_cli: RunCli, cli_env: Callable[..., dict]) -> None:
-    """``python -m charnn`` (what run_cli uses) and the installed ``charnn`` script both work."""
-    assert run_cli("--help").returncode == 0
+def test_console_script_and_module_entry_points(run_process: RunCli, cli_env: Callable[..., dict]) -> None:
+    """``python -m charnn`` (what run_process uses) and the installed ``charnn`` script both work."""
+    assert run_process("--help").returncode == 0
     script = Path(sys.executable).parent / "charnn"
     if not script.exists():
         pytest.skip("no charnn console script next to this interpreter")
