@@ -137,6 +137,9 @@ def _score_bits(cli_inprocess: Callable[..., Any], run: Path, tmp: Path, i: int)
     """Bits of character i by ``charnn score --whole``: log p(text[:i+1]) - log p(text[:i])."""
     logprob = []
     for n in (i, i + 1):
+        if n == 0:  # the empty text has probability 1 (and score refuses an empty file)
+            logprob.append(0.0)
+            continue
         f = tmp / f"prefix{n}.txt"
         f.write_text(EVAL_TEXT[:n], encoding="utf-8")
         proc = cli_inprocess("score", "-c", run, "--whole", "--json", f)
