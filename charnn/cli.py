@@ -432,9 +432,7 @@ def info(checkpoint: str, as_json: bool) -> None:
 
 # ---------------------------------------------------------------------------- corpora
 
-CACHE_HELP = (
-    "download directory  [default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]"
-)
+CACHE_HELP = "download directory  [default: $CHARNN_CACHE, $XDG_CACHE_HOME/charnn or ~/.cache/charnn]"
 
 
 @cli.group(invoke_without_command=True)

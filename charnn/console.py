@@ -180,8 +180,13 @@ def download_progress(
     console.print(f"[dim]charnn:[/] fetching {escape(name)} from {escape(url)}", soft_wrap=True)
     if console.is_terminal:
         bar = Progress(
-            TextColumn(escape(name)), BarColumn(bar_width=24), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=console, transient=True,
+            TextColumn(escape(name)),
+            BarColumn(bar_width=24),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         task = bar.add_task("fetch", total=None)
         with bar:
