@@ -22,6 +22,7 @@ demo: $(STAMP)
 	@echo
 
 test: $(STAMP)
+	@sh tests/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

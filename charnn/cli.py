@@ -267,6 +267,7 @@ def cli() -> None:
       charnn info                        what a checkpoint holds
       charnn runs                        every run under this directory, best first
       charnn plot RUN... [-o curves.png] learning curves
+      charnn corpora                     public-domain corpora to fetch and train on
     """
 
 
@@ -323,7 +324,8 @@ def train(
 ) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
 
-    With no FILES, trains on Python's documentation topics that ship with CPython.
+    With no FILES, trains on Python's documentation topics that ship with CPython. A FILE that
+    is not a path but a name from 'charnn corpora' is fetched into the cache when needed.
     """
     from charnn.runs import TrainRequest, start_training
 
@@ -408,21 +410,52 @@ def sample(
 
 @cli.command(name="eval")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@_checkpoint_option
-@_json_option("print one JSON object")
+@click.option(
+    "-c",
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    default=("checkpoints",),
+    show_default=True,
+    metavar="PATH",
+    help=CKPT_HELP + "; repeatable: one result per checkpoint",
+)
+@_json_option("one JSON object per checkpoint per line")
 @_encoding_errors_option
-def eval_(files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_errors: str) -> None:
-    """Loss and bits per character of the model on FILES (- = stdin)."""
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="also write a self-contained surprisal page (two -c: compare them)",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="predictions shown per character on the --html page",
+)
+def eval_(
+    files: tuple[str, ...],
+    checkpoints: tuple[str, ...],
+    as_json: bool,
+    encoding_errors: str,
+    html: str | None,
+    top_k: int,
+) -> None:
+    """Loss and bits per character of the model(s) on FILES (- = stdin)."""
     from charnn.runs import run_eval
 
-    result = run_eval(checkpoint, list(files), encoding_errors)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        click.echo(
-            f"bpc {result['bpc']:.4f}  bpt {result['bpt']:.4f}  loss {result['loss']:.4f}  "
-            f"chars {result['chars']}  tokens {result['tokens']}"
-        )
+    rows = run_eval(list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k)
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            where = f"  checkpoint {row['checkpoint']}" if len(rows) > 1 else ""
+            click.echo(
+                f"bpc {row['bpc']:.4f}  bpt {row['bpt']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
+                f"tokens {row['tokens']}{where}"
+            )
 
 
 @cli.command()
@@ -543,6 +576,59 @@ def plot(runs: tuple[str, ...], out: str | None, x_axis: str, width: int | None,
     width = width or min(120, shutil.get_terminal_size((80, 24)).columns)
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     click.echo(text_chart(series, x_axis, width=width, height=height, color=color), nl=False)
+
+
+# ---------------------------------------------------------------------------- corpora
+
+CACHE_HELP = "download directory  [default: $CHARNN_CACHE, $XDG_CACHE_HOME/charnn or ~/.cache/charnn]"
+
+
+@cli.group(invoke_without_command=True)
+@_json_option("one JSON object per corpus per line")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@click.pass_context
+def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
+    """List known public-domain corpora (name, size, verified, cached, description).
+
+    \b
+      charnn corpora                       the list
+      charnn corpora fetch tinyshakespeare download it into the cache (path on stdout)
+      charnn train tinyshakespeare         fetch when needed, then train on it
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from charnn.runs import list_corpora
+
+    for row in list_corpora(cache_dir):
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
+            builtin = row["url"].startswith("builtin:")
+            verified = "sha256" if row["sha256"] else ("builtin" if builtin else "no")
+            cached = "cached" if row["cached"] else ""
+            click.echo(
+                f"{row['name']:20} {row['language']:3} {size:>8}  {verified:8} {cached:7} "
+                f"{row['description']}"
+            )
+
+
+@corpora.command()
+@click.argument("name")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@click.option("--no-verify", is_flag=True, help="fetch a corpus whose registry entry has no sha256")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="seconds without data before giving up",
+)
+def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> None:
+    """Download corpus NAME into the cache (resumable, sha256-checked); print its path."""
+    from charnn.runs import fetch_corpus
+
+    click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
 
 
 # ---------------------------------------------------------------------------- entry point

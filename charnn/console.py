@@ -13,10 +13,21 @@ from __future__ import annotations
 import math
 import shlex
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.text import Text
 
 from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
@@ -224,3 +235,35 @@ class TrainReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+@contextmanager
+def download_progress(
+    name: str, url: str, console: Console = err
+) -> Iterator[Callable[[int, int | None], None]]:
+    """A progress callback ``(bytes so far, total or None)``: a live bar on a terminal, else a line
+    at the start and one every 10 s."""
+    console.print(f"[dim]charnn:[/] fetching {escape(name)} from {escape(url)}", soft_wrap=True)
+    if console.is_terminal:
+        bar = Progress(
+            TextColumn(escape(name)),
+            BarColumn(bar_width=24),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        task = bar.add_task("fetch", total=None)
+        with bar:
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    last = [time.monotonic()]
+
+    def log(done: int, total: int | None) -> None:
+        if time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            of = f" of {total / 1e6:.1f}" if total else ""
+            console.print(f"[dim]charnn:[/] {escape(name)}: {done / 1e6:.1f}{of} MB", soft_wrap=True)
+
+    yield log

@@ -13,15 +13,15 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
-from charnn.data import load_corpus, read_source, resolve_sources
-from charnn.errors import ConfigError, DataError
+from charnn.data import load_corpus, read_corpus, read_source, resolve_sources
+from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
@@ -47,11 +47,13 @@ class TrainRequest:
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
-    before anything in it is read (resume) or written (new run) until the run ends."""
+    before anything in it is read (resume) or written (new run) until the run ends. FILES that
+    name registry corpora (and are not paths) are fetched first."""
     if request.resume is not None and request.init_from is not None:
         raise ConfigError(
             "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
         )
+    request = replace(request, files=resolve_corpus_names(list(request.files)))
     if request.resume is not None:
         run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
@@ -402,22 +404,63 @@ def printable_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
+def run_eval(
+    checkpoints: Sequence[str] | str,
+    files: Sequence[str],
+    encoding_errors: str = "strict",
+    html: str | None = None,
+    top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page."""
     from charnn.evaluate import evaluate_stream, token_char_lengths, token_extra_nats
 
-    ckpt = load_checkpoint(checkpoint)
+    if isinstance(checkpoints, str):
+        checkpoints = [checkpoints]
+    if html is not None and len(checkpoints) > 2:
+        raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
+    texts = read_corpus(files, encoding_errors)
+    rows, reports = [], []
+    for ckpt in loaded:
+        corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
+        if len(corpus.ids) < 2:
+            raise DataError("need at least 2 tokens of text to evaluate")
+        model, tokenizer = ckpt.build_model(), ckpt.tokenizer
+        # Every token is predicted, the first from the start context (a newline), so bpc is the
+        # total over the whole text divided by its characters, whatever the tokenizer.
+        result = evaluate_stream(
+            model,
+            corpus.ids,
+            token_char_lengths(tokenizer),
+            context=tokenizer.start_ids()[-1],
+            extra_nats=token_extra_nats(tokenizer),
+        )
+        rows.append({**result.to_dict(), "tokenizer": tokenizer.kind, "checkpoint": str(ckpt.path)})
+        if html is not None:
+            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+    if html is not None:
+        from charnn.report import build_report, write_report
+
+        if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
+            raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
+        name = ", ".join("<stdin>" if f == "-" else f for f in files)
+        try:
+            write_report(html, build_report(name, reports))
+        except OSError as exc:
+            raise CharnnError(f"{html}: cannot write the page ({exc.strerror or exc})") from None
+        note(f"wrote {html}")
+    return rows
+
+
+def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+    """Per-character surprisal of one checkpoint, ready for the page."""
+    from charnn.evaluate import char_surprisal, token_surprisal
+    from charnn.report import ModelReport
+
     tokenizer = ckpt.tokenizer
-    corpus = load_corpus(files, tokenizer=tokenizer, encoding_errors=encoding_errors)
-    # Every token is predicted, the first from the start context (a newline), so bpc is the
-    # total over the whole text divided by its characters, whatever the tokenizer.
-    result = evaluate_stream(
-        ckpt.build_model(),
-        corpus.ids,
-        token_char_lengths(tokenizer),
-        context=tokenizer.start_ids()[-1],
-        extra_nats=token_extra_nats(tokenizer),
-    )
-    return {**result.to_dict(), "tokenizer": tokenizer.kind, "checkpoint": str(ckpt.path)}
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
 def run_score(
@@ -483,3 +526,49 @@ def checkpoint_info(checkpoint: str) -> dict[str, Any]:
     info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
     info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
     return info
+
+
+# ---------------------------------------------------------------------------- corpora
+
+
+def list_corpora(cache: str | None = None) -> list[dict[str, Any]]:
+    """Registry entries with ``cached``: the path of the downloaded file, or None."""
+    from charnn.corpora import cache_dir, cached_path, load_registry
+
+    directory = cache_dir(cache)
+    rows = []
+    for entry in load_registry():
+        path = cached_path(entry, directory)
+        rows.append({**entry.to_dict(), "cached": str(path) if path.exists() else None})
+    return rows
+
+
+def fetch_corpus(name: str, cache: str | None = None, verify: bool = True, timeout: float = 60.0) -> str:
+    """Download a registry corpus (progress on stderr); returns the cached path."""
+    from charnn.corpora import cache_dir, find_entry, load_registry
+
+    entry = find_entry(name, load_registry())
+    if entry.builtin:
+        note(f"{name} ships with Python; nothing to download (train on it with: charnn train {name})")
+        return entry.url
+    return _fetch_with_progress(entry, cache_dir(cache), verify, timeout)
+
+
+def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: float) -> str:
+    from charnn.console import download_progress
+    from charnn.corpora import cached_path, fetch, refuse_unverifiable
+
+    if cached_path(entry, directory).exists():
+        return str(cached_path(entry, directory))
+    refuse_unverifiable(entry, verify)
+    with download_progress(entry.name, entry.url) as progress:
+        path = fetch(entry, directory, verify=verify, timeout=timeout, progress=progress)
+    note(f"{entry.name}: saved {path}" + ("" if verify else " (not verified: the registry has no sha256)"))
+    return str(path)
+
+
+def resolve_corpus_names(files: list[str]) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+    from charnn.corpora import cache_dir, resolve_names
+
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))
