@@ -398,6 +398,11 @@ class Progress:
     best_val_bpc: float | None = None
     val: dict[str, Any] = field(default_factory=dict)
     train_loss: float | None = None
+    tokens: int = 0  # tokens trained on (all steps, skipped ones included)
+    chars: int = 0  # characters those tokens spell
+    stale_evals: int = 0  # validations since the last improvement by --min-delta (early stopping)
+    patience_best: float | None = None  # the val bpc that improvement is measured against
+    stopped_reason: str | None = None  # why the run ended early, when it did
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -410,11 +415,12 @@ class Progress:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(data) - known:
             raise ValueError(f"progress has unknown fields {sorted(set(data) - known)}")
-        for name in ("step", "optimizer_steps", "skipped_steps"):
+        for name in ("step", "optimizer_steps", "skipped_steps", "tokens", "chars", "stale_evals"):
             _want(data, name, lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
         _want(data, "elapsed", lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
         _want(data, "lr_scale", lambda v: _is_real(v) and v > 0, "a finite number > 0")
-        for name in ("best_val_bpc", "train_loss"):
+        _want(data, "stopped_reason", lambda v: v is None or isinstance(v, str), "null or text")
+        for name in ("best_val_bpc", "train_loss", "patience_best"):
             _want(data, name, lambda v: v is None or _is_real(v), "null or a finite number")
         _want(
             data,
@@ -477,11 +483,18 @@ def _clip(value: Any) -> str:
 
 
 def training_meta(
-    config: TrainConfig, progress: Progress, corpus: dict[str, Any], optimizer: torch.optim.Optimizer
+    config: TrainConfig,
+    progress: Progress,
+    corpus: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata a training checkpoint carries beyond the model and tokenizer."""
+    """The metadata a training checkpoint carries beyond the model and tokenizer. ``run`` says how
+    the run (or its latest resumption) was started: argv, charnn and torch versions, device."""
     groups = optimizer.state_dict()["param_groups"]
+    extra = {"run": run} if run is not None else {}
     return {
+        **extra,
         "charnn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train": config.to_dict(),

@@ -51,6 +51,7 @@ class Opt:
     default_text: str | None = None  # what --help shows as the default, when the field's default is None
     multiple: bool = False  # a repeatable option collected into a tuple
     locked: bool = False  # defines what a run computes: --resume must not change it
+    envvar: str | None = None  # environment variable, besides the automatic CHARNN_COMMAND_OPTION
 
 
 def opt(help: str, **kwargs: Any) -> dict[str, Opt]:
@@ -354,6 +355,20 @@ class TrainConfig(_Validated):
             max=MAX_COUNT,
         ),
     )
+    patience: int | None = field(
+        default=None,
+        metadata=opt(
+            "early stopping: end the run after K validations without an improvement of --min-delta; 0 = off",
+            min=0,
+            max=MAX_COUNT,
+            metavar="K",
+            default_text="off",
+        ),
+    )
+    min_delta: float = field(
+        default=0.0,
+        metadata=opt("early stopping: the val bpc drop that counts as an improvement", min=0, max=1e6),
+    )
     sample_every: int = field(
         default=1000,
         metadata=opt(
@@ -373,7 +388,10 @@ class TrainConfig(_Validated):
             "random seed: same seed, same command, same weights (CPU)", min=0, max=MAX_SEED, locked=True
         ),
     )
-    device: str = field(default="auto", metadata=opt("auto picks CUDA, then MPS, then CPU", choices=DEVICES))
+    device: str = field(
+        default="auto",
+        metadata=opt("auto picks CUDA, then MPS, then CPU", choices=DEVICES, envvar="CHARNN_DEVICE"),
+    )
     precision: str = field(
         default="fp32", metadata=opt("bf16 autocast on CUDA", choices=PRECISIONS, locked=True)
     )

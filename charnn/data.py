@@ -168,26 +168,23 @@ def read_source(source: str, errors: str = "strict") -> str:
     return decode_bytes(raw, source, errors)
 
 
-def load_corpus(
-    paths: Sequence[str],
-    tokenizer: str | Tokenizer | TokenizerConfig | None = None,
-    vocab_size: int | None = None,
-    encoding_errors: str = "strict",
-    val_fraction: float = 0.0,
-    grow_vocab: bool = False,
-) -> Corpus:
-    """Read and encode a corpus.
+@dataclass
+class CorpusTexts:
+    """Corpus sources read into memory, not yet encoded (read once, encode with several tokenizers)."""
 
-    ``tokenizer`` is an existing tokenizer (resume, eval, ``--tokenizer-from``, fine-tuning), or
-    how to build one (a :class:`TokenizerConfig`, or just its kind). Subword models learn from
-    the training split only: the text before the last ``val_fraction`` of the characters.
-    ``grow_vocab``: an existing character tokenizer gains the characters of this text it lacks,
-    at the end of its vocabulary (fine-tuning).
-    """
+    sources: list[str]  # the sources that contributed text (what a resume must read again)
+    names: list[str]  # the source of each text, for error messages
+    texts: list[str]
+    notes: list[str]
+
+
+def read_corpus(paths: Sequence[str], encoding_errors: str = "strict") -> CorpusTexts:
+    """Read every source of a corpus (stdin at most once), skipping empty or binary files found in
+    directories."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
-    names: list[str] = []  # the source of each text, for error messages
-    used: list[str] = []  # the sources that contributed text (what a resume must read again)
+    names: list[str] = []
+    used: list[str] = []
     for source in sources:
         explicit = source in paths or source == "-"
         try:
@@ -208,6 +205,27 @@ def load_corpus(
         used.append(source)
     if not texts:
         raise DataError("the corpus is empty")
+    return CorpusTexts(sources=used, names=names, texts=texts, notes=notes)
+
+
+def load_corpus(
+    paths: Sequence[str] | CorpusTexts,
+    tokenizer: str | Tokenizer | TokenizerConfig | None = None,
+    vocab_size: int | None = None,
+    encoding_errors: str = "strict",
+    val_fraction: float = 0.0,
+    grow_vocab: bool = False,
+) -> Corpus:
+    """Read and encode a corpus (``paths`` may be texts already read by :func:`read_corpus`).
+
+    ``tokenizer`` is an existing tokenizer (resume, eval, ``--tokenizer-from``, fine-tuning), or
+    how to build one (a :class:`TokenizerConfig`, or just its kind). Subword models learn from
+    the training split only: the text before the last ``val_fraction`` of the characters.
+    ``grow_vocab``: an existing character tokenizer gains the characters of this text it lacks,
+    at the end of its vocabulary (fine-tuning).
+    """
+    read = paths if isinstance(paths, CorpusTexts) else read_corpus(paths, encoding_errors)
+    texts, names = read.texts, read.names
     chars = sum(len(t) for t in texts)
 
     if tokenizer is None or isinstance(tokenizer, str):
@@ -223,7 +241,9 @@ def load_corpus(
         except DataError as exc:  # e.g. characters a checkpoint's vocabulary lacks: say where
             raise DataError(f"{name}: {exc}") from None
     ids = np.concatenate(parts)
-    return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=used, notes=notes)
+    return Corpus(
+        tokenizer=tokenizer, ids=ids, chars=chars, sources=list(read.sources), notes=list(read.notes)
+    )
 
 
 def build_tokenizer(config: TokenizerConfig, texts: Sequence[str], val_fraction: float = 0.0) -> Tokenizer:

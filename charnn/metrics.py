@@ -1,168 +1,240 @@
-"""Loss, bits per character and per-line scores, without torch: the numbers ``eval`` and
-``score`` report, and their numpy implementation for short inputs.
+"""A run's history: ``RUN/metrics.jsonl``, one JSON object per line, and the reporter that writes it.
 
-For a short text, importing torch costs more than the whole computation, so ``charnn eval``
-and ``charnn score`` run inputs of at most ``NUMPY_MAX_TOKENS`` tokens through the numpy
-stepper (the same recurrence ``sample`` uses) and longer ones through torch
-(``charnn.evaluate``). Both read the text the same way (``stream_layout``) and agree to
-float32 rounding; windows with the carried state keep memory bounded.
+Rows (every row has ``kind``, ``step`` and ``elapsed``, wall-clock seconds since the run began,
+summed over resumes)::
+
+    {"kind": "start", "step": 0, "argv": [...], "charnn": "0.1.0", "torch": "2.13.0", "device": "cpu", ...}
+    {"kind": "progress", "step": 120, "elapsed": 31.2, "tokens": 245760, "chars": 245760,
+     "loss": 1.71, "bpc": 2.47, "lr": 0.0049, "chars_per_s": 7900.0}
+    {"kind": "val", "step": 250, "elapsed": 64.0, "tokens": 512000, "chars": 512000, "loss": 1.52,
+     "bpc": 2.19, "best_bpc": 2.19, "is_best": true}
+    {"kind": "stop", "step": 1500, "elapsed": 380.1, "reason": "early stopping: ..."}
+    {"kind": "end", "step": 1500, "elapsed": 381.0, "best_bpc": 1.98}
+
+``loss``/``bpc`` of a progress row are the mean over the steps since the previous row (not one
+noisy batch). Progress rows are written at most once a second, and ever more sparsely as the run
+grows (at most one per ``elapsed / 2000`` seconds), so a day-long run writes ~10k rows, not 10M;
+the first step, every validated step and the last step always get one.
+
+Crash safety: each row is appended and flushed whole. A torn last line (power cut) is skipped by
+:func:`read_metrics`. On ``--resume`` the rows after the checkpoint's step belong to the abandoned
+tail after the last save; :meth:`MetricsLog.rewind` drops them by rewriting the file atomically
+(``os.replace``) before the run appends again, so steps never repeat and none go missing.
+No torch import: ``charnn runs`` and ``charnn plot`` read these files cheaply.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
 
-import numpy as np
+from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
-from charnn.sampling import log_softmax
-from charnn.stepper import FastStepper
-from charnn.tokenizer import Tokenizer
-
-LN2 = math.log(2.0)
-# Tokens (the lines, plus the context once). Measured on a 2-core EPYC with a 2x256 LSTM:
-# torch's import and model build cost 1.4-2.5 s on a quiet machine (10 s under heavy load),
-# the numpy recurrence runs ~9k tokens/s (~4.5k under load): numpy wins up to 13k-45k tokens.
-NUMPY_MAX_TOKENS = 10_000
+METRICS = "metrics.jsonl"
+MIN_INTERVAL = 1.0  # seconds between progress rows, at least
+SPARSITY = 2000.0  # ... and at least elapsed / SPARSITY: rows grow with log(time), not time
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float  # mean negative log-likelihood per token, in nats
-    bpc: float  # bits per character of the predicted text: total nats / characters / ln 2
-    tokens: int  # tokens predicted
-    chars: int  # characters those tokens spell
-
-    @property
-    def bpt(self) -> float:
-        """Bits per token (equal to bpc for the char tokenizer)."""
-        return self.loss / LN2
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {
-            "loss": self.loss,
-            "bpc": self.bpc,
-            "bpt": self.bpt,
-            "tokens": self.tokens,
-            "chars": self.chars,
-        }
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The valid rows of a metrics file; torn or foreign lines are skipped, never fatal."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line after a crash
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and "kind" in row:
+                    rows.append(row)
+    except FileNotFoundError:
+        return []
+    return rows
 
 
-@dataclass(frozen=True)
-class LineScore:
-    logprob: float  # natural-log probability of the line's tokens given the context
-    tokens: int
-    chars: int
-
-    @property
-    def bpt(self) -> float:
-        return -self.logprob / LN2 / self.tokens if self.tokens else 0.0
-
-    @property
-    def bpc(self) -> float:
-        return -self.logprob / LN2 / self.chars if self.chars else 0.0
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every line stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
-    return tokenizer.char_lengths()
+class MetricsLog:
+    """Append-only JSON-lines file with an atomic rewind."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fh: IO[str] | None = None
+
+    def rewind(self, step: int) -> None:
+        """Keep only the rows up to ``step`` (drops a torn line too); atomic."""
+        self.close()
+        if not self.path.exists():
+            return
+        keep = [row for row in read_metrics(self.path) if row["step"] <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in keep:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")
+        line = json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=False)
+        self._fh.write(line + "\n")
+        self._fh.flush()  # whole rows reach the OS at once: a killed process loses at most this row
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
-def token_extra_nats(tokenizer: Tokenizer) -> np.ndarray | None:
-    """Nats each token costs on top of its model loss (the unknown symbol's share), or None."""
-    extra = tokenizer.extra_nats()
-    return extra if extra.any() else None
+class MetricsReporter:
+    """A :class:`~charnn.reporting.Reporter` that writes the history and forwards everything to
+    ``inner`` (the console), so the trainer reports once and both see it."""
+
+    def __init__(self, log: MetricsLog, inner: Reporter, start_row: dict[str, Any] | None = None) -> None:
+        self.log, self.inner, self.start_row = log, inner, start_row or {}
+        self.last_step = -1
+        self.last_time = -math.inf
+        self._losses: list[float] = []
+        self._pending: StepReport | None = None
+        self._seen = (0, 0)  # tokens and chars at the last reported step
+
+    def start(self, info: RunInfo) -> None:
+        # A new run (step 0, e.g. --force) starts an empty history; a resumed one drops the
+        # abandoned tail after the checkpoint it continues from.
+        self.log.rewind(info.start_step if info.start_step > 0 else -1)
+        self.last_step = info.start_step
+        self.log.append(
+            {
+                "kind": "start",
+                "step": info.start_step,
+                "elapsed": info.elapsed,
+                **self.start_row,
+                "device": info.device,
+                "parameters": info.parameters,
+                "time": _now(),
+            }
+        )
+        self.inner.start(info)
+
+    def progress(self, report: StepReport) -> None:
+        if report.step <= self.last_step:  # divergence recovery replays steps from latest/
+            self.log.rewind(report.step - 1)
+            self._losses, self._pending = [], None
+        self.last_step = report.step
+        self._seen = (report.tokens, report.chars)
+        self._losses.append(report.loss)
+        self._pending = report
+        due = max(MIN_INTERVAL, report.elapsed / SPARSITY)
+        if report.step == 1 or report.elapsed - self.last_time >= due:
+            self._flush_progress()
+        self.inner.progress(report)
+
+    def _flush_progress(self) -> None:
+        report, losses = self._pending, self._losses
+        if report is None or not losses:
+            return
+        loss = sum(losses) / len(losses)
+        self.log.append(
+            {
+                "kind": "progress",
+                "step": report.step,
+                "elapsed": round(report.elapsed, 3),
+                "tokens": report.tokens,
+                "chars": report.chars,
+                "loss": loss,
+                "bpc": loss / math.log(2),
+                "lr": report.lr,
+                "chars_per_s": round(report.chars_per_s, 1),
+            }
+        )
+        self.last_time = report.elapsed
+        self._losses, self._pending = [], None
+
+    def validating(self, step: int) -> None:
+        self._flush_progress()  # the validated step's training row comes first
+        self.inner.validating(step)
+
+    def evaluated(self, report: EvalReport) -> None:
+        self.log.append(
+            {
+                "kind": "val",
+                "step": report.step,
+                "elapsed": round(report.elapsed, 3),
+                "tokens": self._seen[0],
+                "chars": self._seen[1],
+                "loss": report.loss,
+                "bpc": report.bpc,
+                "best_bpc": report.best_bpc,
+                "is_best": report.is_best,
+            }
+        )
+        self.inner.evaluated(report)
+
+    def sampled(self, report: SampleReport) -> None:
+        self.inner.sampled(report)  # the text itself goes to RUN/samples.txt
+
+    def message(self, text: str) -> None:
+        self.inner.message(text)
+
+    def stopped(self, step: int, elapsed: float, reason: str) -> None:
+        self._flush_progress()
+        self.log.append({"kind": "stop", "step": step, "elapsed": round(elapsed, 3), "reason": reason})
+        self.inner.stopped(step, elapsed, reason)
+
+    def finish(self, summary: RunSummary) -> None:
+        self._flush_progress()
+        self.log.append(
+            {
+                "kind": "end",
+                "step": summary.step,
+                "elapsed": round(summary.elapsed, 3),
+                "best_bpc": summary.best_val_bpc,
+                "stopped_reason": summary.stopped_reason,
+                "time": _now(),
+            }
+        )
+        self.inner.finish(summary)
+
+    def close(self) -> None:
+        self._flush_progress()
+        self.log.close()
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
-@dataclass(frozen=True)
-class StreamLayout:
-    """How eval reads a text: ``m`` targets as parallel streams of ``length`` positions.
+def invocation(argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line (``argv``, else this process's) and versions (torch's from its metadata:
+    no import)."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
 
-    Stream ``b`` predicts targets ``[b*L, (b+1)*L)`` (the last one is shorter: its padding
-    targets are -1), each from a zero state with the true preceding token as input.
-    """
+    from charnn import __version__
 
-    inputs: np.ndarray  # (B, L) int64
-    targets: np.ndarray  # (B, L) int64, -1 where padding
-    predicted: np.ndarray  # (m,) the ids predicted, in text order
-
-
-def stream_layout(ids: np.ndarray, batch_size: int, seq_len: int, context: int | None = None) -> StreamLayout:
-    """Lay ``ids`` out as streams; with ``context`` (e.g. a newline) the first token is predicted too."""
-    seq = ids if context is None else np.concatenate([np.asarray([context], dtype=ids.dtype), ids])
-    m = len(seq) - 1  # targets
-    if m < 1:
-        raise ValueError("need at least 2 tokens to evaluate")
-    streams = max(1, min(batch_size, m // max(1, seq_len)))
-    length = -(-m // streams)  # L, ceil
-    inputs = np.zeros(streams * length, dtype=np.int64)
-    targets = np.full(streams * length, -1, dtype=np.int64)
-    inputs[:m], targets[:m] = seq[:-1], seq[1:]
-    return StreamLayout(inputs.reshape(streams, length), targets.reshape(streams, length), seq[1:])
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = None
+    return {
+        "argv": list(argv if argv is not None else sys.argv),
+        "charnn": __version__,
+        "torch": torch_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
 
 
-def layout_result(
-    total: float, layout: StreamLayout, char_lengths: np.ndarray, extra_nats: np.ndarray | None
-) -> EvalResult:
-    """The eval numbers from the summed model loss ``total`` (nats) over the layout's targets."""
-    predicted = layout.predicted
-    if extra_nats is not None:
-        total += float(extra_nats[predicted].sum())
-    m, chars = len(predicted), int(char_lengths[predicted].sum())
-    return EvalResult(loss=total / m, bpc=total / LN2 / max(chars, 1), tokens=m, chars=chars)
-
-
-def _target_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """logits (N, T, V), targets (N, T) -> log p(target) (N, T) in float64."""
-    return np.take_along_axis(log_softmax(logits), targets[..., None].astype(np.intp), axis=-1)[..., 0]
-
-
-def evaluate_stream_numpy(
-    stepper: FastStepper,
-    ids: np.ndarray,
-    char_lengths: np.ndarray,
-    batch_size: int = 16,
-    seq_len: int = 256,
-    context: int | None = None,
-    extra_nats: np.ndarray | None = None,
-) -> EvalResult:
-    """:func:`charnn.evaluate.evaluate_stream` in numpy: same streams, windows and state."""
-    layout = stream_layout(ids, batch_size, seq_len, context)
-    length = layout.inputs.shape[1]
-    state = None
-    total = 0.0
-    for start in range(0, length, seq_len):
-        x, y = layout.inputs[:, start : start + seq_len], layout.targets[:, start : start + seq_len]
-        logits, state = stepper.forward(x, state)  # (B, t, V)
-        logp = _target_logprobs(logits, np.maximum(y, 0))  # (B, t)
-        total -= float(logp[y >= 0].sum())  # padding targets do not count
-    return layout_result(total, layout, char_lengths, extra_nats)
-
-
-def score_lines_numpy(
-    stepper: FastStepper,
-    context: Sequence[int],
-    lines: Sequence[np.ndarray],
-    char_lengths: np.ndarray,
-    extra_nats: np.ndarray | None = None,
-) -> list[LineScore]:
-    """:func:`charnn.evaluate.score_lines` in numpy: log p(line | context) for each line."""
-    if len(context) == 0:
-        raise ValueError("score_lines needs a non-empty context")
-    ctx = np.asarray(context, dtype=np.intp)
-    # The context's state is shared: feed all but its last token once.
-    start = stepper.prime(ctx[None, :-1])[1] if len(ctx) > 1 else stepper.initial_state(1)
-    scores = []
-    for line in lines:
-        n = len(line)
-        if not n:
-            scores.append(LineScore(logprob=0.0, tokens=0, chars=0))
-            continue
-        seq = np.concatenate([ctx[-1:], np.asarray(line, dtype=np.intp)])  # (n + 1,)
-        logits, _ = stepper.forward(seq[None, :-1], start)  # (1, n, V): predicts line[0..n-1]
-        logprob = float(_target_logprobs(logits, seq[None, 1:]).sum())
-        if extra_nats is not None:  # the unknown symbol's share, as in evaluate_stream
-            logprob -= float(extra_nats[line].sum())
-        scores.append(LineScore(logprob=logprob, tokens=n, chars=int(char_lengths[line].sum())))
-    return scores
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -27,6 +27,7 @@ class RunInfo:
     default_length: bool  # no --steps/--epochs/--time given: the default time applies
     start_step: int  # > 0 when resuming
     out: str
+    elapsed: float = 0.0  # seconds already trained (resume)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,11 @@ class StepReport:
     tok_per_s: float
     lr: float
     skipped: int  # non-finite steps skipped so far
-    bpt: float | None = None  # bits per token
-    chars_per_s: float | None = None  # characters of text per second (tokens/s for characters)
+    bpt: float | None = None  # bits per token (equal to bpc for characters)
+    elapsed: float = 0.0  # wall-clock seconds since the run began, summed over resumes
+    tokens: int = 0  # tokens trained on so far (the whole run)
+    chars: int = 0  # characters those tokens spell
+    chars_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class EvalReport:
     is_best: bool
     bpt: float | None = None  # bits per token
     tokens: int = 0  # tokens predicted
+    elapsed: float = 0.0
+    best_bpc: float | None = None  # best so far, this one included
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class RunSummary:
     val: dict[str, Any] | None
     best_val_bpc: float | None
     out: str
+    stopped_reason: str | None = None  # early stopping, when it ended the run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,9 +91,11 @@ class RunSummary:
 class Reporter(Protocol):
     def start(self, info: RunInfo) -> None: ...
     def progress(self, report: StepReport) -> None: ...
+    def validating(self, step: int) -> None: ...
     def evaluated(self, report: EvalReport) -> None: ...
     def sampled(self, report: SampleReport) -> None: ...
     def message(self, text: str) -> None: ...
+    def stopped(self, step: int, elapsed: float, reason: str) -> None: ...
     def finish(self, summary: RunSummary) -> None: ...
 
 
@@ -103,6 +112,9 @@ class NullReporter:
     def progress(self, report: StepReport) -> None:
         pass
 
+    def validating(self, step: int) -> None:
+        pass
+
     def evaluated(self, report: EvalReport) -> None:
         pass
 
@@ -111,6 +123,9 @@ class NullReporter:
 
     def message(self, text: str) -> None:
         self.messages.append(text)
+
+    def stopped(self, step: int, elapsed: float, reason: str) -> None:
+        self.messages.append(reason)
 
     def finish(self, summary: RunSummary) -> None:
         pass

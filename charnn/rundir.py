@@ -5,6 +5,7 @@
     RUN/
       latest/              newest checkpoint; --resume continues from here
       best/                checkpoint with the best validation bpc; sample/eval default to it
+      metrics.jsonl        the run's history: progress and validation rows (charnn.metrics)
       samples.txt          a short sample every --sample-every steps, each under "=== step N ... ==="
       .lock                held (filelock) by the one process writing this run
       .latest.old/         the previous latest/, only while a save swaps the two
@@ -24,11 +25,13 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from charnn.errors import CharnnError, CheckpointError, ConfigError, RunBusyError
+from charnn.metrics import METRICS, MetricsLog
 
 LATEST, BEST = "latest", "best"
 MARKER = "meta.json"  # a checkpoint directory is one that holds this file
@@ -95,6 +98,10 @@ class RunDir:
 
     def checkpoint(self, which: str) -> Path:
         return self.path / which
+
+    def metrics(self) -> MetricsLog:
+        """The run's history, ``metrics.jsonl`` (see :mod:`charnn.metrics`)."""
+        return MetricsLog(self.path / METRICS)
 
     def holds_run(self) -> bool:
         """Whether a run (finished, or interrupted between a save's renames) lives here."""
@@ -245,8 +252,22 @@ class RunDir:
 
 def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:
     """Map a user's path to one checkpoint directory: a checkpoint itself, or a run directory's
-    ``best/`` (or ``latest/``), falling back to the other and to half-finished saves."""
-    path = Path(path)
+    ``best/`` (or ``latest/``), falling back to the other and to half-finished saves.
+
+    A save renaming directories meanwhile can hide the checkpoint from one look (the new copy
+    moves in between two checks), so a miss is looked at again before it is reported."""
+    for _ in range(_RESOLVE_ATTEMPTS - 1):
+        try:
+            return _resolve_once(Path(path), prefer)
+        except CheckpointError:
+            time.sleep(0.01)
+    return _resolve_once(Path(path), prefer)
+
+
+_RESOLVE_ATTEMPTS = 3
+
+
+def _resolve_once(path: Path, prefer: str) -> Path:
     if not path.exists():
         if (aside_path(path) / MARKER).exists():  # e.g. -c run/latest after a crash between renames
             return aside_path(path)

@@ -13,7 +13,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,8 +22,8 @@ import numpy as np
 from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
-from charnn.data import load_corpus, read_source, resolve_sources
-from charnn.errors import ConfigError, DataError
+from charnn.data import load_corpus, read_corpus, read_source, resolve_sources
+from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
@@ -40,6 +40,8 @@ class TrainRequest:
     init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
+    quiet: bool = False  # no progress on stderr: errors and the final line only
+    argv: list[str] | None = None  # the command line, for the run's records (default: sys.argv)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -47,11 +49,13 @@ class TrainRequest:
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
-    before anything in it is read (resume) or written (new run) until the run ends."""
+    before anything in it is read (resume) or written (new run) until the run ends. FILES that
+    name registry corpora (and are not paths) are fetched first."""
     if request.resume is not None and request.init_from is not None:
         raise ConfigError(
             "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
         )
+    request = replace(request, files=resolve_corpus_names(list(request.files)))
     if request.resume is not None:
         run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
@@ -126,7 +130,10 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     parent = ckpt.meta.get("parent")
-    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt, parent=parent)
+    reporter, inv = _reporter(run, request)
+    return Trainer(
+        corpus, ckpt.config, config, run.path, reporter, resume=ckpt, parent=parent, invocation=inv
+    )
 
 
 def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -150,7 +157,16 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
     for text in corpus.notes:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    return Trainer(corpus, model_config, config, run.path, TrainReporter())
+    reporter, inv = _reporter(run, request)
+    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
+
+
+def _reporter(run: RunDir, request: TrainRequest) -> tuple[Any, dict[str, Any]]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked."""
+    from charnn.metrics import MetricsReporter, invocation
+
+    inv = invocation(request.argv)
+    return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
 
 
 def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
@@ -175,7 +191,8 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     if grown:
         note(grown)
     lineage = finetune.lineage(parent)
-    trainer = Trainer(corpus, model_config, config, run.path, TrainReporter(), parent=lineage)
+    reporter, inv = _reporter(run, request)
+    trainer = Trainer(corpus, model_config, config, run.path, reporter, parent=lineage, invocation=inv)
     finetune.adopt_weights(trainer.model, parent)
     return trainer
 
@@ -402,29 +419,76 @@ def printable_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
-    """Loss and bpc over FILES; short texts in numpy (no torch import), long ones in torch."""
-    from charnn.metrics import NUMPY_MAX_TOKENS, evaluate_stream_numpy, token_char_lengths, token_extra_nats
+def run_eval(
+    checkpoints: Sequence[str] | str,
+    files: Sequence[str],
+    encoding_errors: str = "strict",
+    html: str | None = None,
+    top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
+    Short texts without ``html`` run in numpy (no torch import), the others in torch."""
+    from charnn.scoring import NUMPY_MAX_TOKENS
 
-    ckpt = load_checkpoint(checkpoint)
+    if isinstance(checkpoints, str):
+        checkpoints = [checkpoints]
+    if html is not None and len(checkpoints) > 2:
+        raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
+    texts = read_corpus(files, encoding_errors)
+    rows, reports = [], []
+    for ckpt in loaded:
+        corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
+        if len(corpus.ids) < 2:
+            raise DataError("need at least 2 tokens of text to evaluate")
+        model = ckpt.build_model() if html is not None or len(corpus.ids) > NUMPY_MAX_TOKENS else None
+        result = _evaluate(ckpt, model, corpus.ids)
+        rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
+        if html is not None:
+            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+    if html is not None:
+        from charnn.report import build_report, write_report
+
+        if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
+            raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
+        name = ", ".join("<stdin>" if f == "-" else f for f in files)
+        try:
+            write_report(html, build_report(name, reports))
+        except OSError as exc:
+            raise CharnnError(f"{html}: cannot write the page ({exc.strerror or exc})") from None
+        note(f"wrote {html}")
+    return rows
+
+
+def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+    """Per-character surprisal of one checkpoint, ready for the page."""
+    from charnn.evaluate import char_surprisal, token_surprisal
+    from charnn.report import ModelReport
+
     tokenizer = ckpt.tokenizer
-    corpus = load_corpus(files, tokenizer=tokenizer, encoding_errors=encoding_errors)
-    if len(corpus.ids) < 1:
-        raise DataError("need at least 1 token of text to evaluate")
-    # Every token is predicted, the first from the start context (a newline), so bpc is the
-    # total over the whole text divided by its characters, whatever the tokenizer.
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
+
+
+def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
+    """eval's numbers for one checkpoint: through ``model`` (torch) if given, else in numpy.
+
+    Every token is predicted, the first from the start context (a newline), so bpc is the
+    total over the whole text divided by its characters, whatever the tokenizer."""
+    from charnn.scoring import evaluate_stream_numpy, token_char_lengths, token_extra_nats
+
+    tokenizer = ckpt.tokenizer
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     context = tokenizer.start_ids()[-1]
-    if len(corpus.ids) <= NUMPY_MAX_TOKENS:
+    if model is None:
         from charnn.stepper import FastStepper
 
         stepper = FastStepper(ckpt.config, ckpt.weights)
-        result = evaluate_stream_numpy(stepper, corpus.ids, lengths, context=context, extra_nats=extra)
-    else:
-        from charnn.evaluate import evaluate_stream
+        return evaluate_stream_numpy(stepper, ids, lengths, context=context, extra_nats=extra)
+    from charnn.evaluate import evaluate_stream
 
-        result = evaluate_stream(ckpt.build_model(), corpus.ids, lengths, context=context, extra_nats=extra)
-    return {**result.to_dict(), "tokenizer": tokenizer.kind, "checkpoint": str(ckpt.path)}
+    return evaluate_stream(model, ids, lengths, context=context, extra_nats=extra)
 
 
 def run_score(
@@ -436,7 +500,7 @@ def run_score(
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
-    from charnn.metrics import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
+    from charnn.scoring import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
@@ -487,38 +551,60 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
+    from charnn.history import describe
+
     ckpt = load_checkpoint(checkpoint)
-    meta, cfg = ckpt.meta, ckpt.config
-    progress = meta.get("progress", {})
-    val = progress.get("val") or {}
-    params = sum(t.size for t in ckpt.weights.values())
-    parent = meta.get("parent")  # set for a fine-tuned run (--init-from)
-    lineage = {}
-    if isinstance(parent, dict):
-        lineage["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
-    return {
-        "path": str(ckpt.path),
-        "format": f"{meta['format']} v{meta['version']}",
-        "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
-        + (", tied" if cfg.tie_weights else ""),
-        "parameters": params,
-        "tokenizer": _tokenizer_summary(ckpt.tokenizer, cfg.vocab_size),
-        "step": progress.get("step"),
-        "val_bpc": val.get("bpc"),
-        "val_bpt": val.get("bpt"),  # bits per token
-        "best_val_bpc": progress.get("best_val_bpc"),
-        "skipped_steps": progress.get("skipped_steps"),
-        "trained_seconds": round(progress.get("elapsed", 0.0), 1),
-        "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
-        "created": meta.get("created"),
-        **lineage,
-    }
+    info = describe(ckpt.meta, ckpt.path)
+    info["parameters"] = sum(t.size for t in ckpt.weights.values())  # counted, not derived
+    tokenizer = ckpt.tokenizer
+    extras = {"unk": getattr(tokenizer, "unk", None), "normalize": tokenizer.normalize}
+    info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
+    info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
+    return info
 
 
-def _tokenizer_summary(tokenizer: Any, vocab_size: int) -> str:
-    text = f"{tokenizer.kind}, {vocab_size} tokens"
-    if getattr(tokenizer, "unk", None) is not None:
-        text += f" (one stands for {tokenizer.unk} rare characters)"
-    if tokenizer.normalize:
-        text += f", {tokenizer.normalize.upper()}-normalised"
-    return text
+# ---------------------------------------------------------------------------- corpora
+
+
+def list_corpora(cache: str | None = None) -> list[dict[str, Any]]:
+    """Registry entries with ``cached``: the path of the downloaded file, or None."""
+    from charnn.corpora import cache_dir, cached_path, load_registry
+
+    directory = cache_dir(cache)
+    rows = []
+    for entry in load_registry():
+        path = cached_path(entry, directory)
+        rows.append({**entry.to_dict(), "cached": str(path) if path.exists() else None})
+    return rows
+
+
+def fetch_corpus(name: str, cache: str | None = None, verify: bool = True, timeout: float = 60.0) -> str:
+    """Download a registry corpus (progress on stderr); returns the cached path."""
+    from charnn.corpora import cache_dir, find_entry, load_registry
+
+    entry = find_entry(name, load_registry())
+    if entry.builtin:
+        note(f"{name} ships with Python; nothing to download (train on it with: charnn train {name})")
+        return entry.url
+    return _fetch_with_progress(entry, cache_dir(cache), verify, timeout)
+
+
+def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: float) -> str:
+    from charnn.console import download_progress
+    from charnn.corpora import cached_path, fetch, refuse_unverifiable
+
+    if cached_path(entry, directory).exists():
+        return str(cached_path(entry, directory))
+    refuse_unverifiable(entry, verify)
+    with download_progress(entry.name, entry.url) as progress:
+        path = fetch(entry, directory, verify=verify, timeout=timeout, progress=progress)
+    note(f"{entry.name}: saved {path}" + ("" if verify else " (not verified: the registry has no sha256)"))
+    return str(path)
+
+
+def resolve_corpus_names(files: list[str]) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+    from charnn.corpora import cache_dir, resolve_names
+
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))

@@ -172,14 +172,14 @@ class RunLength:
 
 
 class ThroughputMeter:
-    """Tokens per second over a window of about ``window`` seconds, so the rate follows changes."""
+    """Characters per second over a window of about ``window`` seconds, so the rate follows changes."""
 
     def __init__(self, window: float = 2.0) -> None:
         self.window = window
         self.start, self.tokens = time.perf_counter(), 0
 
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
+    def add(self, chars: int) -> None:
+        self.tokens += chars
 
     def rate(self) -> float:
         now = time.perf_counter()
@@ -248,6 +248,33 @@ class EvalSavePolicy:
 
     def clear(self) -> None:
         self.pending_save = self.pending_eval = False
+
+
+class EarlyStop:
+    """``--patience K``: stop after K validations in a row without an improvement of at least
+    ``--min-delta`` bits per character over the reference (the best bpc that counted as one).
+    Its counter and reference live in :class:`Progress`, so they survive ``--resume``."""
+
+    def __init__(self, patience: int | None, min_delta: float) -> None:
+        self.patience, self.min_delta = patience or 0, min_delta
+
+    def observe(self, progress: Progress, bpc: float) -> str | None:
+        """Count one validation; the reason to stop now, or None."""
+        if not math.isfinite(bpc):
+            progress.stale_evals += 1
+        elif progress.patience_best is None or bpc < progress.patience_best - self.min_delta:
+            progress.patience_best, progress.stale_evals = bpc, 0
+        else:
+            progress.stale_evals += 1
+        if self.patience and progress.stale_evals >= self.patience:
+            delta = f" of at least {self.min_delta:g}" if self.min_delta else ""
+            ref = f" on val bpc {progress.patience_best:.4f}" if progress.patience_best is not None else ""
+            n = progress.stale_evals
+            return (
+                f"early stopping at step {progress.step}: {n} validation{'s' if n > 1 else ''} "
+                f"without an improvement{delta}{ref} (--patience {self.patience})"
+            )
+        return None
 
 
 class TrainingSampler:
@@ -329,8 +356,10 @@ class Trainer:
         reporter: Reporter,
         resume: Checkpoint | None = None,
         parent: dict[str, Any] | None = None,
+        invocation: dict[str, Any] | None = None,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
+        self.invocation = invocation  # command line and versions, for the metadata (run_meta)
         self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
         self.device = select_device(config.device)
         if config.precision == "bf16" and self.device.type != "cuda":
@@ -356,14 +385,16 @@ class Trainer:
         self.schedule = Schedule(config, self.length.steps, self.length.seconds)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
+        self.stopper = EarlyStop(config.patience, config.min_delta)
         self.sampler = TrainingSampler(config.sample_every, corpus.tokenizer, config.seed)
         self.rundir = RunDir(self.out)
         self.meter = ThroughputMeter()
-        self.char_meter = ThroughputMeter()  # characters of text per second (subwords: > tokens/s)
         self.progress = Progress()
         self.hidden: Hidden | None = None
+        self._clock = time.perf_counter()
         if resume is not None:
             self._restore(resume)
+            self.progress.stopped_reason = None  # a resumed run goes on until its (new) end
         self._saved_step = self.progress.step if resume is not None else -1
 
     # ------------------------------------------------------------------ length
@@ -400,10 +431,7 @@ class Trainer:
                 self._save_what_we_can()
                 raise
         if flags.get("signal"):  # arrived during the final validation, which has just saved
-            raise Interrupted(
-                f"interrupted at step {self.progress.step}; saved {self.out / LATEST}",
-                EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT,
-            )
+            raise self._interrupted(flags["signal"])
         prog = self.progress
         summary = RunSummary(
             step=prog.step,
@@ -412,6 +440,7 @@ class Trainer:
             val=result.to_dict() if result else None,
             best_val_bpc=prog.best_val_bpc,
             out=str(self.out),
+            stopped_reason=prog.stopped_reason,
         )
         self.reporter.finish(summary)
         return summary.to_dict()
@@ -420,17 +449,14 @@ class Trainer:
         if self.progress.step == 0:
             self.save(LATEST)  # claims the directory and gives divergence recovery a base
             self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
-        clock = time.perf_counter()
+        self._clock = time.perf_counter()
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
-            now = time.perf_counter()
-            self.progress.elapsed, clock = self.progress.elapsed + now - clock, now
-            if self.done():
+            self._tick()
+            if self.done() or self.progress.stopped_reason:
                 break
             # Step: one TBPTT window; None when it was skipped as non-finite.
             loss = self.train_step()
-            self.meter.add(self.batcher.batch_size * self.config.seq_len)
-            self.char_meter.add(self.last_chars)
             save_due, eval_due = self.policy.due(self.progress.step, self.done())
             # Guard: a finite loss can still overflow the weights; check before anything is saved.
             stopping = bool(flags.get("signal")) or self.done()
@@ -449,10 +475,7 @@ class Trainer:
             # Signals: save what we have (weights checked finite above) and stop.
             if flags.get("signal"):
                 self.save(LATEST)
-                code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
-                raise Interrupted(
-                    f"interrupted at step {self.progress.step}; saved {self.out / LATEST}", code
-                )
+                raise self._interrupted(flags["signal"])
             # Validate and save, or defer both while a run of bad steps lasts.
             if self.guard.in_bad_run:
                 self.policy.defer(save_due, eval_due)
@@ -466,7 +489,15 @@ class Trainer:
             # Sample: what the model writes now, beside the checkpoints and on stderr.
             if self.sampler.due(self.progress.step):
                 self._sample()
-        return self._eval_and_save(force_latest=True)
+        return self._final_eval()
+
+    def _interrupted(self, signum: int) -> Interrupted:
+        """A stop the user asked for: where the run stands and the command that continues it."""
+        return Interrupted(
+            f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
+            f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
+            EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+        )
 
     def _save_what_we_can(self) -> None:
         """After an unexpected failure: keep the progress since the last save, if it is sound."""
@@ -482,7 +513,11 @@ class Trainer:
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.batcher.batch(self.progress.step)
-        self.last_chars = int(self.char_lengths[y_np].sum())
+        chars = int(self.char_lengths[y_np].sum())  # the text the targets spell
+        self.last_chars = chars
+        self.progress.tokens += int(y_np.size)
+        self.progress.chars += chars
+        self.meter.add(chars)
         x = torch.from_numpy(x_np).to(self.device)  # (B, T)
         y = torch.from_numpy(y_np).to(self.device)  # (B, T)
         if reset or self.hidden is None:
@@ -515,6 +550,7 @@ class Trainer:
         prog = self.progress
         ema = prog.train_loss
         prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
+        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
         self.reporter.progress(
             StepReport(
                 step=prog.step,
@@ -523,11 +559,14 @@ class Trainer:
                 loss=loss,
                 # Per character of the batch's text, whatever the tokenizer; per token beside it.
                 bpc=loss * self.meter_tokens / max(self.last_chars, 1) / math.log(2),
-                tok_per_s=self.meter.rate(),
+                bpt=loss / math.log(2),
+                tok_per_s=chars_per_s * prog.tokens / max(1, prog.chars),
                 lr=self.lr_at(prog.step),
                 skipped=prog.skipped_steps,
-                bpt=loss / math.log(2),
-                chars_per_s=self.char_meter.rate(),
+                elapsed=self._tick(),
+                tokens=prog.tokens,
+                chars=prog.chars,
+                chars_per_s=chars_per_s,
             )
         )
 
@@ -543,8 +582,26 @@ class Trainer:
             extra_nats=self.extra_nats,
         )
 
-    def _eval_and_save(self, force_latest: bool) -> EvalResult | None:
+    def _tick(self) -> float:
+        """Advance ``progress.elapsed`` to now (wall clock, summed over resumes) and return it."""
+        now = time.perf_counter()
+        self.progress.elapsed, self._clock = self.progress.elapsed + now - self._clock, now
+        return self.progress.elapsed
+
+    def _final_eval(self) -> EvalResult | None:
+        """The end of the run validates, unless this very step was just validated (early stop,
+        or a run resumed after it had finished): a step is never validated twice."""
         prog = self.progress
+        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2:
+            self.save(LATEST)
+            keys = ("loss", "bpc", "tokens", "chars")
+            return EvalResult(**{k: prog.val[k] for k in keys})
+        return self._eval_and_save(force_latest=True, final=True)
+
+    def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:
+        prog = self.progress
+        if len(self.val_ids) >= 2:
+            self.reporter.validating(prog.step)
         result = self.evaluate()
         is_best = False
         if result is not None:
@@ -554,9 +611,21 @@ class Trainer:
             is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
             if is_best:
                 prog.best_val_bpc = result.bpc
-            self.reporter.evaluated(
-                EvalReport(prog.step, result.loss, result.bpc, is_best, bpt=result.bpt, tokens=result.tokens)
+            report = EvalReport(
+                prog.step,
+                result.loss,
+                result.bpc,
+                is_best,
+                bpt=result.bpt,
+                tokens=result.tokens,
+                elapsed=self._tick(),
+                best_bpc=prog.best_val_bpc,
             )
+            self.reporter.evaluated(report)
+            reason = None if final else self.stopper.observe(prog, result.bpc)
+            if reason:
+                prog.stopped_reason = reason
+                self.reporter.stopped(prog.step, prog.elapsed, reason)
         if force_latest or prog.step % self.config.save_every == 0 or is_best:
             self.save(LATEST)
         if is_best or (result is None and force_latest):
@@ -597,6 +666,7 @@ class Trainer:
             default_length=self.length.default,
             start_step=self.progress.step,
             out=str(self.out),
+            elapsed=self.progress.elapsed,
         )
 
     def save(self, which: str) -> None:
@@ -606,7 +676,7 @@ class Trainer:
             "tokens": int(len(self.corpus.ids)),
             "chars": self.corpus.chars,
         }
-        meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
         if self.parent is not None:
             meta["parent"] = self.parent
         state = pack_train_state(self.optimizer, self.hidden)
@@ -614,9 +684,21 @@ class Trainer:
         self.guard.checkpointed()
         self._saved_step = self.progress.step
 
+    def run_meta(self) -> dict[str, Any]:
+        """How this run (or its latest resumption) was started: command line, versions, device."""
+        from charnn.metrics import invocation
+
+        return {**(self.invocation or invocation()), "device": str(self.device)}
+
     def _restore(self, ckpt: Checkpoint) -> None:
         self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
         self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:

@@ -389,8 +389,17 @@ def test_info_json(run_cli: RunCli, trained_run: Path) -> None:
     data = json.loads(proc.stdout)
     assert isinstance(data, dict)
     assert data["step"] == 30
-    assert "lstm" in data["model"] and data["parameters"] > 0
-    assert data["tokenizer"].startswith("char")
+    # Structured: numbers as numbers, the model config as an object, no tokenizer blob.
+    assert data["model"] == {
+        "cell": "lstm", "layers": 1, "hidden": 32, "embed": 16, "dropout": 0.0, "tie_weights": False,
+        "vocab_size": data["tokenizer"]["vocab_size"],
+    }
+    assert isinstance(data["parameters"], int) and data["parameters"] > 0
+    assert data["tokenizer"] == {"kind": "char", "vocab_size": data["model"]["vocab_size"]}
+    assert isinstance(data["best_val_bpc"], float) and isinstance(data["trained_seconds"], float)
+    assert data["train"]["steps"] == 30 and data["corpus"]["tokens"] > 0
+    assert "train" in data["run"]["argv"]
+    assert data["run"]["device"] == "cpu" and data["run"]["torch"]
     assert Path(data["path"]).name == "best"
     plain = run_cli("info", "-c", trained_run)
     assert plain.returncode == 0 and "parameters" in plain.stdout

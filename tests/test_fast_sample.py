@@ -227,8 +227,8 @@ def test_numpy_eval_and_score_equal_the_torch_ones(cell: str) -> None:
 
     from charnn.config import ModelConfig
     from charnn.evaluate import evaluate_stream, score_lines
-    from charnn.metrics import evaluate_stream_numpy, score_lines_numpy
     from charnn.model import CharRNN
+    from charnn.scoring import evaluate_stream_numpy, score_lines_numpy
     from charnn.stepper import FastStepper
 
     torch.manual_seed(0)
@@ -272,9 +272,9 @@ def test_short_score_and_eval_skip_torch_and_agree_with_the_torch_path(
         assert proc.returncode == 0, proc.stderr
         assert not torch_imported(proc)
         fast = cli_inprocess(*command, "-c", trained_run, text)
-        import charnn.metrics
+        import charnn.scoring
 
-        monkeypatch.setattr(charnn.metrics, "NUMPY_MAX_TOKENS", 0)  # force the torch path
+        monkeypatch.setattr(charnn.scoring, "NUMPY_MAX_TOKENS", 0)  # force the torch path
         slow = cli_inprocess(*command, "-c", trained_run, text)
         monkeypatch.undo()
         for a, b in zip(fast.stdout.splitlines(), slow.stdout.splitlines(), strict=True):

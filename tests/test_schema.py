@@ -47,6 +47,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "eval_every": ("17", 17),
     "eval_chars": ("19", 19),
     "save_every": ("23", 23),
+    "patience": ("4", 4),
+    "min_delta": ("0.01", 0.01),
     "sample_every": ("29", 29),
     "val_fraction": ("0.2", 0.2),
     "seed": ("5", 5),
