@@ -180,6 +180,16 @@ def _encoding_errors_option(func: F) -> F:
     )(func)
 
 
+def _cache_dir_option(func: F) -> F:
+    return click.option(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where encoded corpora are cached for later runs  "
+        "[default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]",
+    )(func)
+
+
 def _json_option(help: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
@@ -237,6 +247,7 @@ def cli() -> None:
 @config_options(TokenizerConfig)
 @config_options(TrainConfig)
 @_encoding_errors_option
+@_cache_dir_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -245,6 +256,7 @@ def train(
     resume: str | None,
     force: bool,
     encoding_errors: str,
+    cache_dir: str | None,
     **options: Any,
 ) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
@@ -259,6 +271,7 @@ def train(
         resume=resume,
         force=force,
         encoding_errors=encoding_errors,
+        cache_dir=cache_dir,
         model=take_config(ctx, options, ModelConfig),
         tokenizer=take_config(ctx, options, TokenizerConfig),
         train=take_config(ctx, options, TrainConfig),
@@ -318,11 +331,14 @@ def sample(
 @_checkpoint_option
 @_json_option("print one JSON object")
 @_encoding_errors_option
-def eval_(files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_errors: str) -> None:
+@_cache_dir_option
+def eval_(
+    files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_errors: str, cache_dir: str | None
+) -> None:
     """Loss and bits per character of the model on FILES (- = stdin)."""
     from charnn.runs import run_eval
 
-    result = run_eval(checkpoint, list(files), encoding_errors)
+    result = run_eval(checkpoint, list(files), encoding_errors, cache_dir)
     if as_json:
         click.echo(json.dumps(result))
     else:

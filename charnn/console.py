@@ -10,7 +10,15 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
 
@@ -23,6 +31,38 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+
+
+class ByteBar:
+    """A transient progress bar over bytes on stderr (reading, hashing, encoding a big corpus);
+    plain start/finish lines when stderr is not a terminal."""
+
+    def __init__(self, label: str, total: int, console: Console = err) -> None:
+        self.console, self.label, self.total = console, label, total
+        self._progress: Progress | None = None
+        if console.is_terminal:
+            self._progress = Progress(
+                TextColumn(label),
+                BarColumn(bar_width=30),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(label, total=total)
+        else:
+            console.print(f"charnn: {label} ({total / 1e6:,.0f} MB)", soft_wrap=True)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def _fmt_duration(seconds: float) -> str:

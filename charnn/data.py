@@ -35,10 +35,19 @@ class Corpus:
     chars: int
     sources: list[str]
     notes: list[str] = field(default_factory=list)
+    digest: str | None = None  # sha256 of the ids when already known (the corpus cache stores it)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.ids.tobytes()).hexdigest()
+        """sha256 of the ids' bytes (resume checks it), hashed in slices: ``ids`` may be a memmap
+        bigger than memory, and ``tobytes()`` would copy it whole."""
+        if self.digest is None:
+            h = hashlib.sha256()
+            step = 1 << 22
+            for start in range(0, len(self.ids), step):
+                h.update(np.ascontiguousarray(self.ids[start : start + step]).data)
+            self.digest = h.hexdigest()
+        return self.digest
 
 
 def builtin_text() -> str:

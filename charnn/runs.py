@@ -17,11 +17,20 @@ from typing import Any, TextIO
 from charnn.checkpoint import BEST, LATEST, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
 from charnn.console import TrainReporter, note
-from charnn.data import load_corpus, read_source, resolve_sources
+from charnn.data import Corpus, read_source, resolve_sources
 from charnn.errors import ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
+
+
+def read_corpus(files: Sequence[str], tokenizer: Any, encoding_errors: str, cache_dir: str | None) -> Corpus:
+    """The corpus through the on-disk cache of encoded corpora (memory-mapped ids), with a
+    progress bar on stderr for big ones."""
+    from charnn.console import ByteBar
+    from charnn.corpus_cache import load_corpus_cached
+
+    return load_corpus_cached(files, tokenizer, encoding_errors, cache_dir, progress=ByteBar)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class TrainRequest:
     resume: str | None = None  # a run directory, or "" for ``out``
     force: bool = False
     encoding_errors: str = "strict"
+    cache_dir: str | None = None  # the corpus cache (default: charnn.corpus_cache.default_cache_dir)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -84,7 +94,7 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
         )
     config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
     sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
-    corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+    corpus = read_corpus(sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir)
     check_resume_corpus(ckpt, corpus)
     for text in corpus.notes:
         note(text)
@@ -96,7 +106,7 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
-    corpus = load_corpus(request.files, tokenizer=tokenizer, encoding_errors=request.encoding_errors)
+    corpus = read_corpus(request.files, tokenizer, request.encoding_errors, request.cache_dir)
     for text in corpus.notes:
         note(text)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
@@ -200,11 +210,13 @@ def run_sampling(
 # ---------------------------------------------------------------------------- eval / score / info
 
 
-def run_eval(checkpoint: str, files: Sequence[str], encoding_errors: str = "strict") -> dict[str, Any]:
+def run_eval(
+    checkpoint: str, files: Sequence[str], encoding_errors: str = "strict", cache_dir: str | None = None
+) -> dict[str, Any]:
     from charnn.evaluate import evaluate_stream, token_char_lengths
 
     ckpt = load_checkpoint(checkpoint)
-    corpus = load_corpus(files, tokenizer=ckpt.tokenizer, encoding_errors=encoding_errors)
+    corpus = read_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
     if len(corpus.ids) < 2:
         raise DataError("need at least 2 tokens of text to evaluate")
     result = evaluate_stream(ckpt.build_model(), corpus.ids, token_char_lengths(ckpt.tokenizer))
