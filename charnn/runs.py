@@ -51,7 +51,17 @@ class TrainRequest:
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
-    before anything in it is read (resume) or written (new run) until the run ends."""
+    before anything in it is read (resume) or written (new run) until the run ends.
+    Under torchrun (see :mod:`charnn.distributed`) every rank trains; rank 0 alone holds the lock
+    and writes."""
+    from charnn.distributed import from_env
+
+    group = from_env()
+    if group.active:
+        try:
+            return _start_rank(request, group)
+        finally:
+            group.close()
     if request.resume is not None:
         run = RunDir(request.resume or request.out)
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
@@ -64,6 +74,27 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
         _refuse_existing(run, request.force)  # again: another run may have started meanwhile
         if request.force:
             run.remove(BEST)  # the old run's best must not outlive it
+        return _run(trainer)
+
+
+def _start_rank(request: TrainRequest, group: Any) -> dict[str, Any]:
+    """One rank of a data-parallel run: rank 0 as a single process would, the others without
+    the lock, the checks of the directory, or output."""
+    run = RunDir(request.resume or request.out if request.resume is not None else request.out)
+    if not group.is_writer:
+        if request.resume is not None:
+            return _run(_resumed_trainer(request, run, group))
+        return _run(_new_trainer(request, run, group))
+    if request.resume is not None:
+        resolve_checkpoint(run.path, LATEST)
+        with run.lock():
+            return _run(_resumed_trainer(request, run, group))
+    _refuse_existing(run, request.force)
+    trainer = _new_trainer(request, run, group)
+    with run.lock():
+        _refuse_existing(run, request.force)
+        if request.force:
+            run.remove(BEST)
         return _run(trainer)
 
 
@@ -82,7 +113,13 @@ def _refuse_existing(run: RunDir, force: bool) -> None:
         )
 
 
-def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
+def _reporter(group: Any) -> Any:
+    from charnn.reporting import NullReporter
+
+    return TrainReporter() if group is None or group.is_writer else NullReporter()
+
+
+def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
     ckpt = load_checkpoint(run.path, prefer=LATEST)
@@ -96,21 +133,27 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
     corpus = read_corpus(sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir)
     check_resume_corpus(ckpt, corpus)
-    for text in corpus.notes:
-        note(text)
-    return Trainer(corpus, ckpt.config, config, run.path, TrainReporter(), resume=ckpt)
+    _notes(corpus, group)
+    kwargs = {"group": group} if group is not None else {}
+    return Trainer(corpus, ckpt.config, config, run.path, _reporter(group), resume=ckpt, **kwargs)
 
 
-def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
+def _notes(corpus: Corpus, group: Any) -> None:
+    if group is None or group.is_writer:
+        for text in corpus.notes:
+            note(text)
+
+
+def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.train import Trainer
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
     corpus = read_corpus(request.files, tokenizer, request.encoding_errors, request.cache_dir)
-    for text in corpus.notes:
-        note(text)
+    _notes(corpus, group)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    return Trainer(corpus, model_config, config, run.path, TrainReporter())
+    kwargs = {"group": group} if group is not None else {}
+    return Trainer(corpus, model_config, config, run.path, _reporter(group), **kwargs)
 
 
 # ---------------------------------------------------------------------------- sample

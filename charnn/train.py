@@ -36,6 +36,7 @@ from charnn.checkpoint import (
 )
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
+from charnn.distributed import SOLO, Group
 from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN, Hidden, detach_hidden
@@ -226,20 +227,25 @@ class Trainer:
         out: Path,
         reporter: Reporter,
         resume: Checkpoint | None = None,
+        group: Group = SOLO,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
-        self.device = select_device(config.device)
+        self.group = group
+        self.device = select_device(group.device(config.device))
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
         train_ids, self.val_ids = split_train_val(corpus.ids, config.val_fraction)
         self.val_ids = self.val_ids[: config.eval_chars]
         self.batcher = StreamBatcher(
-            train_ids, config.batch_size, config.seq_len, config.seed, reporter.message
+            train_ids, config.batch_size, config.seq_len, config.seed, reporter.message,
+            rank=group.rank, world=group.world_size,
         )
         self.char_lengths = token_char_lengths(corpus.tokenizer)
 
         torch.manual_seed(config.seed)
         self.model = CharRNN(model_config).to(self.device)
+        group.init(self.device)
+        self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "embed" in n]
         self.optimizer = torch.optim.AdamW(
@@ -306,8 +312,10 @@ class Trainer:
             clock = time.perf_counter()
             while True:
                 # Clock: wall time, validation and saves included (--time 5m is five minutes).
+                # Ranks agree on it and on signals, so all of them stop at the same step.
                 now = time.perf_counter()
-                self.progress.elapsed, clock = self.progress.elapsed + now - clock, now
+                elapsed, clock = self.progress.elapsed + now - clock, now
+                self.progress.elapsed, signalled = self.group.agree(elapsed, flags.get("signal", 0))
                 if self.done():
                     break
                 # Step: one TBPTT window; None when it was skipped as non-finite.
@@ -315,7 +323,7 @@ class Trainer:
                 self.meter.add(self.batcher.batch_size * self.config.seq_len)
                 save_due, eval_due = self.policy.due(self.progress.step, self.done())
                 # Guard: a finite loss can still overflow the weights; check before anything is saved.
-                stopping = bool(flags.get("signal")) or self.done()
+                stopping = bool(signalled) or self.done()
                 overflowed = (save_due or eval_due or stopping) and not self._finite()
                 if overflowed and loss is not None:
                     self.progress.skipped_steps += 1
@@ -328,9 +336,9 @@ class Trainer:
                     self.guard.finite()
                     self._report_step(loss)
                 # Signals: save what we have (weights checked finite above) and stop.
-                if flags.get("signal"):
+                if signalled:
                     self.save(LATEST)
-                    code = EXIT_SIGTERM if flags["signal"] == signal.SIGTERM else EXIT_SIGINT
+                    code = EXIT_SIGTERM if signalled == signal.SIGTERM else EXIT_SIGINT
                     step = self.progress.step
                     raise Interrupted(f"interrupted at step {step}; saved {self.out / LATEST}", code)
                 # Validate and save, or defer both while a run of bad steps lasts.
@@ -372,12 +380,14 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with self._autocast():
-            logits, hidden = self.model(x, self.hidden)  # (B, T, V)
+            logits, hidden = self.net(x, self.hidden)  # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.progress.step += 1
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
-        if math.isfinite(loss_value):
+        # Distributed: every rank must join the gradient all-reduce, so the decision to skip is
+        # taken on the averaged gradients' norm (the same on every rank), not on the local loss.
+        if math.isfinite(loss_value) or self.group.active:
             loss.backward()
             clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -409,9 +419,20 @@ class Trainer:
         )
 
     def evaluate(self) -> EvalResult | None:
+        """Validation on rank 0 (exactly a single process's result), shared with the other ranks."""
         if len(self.val_ids) < 2:
             return None
-        return evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
+        result = None
+        if self.group.is_writer:
+            result = evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
+        if not self.group.active:
+            return result
+        values = self.group.broadcast_floats(
+            None if result is None else [result.loss, result.bpc, result.tokens, result.chars], 4
+        )
+        if values is None:
+            return None
+        return EvalResult(loss=values[0], bpc=values[1], tokens=int(values[2]), chars=int(values[3]))
 
     def _eval_and_save(self, force_latest: bool) -> EvalResult | None:
         prog = self.progress
@@ -473,13 +494,19 @@ class Trainer:
             "tokens": int(len(self.corpus.ids)),
             "chars": self.corpus.chars,
         }
-        meta = training_meta(self.config, self.progress, corpus, self.optimizer)
-        state = pack_train_state(self.optimizer, self.hidden)
-        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
+        hidden = None if self.hidden is None else self.group.gather_hidden(self.hidden)  # all ranks
         self.guard.checkpointed()
+        if not self.group.is_writer:
+            return
+        meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        meta["world_size"] = self.group.world_size
+        state = pack_train_state(self.optimizer, hidden)
+        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        self.group.check_resume(ckpt.meta.get("world_size", 1))
+        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
