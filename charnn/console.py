@@ -91,10 +91,11 @@ class TrainReporter:
         if info.default_length:
             plan += " (the default; set --time, --steps or --epochs)"
         resumed = f", resuming at step {info.start_step}" if info.start_step else ""
+        per_rank = f" per process x {info.processes} processes" if info.processes > 1 else ""
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {info.out}/",
+            f"batch {info.batch_size}{per_rank}; until {plan}{resumed}; checkpoints in {info.out}/",
             soft_wrap=True,
         )
         if self.live:

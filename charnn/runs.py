@@ -122,7 +122,10 @@ def _reporter(group: Any) -> Any:
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
+    from charnn.distributed import SOLO
+
     ckpt = load_checkpoint(run.path, prefer=LATEST)
+    (group or SOLO).check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus
     refuse_contradictions(ckpt.config, request.model, request.model)
     kind = request.tokenizer.get("kind", ckpt.tokenizer.kind)
     if kind != ckpt.tokenizer.kind:

@@ -485,6 +485,7 @@ class Trainer:
             default_length=self.total_steps is None and self.config.time_limit is None,
             start_step=self.progress.step,
             out=str(self.out),
+            processes=self.group.world_size,
         )
 
     def save(self, which: str) -> None:
