@@ -77,15 +77,15 @@ def test_resume_needs_the_same_world_size(runs: Path, cli_inprocess, tmp_path: P
     assert "torchrun --nproc-per-node 2" in proc.stderr
 
 
-def test_resumed_ranks_continue_like_one_process(runs: Path) -> None:
-    proc = _torchrun("train", "--resume", "ddp", "--steps", "9", cwd=runs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from charnn.cli import main
+def test_a_rank_takes_its_streams_of_a_checkpoints_hidden_state() -> None:
+    import torch
 
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--resume", str(runs / "solo"), "--steps", "9"])
-    assert exc.value.code == 0
-    _close(runs / "ddp" / "latest" / "model.safetensors", runs / "solo" / "latest" / "model.safetensors")
+    hidden = (torch.arange(24.0).reshape(1, 6, 4), -torch.arange(24.0).reshape(1, 6, 4))  # (layers, 2*3, H)
+    parts = [Group(r, 2, r).own_hidden(hidden, 3) for r in range(2)]
+    for i in range(2):
+        joined = torch.cat([p[i] for p in parts], dim=1)  # type: ignore[index]
+        assert torch.equal(joined, hidden[i])
+    assert Group().own_hidden(hidden, 6) is hidden
 
 
 def test_ranks_own_disjoint_streams_that_make_up_the_big_batch() -> None:
