@@ -37,6 +37,7 @@ from charnn.checkpoint import (
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.distributed import SOLO, Group
+from charnn.hardware import threads_for
 from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN, Hidden, detach_hidden
@@ -47,12 +48,22 @@ __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contra
 DEFAULT_TIME = 300.0  # seconds, when no --steps/--epochs/--time is given
 
 
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+MPS_NOTE = (
+    "Apple GPU (MPS) found but not used: PyTorch's MPS recurrent kernels are slower than the CPU "
+    "for models this size and wrong with 2+ layers and dropout (pytorch/pytorch#180744); "
+    "--device mps uses it anyway"
+)
+
+
 def select_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU. Never MPS by itself (see :data:`MPS_NOTE`)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
@@ -232,6 +243,11 @@ class Trainer:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
         self.group = group
         self.device = select_device(group.device(config.device))
+        if config.device == "auto" and self.device.type == "cpu" and mps_available():
+            reporter.message(MPS_NOTE)
+        threads = threads_for(config.threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
         train_ids, self.val_ids = split_train_val(corpus.ids, config.val_fraction)
@@ -368,11 +384,18 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return nullcontext()
 
+    def _to_device(self, array: Any) -> torch.Tensor:
+        """A batch on the training device; on CUDA through pinned memory, copied asynchronously."""
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.batcher.batch(self.progress.step)
-        x = torch.from_numpy(x_np).to(self.device)  # (B, T)
-        y = torch.from_numpy(y_np).to(self.device)  # (B, T)
+        x = self._to_device(x_np)  # (B, T)
+        y = self._to_device(y_np)  # (B, T)
         if reset or self.hidden is None:
             self.hidden = self.model.init_hidden(x.shape[0], self.device)
         lr = self.lr_at(self.progress.step)
@@ -384,18 +407,20 @@ class Trainer:
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.progress.step += 1
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        # Distributed: every rank must join the gradient all-reduce, so the decision to skip is
-        # taken on the averaged gradients' norm (the same on every rank), not on the local loss.
-        if math.isfinite(loss_value) or self.group.active:
+        # On the CPU a non-finite loss skips the backward pass. Distributed, every rank must join
+        # the gradient all-reduce, so the skip is decided on the averaged gradients' norm (the same
+        # on every rank); on CUDA too, so the step is queued whole before the one host sync.
+        early = not (self.group.active or self.device.type == "cuda")
+        if not early or math.isfinite(loss.item()):
             loss.backward()
             clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            if torch.isfinite(norm):
+            finite = torch.isfinite(norm) if self.group.active else torch.isfinite(norm) & torch.isfinite(loss)
+            if finite:
                 self.optimizer.step()
                 self.progress.optimizer_steps += 1
                 self.hidden = detach_hidden(hidden)
-                return loss_value
+                return loss.item()
         # Non-finite: leave the weights alone and drop the (possibly poisoned) hidden state.
         self.progress.skipped_steps += 1
         self.hidden = None
