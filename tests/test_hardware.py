@@ -22,12 +22,12 @@ def test_default_threads_leave_a_core_and_follow_omp(monkeypatch: pytest.MonkeyP
     assert hardware.threads_for(None) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     assert hardware.threads_for(None) is None  # the environment decides
-    assert hardware.physical_cores.__module__ == "charnn.hardware"
 
 
 def test_physical_cores_counts_something() -> None:
-    monkeypatch_free = hardware.physical_cores()
-    assert 1 <= monkeypatch_free <= (torch.get_num_threads() * 64)
+    import os
+
+    assert 1 <= hardware.physical_cores() <= (os.cpu_count() or 1)
 
 
 def _trainer(tmp_path: Path, corpus_file: Path, **train: object) -> train.Trainer:
