@@ -30,10 +30,10 @@ def test_physical_cores_counts_something() -> None:
     assert 1 <= hardware.physical_cores() <= (os.cpu_count() or 1)
 
 
-def _trainer(tmp_path: Path, corpus_file: Path, **train: object) -> train.Trainer:
+def _trainer(tmp_path: Path, corpus_file: Path, **options: object) -> train.Trainer:
     corpus = load_corpus([str(corpus_file)])
     model = ModelConfig(corpus.tokenizer.vocab_size, hidden=8, embed=4, layers=1)
-    return train.Trainer(corpus, model, TrainConfig(steps=1, **train), tmp_path, NullReporter())  # type: ignore[arg-type]
+    return train.Trainer(corpus, model, TrainConfig(steps=1, **options), tmp_path, NullReporter())  # type: ignore[arg-type]
 
 
 def test_threads_option_sets_torch_threads(tmp_path: Path, corpus_file: Path) -> None:
