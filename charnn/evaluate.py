@@ -61,22 +61,22 @@ def evaluate_stream(
         raise ValueError("need at least 2 tokens to evaluate")
     streams = max(1, min(batch_size, (n - 1) // max(1, seq_len)))
     length = (n - 1) // streams  # tokens each stream predicts
-    idx = np.arange(streams)[:, None] * length + np.arange(length + 1)[None, :]  # (B, L+1)
-    data = torch.from_numpy(ids[idx].astype(np.int64)).to(device)
+    starts = np.arange(streams)[:, None] * length  # (B, 1)
     was_training = model.training
     model.eval()
     hidden = None
-    total = 0.0
+    total, chars = 0.0, 0
+    # Window by window: ``ids`` may be a memory-mapped corpus far bigger than memory.
     for start in range(0, length, seq_len):
         end = min(start + seq_len, length)
-        x = data[:, start:end]  # (B, t)
-        y = data[:, start + 1 : end + 1]  # (B, t)
-        logits, hidden = model(x, hidden)  # (B, t, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        window = ids[starts + np.arange(start, end + 1)[None, :]].astype(np.int64)  # (B, t+1)
+        data = torch.from_numpy(window).to(device)
+        logits, hidden = model(data[:, :-1], hidden)  # (B, t, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1), data[:, 1:].flatten(), reduction="sum").item()
+        chars += int(char_lengths[window[:, 1:]].sum())
         hidden = detach_hidden(hidden)
     model.train(was_training)
     tokens = streams * length
-    chars = int(char_lengths[ids[idx[:, 1:]]].sum())
     return EvalResult(loss=total / tokens, bpc=total / LN2 / max(chars, 1), tokens=tokens, chars=chars)
 
 
