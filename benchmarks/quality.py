@@ -56,17 +56,35 @@ def run_charnn(train: Path, held: Path, budget: float, threads: int, work: Path)
     env = dict(os.environ, NO_COLOR="1")
     out = work / f"charnn-{budget:g}"
     argv = [sys.executable, "-m", "charnn"]
-    train_cmd = [*argv, "train", str(train), "--out", str(out), "--force", "--time", f"{budget}s",
-                 "--val-fraction", "0", "--threads", str(threads), "--cache-dir", str(work / "cache")]
+    train_cmd = [
+        *argv,
+        "train",
+        str(train),
+        "--out",
+        str(out),
+        "--force",
+        "--time",
+        f"{budget}s",
+        "--val-fraction",
+        "0",
+        "--threads",
+        str(threads),
+        "--cache-dir",
+        str(work / "cache"),
+    ]
     proc = subprocess.run(train_cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr)
-    ev = subprocess.run([*argv, "eval", str(held), "-c", str(out), "--json"], env=env, capture_output=True,
-                        text=True)
+    ev = subprocess.run(
+        [*argv, "eval", str(held), "-c", str(out), "--json"], env=env, capture_output=True, text=True
+    )
     if ev.returncode != 0:
         sys.exit(ev.stderr)
-    info = json.loads(subprocess.run([*argv, "info", "-c", str(out), "--json"], env=env, capture_output=True,
-                                     text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            [*argv, "info", "-c", str(out), "--json"], env=env, capture_output=True, text=True
+        ).stdout
+    )
     return {"val_bpc": json.loads(ev.stdout)["bpc"], "steps": info["step"]}
 
 
@@ -84,14 +102,18 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
         b, t, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))  # (B, h, T, d)
+        q, k, v = (
+            z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v)
+        )  # (B, h, T, d)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
         x = x + self.proj(y)
         return x + self.mlp(self.ln2(x))
 
 
 class BabyGPT(nn.Module):
-    def __init__(self, vocab: int, layers: int = 4, heads: int = 4, width: int = 128, context: int = 64) -> None:
+    def __init__(
+        self, vocab: int, layers: int = 4, heads: int = 4, width: int = 128, context: int = 64
+    ) -> None:
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(context, width)
         self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(layers)])
@@ -118,8 +140,11 @@ def run_gpt(train: torch.Tensor, held: torch.Tensor, vocab: int, budget: float) 
     model = BabyGPT(vocab, context=ctx)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.99),
+    )
 
     def lr_at(step: int, frac: float) -> float:
         if step < warmup:
@@ -145,8 +170,9 @@ def run_gpt(train: torch.Tensor, held: torch.Tensor, vocab: int, budget: float) 
     total = 0.0
     with torch.no_grad():
         for i in range(0, n, 256):
-            total += F.cross_entropy(model(x[i : i + 256]).flatten(0, 1), y[i : i + 256].flatten(),
-                                     reduction="sum").item()
+            total += F.cross_entropy(
+                model(x[i : i + 256]).flatten(0, 1), y[i : i + 256].flatten(), reduction="sum"
+            ).item()
     return {"val_bpc": total / (n * ctx) / LN2, "steps": steps}
 
 
@@ -236,7 +262,9 @@ def main() -> None:
                 row[name] = contenders[name](budget, work)
                 print(f"  {budget:g}s {name}: {row[name]}", file=sys.stderr, flush=True)
             results.append(row)
-    print(f"\nval bpc on the last 10 % of {Path(args.corpus).name} ({args.threads} thread(s)); lower is better")
+    print(
+        f"\nval bpc on the last 10 % of {Path(args.corpus).name} ({args.threads} thread(s)); lower is better"
+    )
     print(f"{'budget':>8} " + " ".join(f"{n:>10}" for n in chosen) + "   charnn - best other")
     for row in results:
         bpcs = {n: row[n]["val_bpc"] for n in chosen}  # type: ignore[index]

@@ -297,7 +297,9 @@ class TrainConfig(_Validated):
     )
     device: str = field(
         default="auto",
-        metadata=opt("auto picks CUDA, else the CPU (MPS only when asked for: slower for RNNs)", choices=DEVICES),
+        metadata=opt(
+            "auto picks CUDA, else the CPU (MPS only when asked for: slower for RNNs)", choices=DEVICES
+        ),
     )
     threads: int | None = field(
         default=None,

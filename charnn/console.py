@@ -123,9 +123,7 @@ class TrainReporter:
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
             total = f"/{report.total}" if report.total else ""
-            self.console.print(
-                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}"
-            )
+            self.console.print(f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}")
 
     def evaluated(self, report: EvalReport) -> None:
         star = " [green](best)[/]" if report.is_best else ""

@@ -46,8 +46,6 @@ PROGRESS_BYTES = 32 << 20  # corpora at least this big get a progress bar
 _BOM = b"\xef\xbb\xbf"
 
 
-
-
 class Bar(Protocol):
     """A progress display for one pass over the corpus (``charnn.console.ByteBar`` draws one)."""
 
@@ -121,8 +119,7 @@ def _text_pieces(src: _Source, errors: str, split_lines: bool) -> Iterator[tuple
                 nul = block.find(b"\x00")
                 if nul >= 0:
                     raise DataError(
-                        f"{src.name}: looks binary (NUL byte at offset {offset + nul}); "
-                        "charnn trains on text"
+                        f"{src.name}: looks binary (NUL byte at offset {offset + nul}); charnn trains on text"
                     )
                 pending = len(decoder.getstate()[0])
                 try:

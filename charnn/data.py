@@ -94,7 +94,8 @@ def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
         path = Path(arg)
         if path.is_dir():
             files = sorted(
-                p for p in path.rglob("*")
+                p
+                for p in path.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             text_files = [p for p in files if _is_text_file(p)]

@@ -141,8 +141,9 @@ class Group:
             raise ConfigError(
                 f"this run was trained by {saved} process(es) and is resumed by {self.world_size}: "
                 f"--resume needs the same number (e.g. torchrun --nproc-per-node {saved} ... "
-                "across all machines)" if saved > 1 else
-                f"this run was trained by 1 process and is resumed by {self.world_size}: "
+                "across all machines)"
+                if saved > 1
+                else f"this run was trained by 1 process and is resumed by {self.world_size}: "
                 "--resume needs the same number (resume it without torchrun)"
             )
 

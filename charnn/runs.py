@@ -120,9 +120,8 @@ def _reporter(group: Any) -> Any:
 
 
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
-    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
-
     from charnn.distributed import SOLO
+    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
 
     ckpt = load_checkpoint(run.path, prefer=LATEST)
     (group or SOLO).check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus

@@ -37,9 +37,9 @@ from charnn.checkpoint import (
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.distributed import SOLO, Group
-from charnn.hardware import threads_for
 from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
+from charnn.hardware import threads_for
 from charnn.model import CharRNN, Hidden, detach_hidden
 from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
 
@@ -253,8 +253,13 @@ class Trainer:
         train_ids, self.val_ids = split_train_val(corpus.ids, config.val_fraction)
         self.val_ids = self.val_ids[: config.eval_chars]
         self.batcher = StreamBatcher(
-            train_ids, config.batch_size, config.seq_len, config.seed, reporter.message,
-            rank=group.rank, world=group.world_size,
+            train_ids,
+            config.batch_size,
+            config.seq_len,
+            config.seed,
+            reporter.message,
+            rank=group.rank,
+            world=group.world_size,
         )
         self.char_lengths = token_char_lengths(corpus.tokenizer)
 
@@ -415,7 +420,9 @@ class Trainer:
             loss.backward()
             clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            finite = torch.isfinite(norm) if self.group.active else torch.isfinite(norm) & torch.isfinite(loss)
+            finite = (
+                torch.isfinite(norm) if self.group.active else torch.isfinite(norm) & torch.isfinite(loss)
+            )
             if finite:
                 self.optimizer.step()
                 self.progress.optimizer_steps += 1

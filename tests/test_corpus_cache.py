@@ -34,12 +34,16 @@ def _same(a, b) -> None:  # type: ignore[no-untyped-def]
 
 @settings(max_examples=25, deadline=None)
 @given(
-    texts=st.lists(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))), min_size=1,
-                   max_size=3),
+    texts=st.lists(
+        st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))),
+        min_size=1,
+        max_size=3,
+    ),
     bom=st.booleans(),
 )
-def test_streamed_encoding_equals_load_corpus(tmp_path_factory: pytest.TempPathFactory, texts: list[str],
-                                             bom: bool) -> None:
+def test_streamed_encoding_equals_load_corpus(
+    tmp_path_factory: pytest.TempPathFactory, texts: list[str], bom: bool
+) -> None:
     corpus_cache.CHUNK_BYTES, saved = 5, corpus_cache.CHUNK_BYTES
     try:
         d, cache = tmp_path_factory.mktemp("c"), tmp_path_factory.mktemp("cache")

@@ -26,8 +26,17 @@ def _torchrun(*args: str | os.PathLike[str], cwd: Path) -> subprocess.CompletedP
     env.pop("CHARNN_DEBUG", None)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "charnn", *map(str, args)]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "charnn",
+        *map(str, args),
+    ]
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
@@ -51,20 +60,37 @@ def runs(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> Path:
     from charnn.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["train", str(root / "c.txt"), "--out", str(root / "solo"), "--batch-size", "8", "--steps", "6",
-              *ARGS])
+        main(
+            [
+                "train",
+                str(root / "c.txt"),
+                "--out",
+                str(root / "solo"),
+                "--batch-size",
+                "8",
+                "--steps",
+                "6",
+                *ARGS,
+            ]
+        )
     assert exc.value.code == 0
     return root
 
 
 def test_two_ranks_of_batch_b_train_like_one_process_of_2b(runs: Path) -> None:
-    assert sorted(p.name for p in (runs / "ddp").iterdir() if not p.name.startswith(".")) == ["best", "latest"]
+    assert sorted(p.name for p in (runs / "ddp").iterdir() if not p.name.startswith(".")) == [
+        "best",
+        "latest",
+    ]
     meta = json.loads((runs / "ddp" / "latest" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["progress"]["step"] == 6
     _close(runs / "ddp" / "latest" / "model.safetensors", runs / "solo" / "latest" / "model.safetensors")
     # The checkpoint holds both ranks' streams, in the order one process holds them.
-    _close(runs / "ddp" / "latest" / "train_state.safetensors",
-           runs / "solo" / "latest" / "train_state.safetensors", prefix="hidden.")
+    _close(
+        runs / "ddp" / "latest" / "train_state.safetensors",
+        runs / "solo" / "latest" / "train_state.safetensors",
+        prefix="hidden.",
+    )
 
 
 def test_resume_needs_the_same_world_size(runs: Path, cli_inprocess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -45,8 +45,9 @@ def test_threads_option_sets_torch_threads(tmp_path: Path, corpus_file: Path) ->
         torch.set_num_threads(before)
 
 
-def test_auto_keeps_rnns_off_mps_and_says_so(tmp_path: Path, corpus_file: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_keeps_rnns_off_mps_and_says_so(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(train, "mps_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     trainer = _trainer(tmp_path, corpus_file)
