@@ -320,8 +320,11 @@ class CorpusCache:
             return None
         if st.st_size != tokens * dtype.itemsize:
             return None  # torn or foreign: rebuild
-        if record.get("mtime_ns") != st.st_mtime_ns and _file_sha256(bin_path) != record.get("sha256"):
-            return None  # changed since it was written, and not back to the same ids
+        if record.get("mtime_ns") != st.st_mtime_ns:
+            if _file_sha256(bin_path) != record.get("sha256"):
+                return None  # changed since it was written, and not back to the same ids
+            record["mtime_ns"] = st.st_mtime_ns  # the same ids (e.g. copied): trust them from now on
+            _write_atomic(rec_path, json.dumps(record).encode())
         return np.memmap(bin_path, dtype=dtype, mode="r", shape=(tokens,)), record
 
     def _encode(self, key: str, files: list[_Source], errors: str, tokenizer: Tokenizer) -> None:

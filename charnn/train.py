@@ -341,7 +341,9 @@ class Trainer:
                     break
                 # Step: one TBPTT window; None when it was skipped as non-finite.
                 loss = self.train_step()
-                self.meter.add(self.batcher.batch_size * self.config.seq_len)
+                self.meter.add(
+                    self.batcher.batch_size * self.config.seq_len * self.group.world_size
+                )  # all ranks
                 save_due, eval_due = self.policy.due(self.progress.step, self.done())
                 # Guard: a finite loss can still overflow the weights; check before anything is saved.
                 stopping = bool(signalled) or self.done()
