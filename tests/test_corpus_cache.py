@@ -183,3 +183,17 @@ def test_cli_train_then_eval_reuse_the_cache(cli_inprocess, corpus_file: Path, t
     proc = cli_inprocess("train", "--resume", tmp_path / "run", "--steps", "4", "--cache-dir", cache)
     assert proc.returncode == 0, proc.stderr
     assert [p.stat().st_mtime_ns for p in cache.glob("ids-*.bin")] == [stamp]
+
+
+def test_concurrent_loads_build_one_good_entry(tmp_path: Path, corpus_text: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = tmp_path / "a.txt"
+    f.write_text(corpus_text * 20)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: load_corpus_cached([str(f)], cache_dir=tmp_path / "c"), range(4)))
+    expected = load_corpus([str(f)])
+    for corpus in got:
+        _same(corpus, expected)
+    assert len(list((tmp_path / "c").glob("ids-*.bin"))) == 1
+    assert not list((tmp_path / "c").glob(".*.tmp"))  # no temporary file left behind
