@@ -197,3 +197,18 @@ def test_concurrent_loads_build_one_good_entry(tmp_path: Path, corpus_text: str)
         _same(corpus, expected)
     assert len(list((tmp_path / "c").glob("ids-*.bin"))) == 1
     assert not list((tmp_path / "c").glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_sentencepiece_pieces_end_on_lines(tmp_path: Path, corpus_text: str, small_chunks: None) -> None:
+    from charnn.config import TokenizerConfig
+
+    f = tmp_path / "a.txt"
+    f.write_text(corpus_text)
+    built = load_corpus([str(f)], TokenizerConfig(kind="sentencepiece", vocab_size=400))
+    got = load_corpus_cached([str(f)], built.tokenizer, cache_dir=tmp_path / "c")
+    _same(got, load_corpus([str(f)], built.tokenizer))
+    # a new SentencePiece vocabulary trains on the text in memory, without the cache
+    fresh = load_corpus_cached(
+        [str(f)], TokenizerConfig(kind="sentencepiece", vocab_size=400), cache_dir=tmp_path / "d"
+    )
+    assert not isinstance(fresh.ids, np.memmap)
