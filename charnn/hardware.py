@@ -2,9 +2,10 @@
 
 ``--threads`` defaults to :func:`default_threads`: the physical cores this process may run on,
 less one, and at least one. Measured on a 2-core AMD EPYC shared with other work (2x256 LSTM,
-batch 16, 128 steps): 1 thread 4.2-7.4k chars/s, 2 threads 0.2-0.6k chars/s - OpenMP's
-spin-waiting threads collapse when another process holds a core, and a core left free keeps
-that from happening. The count is a function of the machine, not of its load at start-up,
+batch 16 x 128): with the machine busy (load 12) 1 thread trained at 4.2-7.4k chars/s and 2
+threads at 0.2-0.6k - OpenMP's spin-waiting threads collapse when another process holds a
+core; at load 1.5-2, 1 thread 9.6-16.8k and 2 threads 10.3-13.7k. A core left free keeps the
+collapse from happening and costs little. The count is a function of the machine, not of its load at start-up,
 because the number of threads changes the order of floating-point sums: a run must give the
 same weights when the same command is run again on the same machine.
 """
