@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,plot]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,7 @@ demo: $(STAMP)
 	@echo
 
 test: $(STAMP)
+	@sh tests/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,8 @@ from charnn.tokenizer import Tokenizer, tokenizer_from_dict
 __all__ = ["BEST", "LATEST", "META", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 VERSION = 1
+MAX_META_FILE = 64 << 20  # metadata is small JSON; a SentencePiece model inside it is well under this
+MAX_TENSOR_FILE = 64 << 30  # bounds a forged size; real checkpoints of RNNs are far smaller
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 
@@ -163,12 +168,9 @@ def _read_verified(directory: Path, name: str, meta: dict[str, Any]) -> bytes:
     expected = files.get(name) if isinstance(files, dict) else None
     if not isinstance(expected, str):
         raise CheckpointError(f"{directory}: metadata lists no {name}")
-    try:
-        data = (directory / name).read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{directory / name}: cannot read ({exc.strerror or exc})") from None
+    data = read_bounded(directory / name, MAX_TENSOR_FILE)
     if _sha256(data) != expected:
-        raise CheckpointError(f"{directory / name}: checksum mismatch (truncated or corrupted file)")
+        raise _Torn(f"{directory / name}: checksum mismatch (truncated or corrupted file)")
     return data
 
 
@@ -179,15 +181,33 @@ def _parse_safetensors(data: bytes, where: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{where}: unreadable safetensors ({exc})") from None
 
 
-def read_meta(directory: Path) -> dict[str, Any]:
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. A device, FIFO or link to one
+    (``/dev/zero``) or an oversized file is refused before anything is read into memory."""
     try:
-        raw = (directory / META).read_bytes()
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckpointError(f"{path}: not a regular file")
+            if info.st_size > limit:
+                raise CheckpointError(f"{path}: {info.st_size:,} bytes, more than a checkpoint file can hold")
+            data = fh.read(info.st_size + 1)  # a file that grows while we read is torn anyway
     except OSError as exc:
-        raise CheckpointError(f"{directory / META}: cannot read ({exc.strerror or exc})") from None
+        raise _Torn(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return data
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    return parse_meta(read_bounded(directory / META, MAX_META_FILE), directory)
+
+
+def parse_meta(raw: bytes, directory: Path) -> dict[str, Any]:
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{directory / META}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{directory / META}: not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory}: not a charnn checkpoint (format is not {FORMAT!r})")
     if meta.get("version") != VERSION:
@@ -201,8 +221,13 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "vocab_size": (int,), "cell": (str,), "layers": (int,), "hidden": (int,), "embed": (int,),
-    "dropout": (int, float), "tie_weights": (bool,),
+    "vocab_size": (int,),
+    "cell": (str,),
+    "layers": (int,),
+    "hidden": (int,),
+    "embed": (int,),
+    "dropout": (int, float),
+    "tie_weights": (bool,),
 }
 
 
@@ -214,7 +239,7 @@ def _model_config(data: Any) -> ModelConfig:
         value = data.get(key)
         if key in data and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
             raise ConfigError(f"{key} is {value!r}")
-    return ModelConfig.from_dict(data)
+    return ModelConfig.from_dict(data, stored_as="model")  # type: ignore[no-any-return]
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -235,11 +260,55 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
-    """Load and fully validate a checkpoint onto the CPU, whatever device trained it."""
+    """Load and fully validate a checkpoint onto the CPU, whatever device trained it.
+
+    A training run may replace the checkpoint while we read it (its save swaps whole
+    directories), so a read that straddles a swap sees one file from each: a checksum mismatch
+    is retried a few times before it is reported as corruption."""
+    for _ in range(_ATTEMPTS - 1):
+        try:
+            return _load_once(path, prefer)
+        except _Torn as exc:
+            if _metadata_unchanged(path, prefer, exc.meta_raw):
+                break  # nothing moved: the files really are damaged
+    try:
+        return _load_once(path, prefer)
+    except _Torn as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+_ATTEMPTS = 4
+
+
+class _Torn(CheckpointError):
+    """A file was unreadable or did not match its checksum: a torn read (a save replaced the
+    checkpoint meanwhile) or real damage; :func:`load_checkpoint` tells them apart."""
+
+    meta_raw: bytes | None = None  # the metadata the failed attempt had read
+
+
+def _metadata_unchanged(path: str | Path, prefer: str, before: bytes | None) -> bool:
+    """Whether the metadata that the failed attempt read is still the metadata on disk."""
+    try:
+        now = (resolve_checkpoint(path, prefer) / META).read_bytes()
+    except (OSError, CheckpointError):
+        return False
+    return now == before
+
+
+def _load_once(path: str | Path, prefer: str) -> Checkpoint:
     directory = resolve_checkpoint(path, prefer)
     if directory.is_file():
         _refuse_non_directory(directory)
-    meta = read_meta(directory)
+    raw = read_bounded(directory / META, MAX_META_FILE)
+    try:
+        return _validated(directory, parse_meta(raw, directory))
+    except _Torn as exc:
+        exc.meta_raw = raw
+        raise
+
+
+def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
     try:
         config = _model_config(meta.get("model"))
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
@@ -290,17 +359,103 @@ class Progress:
     best_val_bpc: float | None = None
     val: dict[str, Any] = field(default_factory=dict)
     train_loss: float | None = None
+    tokens: int = 0  # tokens trained on (all steps, skipped ones included)
+    chars: int = 0  # characters those tokens spell
+    stale_evals: int = 0  # validations since the last improvement by --min-delta (early stopping)
+    patience_best: float | None = None  # the val bpc that improvement is measured against
+    stopped_reason: str | None = None  # why the run ended early, when it did
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_meta(cls, data: Any) -> Progress:
+        """Progress from checkpoint metadata, every field checked (raises ValueError naming it)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"progress is {type(data).__name__}, not a mapping")
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(data) - known:
+            raise ValueError(f"progress has unknown fields {sorted(set(data) - known)}")
+        for name in ("step", "optimizer_steps", "skipped_steps", "tokens", "chars", "stale_evals"):
+            _want(data, name, lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
+        _want(data, "elapsed", lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
+        _want(data, "lr_scale", lambda v: _is_real(v) and v > 0, "a finite number > 0")
+        _want(data, "stopped_reason", lambda v: v is None or isinstance(v, str), "null or text")
+        for name in ("best_val_bpc", "train_loss", "patience_best"):
+            _want(data, name, lambda v: v is None or _is_real(v), "null or a finite number")
+        _want(
+            data,
+            "val",
+            lambda v: isinstance(v, dict) and all(_is_real(x) for x in v.values()),
+            "a mapping of numbers",
+        )
+        return cls(**data)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _want(data: dict[str, Any], name: str, ok: Any, what: str) -> None:
+    if name in data and not ok(data[name]):
+        raise ValueError(f"progress.{name} is {data[name]!r}, not {what}")
+
+
+def train_config(ckpt: Checkpoint) -> TrainConfig:
+    """The run's TrainConfig from a checkpoint; a bad one is the checkpoint's fault, not the user's."""
+    try:
+        return TrainConfig.from_dict(ckpt.meta.get("train"), stored_as="train")  # type: ignore[arg-type]
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt.path / META}: bad train config ({exc})") from None
+
+
+def check_training_meta(ckpt: Checkpoint) -> None:
+    """The metadata fields resuming reads, beyond the model: corpus, progress, optimizer."""
+    meta = ckpt.meta
+    corpus = meta.get("corpus")
+    problems = []
+    if not (
+        isinstance(corpus, dict)
+        and isinstance(corpus.get("sources"), list)
+        and all(isinstance(x, str) for x in corpus["sources"])
+        and isinstance(corpus.get("sha256"), str)
+    ):
+        problems.append(f"corpus is {_clip(corpus)}")
+    try:
+        Progress.from_meta(meta.get("progress"))
+    except (ValueError, TypeError) as exc:
+        problems.append(str(exc))
+    groups = (
+        meta.get("optimizer", {}).get("param_groups") if isinstance(meta.get("optimizer"), dict) else None
+    )
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups)):
+        problems.append(f"optimizer.param_groups is {_clip(groups)}")
+    if problems:
+        raise CheckpointError(f"{ckpt.path / META}: cannot resume: {problems[0]}")
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 def training_meta(
-    config: TrainConfig, progress: Progress, corpus: dict[str, Any], optimizer: torch.optim.Optimizer
+    config: TrainConfig,
+    progress: Progress,
+    corpus: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata a training checkpoint carries beyond the model and tokenizer."""
+    """The metadata a training checkpoint carries beyond the model and tokenizer. ``run`` says how
+    the run (or its latest resumption) was started: argv, charnn and torch versions, device."""
     groups = optimizer.state_dict()["param_groups"]
+    extra = {"run": run} if run is not None else {}
     return {
+        **extra,
         "charnn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train": config.to_dict(),
@@ -331,6 +486,8 @@ def restore_train_state(
     A checkpoint whose checksums pass but whose state does not fit is refused as a bad checkpoint."""
     if ckpt.config != model.config:
         raise ConfigError("checkpoint model config differs from this run's")
+    check_training_meta(ckpt)
+    _check_train_state(ckpt, ckpt.train_state(), optimizer)
     try:
         return _restore(ckpt, model, optimizer, device)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
@@ -342,7 +499,7 @@ def _restore(
 ) -> tuple[Progress, Hidden | None]:
     meta = ckpt.meta
     model.load_state_dict(ckpt.weights, strict=False)  # tied head.weight is not stored
-    tensors = ckpt.train_state()
+    tensors = ckpt.train_state()  # checked by _check_train_state
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
     hidden: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
@@ -354,6 +511,10 @@ def _restore(
             hidden[rest] = tensor.to(device)
     groups = optimizer.state_dict()["param_groups"]
     for group, saved in zip(groups, meta["optimizer"]["param_groups"], strict=True):
+        for key, value in saved.items():  # only the hyperparameters this optimizer has, of their kinds
+            if key not in group or not _same_kind(value, group[key]):
+                raise ValueError(f"optimizer.param_groups.{key} is {_clip(value)}")
+            saved[key] = tuple(value) if isinstance(group[key], tuple) else value  # JSON made it a list
         group.update(saved)
     optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
     torch.set_rng_state(tensors["rng.cpu"])
@@ -362,4 +523,61 @@ def _restore(
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
     carried = hidden_from_tensors(model.config.cell, hidden) if hidden else None
-    return Progress(**meta["progress"]), carried
+    return Progress.from_meta(meta["progress"]), carried
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    """Whether a hyperparameter read from JSON can stand for ``like`` (numbers for numbers,
+    sequences of the same length for tuples such as AdamW's betas)."""
+    if isinstance(like, (list, tuple)):
+        return isinstance(value, (list, tuple)) and len(value) == len(like) and all(
+            _same_kind(v, w) for v, w in zip(value, like, strict=True)
+        )
+    if _is_real(like):
+        return _is_real(value)
+    return type(value) is type(like)
+
+
+def _check_train_state(
+    ckpt: Checkpoint, tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> None:
+    """Every tensor of train_state.safetensors is one resuming expects, of the right shape,
+    dtype and finiteness: a forged file with valid checksums is a bad checkpoint (exit 3)."""
+    where = ckpt.path / STATE_FILE
+    config = ckpt.config
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    layers, hidden = config.layers, config.hidden
+    for name, tensor in tensors.items():
+        kind, _, rest = name.partition(".")
+        problem = None
+        if kind == "rng":
+            if (
+                tensor.dtype != torch.uint8
+                or tensor.dim() != 1
+                or not (rest == "cpu" or rest.startswith("cuda."))
+            ):
+                problem = "not a generator state"
+        elif kind == "hidden":
+            shape = tuple(tensor.shape)
+            if (
+                rest not in (("h", "c") if config.cell == "lstm" else ("h",))
+                or len(shape) != 3
+                or (shape[0], shape[2]) != (layers, hidden)
+            ):
+                problem = f"shape {shape} is not ({layers}, batch, {hidden})"
+        elif kind == "optim":
+            idx, _, key = rest.partition(".")
+            if not idx.isdigit() or int(idx) >= len(params) or key not in ("exp_avg", "exp_avg_sq", "step"):
+                problem = "not a parameter's optimizer state"
+            elif key == "step" and tensor.numel() != 1:
+                problem = "not a scalar"
+            elif key != "step" and tuple(tensor.shape) != tuple(params[int(idx)].shape):
+                problem = f"shape {tuple(tensor.shape)}, the parameter's is {tuple(params[int(idx)].shape)}"
+        else:
+            problem = "unknown"
+        if problem is None and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            problem = "not finite"
+        if problem:
+            raise CheckpointError(f"{where}: tensor {name}: {problem}")
+    if "rng.cpu" not in tensors:
+        raise CheckpointError(f"{where}: no rng.cpu generator state")

@@ -35,7 +35,15 @@ from charnn.config import (
     cli_opt,
     flag_of,
 )
-from charnn.errors import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, CharnnError, ConfigError
+from charnn.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_ERROR,
+    EXIT_SIGINT,
+    EXIT_USAGE,
+    CharnnError,
+    ConfigError,
+    Interrupted,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
@@ -138,6 +146,8 @@ def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[F], F]
                     multiple=o.multiple,
                     default=f.default if f.default is not dataclasses.MISSING else None,
                 )
+            if o.envvar:
+                kwargs["envvar"] = o.envvar
             func = click.option(*decls, **kwargs)(func)
         return func
 
@@ -164,10 +174,25 @@ def _no_leftovers(options: dict[str, Any]) -> None:
         raise TypeError(f"options without a home: {', '.join(sorted(options))}")
 
 
-def _checkpoint_option(func: F) -> F:
+def checkpoint_option(multiple: bool = False) -> Callable[[F], F]:
+    """``-c/--checkpoint`` (env ``CHARNN_CHECKPOINT``). With ``multiple``, repeatable: the command
+    gives one block/row per checkpoint (the env value then splits on the path separator, ``:``)."""
+    help = CKPT_HELP + ("; repeatable  [default: checkpoints]" if multiple else "")
     return click.option(
-        "-c", "--checkpoint", default="checkpoints", show_default=True, metavar="PATH", help=CKPT_HELP
-    )(func)
+        "-c",
+        "--checkpoint",
+        "checkpoints" if multiple else "checkpoint",
+        type=click.Path(),
+        default=("checkpoints",) if multiple else "checkpoints",
+        show_default=not multiple,
+        multiple=multiple,
+        metavar="PATH",
+        envvar="CHARNN_CHECKPOINT",
+        help=help,
+    )
+
+
+_checkpoint_option = checkpoint_option()
 
 
 def _encoding_errors_option(func: F) -> F:
@@ -200,6 +225,11 @@ class _StdoutClosed(Exception):
 
 
 class _Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The command line as typed, for a run's records (sys.argv is the host's when embedded).
+        ctx.meta["charnn.argv"] = ["charnn", *args]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -207,8 +237,35 @@ class _Group(click.Group):
             raise _StdoutClosed() from exc
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--version``: charnn's, and torch's with the devices it sees (torch is imported only here)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    click.echo(
+        f"charnn {__version__} (torch {torch.__version__}, python {platform.python_version()}; "
+        f"devices: {', '.join(devices)})"
+    )
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="charnn")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version, torch's version and the devices it sees, and exit.",
+)
 def cli() -> None:
     """Train character-level RNN language models on any text and generate from them.
 
@@ -218,6 +275,9 @@ def cli() -> None:
       charnn eval held-out.txt --json    loss and bits per character
       charnn score lines.txt --json      per-line log-probabilities
       charnn info                        what a checkpoint holds
+      charnn runs                        every run under this directory, best first
+      charnn plot RUN... [-o curves.png] learning curves
+      charnn corpora                     public-domain corpora to fetch and train on
     """
 
 
@@ -232,17 +292,30 @@ def cli() -> None:
     default="checkpoints",
     show_default=True,
     metavar="DIR",
-    help="run directory; holds latest/ and best/",
+    type=click.Path(file_okay=False),
+    envvar="CHARNN_OUT",
+    help="run directory; holds latest/, best/ and metrics.jsonl",
 )
 @click.option(
     "--resume",
     is_flag=False,
     flag_value="",
     default=None,
+    type=click.Path(file_okay=False),
     metavar="[DIR]",
     help="continue the run in DIR (default: --out) from its latest checkpoint, exactly",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="PATH",
+    help="start a new run (fine-tuning) from the weights of a run (its best/) or checkpoint: "
+    "its model and tokenizer, new characters added; fresh optimizer and schedule",
+)
 @click.option("--force", is_flag=True, help="start a new run even if --out already holds one (replaces it)")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="no progress on stderr: only warnings, errors and the final line"
+)
 @config_options(ModelConfig)
 @config_options(TokenizerConfig)
 @config_options(TrainConfig)
@@ -254,14 +327,17 @@ def train(
     files: tuple[str, ...],
     out: str,
     resume: str | None,
+    init_from: str | None,
     force: bool,
+    quiet: bool,
     encoding_errors: str,
     cache_dir: str | None,
     **options: Any,
 ) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
 
-    With no FILES, trains on Python's documentation topics that ship with CPython.
+    With no FILES, trains on Python's documentation topics that ship with CPython. A FILE that
+    is not a path but a name from 'charnn corpora' is fetched into the cache when needed.
     """
     from charnn.runs import TrainRequest, start_training
 
@@ -269,7 +345,10 @@ def train(
         files=list(files),
         out=out,
         resume=resume,
+        init_from=init_from,
         force=force,
+        quiet=quiet,
+        argv=ctx.meta.get("charnn.argv"),
         encoding_errors=encoding_errors,
         cache_dir=cache_dir,
         model=take_config(ctx, options, ModelConfig),
@@ -293,6 +372,12 @@ def train(
     metavar="FILE",
     help="read the prime from a file (- = stdin)",
 )
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="continue each line of FILE (- = stdin), batched; line i (from 0) uses seed --seed + i",
+)
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
 @click.pass_context
@@ -301,6 +386,7 @@ def sample(
     checkpoint: str,
     prime: str | None,
     prime_file: Any,
+    prompts: str | None,
     separator: str,
     as_json: bool,
     **options: Any,
@@ -316,6 +402,15 @@ def sample(
         raise ConfigError(
             "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
         )
+    if prompts is not None and (prime is not None or prime_file is not None):
+        raise ConfigError(
+            "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
+        )
+    if prompts is not None:
+        from charnn.runs import read_prompts, run_prompts
+
+        run_prompts(checkpoint, SampleConfig(**given), read_prompts(prompts), separator, as_json)
+        return
     if prime_file is not None:
         prime = prime_file.read()
     from charnn.runs import run_sampling
@@ -328,24 +423,56 @@ def sample(
 
 @cli.command(name="eval")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@_checkpoint_option
-@_json_option("print one JSON object")
+@click.option(
+    "-c",
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    default=("checkpoints",),
+    show_default=True,
+    metavar="PATH",
+    help=CKPT_HELP + "; repeatable: one result per checkpoint",
+)
+@_json_option("one JSON object per checkpoint per line")
 @_encoding_errors_option
 @_cache_dir_option
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="also write a self-contained surprisal page (two -c: compare them)",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="predictions shown per character on the --html page",
+)
 def eval_(
-    files: tuple[str, ...], checkpoint: str, as_json: bool, encoding_errors: str, cache_dir: str | None
+    files: tuple[str, ...],
+    checkpoints: tuple[str, ...],
+    as_json: bool,
+    encoding_errors: str,
+    cache_dir: str | None,
+    html: str | None,
+    top_k: int,
 ) -> None:
-    """Loss and bits per character of the model on FILES (- = stdin)."""
+    """Loss and bits per character of the model(s) on FILES (- = stdin)."""
     from charnn.runs import run_eval
 
-    result = run_eval(checkpoint, list(files), encoding_errors, cache_dir)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        click.echo(
-            f"bpc {result['bpc']:.4f}  loss {result['loss']:.4f}  chars {result['chars']}  "
-            f"tokens {result['tokens']}"
-        )
+    rows = run_eval(
+        list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
+    )
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            where = f"  checkpoint {row['checkpoint']}" if len(rows) > 1 else ""
+            click.echo(
+                f"bpc {row['bpc']:.4f}  bpt {row['bpt']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
+                f"tokens {row['tokens']}{where}"
+            )
 
 
 @cli.command()
@@ -374,18 +501,151 @@ def score(
 
 
 @cli.command()
-@_checkpoint_option
-@_json_option("print the metadata as JSON")
-def info(checkpoint: str, as_json: bool) -> None:
-    """Show what a checkpoint holds: model, vocabulary, progress, validation."""
+@checkpoint_option(multiple=True)
+@_json_option("the metadata as JSON, one object per checkpoint per line")
+def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
+    """Show what a checkpoint holds: model, vocabulary, progress, validation, how it was trained."""
+    from charnn.history import info_lines
     from charnn.runs import checkpoint_info
 
-    data = checkpoint_info(checkpoint)
+    for i, checkpoint in enumerate(checkpoints):
+        data = checkpoint_info(checkpoint)
+        if as_json:
+            click.echo(json.dumps(data, ensure_ascii=False))
+        else:
+            click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
+
+
+# ---------------------------------------------------------------------------- runs / plot
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(exists=True, file_okay=False))
+@_json_option("one JSON object per run per line")
+def runs(directory: str, as_json: bool) -> None:
+    """List every run under DIRECTORY (recursively, 6 levels; hidden directories and virtual
+    environments skipped), best validation bpc first. The table is the requested output: stdout."""
+    from pathlib import Path
+
+    from charnn.console import note
+    from charnn.history import list_runs, runs_table
+
+    rows = list_runs(Path(directory), warn=note)
     if as_json:
-        click.echo(json.dumps(data, indent=1))
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+    elif rows:
+        click.echo(runs_table(rows))
     else:
-        for key, value in data.items():
-            click.echo(f"{key:16} {value}")
+        note(f"no runs under {directory}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    metavar="FILE",
+    help="write a .png or .svg with matplotlib (pip install 'charnn[plot]') instead of a terminal chart",
+)
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["steps", "time", "chars"]),
+    default="steps",
+    show_default=True,
+    help="horizontal axis: training steps, wall-clock time, or characters trained on",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(40, 1000),
+    default=None,
+    metavar="N",
+    help="terminal chart width in columns  [default: the terminal's, at most 120]",
+)
+@click.option(
+    "--height",
+    type=click.IntRange(5, 200),
+    default=16,
+    show_default=True,
+    metavar="N",
+    help="terminal chart height in rows",
+)
+def plot(runs: tuple[str, ...], out: str | None, x_axis: str, width: int | None, height: int) -> None:
+    """Train and validation bpc of RUNS (run directories) against steps, time or characters.
+
+    Without -o, a character chart on stdout (works in any terminal or pipe).
+    """
+    import shutil
+    from pathlib import Path
+
+    from charnn.plotting import load_series, save_figure, text_chart
+
+    series = load_series(list(runs), x_axis)
+    if out is not None:
+        save_figure(series, x_axis, Path(out))
+        from charnn.console import note
+
+        note(f"wrote {out}")
+        return
+    width = width or min(120, shutil.get_terminal_size((80, 24)).columns)
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    click.echo(text_chart(series, x_axis, width=width, height=height, color=color), nl=False)
+
+
+# ---------------------------------------------------------------------------- corpora
+
+CACHE_HELP = "download directory  [default: $CHARNN_CACHE, $XDG_CACHE_HOME/charnn or ~/.cache/charnn]"
+
+
+@cli.group(invoke_without_command=True)
+@_json_option("one JSON object per corpus per line")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@click.pass_context
+def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
+    """List known public-domain corpora (name, size, verified, cached, description).
+
+    \b
+      charnn corpora                       the list
+      charnn corpora fetch tinyshakespeare download it into the cache (path on stdout)
+      charnn train tinyshakespeare         fetch when needed, then train on it
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from charnn.runs import list_corpora
+
+    for row in list_corpora(cache_dir):
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
+            builtin = row["url"].startswith("builtin:")
+            verified = "sha256" if row["sha256"] else ("builtin" if builtin else "no")
+            cached = "cached" if row["cached"] else ""
+            click.echo(
+                f"{row['name']:20} {row['language']:3} {size:>8}  {verified:8} {cached:7} "
+                f"{row['description']}"
+            )
+
+
+@corpora.command()
+@click.argument("name")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@click.option("--no-verify", is_flag=True, help="fetch a corpus whose registry entry has no sha256")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="seconds without data before giving up",
+)
+def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> None:
+    """Download corpus NAME into the cache (resumable, sha256-checked); print its path."""
+    from charnn.runs import fetch_corpus
+
+    click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -404,7 +664,7 @@ def _terminate_like_interrupt() -> None:
     """SIGTERM outside the training loop (which saves first) ends quietly with exit 143."""
     import signal
 
-    from charnn.errors import EXIT_SIGTERM, Interrupted
+    from charnn.errors import EXIT_SIGTERM
 
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted("terminated", EXIT_SIGTERM)
@@ -415,19 +675,34 @@ def _terminate_like_interrupt() -> None:
         pass
 
 
+OUT_OF_MEMORY = "out of memory: try a smaller --batch-size, --hidden, --length or input"
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """torch's own allocation failures: ``torch.OutOfMemoryError`` (CUDA) and the CPU allocator's
+    ``RuntimeError: [enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate memory``."""
+    name = type(exc).__name__
+    text = str(exc)
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in text or "out of memory" in text.lower())
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the CLI, map failures to one line and an exit code."""
     # Before numpy loads (its OpenBLAS reads this once): sampling's one-row matrix products gain
     # nothing from a second thread and collapse when spin-waiting threads compete for busy cores.
     # Torch's own threads (training) are governed by OMP/MKL settings, deliberately left alone.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from charnn.console import error
+    if sys.stdout is None:  # started with stdout closed (>&-): like a reader that went away
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    from charnn.console import error, stopped
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"
     code = 0
     _terminate_like_interrupt()
     try:
-        result = cli.main(args=argv, prog_name="charnn", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="charnn", standalone_mode=False, auto_envvar_prefix="CHARNN")
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
@@ -447,6 +722,9 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, click.Abort):
         error("interrupted")
         code = EXIT_SIGINT
+    except Interrupted as exc:  # the user stopped it: say where it stands, not a red error
+        stopped(str(exc))
+        code = exc.exit_code
     except CharnnError as exc:
         if debug:
             raise
@@ -455,15 +733,18 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         if debug:
             raise
-        error("out of memory: try a smaller --batch-size, --hidden or corpus")
+        error(OUT_OF_MEMORY)
         code = EXIT_ERROR
     except Exception as exc:
         if debug:
             raise
-        error(f"internal error: {type(exc).__name__}: {exc} (set CHARNN_DEBUG=1 for the traceback)")
+        if _is_allocation_failure(exc):
+            error(OUT_OF_MEMORY)
+        else:
+            error(f"internal error: {type(exc).__name__}: {exc} (set CHARNN_DEBUG=1 for the traceback)")
         code = EXIT_ERROR
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
+    except (BrokenPipeError, ValueError):
         _quiet_stdout()
     sys.exit(code)

@@ -11,6 +11,7 @@ code), whether ``--resume`` may change it (``locked``), and the README's option 
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import re
@@ -25,7 +26,8 @@ CELLS = ("lstm", "gru", "rnn")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
-TOKENIZERS = ("char", "sentencepiece")
+TOKENIZERS = ("char", "bpe", "unigram", "sentencepiece")  # sentencepiece: the old name for unigram
+NORMALIZE = ("none", "nfc", "nfkc")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 MAX_SEED = 2**63 - 1  # torch and numpy seeds are 64-bit; a larger one cannot be honoured
 MAX_SECONDS = 366 * 86400.0  # a year: beyond that a duration is a typo, and clocks lose precision
@@ -49,6 +51,7 @@ class Opt:
     default_text: str | None = None  # what --help shows as the default, when the field's default is None
     multiple: bool = False  # a repeatable option collected into a tuple
     locked: bool = False  # defines what a run computes: --resume must not change it
+    envvar: str | None = None  # environment variable, besides the automatic CHARNN_COMMAND_OPTION
 
 
 def opt(help: str, **kwargs: Any) -> dict[str, Opt]:
@@ -69,7 +72,7 @@ def flag_of(f: dataclasses.Field[Any]) -> str:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _range_text(o: Opt) -> str:
@@ -80,9 +83,15 @@ def _range_text(o: Opt) -> str:
     return f"{'<' if o.max_open else '<='} {_fmt(o.max or 0)}"
 
 
+# Set while a config is rebuilt from stored data (a checkpoint): errors then name the stored
+# field ("train.batch_size"), not a flag the user never typed.
+_STORED_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar("stored_as", default=None)
+
+
 def _check_field(f: dataclasses.Field[Any], kind: Any, value: Any) -> None:
     """Generic checks from the declaration: type, finiteness, range, choices."""
-    name, o = flag_of(f), cli_opt(f)
+    stored = _STORED_AS.get()
+    name, o = (f"{stored}.{f.name}" if stored else flag_of(f)), cli_opt(f)
     if value is None:
         if type(None) in typing.get_args(kind):
             return
@@ -125,10 +134,15 @@ class _Validated:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
+    def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> Any:
+        """Rebuild from stored data; with ``stored_as`` (e.g. "train"), errors name stored fields."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{cls.__name__} is not a mapping")
-        return cls(**_known_fields(cls, data))
+            raise ConfigError(f"{stored_as or cls.__name__} is not a mapping")
+        token = _STORED_AS.set(stored_as)
+        try:
+            return cls(**_known_fields(cls, data))
+        finally:
+            _STORED_AS.reset(token)
 
     def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
@@ -177,12 +191,68 @@ class TokenizerConfig(_Validated):
     kind: str = field(
         default="char",
         metadata=opt(
-            "characters, or SentencePiece subwords trained on the corpus",
+            "characters, or SentencePiece subwords (BPE or unigram) trained on the corpus; "
+            "sentencepiece = unigram",
             flag="--tokenizer",
             choices=TOKENIZERS,
         ),
     )
-    vocab_size: int = field(default=2000, metadata=opt("SentencePiece vocabulary size", min=8, max=1_000_000))
+    vocab_size: int = field(
+        default=2000,
+        metadata=opt("bpe/unigram vocabulary size, incl. 256 byte-fallback pieces", min=8, max=1_000_000),
+    )
+    max_vocab: int | None = field(
+        default=None,
+        metadata=opt(
+            "char: keep the N-1 most frequent characters; the rest become one unknown symbol",
+            min=2,
+            max=1 << 32,
+            default_text="all characters",
+        ),
+    )
+    min_char_count: int | None = field(
+        default=None,
+        metadata=opt(
+            "char: characters seen fewer than K times become the unknown symbol",
+            min=1,
+            max=MAX_COUNT,
+            metavar="K",
+            default_text="1",
+        ),
+    )
+    normalize: str = field(
+        default="none",
+        metadata=opt(
+            "Unicode normalisation of the corpus, stored with the tokenizer and applied to primes, "
+            "eval and score text too",
+            choices=NORMALIZE,
+        ),
+    )
+    source: str | None = field(
+        default=None,
+        metadata=opt(
+            "train with the tokenizer of this checkpoint (run directory or checkpoint), so models share "
+            "one vocabulary",
+            flag="--tokenizer-from",
+            metavar="CKPT",
+        ),
+    )
+    sample_sentences: int = field(default=200_000, metadata={"cli": None})  # lines SentencePiece samples
+    seed: int = field(default=0, metadata={"cli": None})  # that sample's seed (a new run passes its own)
+
+    def check(self) -> None:
+        if self.kind == "sentencepiece":
+            object.__setattr__(self, "kind", "unigram")
+        _check(
+            self.kind == "char" or (self.max_vocab is None and self.min_char_count is None),
+            "--max-vocab and --min-char-count apply to --tokenizer char (subwords use --vocab-size)",
+        )
+        _check(self.sample_sentences >= 1, f"sample_sentences must be >= 1, got {self.sample_sentences}")
+
+    @property
+    def normalization(self) -> str | None:
+        """The normalisation form, or None for none."""
+        return None if self.normalize == "none" else self.normalize
 
 
 def parse_duration(text: str) -> float:
@@ -285,6 +355,29 @@ class TrainConfig(_Validated):
             max=MAX_COUNT,
         ),
     )
+    patience: int | None = field(
+        default=None,
+        metadata=opt(
+            "early stopping: end the run after K validations without an improvement of --min-delta; 0 = off",
+            min=0,
+            max=MAX_COUNT,
+            metavar="K",
+            default_text="off",
+        ),
+    )
+    min_delta: float = field(
+        default=0.0,
+        metadata=opt("early stopping: the val bpc drop that counts as an improvement", min=0, max=1e6),
+    )
+    sample_every: int = field(
+        default=1000,
+        metadata=opt(
+            "print a short sample (same prime and seed each time) every N steps and append it to "
+            "RUN/samples.txt; 0 = off",
+            min=0,
+            max=MAX_COUNT,
+        ),
+    )
     val_fraction: float = field(
         default=0.05,
         metadata=opt("held out from the end of the corpus", min=0, max=1, max_open=True, locked=True),
@@ -298,7 +391,9 @@ class TrainConfig(_Validated):
     device: str = field(
         default="auto",
         metadata=opt(
-            "auto picks CUDA, else the CPU (MPS only when asked for: slower for RNNs)", choices=DEVICES
+            "auto picks CUDA, else the CPU (MPS only when asked for: slower for RNNs)",
+            choices=DEVICES,
+            envvar="CHARNN_DEVICE",
         ),
     )
     threads: int | None = field(
@@ -323,10 +418,10 @@ class TrainConfig(_Validated):
     )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> TrainConfig:
         if isinstance(data, dict) and data.get("extra") == {}:
             data = {k: v for k, v in data.items() if k != "extra"}  # written by charnn 0.1.0, always empty
-        return typing.cast(TrainConfig, super().from_dict(data))
+        return typing.cast(TrainConfig, super().from_dict(data, stored_as))
 
     @classmethod
     def locked_fields(cls) -> tuple[str, ...]:
@@ -345,7 +440,9 @@ class SampleConfig(_Validated):
 
     length: int = field(
         default=500,
-        metadata=opt("characters (tokens) to generate per sample, at most", short="-n", min=0, max=MAX_COUNT),
+        metadata=opt(
+            "characters to generate per sample, at most (any tokenizer)", short="-n", min=0, max=MAX_COUNT
+        ),
     )
     temperature: float = field(
         default=1.0, metadata=opt("temperature; 0 = greedy", flag="--temp", short="-t", min=0, metavar="T")

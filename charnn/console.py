@@ -1,15 +1,24 @@
 """Everything people read goes to stderr through rich (stdout is for generated text and data).
 
-rich honours ``NO_COLOR`` and drops live displays when stderr is not a terminal;
-then progress is logged as plain lines every few seconds instead.
+rich honours ``NO_COLOR``; the live bar is drawn only where rich can redraw a line
+(``Console.is_interactive``: a terminal that is not ``TERM=dumb``), else progress is logged
+as plain lines every few seconds, with elapsed time and ETA. Messages are never
+read as rich markup, and names in them are shown literally (:func:`shown`). Losing
+stderr (a closed pipe, ``2>&-``) silences the console and nothing else: training
+goes on to its end and saves.
 """
 
 from __future__ import annotations
 
+import math
+import shlex
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -19,18 +28,60 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
-err = Console(stderr=True, highlight=False)
+
+class _StderrConsole(Console):
+    """A console that goes quiet when its reader goes away instead of ending the process
+    (rich's default answer to a broken pipe is ``SystemExit(1)``, which would lose a run)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except (OSError, ValueError):  # EIO, EBADF, a closed file object
+            self.quiet = True
+            del self._buffer[:]
+
+
+err = _StderrConsole(stderr=True, highlight=False)
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def shown(text: str) -> str:
+    """``text`` safe for one line of a terminal or log: control characters and lone surrogates
+    (undecodable file names) become escapes; everything else is shown as it is."""
+    text = text.translate(_CONTROL)
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]charnn: error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("charnn: error:", "bold red"), " ", shown(message)), soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]charnn:[/] {message}", soft_wrap=True)
+    err.print(Text.assemble(("charnn:", "dim"), " ", shown(message)), soft_wrap=True)
+
+
+def stopped(message: str) -> None:
+    """A run the user stopped (Ctrl-C, SIGTERM): not an error, so not red."""
+    err.print(Text.assemble(("charnn:", "yellow"), " ", shown(message)), soft_wrap=True)
+
+
+# A model's text keeps its lines, but control characters (ESC, CR, ...) other than newline and
+# tab become U+FFFD: it must not move the cursor or recolour the terminal.
+_SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
 class ByteBar:
@@ -73,18 +124,27 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class TrainReporter:
-    """Progress bar (TTY) or periodic log lines (pipes, CI) for a training run."""
+    """Progress for a training run: a live bar where rich can redraw a line (an interactive
+    terminal: not a pipe, not ``TERM=dumb``), else a plain line every ``log_every`` seconds with
+    elapsed time and ETA. ``quiet``: nothing but warnings and the final line."""
 
-    def __init__(self, console: Console = err, log_every: float = 10.0) -> None:
+    def __init__(self, console: Console = err, log_every: float = 10.0, quiet: bool = False) -> None:
         self.console = console
-        self.live = console.is_terminal
+        self.quiet = quiet
+        self.live = console.is_interactive and not quiet
         self.log_every = log_every
-        self._last_log = 0.0
+        self._last_log = -math.inf
         self._progress: Progress | None = None
         self._task: Any = None
-        self._fraction = 0.0
+        self._wall0 = time.monotonic()
+        self._pace0: tuple[float, float] | None = None  # (time, fraction) at this session's first step
+        self._stats = ""
 
     def start(self, info: RunInfo) -> None:
+        self._wall0 = time.monotonic()
+        self._pace0 = None
+        if self.quiet:
+            return
         plan = f"{info.steps} steps" if info.steps else f"{_fmt_duration(info.time_limit or 0)}"
         if info.steps and info.time_limit:
             plan += f" or {_fmt_duration(info.time_limit)}"
@@ -95,12 +155,13 @@ class TrainReporter:
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}{per_rank}; until {plan}{resumed}; checkpoints in {info.out}/",
+            f"batch {info.batch_size}{per_rank}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
             soft_wrap=True,
+            markup=False,
         )
         if self.live:
             self._progress = Progress(
-                TextColumn("step {task.fields[step]}"),
+                TextColumn("{task.description}"),
                 BarColumn(bar_width=12),
                 TextColumn("{task.percentage:>3.0f}%"),
                 TextColumn("{task.fields[stats]}"),
@@ -111,28 +172,81 @@ class TrainReporter:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=1.0, step=info.start_step, stats="")
+            self._task = self._progress.add_task(f"step {info.start_step}", total=1.0, stats="")
+
+    def eta(self, fraction: float) -> float | None:
+        """Seconds left at this session's pace since its first step (start-up, the first step's
+        warm-up and a resumed run's earlier part do not count)."""
+        if self._pace0 is None:
+            return None
+        t0, f0 = self._pace0
+        spent, done = time.monotonic() - t0, fraction - f0
+        if done <= 0 or spent < 2:  # too early for a pace worth extrapolating
+            return None
+        return spent * (1 - fraction) / done
 
     def progress(self, report: StepReport) -> None:
-        text = f"loss {report.loss:.3f} bpc {report.bpc:.3f} {report.tok_per_s / 1000:.1f}k chars/s"
+        if self.quiet:
+            return
+        rate = report.chars_per_s or report.tok_per_s
+        text = f"loss {report.loss:.3f} bpc {report.bpc:.3f} {rate / 1000:.1f}k chars/s"
+        if report.bpt is not None and abs(report.bpt - report.bpc) > 1e-9:  # subwords: per token too
+            text = text.replace(" bpc", f" bpt {report.bpt:.2f} bpc", 1)
         if report.skipped:
             text += f" skipped {report.skipped}"
-        self._fraction = report.fraction
+        self._stats = text
+        if self._pace0 is None:
+            self._pace0 = (time.monotonic(), report.fraction)
         if self._progress is not None:  # the live line stays short enough for 80 columns
-            self._progress.update(self._task, completed=report.fraction, step=report.step, stats=text)
+            self._progress.update(
+                self._task, completed=report.fraction, description=f"step {report.step}", stats=text
+            )
         elif time.monotonic() - self._last_log >= self.log_every:
             self._last_log = time.monotonic()
             total = f"/{report.total}" if report.total else ""
-            self.console.print(f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e}")
+            eta = self.eta(report.fraction)
+            self.console.print(
+                f"step {report.step}{total} ({report.fraction:.0%}) {text} lr {report.lr:.2e} "
+                f"elapsed {_fmt_duration(time.monotonic() - self._wall0)} "
+                f"eta {_fmt_duration(eta) if eta is not None else '?'}",
+                soft_wrap=True,
+                markup=False,
+            )
+
+    def validating(self, step: int) -> None:
+        if self._progress is not None:
+            # The bar stays where training stopped; the stats say why it is not moving.
+            self._progress.update(self._task, description=f"step {step}", stats="validating…")
 
     def evaluated(self, report: EvalReport) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"step {report.step}", stats=self._stats)
         star = " [green](best)[/]" if report.is_best else ""
         self.console.print(
-            f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}{star}", markup=True
+            f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}"
+            + (
+                f" (per character; {report.bpt:.4f} bits per token over {report.tokens:,} tokens)"
+                if report.bpt is not None and abs(report.bpt - report.bpc) > 1e-9
+                else ""
+            )
+            + star,
+            markup=True,
         )
 
+    def sampled(self, report: SampleReport) -> None:
+        if self.quiet:
+            return
+        # The model's text is shown literally (a Text, never markup), without control characters.
+        body = report.text.translate(_SAMPLE_CONTROLS).rstrip("\n")
+        self.console.print(Text(f"sample at step {report.step}:\n{body}", style="dim"), soft_wrap=True)
+
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{text}[/]", markup=True, soft_wrap=True)
+        self.console.print(Text(shown(text), style="yellow"), soft_wrap=True)
+
+    def stopped(self, step: int, elapsed: float, reason: str) -> None:
+        self.message(reason)
 
     def finish(self, summary: RunSummary) -> None:
         self.close()
@@ -140,13 +254,49 @@ class TrainReporter:
         val_text = f", val bpc {val['bpc']:.4f}" if val else ""
         best = summary.best_val_bpc
         best_text = f" (best {best:.4f})" if best is not None else ""
+        wall = time.monotonic() - self._wall0
+        total = f" ({_fmt_duration(summary.elapsed)} in all)" if summary.elapsed > wall + 1 else ""
+        early = " (stopped early)" if summary.stopped_reason else ""
         self.console.print(
-            f"done: {summary.step} steps in {_fmt_duration(summary.elapsed)}{val_text}{best_text}; "
-            f"sample with: charnn sample -c {summary.out}",
+            f"done: {summary.step} steps in {_fmt_duration(wall)}{total}{early}{val_text}{best_text}; "
+            f"sample with: charnn sample -c {shlex.quote(shown(summary.out))}",
             soft_wrap=True,
+            markup=False,
         )
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+@contextmanager
+def download_progress(
+    name: str, url: str, console: Console = err
+) -> Iterator[Callable[[int, int | None], None]]:
+    """A progress callback ``(bytes so far, total or None)``: a live bar on a terminal, else a line
+    at the start and one every 10 s."""
+    console.print(f"[dim]charnn:[/] fetching {escape(name)} from {escape(url)}", soft_wrap=True)
+    if console.is_terminal:
+        bar = Progress(
+            TextColumn(escape(name)),
+            BarColumn(bar_width=24),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        task = bar.add_task("fetch", total=None)
+        with bar:
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    last = [time.monotonic()]
+
+    def log(done: int, total: int | None) -> None:
+        if time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            of = f" of {total / 1e6:.1f}" if total else ""
+            console.print(f"[dim]charnn:[/] {escape(name)}: {done / 1e6:.1f}{of} MB", soft_wrap=True)
+
+    yield log

@@ -197,14 +197,15 @@ class CorpusCache:
         paths: Sequence[str],
         tokenizer: TokenizerConfig | Tokenizer | None = None,
         encoding_errors: str = "strict",
+        val_fraction: float = 0.0,
     ) -> Corpus:
         """Like :func:`charnn.data.load_corpus`, with the ids memory-mapped from the cache.
-        stdin, the built-in corpus and a new SentencePiece vocabulary (which trains on the text
-        in memory) take the in-memory path."""
+        stdin, the built-in corpus, a new SentencePiece vocabulary (which trains on the text in
+        memory), a capped character vocabulary and Unicode normalisation take the in-memory path
+        (``val_fraction`` is only for those)."""
         sources, notes = resolve_sources(paths)
-        new_sp = isinstance(tokenizer, TokenizerConfig) and tokenizer.kind != "char"
-        if "-" in sources or BUILTIN_CORPUS in sources or new_sp:
-            return load_corpus(paths, tokenizer, encoding_errors)
+        if "-" in sources or BUILTIN_CORPUS in sources or not _streamable(tokenizer):
+            return load_corpus(paths, tokenizer, encoding_errors, val_fraction=val_fraction)
         self._ensure_dir()
         try:
             return self._load(sources, notes, paths, tokenizer, encoding_errors)
@@ -367,6 +368,23 @@ class CorpusCache:
         _write_atomic(self.dir / f"ids-{key}.json", json.dumps(record).encode())
 
 
+def _streamable(tokenizer: TokenizerConfig | Tokenizer | None) -> bool:
+    """Whether streaming gives exactly :func:`~charnn.data.load_corpus`'s ids: a plain character
+    vocabulary to build, or a given tokenizer that does not normalise (normalisation could join
+    characters across piece boundaries)."""
+    if tokenizer is None:
+        return True
+    if isinstance(tokenizer, TokenizerConfig):
+        return (
+            tokenizer.kind == "char"
+            and tokenizer.max_vocab is None
+            and tokenizer.min_char_count is None
+            and tokenizer.normalize in ("none", "", None)
+            and tokenizer.source is None
+        )
+    return not tokenizer.to_dict().get("normalize")
+
+
 def _char_tokenizer(record: dict[str, Any] | None, key: str) -> CharTokenizer | None:
     """The vocabulary a record holds, or None when it is missing, foreign or damaged."""
     if record is None or record.get("key") != key or not isinstance(record.get("codepoints"), list):
@@ -424,7 +442,8 @@ def load_corpus_cached(
     encoding_errors: str = "strict",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    val_fraction: float = 0.0,
 ) -> Corpus:
     """:func:`charnn.data.load_corpus` through the corpus cache in ``cache_dir`` (default:
     :func:`default_cache_dir`)."""
-    return CorpusCache(cache_dir, progress).load(paths, tokenizer, encoding_errors)
+    return CorpusCache(cache_dir, progress).load(paths, tokenizer, encoding_errors, val_fraction)

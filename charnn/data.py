@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from charnn.config import TokenizerConfig
 from charnn.errors import DataError
-from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, unique_codepoints
+from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, normalize_text
 
 BUILTIN_CORPUS = "builtin:pydoc"
 _SNIFF_BYTES = 8192
+_READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -111,44 +114,118 @@ def resolve_sources(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     return sources, notes
 
 
+class BinaryData(DataError):
+    """A NUL byte: the input is not text."""
+
+
+def _text_limit() -> int:
+    """How much text one input may hold in memory: a quarter of the machine's RAM (the encoded
+    corpus and the text itself live side by side), 4 GiB where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
+    except (AttributeError, ValueError, OSError):
+        return 4 << 30
+
+
+def read_bytes(stream: BinaryIO, name: str, limit: int | None = None) -> bytes:
+    """All bytes of ``stream``, read in chunks and checked as they come: a binary input (a NUL
+    byte, e.g. ``/dev/zero``) or one larger than ``limit`` (an endless pipe) is refused without
+    first filling memory."""
+    limit = _text_limit() if limit is None else limit
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := stream.read(_READ_CHUNK):
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            where = total + nul
+            raise BinaryData(f"{name}: looks binary (NUL byte at offset {where}); charnn trains on text")
+        total += len(chunk)
+        if total > limit:
+            size = f"{limit / 2**30:.1f} GiB"
+            raise DataError(f"{name}: more than {size} of text; split it or use a smaller corpus")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_source(source: str, errors: str = "strict") -> str:
     if source == BUILTIN_CORPUS:
         return builtin_text()
     if source == "-":
-        return decode_bytes(sys.stdin.buffer.read(), "<stdin>", errors)
+        return decode_bytes(read_bytes(sys.stdin.buffer, "<stdin>"), "<stdin>", errors)
     try:
-        raw = Path(source).read_bytes()
+        with open(source, "rb") as fh:
+            raw = read_bytes(fh, source)
     except OSError as exc:
         raise DataError(f"{source}: cannot read ({exc.strerror or exc})") from None
     return decode_bytes(raw, source, errors)
 
 
-def load_corpus(
-    paths: Sequence[str],
-    tokenizer: TokenizerConfig | Tokenizer | None = None,
-    encoding_errors: str = "strict",
-) -> Corpus:
-    """Read and encode a corpus. ``tokenizer``: how to build one from this text (default: characters),
-    or an existing tokenizer (resume, eval)."""
+@dataclass
+class CorpusTexts:
+    """Corpus sources read into memory, not yet encoded (read once, encode with several tokenizers)."""
+
+    sources: list[str]  # the sources that contributed text (what a resume must read again)
+    names: list[str]  # the source of each text, for error messages
+    texts: list[str]
+    notes: list[str]
+
+
+def read_corpus(paths: Sequence[str], encoding_errors: str = "strict") -> CorpusTexts:
+    """Read every source of a corpus (stdin at most once), skipping empty or binary files found in
+    directories."""
     sources, notes = resolve_sources(paths)
     texts: list[str] = []
-    names: list[str] = []  # the source of each text, for error messages
+    names: list[str] = []
+    used: list[str] = []
     for source in sources:
-        text = read_source(source, encoding_errors)
+        explicit = source in paths or source == "-"
+        try:
+            text = read_source(source, encoding_errors)
+        except BinaryData as exc:
+            if explicit:
+                raise
+            notes.append(f"{exc}: skipped")  # a file of a directory: binary past the first sniff
+            continue
         if not text:
-            if source in paths or source == "-":
+            if explicit:
                 raise DataError(f"{'<stdin>' if source == '-' else source}: is empty")
             notes.append(f"{source}: empty, skipped")
             continue
         # Documents are joined on line boundaries so one file's last line does not run into the next.
         texts.append(text if text.endswith("\n") or source == sources[-1] else text + "\n")
         names.append("<stdin>" if source == "-" else source)
+        used.append(source)
     if not texts:
         raise DataError("the corpus is empty")
+    return CorpusTexts(sources=used, names=names, texts=texts, notes=notes)
+
+
+def load_corpus(
+    paths: Sequence[str] | CorpusTexts,
+    tokenizer: str | Tokenizer | TokenizerConfig | None = None,
+    vocab_size: int | None = None,
+    encoding_errors: str = "strict",
+    val_fraction: float = 0.0,
+    grow_vocab: bool = False,
+) -> Corpus:
+    """Read and encode a corpus (``paths`` may be texts already read by :func:`read_corpus`).
+
+    ``tokenizer`` is an existing tokenizer (resume, eval, ``--tokenizer-from``, fine-tuning), or
+    how to build one (a :class:`TokenizerConfig`, or just its kind). Subword models learn from
+    the training split only: the text before the last ``val_fraction`` of the characters.
+    ``grow_vocab``: an existing character tokenizer gains the characters of this text it lacks,
+    at the end of its vocabulary (fine-tuning).
+    """
+    read = paths if isinstance(paths, CorpusTexts) else read_corpus(paths, encoding_errors)
+    texts, names = read.texts, read.names
     chars = sum(len(t) for t in texts)
 
-    if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
-        tokenizer = build_tokenizer(tokenizer or TokenizerConfig(), texts)
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = TokenizerConfig(kind=tokenizer or "char", vocab_size=vocab_size or 2000)
+    if isinstance(tokenizer, TokenizerConfig):
+        tokenizer = build_tokenizer(tokenizer, texts, val_fraction)
+    elif grow_vocab and isinstance(tokenizer, CharTokenizer):
+        tokenizer = tokenizer.extended(texts)
     parts = []
     for name, text in zip(names, texts, strict=True):
         try:
@@ -156,25 +233,67 @@ def load_corpus(
         except DataError as exc:  # e.g. characters a checkpoint's vocabulary lacks: say where
             raise DataError(f"{name}: {exc}") from None
     ids = np.concatenate(parts)
-    return Corpus(tokenizer=tokenizer, ids=ids, chars=chars, sources=sources, notes=notes)
+    return Corpus(
+        tokenizer=tokenizer, ids=ids, chars=chars, sources=list(read.sources), notes=list(read.notes)
+    )
 
 
-def build_tokenizer(config: TokenizerConfig, texts: Sequence[str]) -> Tokenizer:
-    """A new tokenizer of ``config.kind`` fitted to ``texts``."""
-    if config.kind == "sentencepiece":
-        return SentencePieceTokenizer.train("".join(texts), config.vocab_size)
-    uniques = np.unique(np.concatenate([unique_codepoints(t) for t in texts]))
-    return CharTokenizer.from_codepoints(uniques)
+def build_tokenizer(config: TokenizerConfig, texts: Sequence[str], val_fraction: float = 0.0) -> Tokenizer:
+    """A new tokenizer for ``texts``. Characters come from the whole corpus (so validation never
+    meets an unknown one); a SentencePiece model from a seeded sample of the training split."""
+    texts = [normalize_text(t, config.normalization) for t in texts]
+    if config.kind == "char":
+        return CharTokenizer.build(texts, config.max_vocab, config.min_char_count, config.normalization)
+    total = sum(len(t) for t in texts)
+    keep = total - int(total * val_fraction) if val_fraction > 0 else total
+    train_parts = []
+    for text in texts:
+        train_parts.append(text[:keep])
+        keep -= len(train_parts[-1])
+        if keep <= 0:
+            break
+    return SentencePieceTokenizer.train(
+        "".join(train_parts),
+        config.vocab_size,
+        kind=config.kind,
+        seed=config.seed,
+        normalize=config.normalization,
+        sample_sentences=config.sample_sentences,
+    )
 
 
-def split_train_val(ids: np.ndarray, val_fraction: float, min_val: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out the last ``val_fraction`` of the corpus (views, no copies)."""
+def split_train_val(
+    ids: np.ndarray, val_fraction: float, min_val: int = 2, char_lengths: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the last ``val_fraction`` of the corpus (views, no copies).
+
+    With ``char_lengths`` (characters per token id) the fraction is of characters, so models with
+    different tokenizers validate on the same text (up to one token at the boundary).
+    """
     if val_fraction <= 0:
         return ids, ids[:0]
-    n_val = max(min_val, int(len(ids) * val_fraction))
+    if char_lengths is None or bool((char_lengths == 1).all()):
+        n_val = max(min_val, int(len(ids) * val_fraction))
+    else:
+        n_val = max(min_val, len(ids) - _token_at_char_fraction(ids, char_lengths, 1.0 - val_fraction))
     if n_val >= len(ids) - 1:
         raise DataError(f"corpus of {len(ids)} tokens is too short to hold out a validation split")
     return ids[:-n_val], ids[-n_val:]
+
+
+def _token_at_char_fraction(ids: np.ndarray, char_lengths: np.ndarray, fraction: float) -> int:
+    """The first token index at which ``fraction`` of the characters have been spelled (chunked:
+    no int64 copy of the whole corpus)."""
+    chunk = 1 << 20
+    sums = [int(char_lengths[ids[i : i + chunk]].sum()) for i in range(0, len(ids), chunk)]
+    target = sum(sums) * fraction
+    done = 0
+    for k, part in enumerate(sums):
+        if done + part >= target:
+            running = np.cumsum(char_lengths[ids[k * chunk : (k + 1) * chunk]])
+            return k * chunk + int(np.searchsorted(running, target - done, side="left")) + 1
+        done += part
+    return len(ids)
 
 
 class StreamBatcher:

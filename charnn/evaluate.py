@@ -23,27 +23,34 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class EvalResult:
     loss: float  # mean negative log-likelihood per token, in nats
-    bpc: float  # bits per character of the predicted text
+    bpc: float  # bits per character of the predicted text: total nats / characters / ln 2
     tokens: int  # tokens predicted
     chars: int  # characters those tokens spell
 
+    @property
+    def bpt(self) -> float:
+        """Bits per token (equal to bpc for the char tokenizer)."""
+        return self.loss / LN2
+
     def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "bpc": self.bpc, "tokens": self.tokens, "chars": self.chars}
+        return {
+            "loss": self.loss,
+            "bpc": self.bpc,
+            "bpt": self.bpt,
+            "tokens": self.tokens,
+            "chars": self.chars,
+        }
 
 
 def token_char_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """Characters per token id (all ones for the char tokenizer) to turn token losses into bpc."""
-    if tokenizer.kind == "char":
-        return np.ones(tokenizer.vocab_size, dtype=np.int64)
+    return tokenizer.char_lengths()
 
-    def chars(token_id: int) -> int:
-        byte = tokenizer.byte_value(token_id)
-        if byte is not None:
-            # Byte-fallback pieces spell UTF-8: a character is its lead byte; continuation bytes add none.
-            return 0 if 0x80 <= byte < 0xC0 else 1
-        return len(tokenizer.token_text(token_id))
 
-    return np.array([chars(i) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+def token_extra_nats(tokenizer: Tokenizer) -> np.ndarray | None:
+    """Nats each token costs on top of its model loss (the unknown symbol's share), or None."""
+    extra = tokenizer.extra_nats()
+    return extra if extra.any() else None
 
 
 @torch.no_grad()
@@ -54,30 +61,46 @@ def evaluate_stream(
     batch_size: int = 16,
     seq_len: int = 256,
     device: torch.device | str = "cpu",
+    context: int | None = None,
+    extra_nats: np.ndarray | None = None,
 ) -> EvalResult:
-    """Loss over ``ids`` read as ``batch_size`` parallel streams, hidden state carried across windows."""
-    n = len(ids)
-    if n < 2:
+    """Loss over every token of ``ids``, read as ``batch_size`` parallel streams.
+
+    With ``context`` (e.g. a newline, or the last training token before the validation split)
+    the first token is predicted too, so the loss covers the whole text; without it, all tokens
+    after the first. Stream ``b`` predicts targets ``[b*L, (b+1)*L)`` (the last one is shorter,
+    padding is ignored), carrying its hidden state across windows; each stream starts from a
+    zero state with the true preceding token as input. ``extra_nats`` (V,) is added per target.
+    """
+    seq = ids if context is None else np.concatenate([np.asarray([context], dtype=ids.dtype), ids])
+    m = len(seq) - 1  # targets
+    if m < 1:
         raise ValueError("need at least 2 tokens to evaluate")
-    streams = max(1, min(batch_size, (n - 1) // max(1, seq_len)))
-    length = (n - 1) // streams  # tokens each stream predicts
-    starts = np.arange(streams)[:, None] * length  # (B, 1)
+    streams = max(1, min(batch_size, m // max(1, seq_len)))
+    length = -(-m // streams)  # L, ceil
+    base = np.arange(streams)[:, None] * length  # (B, 1): where each stream's targets start
     was_training = model.training
     model.eval()
     hidden = None
-    total, chars = 0.0, 0
+    total = 0.0
     # Window by window: ``ids`` may be a memory-mapped corpus far bigger than memory.
     for start in range(0, length, seq_len):
-        end = min(start + seq_len, length)
-        window = ids[starts + np.arange(start, end + 1)[None, :]].astype(np.int64)  # (B, t+1)
-        data = torch.from_numpy(window).to(device)
-        logits, hidden = model(data[:, :-1], hidden)  # (B, t, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), data[:, 1:].flatten(), reduction="sum").item()
-        chars += int(char_lengths[window[:, 1:]].sum())
+        pos = base + np.arange(start, min(start + seq_len, length))[None, :]  # (B, t)
+        valid = pos < m  # the last stream is shorter: padding is ignored
+        safe = np.where(valid, pos, 0)
+        x = torch.from_numpy(np.where(valid, seq[safe].astype(np.int64), 0)).to(device)  # (B, t)
+        y = torch.from_numpy(np.where(valid, seq[safe + 1].astype(np.int64), -100)).to(device)  # (B, t)
+        logits, hidden = model(x, hidden)  # (B, t, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
         hidden = detach_hidden(hidden)
     model.train(was_training)
-    tokens = streams * length
-    return EvalResult(loss=total / tokens, bpc=total / LN2 / max(chars, 1), tokens=tokens, chars=chars)
+    chars = 0
+    for lo in range(1, m + 1, 1 << 22):  # in slices: no int64 copy of a whole big corpus
+        predicted = seq[lo : min(lo + (1 << 22), m + 1)]
+        if extra_nats is not None:
+            total += float(extra_nats[predicted].sum())
+        chars += int(char_lengths[predicted].sum())
+    return EvalResult(loss=total / m, bpc=total / LN2 / max(chars, 1), tokens=m, chars=chars)
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,10 @@ class LineScore:
     logprob: float  # natural-log probability of the line's tokens given the context
     tokens: int
     chars: int
+
+    @property
+    def bpt(self) -> float:
+        return -self.logprob / LN2 / self.tokens if self.tokens else 0.0
 
     @property
     def bpc(self) -> float:
@@ -98,8 +125,15 @@ def score_lines(
     lines: Sequence[np.ndarray],
     char_lengths: np.ndarray,
     batch_size: int = 64,
+    extra_nats: np.ndarray | None = None,
+    budget: int = 1 << 22,
 ) -> list[LineScore]:
-    """log p(line | context) for each line, batched (sorted by length to limit padding)."""
+    """log p(line | context) for each line, batched (sorted by length to limit padding).
+
+    Memory is bounded for any input: a batch holds at most ``budget`` padded tokens (a very
+    long line goes alone), and the model runs over it in windows with the hidden state
+    carried, so logits exist for one window at a time (``--whole`` on a 1 MB text included).
+    """
     if not context:
         raise ValueError("score_lines needs a non-empty context")
     was_training = model.training
@@ -107,8 +141,7 @@ def score_lines(
     ctx = np.asarray(context, dtype=np.int64)
     scores: list[LineScore | None] = [None] * len(lines)
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
-    for first in range(0, len(order), batch_size):
-        group = order[first : first + batch_size]
+    for group in _batches(order, [len(ctx) + len(line) for line in lines], batch_size, budget):
         if not any(len(lines[i]) for i in group):
             # Only empty lines (log p = 0): the RNN cannot run on the zero-length input
             # that a one-token context would leave.
@@ -119,14 +152,209 @@ def score_lines(
         seqs = np.zeros((len(group), width), dtype=np.int64)  # (B, C + Lmax), zero-padded
         for row, i in enumerate(group):
             seqs[row, : len(ctx) + len(lines[i])] = np.concatenate([ctx, lines[i].astype(np.int64)])
-        x = torch.from_numpy(seqs)
-        logits, _ = model(x[:, :-1])  # (B, W-1, V)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, x[:, 1:, None]).squeeze(2)  # (B, W-1)
+        logp = _target_logprobs(model, torch.from_numpy(seqs))  # (B, W-1) float64
         for row, i in enumerate(group):
             n = len(lines[i])
             # Targets at positions C..C+n-1 are predicted from positions C-1..C+n-2.
-            lp = float(logp[row, len(ctx) - 1 : len(ctx) - 1 + n].double().sum()) if n else 0.0
+            lp = float(logp[row, len(ctx) - 1 : len(ctx) - 1 + n].sum()) if n else 0.0
+            if n and extra_nats is not None:  # the unknown symbol's share, as in evaluate_stream
+                lp -= float(extra_nats[lines[i]].sum())
             chars = int(char_lengths[lines[i]].sum()) if n else 0
             scores[i] = LineScore(logprob=lp, tokens=n, chars=chars)
     model.train(was_training)
     return scores  # type: ignore[return-value]
+
+
+def _batches(order: list[int], widths: list[int], size: int, budget: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` (sorted by width) of at most ``size`` items whose padded
+    area (items x widest) stays within ``budget``; an item wider than the budget goes alone."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < size and (len(groups[-1]) + 1) * widths[i] <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+@torch.no_grad()
+def _target_logprobs(model: CharRNN, seqs: torch.Tensor, max_logits: int = 1 << 23) -> np.ndarray:
+    """(B, W) ids -> (B, W-1) float64 log p(seqs[:, t+1] | seqs[:, :t+1]), computed in windows
+    small enough that one window's logits (B, t, V) hold at most ``max_logits`` numbers."""
+    b, w = seqs.shape
+    window = max(1, min(w - 1, max_logits // max(1, b * model.config.vocab_size)))
+    out = np.empty((b, w - 1), dtype=np.float64)
+    hidden = None
+    for start in range(0, w - 1, window):
+        end = min(start + window, w - 1)
+        logits, hidden = model(seqs[:, start:end], hidden)  # (B, t, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        out[:, start:end] = logp.gather(2, seqs[:, start + 1 : end + 1, None]).squeeze(2).double().numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------- surprisal per character
+
+
+@dataclass(frozen=True)
+class TokenSurprisal:
+    """What the model thought before each token of a text (the text's tokens are the targets)."""
+
+    logprob: np.ndarray  # (N,) float64: ln p(token_i | start context, tokens before i)
+    top_ids: np.ndarray  # (N, k) int64: the k most likely tokens at position i, most likely first
+    top_probs: np.ndarray  # (N, k) float32: their probabilities
+
+
+def _segments(n: int, streams: int, min_segment: int) -> np.ndarray:
+    """Boundaries of up to ``streams`` equal parts of ``n`` targets, each at least ``min_segment`` long."""
+    count = max(1, min(streams, n // max(1, min_segment)))
+    return np.linspace(0, n, count + 1).round().astype(np.int64)  # (count + 1,)
+
+
+@torch.no_grad()
+def token_surprisal(
+    model: CharRNN,
+    ids: np.ndarray,
+    start_ids: Sequence[int],
+    top_k: int = 5,
+    seq_len: int = 256,
+    streams: int = 16,
+    min_segment: int = 8192,
+    warmup: int = 1024,
+    device: torch.device | str = "cpu",
+) -> TokenSurprisal:
+    """Per-token log-probabilities and top-k predictions of ``ids``.
+
+    The text is read after ``start_ids`` (a newline for the char tokenizer, as ``score``
+    conditions on), so the first token is scored too. Windows of ``seq_len`` carry the hidden
+    state, so memory is bounded by the window, not the text; the result is O(N * k).
+    A text longer than ``2 * min_segment`` tokens is read as up to ``streams`` parallel parts
+    (a batch), each after ``warmup`` tokens of the text before it, so every prediction sees at
+    least ``warmup`` tokens of context (the whole text before it when there is one part).
+    """
+    n = len(ids)
+    if n < 1 or not start_ids:
+        raise ValueError("token_surprisal needs at least one token and a start context")
+    k = max(1, min(top_k, model.config.vocab_size))
+    seq = np.concatenate([np.asarray(start_ids, dtype=np.int64), ids.astype(np.int64)])  # (S + N,)
+    context = len(start_ids) - 1  # input position that predicts ids[0]
+    bounds = _segments(n, streams, min_segment)
+    lo, hi = bounds[:-1], bounds[1:]  # (B,) targets each part reports
+    first = np.where(lo == 0, 0, context + lo - warmup).clip(min=0)  # (B,) first input position read
+    length = int((context + hi - first).max())  # positions each stream reads (shorter ones pad)
+    logprob = np.empty(n, dtype=np.float64)
+    top_ids = np.empty((n, k), dtype=np.int64)
+    top_probs = np.empty((n, k), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    hidden = None
+    for start in range(0, length, seq_len):
+        pos = first[:, None] + np.arange(start, min(start + seq_len, length))[None, :]  # (B, t)
+        x = torch.from_numpy(seq[np.minimum(pos, len(seq) - 1)]).to(device)  # (B, t)
+        y = torch.from_numpy(seq[np.minimum(pos + 1, len(seq) - 1)]).to(device)  # (B, t)
+        logits, hidden = model(x, hidden)  # (B, t, V)
+        hidden = detach_hidden(hidden)
+        target = pos - context  # (B, t) index into ids predicted at each position
+        keep = torch.from_numpy((target >= lo[:, None]) & (target < hi[:, None])).to(device)  # (B, t)
+        if not keep.any():
+            continue
+        logp = torch.log_softmax(logits[keep].float(), dim=-1)  # (M, V)
+        probs, top = logp.topk(k, dim=-1)  # (M, k)
+        where = target[keep.cpu().numpy()]  # (M,)
+        logprob[where] = logp.gather(1, y[keep][:, None]).squeeze(1).double().cpu().numpy()
+        top_ids[where] = top.cpu().numpy()
+        top_probs[where] = probs.exp().cpu().numpy()
+    model.train(was_training)
+    return TokenSurprisal(logprob=logprob, top_ids=top_ids, top_probs=top_probs)
+
+
+@dataclass(frozen=True)
+class CharSurprisal:
+    """Surprisal attributed to each character of the text the tokens spell."""
+
+    text: str
+    bits: np.ndarray  # (C,) float64: bits charged to each character
+    token_of_char: np.ndarray  # (C,) int64: the token whose prediction covers each character
+    tokens: TokenSurprisal
+
+    @property
+    def bpc(self) -> float:
+        return float(self.bits.sum()) / max(len(self.text), 1)
+
+
+def char_surprisal(tokenizer: Tokenizer, ids: np.ndarray, tokens: TokenSurprisal) -> CharSurprisal:
+    """Spread each token's surprisal evenly over the characters it spells.
+
+    For the char tokenizer that is one token per character. For subwords a piece's bits are
+    divided equally among its characters; byte-fallback pieces that complete no character yet
+    hand their bits on to the character they eventually complete.
+    """
+    bits_per_token = -tokens.logprob / LN2
+    if tokenizer.kind == "char":
+        text = tokenizer.decode(ids)
+        return CharSurprisal(text, bits_per_token.copy(), np.arange(len(ids), dtype=np.int64), tokens)
+    decoder = tokenizer.stream_decoder()  # type: ignore[attr-defined]
+    pieces: list[str] = []
+    bits: list[np.ndarray] = []
+    owner: list[np.ndarray] = []
+    pending = 0.0  # bits of byte pieces whose character is not complete yet
+    first_pending = -1  # the first token of those pieces
+    for i, token_id in enumerate(ids.tolist()):
+        piece = decoder.feed(int(token_id))
+        if first_pending < 0:
+            first_pending = i
+        pending += bits_per_token[i]
+        if piece:
+            pieces.append(piece)
+            bits.append(np.full(len(piece), pending / len(piece)))
+            owner.append(np.full(len(piece), first_pending, dtype=np.int64))
+            pending, first_pending = 0.0, -1
+    tail = decoder.flush()
+    if tail:  # an unfinished byte sequence at the end decodes as U+FFFD
+        pieces.append(tail)
+        bits.append(np.full(len(tail), pending / len(tail)))
+        owner.append(np.full(len(tail), first_pending, dtype=np.int64))
+    empty = np.zeros(0)
+    return CharSurprisal(
+        "".join(pieces),
+        np.concatenate(bits) if bits else empty,
+        np.concatenate(owner) if owner else empty.astype(np.int64),
+        tokens,
+    )
+
+
+def line_bpc(text: str, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start offset of each line, bits per character of that line including its newline)."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    newlines = np.flatnonzero(codes == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines + 1, [len(text)]])
+    if len(starts) > 1 and starts[-1] == len(text):  # no empty last "line" after a final newline
+        starts, ends = starts[:-1], ends[:-1]
+    cumulative = np.concatenate([[0.0], np.cumsum(bits)])
+    lengths = np.maximum(ends - starts, 1)
+    return starts.astype(np.int64), (cumulative[ends] - cumulative[starts]) / lengths
+
+
+def surprising_passages(bits: np.ndarray, width: int = 40, count: int = 20) -> list[tuple[int, int, float]]:
+    """The ``count`` non-overlapping windows of ``width`` characters with the most bits.
+
+    Returns (start, end, total bits) sorted by bits, most surprising first.
+    """
+    n = len(bits)
+    if n == 0:
+        return []
+    width = min(width, n)
+    cumulative = np.concatenate([[0.0], np.cumsum(bits)])
+    sums = cumulative[width:] - cumulative[:-width]  # (n - width + 1,) bits of window at each start
+    taken = np.zeros(n, dtype=bool)
+    out: list[tuple[int, int, float]] = []
+    for start in np.argsort(-sums, kind="stable"):
+        start = int(start)
+        if taken[start : start + width].any():
+            continue
+        taken[start : start + width] = True
+        out.append((start, start + width, float(sums[start])))
+        if len(out) == count:
+            break
+    return out

@@ -2,7 +2,7 @@
 
 The trainer never prints: it hands these records to a :class:`Reporter`. The console's
 ``TrainReporter`` draws them for people; :class:`NullReporter` keeps quiet (tests,
-benchmarks, library use) and remembers the messages.
+benchmarks, library use) and remembers the messages and samples.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class RunInfo:
     start_step: int  # > 0 when resuming
     out: str
     processes: int = 1  # data-parallel ranks, each with batch_size streams
+    elapsed: float = 0.0  # seconds already trained (resume)
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,15 @@ class StepReport:
     total: int | None
     fraction: float  # of the run done, by steps or time, whichever is further
     loss: float  # nats per token, this step's batch
-    bpc: float
+    bpc: float  # bits per character of the batch's text (= bits per token for characters)
     tok_per_s: float
     lr: float
     skipped: int  # non-finite steps skipped so far
+    bpt: float | None = None  # bits per token (equal to bpc for characters)
+    elapsed: float = 0.0  # wall-clock seconds since the run began, summed over resumes
+    tokens: int = 0  # tokens trained on so far (the whole run)
+    chars: int = 0  # characters those tokens spell
+    chars_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,21 @@ class EvalReport:
 
     step: int
     loss: float
-    bpc: float
+    bpc: float  # bits per character of the validation text
     is_best: bool
+    bpt: float | None = None  # bits per token
+    tokens: int = 0  # tokens predicted
+    elapsed: float = 0.0
+    best_bpc: float | None = None  # best so far, this one included
+
+
+@dataclass(frozen=True)
+class SampleReport:
+    """A sample generated during training (``--sample-every``): same prime and seed every time."""
+
+    step: int
+    text: str
+    seconds: float  # what generating it cost
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,7 @@ class RunSummary:
     val: dict[str, Any] | None
     best_val_bpc: float | None
     out: str
+    stopped_reason: str | None = None  # early stopping, when it ended the run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,8 +92,11 @@ class RunSummary:
 class Reporter(Protocol):
     def start(self, info: RunInfo) -> None: ...
     def progress(self, report: StepReport) -> None: ...
+    def validating(self, step: int) -> None: ...
     def evaluated(self, report: EvalReport) -> None: ...
+    def sampled(self, report: SampleReport) -> None: ...
     def message(self, text: str) -> None: ...
+    def stopped(self, step: int, elapsed: float, reason: str) -> None: ...
     def finish(self, summary: RunSummary) -> None: ...
 
 
@@ -82,6 +105,7 @@ class NullReporter:
     """Prints nothing; keeps the messages (recoveries, notes) for whoever asks."""
 
     messages: list[str] = field(default_factory=list)
+    samples: list[SampleReport] = field(default_factory=list)
 
     def start(self, info: RunInfo) -> None:
         pass
@@ -89,11 +113,20 @@ class NullReporter:
     def progress(self, report: StepReport) -> None:
         pass
 
+    def validating(self, step: int) -> None:
+        pass
+
     def evaluated(self, report: EvalReport) -> None:
         pass
 
+    def sampled(self, report: SampleReport) -> None:
+        self.samples.append(report)
+
     def message(self, text: str) -> None:
         self.messages.append(text)
+
+    def stopped(self, step: int, elapsed: float, reason: str) -> None:
+        self.messages.append(reason)
 
     def finish(self, summary: RunSummary) -> None:
         pass

@@ -5,6 +5,8 @@
     RUN/
       latest/              newest checkpoint; --resume continues from here
       best/                checkpoint with the best validation bpc; sample/eval default to it
+      metrics.jsonl        the run's history: progress and validation rows (charnn.metrics)
+      samples.txt          a short sample every --sample-every steps, each under "=== step N ... ==="
       .lock                held (filelock) by the one process writing this run
       .latest.old/         the previous latest/, only while a save swaps the two
       .latest.tmp/         a save being written (stale unless the lock's holder is writing it)
@@ -19,20 +21,23 @@ refused, ``--force`` or not. This module knows names and atomic swaps, not the f
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from charnn.errors import CharnnError, CheckpointError, RunBusyError
+from charnn.errors import CharnnError, CheckpointError, ConfigError, RunBusyError
+from charnn.metrics import METRICS, MetricsLog
 
 LATEST, BEST = "latest", "best"
 MARKER = "meta.json"  # a checkpoint directory is one that holds this file
 FORMAT = "charnn-checkpoint"  # the marker's "format" value
 LOCK = ".lock"
+SAMPLES = "samples.txt"
+_SAMPLE_HEADER = re.compile(rb"^=== step (\d+)\b[^\n]*===$", re.MULTILINE)
 
 _held: dict[str, tuple[object, int]] = {}  # lock path -> (FileLock, depth): re-entrant per process
 _held_guard = threading.Lock()
@@ -48,17 +53,19 @@ def tmp_path(target: Path) -> Path:
 
 
 def is_checkpoint_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory whose marker says it is a charnn checkpoint."""
+    """Whether ``path`` is a directory whose marker says it is a charnn checkpoint. Only the
+    ``format`` entry is looked for (validation is the loader's job): the marker can be large
+    (a corpus of many files, a SentencePiece model) and a torn one is still ours."""
     try:
         with open(path / MARKER, "rb") as fh:
-            head = fh.read(1 << 16)
+            head = fh.read(_MARKER_LIMIT)
     except OSError:
         return False
-    try:
-        meta = json.loads(head)
-    except ValueError:
-        return b'"format": "charnn-checkpoint"' in head  # torn or huge metadata: still ours
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    return _FORMAT_ENTRY in head
+
+
+_MARKER_LIMIT = 64 << 20
+_FORMAT_ENTRY = f'"format": "{FORMAT}"'.encode()
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -90,6 +97,10 @@ class RunDir:
 
     def checkpoint(self, which: str) -> Path:
         return self.path / which
+
+    def metrics(self) -> MetricsLog:
+        """The run's history, ``metrics.jsonl`` (see :mod:`charnn.metrics`)."""
+        return MetricsLog(self.path / METRICS)
 
     def holds_run(self) -> bool:
         """Whether a run (finished, or interrupted between a save's renames) lives here."""
@@ -137,23 +148,62 @@ class RunDir:
                 else:
                     _held[key] = (lock, depth - 1)
 
+    # ------------------------------------------------------------------ beside the checkpoints
+
+    def append_sample(self, step: int, text: str, note: str = "") -> None:
+        """Append one training sample under its step's header; flushed at once (a crash keeps it)."""
+        header = f"=== step {step}{' ' + note if note else ''} ==="
+        end = "\n" if text.endswith("\n") else "\n\n"  # a blank line after each sample
+        entry = f"{header}\n{text}{end}"
+        try:
+            with open(self.path / SAMPLES, "ab") as fh:
+                fh.write(entry.encode("utf-8", "replace"))
+                fh.flush()
+        except OSError as exc:
+            raise CharnnError(f"could not write {self.path / SAMPLES}: {exc.strerror or exc}") from None
+
+    def trim_samples(self, after_step: int) -> None:
+        """Drop samples of steps after ``after_step``: a resumed (or recovered) run replays those
+        steps from its checkpoint and samples them again, so the file never holds a step twice."""
+        path = self.path / SAMPLES
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CharnnError(f"could not read {path}: {exc.strerror or exc}") from None
+        cut = next((m.start() for m in _SAMPLE_HEADER.finditer(data) if int(m.group(1)) > after_step), None)
+        if cut is not None:
+            with open(path, "r+b") as fh:
+                fh.truncate(cut)
+
     # ------------------------------------------------------------------ atomic replacement
 
-    def _refuse_foreign(self, path: Path) -> None:
-        if (path.exists() or path.is_symlink()) and not (
-            path.is_dir() and not path.is_symlink() and is_checkpoint_dir(path)
-        ):
-            raise CheckpointError(
+    def _refuse_foreign(self, path: Path, aside: bool = False) -> None:
+        """Refuse ``path`` unless it is absent or charnn's own. An aside copy may be a checkpoint
+        that a save was deleting when it was killed (its marker already gone): any real directory
+        under that dot-name is charnn's. ``latest/``, ``best/`` are only ever whole checkpoints."""
+        if not (path.exists() or path.is_symlink()):
+            return
+        real_dir = path.is_dir() and not path.is_symlink()
+        if not (real_dir and (aside or is_checkpoint_dir(path))):
+            raise ConfigError(
                 f"{path}: exists and is not a charnn checkpoint; charnn never replaces or removes it "
                 "(move it away or choose another --out)"
             )
+
+    def refuse_foreign(self) -> None:
+        """Refuse a run directory where a name charnn writes holds something of the user's."""
+        for which in (LATEST, BEST):
+            self._refuse_foreign(self.path / which)
+            self._refuse_foreign(aside_path(self.path / which), aside=True)
 
     def recover(self, which: str) -> None:
         """Finish or undo a save interrupted between its renames, drop a stale temporary
         directory. Called with the lock held, so no live save of this run exists."""
         target = self.path / which
         old, tmp = aside_path(target), tmp_path(target)
-        self._refuse_foreign(old)
+        self._refuse_foreign(old, aside=True)
         if old.exists():
             if is_checkpoint_dir(target):
                 shutil.rmtree(old)
@@ -193,8 +243,8 @@ class RunDir:
     def remove(self, which: str) -> None:
         """Delete a checkpoint of this run (and its aside copy), e.g. the old best/ on --force."""
         with self.lock():
-            for path in (self.path / which, aside_path(self.path / which)):
-                self._refuse_foreign(path)
+            for path, aside in ((self.path / which, False), (aside_path(self.path / which), True)):
+                self._refuse_foreign(path, aside)
                 if path.exists():
                     shutil.rmtree(path)
 

@@ -7,30 +7,39 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TextIO
 
-from charnn.checkpoint import BEST, LATEST, load_checkpoint
-from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig
+from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
+from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
-from charnn.data import Corpus, read_source, resolve_sources
-from charnn.errors import ConfigError, DataError
+from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
+from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
 
 
-def read_corpus(files: Sequence[str], tokenizer: Any, encoding_errors: str, cache_dir: str | None) -> Corpus:
+def cached_corpus(
+    files: Sequence[str],
+    tokenizer: Any,
+    encoding_errors: str,
+    cache_dir: str | None,
+    val_fraction: float = 0.0,
+) -> Corpus:
     """The corpus through the on-disk cache of encoded corpora (memory-mapped ids), with a
     progress bar on stderr for big ones."""
     from charnn.console import ByteBar
     from charnn.corpus_cache import load_corpus_cached
 
-    return load_corpus_cached(files, tokenizer, encoding_errors, cache_dir, progress=ByteBar)
+    return load_corpus_cached(files, tokenizer, encoding_errors, cache_dir, ByteBar, val_fraction)
 
 
 @dataclass(frozen=True)
@@ -41,9 +50,12 @@ class TrainRequest:
     files: list[str]
     out: str = "checkpoints"
     resume: str | None = None  # a run directory, or "" for ``out``
+    init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
     cache_dir: str | None = None  # the corpus cache (default: charnn.corpus_cache.default_cache_dir)
+    quiet: bool = False  # no progress on stderr: errors and the final line only
+    argv: list[str] | None = None  # the command line, for the run's records (default: sys.argv)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -51,27 +63,37 @@ class TrainRequest:
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
-    before anything in it is read (resume) or written (new run) until the run ends.
-    Under torchrun (see :mod:`charnn.distributed`) every rank trains; rank 0 alone holds the lock
-    and writes."""
+    before anything in it is read (resume) or written (new run) until the run ends. FILES that
+    name registry corpora (and are not paths) are fetched first. Under torchrun (see
+    :mod:`charnn.distributed`) every rank trains; rank 0 alone holds the lock and writes."""
     from charnn.distributed import from_env
 
+    if request.resume is not None and request.init_from is not None:
+        raise ConfigError(
+            "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
+        )
     group = from_env()
     if group.active:
+        if request.init_from is not None:
+            raise ConfigError("--init-from is not supported under torchrun yet: fine-tune in one process")
         try:
             return _start_rank(request, group)
         finally:
             group.close()
+    request = replace(request, files=resolve_corpus_names(list(request.files)))
     if request.resume is not None:
-        run = RunDir(request.resume or request.out)
+        run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
         with run.lock():
+            run.refuse_foreign()
             return _run(_resumed_trainer(request, run))
     run = RunDir(request.out)
-    _refuse_existing(run, request.force)  # before reading the corpus: fail fast
-    trainer = _new_trainer(request, run)  # reads and encodes the corpus; writes nothing
+    fine_tune = request.init_from is not None
+    _refuse_existing(run, request.force, fine_tune)  # before reading the corpus: fail fast
+    # Reads and encodes the corpus (and the parent's checkpoint); writes nothing.
+    trainer = _fine_tune_trainer(request, run) if fine_tune else _new_trainer(request, run)
     with run.lock():
-        _refuse_existing(run, request.force)  # again: another run may have started meanwhile
+        _refuse_existing(run, request.force, fine_tune)  # again: another run may have started meanwhile
         if request.force:
             run.remove(BEST)  # the old run's best must not outlive it
         return _run(trainer)
@@ -79,16 +101,19 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
 
 def _start_rank(request: TrainRequest, group: Any) -> dict[str, Any]:
     """One rank of a data-parallel run: rank 0 as a single process would, the others without
-    the lock, the checks of the directory, or output."""
-    run = RunDir(request.resume or request.out if request.resume is not None else request.out)
-    if not group.is_writer:
-        if request.resume is not None:
-            return _run(_resumed_trainer(request, run, group))
-        return _run(_new_trainer(request, run, group))
+    the lock, the checks of the directory, or output. (Registry corpus names are not fetched
+    here: every rank would download; give paths.)"""
     if request.resume is not None:
+        run = _run_to_resume(Path(request.resume or request.out))
+        if not group.is_writer:
+            return _run(_resumed_trainer(request, run, group))
         resolve_checkpoint(run.path, LATEST)
         with run.lock():
+            run.refuse_foreign()
             return _run(_resumed_trainer(request, run, group))
+    run = RunDir(request.out)
+    if not group.is_writer:
+        return _run(_new_trainer(request, run, group))
     _refuse_existing(run, request.force)
     trainer = _new_trainer(request, run, group)
     with run.lock():
@@ -98,6 +123,18 @@ def _start_rank(request: TrainRequest, group: Any) -> dict[str, Any]:
         return _run(trainer)
 
 
+def _run_to_resume(path: Path) -> RunDir:
+    """``--resume`` takes a run directory; ``RUN/latest`` or ``RUN/best`` mean ``RUN``."""
+    if (path / META).is_file():
+        if path.name not in (LATEST, BEST):
+            raise ConfigError(
+                f"{path} is a single checkpoint, not a run directory: --resume continues a run "
+                "(the directory holding latest/); to train on from this checkpoint start a new run"
+            )
+        return RunDir(path.parent)
+    return RunDir(path)
+
+
 def _run(trainer: Any) -> dict[str, Any]:
     try:
         return trainer.run()  # type: ignore[no-any-return]
@@ -105,39 +142,57 @@ def _run(trainer: Any) -> dict[str, Any]:
         trainer.reporter.close()
 
 
-def _refuse_existing(run: RunDir, force: bool) -> None:
+def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
+    run.refuse_foreign()  # a user's own latest/ or best/ is never replaced, --force or not
     if run.holds_run() and not force:
+        if fine_tune:
+            raise ConfigError(
+                f"{run.path}/ already holds a run; give the fine-tuned run its own directory with "
+                "-o/--out, or replace that run with --force"
+            )
         raise ConfigError(
             f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
             "or replace it with --force"
         )
 
 
-def _reporter(group: Any) -> Any:
-    from charnn.reporting import NullReporter
-
-    return TrainReporter() if group is None or group.is_writer else NullReporter()
-
-
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.distributed import SOLO
-    from charnn.train import Trainer, check_resume_corpus, merge_resume, refuse_contradictions
+    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
 
+    group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
-    (group or SOLO).check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus
+    check_training_meta(ckpt)
+    group.check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus
     refuse_contradictions(ckpt.config, request.model, request.model)
-    kind = request.tokenizer.get("kind", ckpt.tokenizer.kind)
+    kind = TokenizerConfig(kind=request.tokenizer.get("kind", ckpt.tokenizer.kind)).kind  # sentencepiece
     if kind != ckpt.tokenizer.kind:
         raise ConfigError(
             f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
-    config = merge_resume(TrainConfig.from_dict(ckpt.meta["train"]), request.train)
-    sources = list(request.files) or ckpt.meta.get("corpus", {}).get("sources", [])
-    corpus = read_corpus(sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir)
+    config = merge_resume(train_config(ckpt), request.train)
+    sources = list(request.files) or ckpt.meta["corpus"]["sources"]
+    try:
+        corpus = cached_corpus(sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir)
+    except DataError as exc:
+        if not request.files or "vocabulary" not in str(exc):
+            raise
+        raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
     _notes(corpus, group)
-    kwargs = {"group": group} if group is not None else {}
-    return Trainer(corpus, ckpt.config, config, run.path, _reporter(group), resume=ckpt, **kwargs)
+    parent = ckpt.meta.get("parent")
+    reporter, inv = _reporter(run, request, group)
+    return Trainer(
+        corpus,
+        ckpt.config,
+        config,
+        run.path,
+        reporter,
+        resume=ckpt,
+        parent=parent,
+        invocation=inv,
+        group=group,
+    )
 
 
 def _notes(corpus: Corpus, group: Any) -> None:
@@ -151,11 +206,62 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
-    corpus = read_corpus(request.files, tokenizer, request.encoding_errors, request.cache_dir)
+    source: Any = tokenizer.replace(seed=config.seed)  # a subword model's sample follows --seed
+    if tokenizer.source is not None:
+        others = sorted(set(request.tokenizer) - {"source"})
+        if others:
+            flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
+            raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
+        source = load_checkpoint(tokenizer.source).tokenizer
+    # subwords learn from the training split only (val_fraction)
+    corpus = cached_corpus(
+        request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
+    )
     _notes(corpus, group)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
+    reporter, inv = _reporter(run, request, group)
     kwargs = {"group": group} if group is not None else {}
-    return Trainer(corpus, model_config, config, run.path, _reporter(group), **kwargs)
+    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, **kwargs)
+
+
+def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
+    other than 0 of a torchrun run report nothing."""
+    from charnn.metrics import MetricsReporter, invocation
+    from charnn.reporting import NullReporter
+
+    inv = invocation(request.argv)
+    if group is not None and not group.is_writer:
+        return NullReporter(), inv
+    return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
+
+
+def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
+    """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
+    the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
+    from charnn import finetune
+    from charnn.train import Trainer
+
+    assert request.init_from is not None
+    parent = load_checkpoint(request.init_from)
+    finetune.check_tokenizer_options(parent, request.tokenizer)
+    finetune.child_model_config(parent, request.model, parent.config.vocab_size)  # refuse clashes early
+    config = TrainConfig(**request.train)
+    corpus = load_corpus(
+        request.files, tokenizer=parent.tokenizer, encoding_errors=request.encoding_errors, grow_vocab=True
+    )
+    model_config = finetune.child_model_config(parent, request.model, corpus.tokenizer.vocab_size)
+    for text in corpus.notes:
+        note(text)
+    note(f"fine-tuning from {parent.path} (step {parent.step}): fresh optimizer and schedule")
+    grown = finetune.describe_growth(parent.tokenizer, corpus.tokenizer, corpus.ids)
+    if grown:
+        note(grown)
+    lineage = finetune.lineage(parent)
+    reporter, inv = _reporter(run, request)
+    trainer = Trainer(corpus, model_config, config, run.path, reporter, parent=lineage, invocation=inv)
+    finetune.adopt_weights(trainer.model, parent)
+    return trainer
 
 
 # ---------------------------------------------------------------------------- sample
@@ -223,6 +329,7 @@ def run_sampling(
 
     import torch
 
+    from charnn.constraints import TokenRules
     from charnn.sampling import generate
     from charnn.stepper import FastStepper
 
@@ -231,13 +338,19 @@ def run_sampling(
     tokenizer = ckpt.tokenizer
     prime_ids = encode_prime(tokenizer, prime)
     stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
     generator = torch.Generator()
-    generator.manual_seed(config.seed if config.seed is not None else random.SystemRandom().getrandbits(63))
+    generator.manual_seed(seed)
+    decode = tokenizer  # per-sample stream decoders (byte pieces form whole characters)
+    # Lengths in characters, valid text only; a prime's last subword piece is regenerated (healed).
+    rules = TokenRules.for_tokenizer(tokenizer)
+    heal = bool(prime)
     if as_json:
-        samples = generate(stepper, prime_ids, config, tokenizer, generator=generator)
+        samples = generate(stepper, prime_ids, config, decode, generator=generator, rules=rules, heal=heal)
         for i, s in enumerate(samples):
             row = {
                 "sample": i,
+                "seed": seed,
                 "prime": prime,
                 "text": s.text,
                 "logprob": s.logprob,
@@ -248,24 +361,181 @@ def run_sampling(
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
-    samples = generate(stepper, prime_ids, config, tokenizer, on_text=writer.on_text, generator=generator)
+    samples = generate(
+        stepper,
+        prime_ids,
+        config,
+        decode,
+        on_text=writer.on_text,
+        generator=generator,
+        rules=rules,
+        heal=heal,
+    )
     writer.finish([s.text for s in samples])
+
+
+def sampling_seed(config: SampleConfig) -> int:
+    """``--seed``, or a fresh one; a fresh seed is shown on a terminal so any sample can be redone."""
+    if config.seed is not None:
+        return config.seed
+    seed = random.SystemRandom().getrandbits(63)
+    from rich.text import Text
+
+    from charnn.console import err
+
+    if err.is_terminal:  # a dim note: there for whoever wants the sample again, not in the way
+        text = Text(f"charnn: seed {seed} (repeat this sample with --seed {seed})", style="dim")
+        err.print(text, soft_wrap=True)
+    return seed
+
+
+def run_prompts(
+    checkpoint: str,
+    config: SampleConfig,
+    prompts: list[str],
+    separator: str,
+    as_json: bool,
+    out: TextIO | None = None,
+) -> None:
+    """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
+    are written in prompt order as each batch of prompts finishes."""
+    import json
+
+    from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
+    from charnn.stepper import FastStepper
+
+    out = out or sys.stdout
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer
+    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
+    stepper = FastStepper(ckpt.build_model())
+    seed = sampling_seed(config)
+    first = True
+    for start in range(0, len(prompts), BATCH_PROMPTS):
+        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
+        heal = [bool(p) for p in prompts[start : start + len(seeds)]]  # as --prime heals its text
+        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds, heal)
+        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
+            prompt = prompts[start + offset]
+            for j, s in enumerate(samples):
+                if as_json:
+                    row = {
+                        "line": start + offset + 1,
+                        "sample": j,
+                        "seed": prompt_seed_,
+                        "prime": prompt,
+                        "text": s.text,
+                        "logprob": s.logprob,
+                        "chars": len(s.text),
+                        "stopped_by": s.stopped_by,
+                    }
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    out.write(("" if first else separator) + prompt + s.text)
+                first = False
+        out.flush()
+    if not as_json and out.isatty():
+        out.write("\n")
+
+
+def read_prompts(source: str) -> list[str]:
+    """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size."""
+    limit = 64 << 20
+    name = "<stdin>" if source == "-" else source
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(source, "rb") as fh:
+                raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"--prompts {name}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise DataError(f"--prompts {name}: larger than {limit >> 20} MiB")
+    try:
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a byte-order mark is not a prompt
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--prompts {name}: not valid UTF-8 at byte offset {exc.start}") from None
+    if not text:
+        raise DataError(f"--prompts {name}: no prompts (the file is empty)")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if text.endswith("\n"):
+        lines.pop()  # the empty "line" after a final newline
+    return lines
 
 
 # ---------------------------------------------------------------------------- eval / score / info
 
 
-def run_eval(
-    checkpoint: str, files: Sequence[str], encoding_errors: str = "strict", cache_dir: str | None = None
-) -> dict[str, Any]:
-    from charnn.evaluate import evaluate_stream, token_char_lengths
+def printable_path(path: str) -> str:
+    """A file name as valid Unicode: bytes that are not UTF-8 (kept by the OS as lone surrogates)
+    become ``\\xNN`` escapes, so JSON and terminals can carry it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
-    ckpt = load_checkpoint(checkpoint)
-    corpus = read_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
-    if len(corpus.ids) < 2:
-        raise DataError("need at least 2 tokens of text to evaluate")
-    result = evaluate_stream(ckpt.build_model(), corpus.ids, token_char_lengths(ckpt.tokenizer))
-    return {**result.to_dict(), "checkpoint": str(ckpt.path)}
+
+def run_eval(
+    checkpoints: Sequence[str] | str,
+    files: Sequence[str],
+    encoding_errors: str = "strict",
+    html: str | None = None,
+    top_k: int = 3,
+    cache_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
+    Files (not stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
+    from charnn.evaluate import evaluate_stream, token_char_lengths, token_extra_nats
+
+    if isinstance(checkpoints, str):
+        checkpoints = [checkpoints]
+    if html is not None and len(checkpoints) > 2:
+        raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
+    streamed = html is None and "-" not in files
+    texts = None if streamed else read_corpus(files, encoding_errors)
+    rows, reports = [], []
+    for ckpt in loaded:
+        if texts is None:
+            corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
+        else:
+            corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
+        if len(corpus.ids) < 2:
+            raise DataError("need at least 2 tokens of text to evaluate")
+        model, tokenizer = ckpt.build_model(), ckpt.tokenizer
+        # Every token is predicted, the first from the start context (a newline), so bpc is the
+        # total over the whole text divided by its characters, whatever the tokenizer.
+        result = evaluate_stream(
+            model,
+            corpus.ids,
+            token_char_lengths(tokenizer),
+            context=tokenizer.start_ids()[-1],
+            extra_nats=token_extra_nats(tokenizer),
+        )
+        rows.append({**result.to_dict(), "tokenizer": tokenizer.kind, "checkpoint": str(ckpt.path)})
+        if html is not None:
+            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+    if html is not None:
+        from charnn.report import build_report, write_report
+
+        if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
+            raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
+        name = ", ".join("<stdin>" if f == "-" else f for f in files)
+        try:
+            write_report(html, build_report(name, reports))
+        except OSError as exc:
+            raise CharnnError(f"{html}: cannot write the page ({exc.strerror or exc})") from None
+        note(f"wrote {html}")
+    return rows
+
+
+def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+    """Per-character surprisal of one checkpoint, ready for the page."""
+    from charnn.evaluate import char_surprisal, token_surprisal
+    from charnn.report import ModelReport
+
+    tokenizer = ckpt.tokenizer
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
 def run_score(
@@ -278,7 +548,7 @@ def run_score(
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
     import numpy as np
 
-    from charnn.evaluate import score_lines, token_char_lengths
+    from charnn.evaluate import score_lines, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
@@ -287,6 +557,8 @@ def run_score(
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
         text = read_source(source, encoding_errors)
+        if not text:
+            raise DataError(f"{'<stdin>' if source == '-' else source}: is empty")
         if whole:
             items.append((source, 0, text))
         else:
@@ -300,9 +572,10 @@ def run_score(
         except DataError as exc:
             where = f"{source}:{n}" if n else source
             raise DataError(f"{where}: {exc}") from None
-    scores = score_lines(ckpt.build_model(), context_ids, encoded, token_char_lengths(tokenizer))
+    lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
+    scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else source}
+        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:
             row["line"] = n
         yield {
@@ -310,29 +583,67 @@ def run_score(
             "text": text,
             "logprob": sc.logprob,
             "bpc": sc.bpc,
+            "bpt": sc.bpt,
             "chars": sc.chars,
             "tokens": sc.tokens,
         }
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
+    from charnn.history import describe
+
     ckpt = load_checkpoint(checkpoint)
-    meta, cfg = ckpt.meta, ckpt.config
-    progress = meta.get("progress", {})
-    val = progress.get("val") or {}
-    params = sum(t.numel() for t in ckpt.weights.values())
-    return {
-        "path": str(ckpt.path),
-        "format": f"{meta['format']} v{meta['version']}",
-        "model": f"{cfg.layers}x{cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}"
-        + (", tied" if cfg.tie_weights else ""),
-        "parameters": params,
-        "tokenizer": f"{ckpt.tokenizer.kind}, {cfg.vocab_size} tokens",
-        "step": progress.get("step"),
-        "val_bpc": val.get("bpc"),
-        "best_val_bpc": progress.get("best_val_bpc"),
-        "skipped_steps": progress.get("skipped_steps"),
-        "trained_seconds": round(progress.get("elapsed", 0.0), 1),
-        "corpus": ", ".join(meta.get("corpus", {}).get("sources", [])),
-        "created": meta.get("created"),
-    }
+    info = describe(ckpt.meta, ckpt.path)
+    info["parameters"] = sum(t.numel() for t in ckpt.weights.values())  # counted, not derived
+    tokenizer = ckpt.tokenizer
+    extras = {"unk": getattr(tokenizer, "unk", None), "normalize": tokenizer.normalize}
+    info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
+    info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
+    return info
+
+
+# ---------------------------------------------------------------------------- corpora
+
+
+def list_corpora(cache: str | None = None) -> list[dict[str, Any]]:
+    """Registry entries with ``cached``: the path of the downloaded file, or None."""
+    from charnn.corpora import cache_dir, cached_path, load_registry
+
+    directory = cache_dir(cache)
+    rows = []
+    for entry in load_registry():
+        path = cached_path(entry, directory)
+        rows.append({**entry.to_dict(), "cached": str(path) if path.exists() else None})
+    return rows
+
+
+def fetch_corpus(name: str, cache: str | None = None, verify: bool = True, timeout: float = 60.0) -> str:
+    """Download a registry corpus (progress on stderr); returns the cached path."""
+    from charnn.corpora import cache_dir, find_entry, load_registry
+
+    entry = find_entry(name, load_registry())
+    if entry.builtin:
+        note(f"{name} ships with Python; nothing to download (train on it with: charnn train {name})")
+        return entry.url
+    return _fetch_with_progress(entry, cache_dir(cache), verify, timeout)
+
+
+def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: float) -> str:
+    from charnn.console import download_progress
+    from charnn.corpora import cached_path, fetch, refuse_unverifiable
+
+    if cached_path(entry, directory).exists():
+        return str(cached_path(entry, directory))
+    refuse_unverifiable(entry, verify)
+    with download_progress(entry.name, entry.url) as progress:
+        path = fetch(entry, directory, verify=verify, timeout=timeout, progress=progress)
+    note(f"{entry.name}: saved {path}" + ("" if verify else " (not verified: the registry has no sha256)"))
+    return str(path)
+
+
+def resolve_corpus_names(files: list[str]) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+    from charnn.corpora import cache_dir, resolve_names
+
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))

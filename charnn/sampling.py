@@ -10,12 +10,13 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 
 from charnn.config import SampleConfig
+from charnn.constraints import StreamState, TokenRules
 from charnn.errors import ConfigError
 from charnn.stepper import FastStepper
 from charnn.tokenizer import StreamDecoder
@@ -28,6 +29,14 @@ class StreamDecoding(Protocol):
     back the bytes of a partial UTF-8 character (every :class:`~charnn.tokenizer.Tokenizer` has one)."""
 
     def stream_decoder(self) -> StreamDecoder: ...
+
+
+# A tokenizer (decoded through per-stream decoders), or a plain ``token id -> text`` callable.
+Decode = Callable[[int], str] | StreamDecoding
+
+
+def _stream_decoding(decode: Decode) -> StreamDecoding | None:
+    return cast(StreamDecoding, decode) if hasattr(decode, "stream_decoder") else None
 
 
 @dataclass
@@ -140,40 +149,150 @@ class _StopMatcher:
 
     def feed(self, tail: str, piece: str) -> tuple[str, bool]:
         """Return the new tail and whether a stop string ends inside ``piece``."""
+        new_tail, cut = self.find(tail, piece)
+        return new_tail, cut is not None
+
+    def find(self, tail: str, piece: str) -> tuple[str, int | None]:
+        """The new tail, and where in ``piece`` the earliest stop string ends (None: no stop).
+
+        A stop may begin in earlier pieces (the tail) and end in this one: a multi-character
+        subword piece can hold the end of a stop string with more text after it, which is cut.
+        """
         window = tail + piece
-        hit = any(stop in window for stop in self.stops)  # window holds only keep old chars: matches are new
-        return (window[-self.keep :] if self.keep else ""), hit
+        ends = [window.find(stop) + len(stop) for stop in self.stops if stop in window]
+        # The tail holds only keep = longest stop - 1 old characters, so every match is new.
+        cut = min(ends) - len(tail) if ends else None
+        return (window[-self.keep :] if self.keep else ""), cut
 
 
 def generate(
     stepper: FastStepper,
     prime_ids: Sequence[int],
     config: SampleConfig,
-    decode: StreamDecoding,
+    decode: Decode,
     on_text: OnText | None = None,
     generator: torch.Generator | None = None,
+    rules: TokenRules | None = None,
+    heal: bool = False,
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
-    ``decode`` (a tokenizer) turns ids into text through per-stream decoders, which hold back
-    partial UTF-8 characters of byte-fallback pieces.
+    ``rules`` (from the tokenizer) make ``config.length`` count characters and keep samples
+    valid text (see :mod:`charnn.constraints`); with ``heal`` the prime's last subword token is
+    regenerated so the seam is tokenized as in training. Without rules every token is one
+    character and every id may be drawn.
+
+    ``decode`` turns ids into text: a plain ``id -> str`` callable, or a :class:`StreamDecoding`
+    (e.g. a SentencePiece tokenizer) whose per-stream decoders hold back partial UTF-8 characters.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
     rejects those combinations). Draws use uniforms from ``generator``: same seed, same output.
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
+    rules = rules or rules_for(decode, stepper.vocab_size)
+    prime_ids, healing = rules.heal_prime(prime_ids) if heal else (list(prime_ids), "")
+    start = StreamState(heal=healing)
     with torch.inference_mode(), _one_thread():
         logits, state = stepper.prime(torch.tensor([list(prime_ids)], dtype=torch.long))  # (1, V)
         if config.length == 0:
             return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
         if config.beam is None:
-            return _sample(stepper, logits.numpy(), state, config, decode, on_text, generator)
-        results = _beam_search(stepper, logits, state, config, decode)
+            return _sample(
+                stepper, logits.numpy(), state, config, _Streams(decode, rules, start), on_text, generator
+            )
+        results = _beam_search(stepper, logits, state, config, decode, rules, start)
     if on_text is not None:
         for i, sample in enumerate(results):
             on_text(i, sample.text)
     return results
+
+
+def rules_for(decode: Decode, vocab_size: int) -> TokenRules:
+    """A tokenizer's own rules; for a bare decode function, one character per token, all allowed."""
+    if hasattr(decode, "char_lengths"):
+        return TokenRules.for_tokenizer(decode)
+    return TokenRules(np.ones(vocab_size, dtype=np.int64))
+
+
+class _Streams:
+    """Per-sample decoding: incremental decoders, the rules' state and the stop-string tail."""
+
+    def __init__(self, decode: Decode, rules: TokenRules, start: StreamState) -> None:
+        self.decode, self.rules, self.start = decode, rules, start
+
+    def open(self, n: int, stops: Sequence[str], starts: Sequence[StreamState] | None = None) -> None:
+        """``n`` streams, each from ``self.start`` (or from its own entry of ``starts``)."""
+        streaming = _stream_decoding(self.decode)
+        self.decoders = [streaming.stream_decoder() for _ in range(n)] if streaming else None
+        plain = cast(Callable[[int], str], self.decode)
+        self.feeds = [d.feed for d in self.decoders] if self.decoders else [plain] * n
+        self.states = [(starts[i] if starts else self.start).copy() for i in range(n)]
+        self.matcher = _StopMatcher(stops) if stops else None
+        self.tails = [""] * n
+
+    def masks(self, rows: Sequence[int], length: int) -> np.ndarray | None:
+        """(rows, V) bool: what each live stream may draw next; None when anything goes."""
+        if self.rules.trivial:
+            return None
+        states = self.states
+        return np.stack([self.rules.mask(states[i], length - states[i].chars) for i in rows])
+
+    def push(self, i: int, token: int, length: int) -> tuple[str, str | None]:
+        """Feed ``token`` to stream ``i``: the text to show, and why the stream ends (or None)."""
+        piece = self.feeds[i](token)
+        state = self.states[i]
+        if self.rules.trivial:
+            state.chars += 1
+        else:
+            piece = self.rules.advance(state, token, piece)
+        if self.matcher is not None:
+            self.tails[i], cut = self.matcher.find(self.tails[i], piece)
+            if cut is not None:
+                return piece[:cut], "stop"
+        return piece, ("length" if self.rules.finished(state, length) else None)
+
+    def flush(self, i: int) -> str:
+        return self.decoders[i].flush() if self.decoders else ""
+
+
+def _draw_row(
+    row: np.ndarray, draw: np.ndarray, greedy: bool, inv_temp: float, uniforms: _Uniforms
+) -> tuple[int, float]:
+    """One stream: (token drawn from the allowed logits ``draw``, its raw log-probability)."""
+    top = float(row.max())
+    numerators = np.exp(row - top)  # raw softmax numerators: the logprob is always raw
+    if greedy:
+        token = int(draw.argmax())
+    else:
+        if draw is row and inv_temp == 1.0:
+            weights = numerators
+        else:
+            weights = np.exp((draw - float(draw.max())) * inv_temp)
+        token = _draw_one(weights.cumsum(dtype=np.float64), uniforms.one())
+    return token, float(row[token]) - top - math.log(numerators.sum(dtype=np.float64))
+
+
+def _draw_rows(
+    logits: np.ndarray, draw: np.ndarray, config: SampleConfig, inv_temp: float, uniforms: _Uniforms
+) -> tuple[np.ndarray, np.ndarray]:
+    """Several streams: tokens (rows,) drawn from the allowed logits ``draw``, raw log-probs (rows,)."""
+    top_rows = logits.max(axis=1, keepdims=True)
+    numerators = np.exp(logits - top_rows)
+    if config.temperature == 0:
+        nxt = draw.argmax(axis=1)  # (rows,)
+    elif config.top_k is None and config.top_p is None:
+        if draw is logits and inv_temp == 1.0:
+            weights = numerators
+        else:
+            weights = np.exp((draw - draw.max(axis=1, keepdims=True)) * inv_temp)
+        nxt = _draw(weights.cumsum(axis=1, dtype=np.float64), uniforms.take(len(logits)))
+    else:
+        filtered = filter_logits(torch.from_numpy(draw), config.temperature, config.top_k, config.top_p)
+        weights = torch.softmax(filtered.double(), dim=-1).numpy()
+        nxt = _draw(weights.cumsum(axis=1), uniforms.take(len(logits)))
+    chosen = logits[np.arange(len(logits)), nxt].astype(np.float64)
+    return nxt, chosen - top_rows[:, 0] - np.log(numerators.sum(axis=1, dtype=np.float64))
 
 
 def _sample(
@@ -181,76 +300,54 @@ def _sample(
     logits: np.ndarray,
     state: np.ndarray,
     config: SampleConfig,
-    decode: StreamDecoding,
+    streams: _Streams,
     on_text: OnText | None,
     generator: torch.Generator | None,
 ) -> list[Sample]:
     """All num_samples streams as one batch; finished rows are dropped from the batch.
 
-    Works on numpy arrays throughout (stepper.step returns numpy logits for numpy ids).
+    Works on numpy arrays throughout (stepper.step returns numpy logits for numpy ids). Each
+    stream ends at ``config.length`` characters or a stop string; tokens the rules forbid are
+    masked out of the draw, while logprobs stay those of the raw model.
     """
     n = config.num_samples
     expand = np.zeros(n, dtype=np.intp)
     logits, state = logits[expand], stepper.reorder(state, expand)  # (n, V)
     greedy = config.temperature == 0
     inv_temp = 0.0 if greedy else 1.0 / config.temperature
-    # Temperature alone is done in numpy here; top-k/top-p go through filter_logits.
     simple = config.top_k is None and config.top_p is None
-    matcher = _StopMatcher(config.stops) if config.stops else None
-    decoders = [decode.stream_decoder() for _ in range(n)]
-    feeds = [d.feed for d in decoders]
+    streams.open(n, config.stops)
     uniforms = _Uniforms(generator)
 
     rows = list(range(n))  # batch row -> sample index
     ids: list[list[int]] = [[] for _ in range(n)]
     pieces: list[list[str]] = [[] for _ in range(n)]
-    tails = [""] * n
     logprob = [0.0] * n
     stopped_by = ["length"] * n
     row_logprob = np.zeros(n)  # running sums for the live rows
 
-    for t in range(config.length):
+    while rows:
+        masks = streams.masks(rows, config.length)  # (rows, V) or None
+        draw = logits if masks is None else np.where(masks, logits, -np.inf)
         if len(rows) == 1 and simple:  # single stream: scalar bookkeeping, fewer numpy calls
-            row = logits[0]
-            top = float(row.max())
-            numerators = np.exp(row - top)  # raw softmax numerators: the logprob is always raw
-            if greedy:
-                token = int(row.argmax())
-            else:
-                weights = numerators if inv_temp == 1.0 else np.exp((row - top) * inv_temp)
-                token = _draw_one(weights.cumsum(dtype=np.float64), uniforms.one())
-            row_logprob[0] += float(row[token]) - top - math.log(numerators.sum(dtype=np.float64))
+            token, lp = _draw_row(logits[0], draw[0], greedy, inv_temp, uniforms)
+            row_logprob[0] += lp
             nxt = np.array([token])
         else:
-            top_rows = logits.max(axis=1, keepdims=True)
-            numerators = np.exp(logits - top_rows)
-            if greedy:
-                nxt = logits.argmax(axis=1)  # (rows,)
-            elif simple:
-                weights = numerators if inv_temp == 1.0 else np.exp((logits - top_rows) * inv_temp)
-                nxt = _draw(weights.cumsum(axis=1, dtype=np.float64), uniforms.take(len(rows)))
-            else:
-                filtered = filter_logits(
-                    torch.from_numpy(logits), config.temperature, config.top_k, config.top_p
-                )
-                weights = torch.softmax(filtered.double(), dim=-1).numpy()
-                nxt = _draw(weights.cumsum(axis=1), uniforms.take(len(rows)))
-            chosen = logits[np.arange(len(rows)), nxt].astype(np.float64)
-            row_logprob += chosen - top_rows[:, 0] - np.log(numerators.sum(axis=1, dtype=np.float64))
+            nxt, lps = _draw_rows(logits, draw, config, inv_temp, uniforms)
+            row_logprob += lps
 
         done: list[int] = []
         for row, token in enumerate(nxt.tolist()):
             i = rows[row]
-            piece = feeds[i](token)
+            piece, end = streams.push(i, token, config.length)
             ids[i].append(token)
             pieces[i].append(piece)
             if on_text is not None:
                 on_text(i, piece)
-            if matcher is not None:
-                tails[i], hit = matcher.feed(tails[i], piece)
-                if hit:
-                    stopped_by[i] = "stop"
-                    done.append(row)
+            if end is not None:
+                stopped_by[i] = end
+                done.append(row)
         if done:
             for row in done:
                 logprob[rows[row]] = float(row_logprob[row])
@@ -260,13 +357,9 @@ def _sample(
             if not rows:
                 break
             nxt, state = nxt[keep], stepper.reorder(state, np.array(keep, dtype=np.intp))
-        if t == config.length - 1:
-            break
         logits, state = stepper.step(nxt, state)
-    for row, total in zip(rows, row_logprob.tolist(), strict=True):
-        logprob[row] = total
-    for i, decoder in enumerate(decoders):  # a character cut short by the end of a stream
-        rest = decoder.flush()
+    for i in range(n):  # a character cut short by the end of a stream (only without rules)
+        rest = streams.flush(i)
         if rest:
             pieces[i].append(rest)
             if on_text is not None:
@@ -281,8 +374,10 @@ class _Hyp:
     path: tuple | None
     length: int
     score: float  # cumulative raw log-prob
-    tail: str
-    finished: bool
+    text: str  # the text shown so far (healed prefix removed, cut after a stop string)
+    tail: str  # the stop matcher's tail
+    ended: str | None  # None while live, else "stop" or "length"
+    rule: StreamState
     pending: object = None  # a StreamDecoder's state (bytes of an unfinished character)
 
     def ids(self) -> list[int]:
@@ -299,41 +394,63 @@ def _beam_search(
     logits: torch.Tensor,
     state: tuple[torch.Tensor, ...],
     config: SampleConfig,
-    decode: StreamDecoding,
+    decode: Decode,
+    rules: TokenRules,
+    start: StreamState,
 ) -> list[Sample]:
-    """Width-W beam search; finished hypotheses keep their slot and compete by normalised score.
+    """Width-W beam search over tokens; finished hypotheses keep their slot and compete by
+    normalised score.
 
-    Each position: all one-token extensions of the live hypotheses plus the finished ones are
-    ranked by ``logprob / length**length_penalty`` and the best W stay. Live extensions share
-    one length, so among them this is plain top-W by log-prob (exact search when W covers every
-    prefix), and with W=1 it is greedy decoding. Ends at ``config.length`` or when no beam is live.
+    Each position: all allowed one-token extensions of the live hypotheses plus the finished
+    ones are ranked by ``logprob / tokens**length_penalty`` and the best W stay. Live extensions
+    share one token count, so among them this is plain top-W by log-prob (exact search when W
+    covers every prefix), and with W=1 it is greedy decoding. A hypothesis ends at
+    ``config.length`` characters or a stop string; the search ends when none is live.
     """
     width, alpha = config.beam or 1, config.length_penalty
     matcher = _StopMatcher(config.stops) if config.stops else None
     vocab = logits.shape[-1]
-    scratch = decode.stream_decoder()
+    streaming = _stream_decoding(decode)
+    scratch = streaming.stream_decoder() if streaming else None
+    plain = cast(Callable[[int], str], decode)
 
-    def extend(hyp: _Hyp, token: int) -> tuple[str, object]:
-        """The text ``token`` completes after ``hyp``, and the decoder state after it."""
-        scratch.setstate(hyp.pending)
-        return scratch.feed(token), scratch.getstate()
-
-    def full_text(hyp_ids: list[int]) -> str:
-        decoder = decode.stream_decoder()
-        return "".join(decoder.feed(i) for i in hyp_ids) + decoder.flush()
+    def extend(hyp: _Hyp, token: int) -> _Hyp:
+        pending: object
+        if scratch is None:
+            piece, pending = plain(token), None
+        else:
+            scratch.setstate(hyp.pending)
+            piece, pending = scratch.feed(token), scratch.getstate()
+        rule = hyp.rule.copy()
+        piece = rules.advance(rule, token, piece)
+        tail, ended = "", None
+        if matcher is not None:
+            tail, cut = matcher.find(hyp.tail, piece)
+            if cut is not None:
+                piece, ended = piece[:cut], "stop"
+        if ended is None and rules.finished(rule, config.length):
+            ended = "length"
+        return _Hyp((token, hyp.path), hyp.length + 1, 0.0, hyp.text + piece, tail, ended, rule, pending)
 
     def norm(score: float, length: int) -> float:
         return score / length**alpha if alpha and length else score
 
     # One row per live hypothesis, aligned with state.
-    live = [_Hyp(None, 0, 0.0, "", False, scratch.getstate() if scratch else None)]
+    live = [_Hyp(None, 0, 0.0, "", "", None, start.copy(), scratch.getstate() if scratch else None)]
     finished: list[_Hyp] = []
-    for t in range(config.length):
+    # Every token writes a character or a UTF-8 byte of one (at most 4 per character).
+    for t in range(4 * config.length + len(start.heal) + 4):
         scores = torch.tensor([h.score for h in live], dtype=torch.float64)
-        cand = (scores.unsqueeze(1) + torch.log_softmax(logits.double(), dim=-1)).view(-1)  # (live*V,)
+        logp = torch.log_softmax(logits.double(), dim=-1)  # (live, V), raw
+        if not rules.trivial:
+            allowed = np.stack([rules.mask(h.rule, config.length - h.rule.chars) for h in live])
+            logp = logp.masked_fill(torch.from_numpy(~allowed), -math.inf)
+        cand = (scores.unsqueeze(1) + logp).view(-1)  # (live*V,)
         top_scores, top_index = torch.topk(cand, min(width, cand.numel()))
         pool = [
-            (norm(s, t + 1), s, int(k)) for s, k in zip(top_scores.tolist(), top_index.tolist(), strict=True)
+            (norm(s, t + 1), s, int(k))
+            for s, k in zip(top_scores.tolist(), top_index.tolist(), strict=True)
+            if s > -math.inf
         ]
         pool += [(norm(h.score, h.length), h.score, -1 - j) for j, h in enumerate(finished)]
         pool.sort(key=lambda item: item[0], reverse=True)  # stable: ties keep topk's order
@@ -347,28 +464,19 @@ def _beam_search(
                 new_finished.append(finished[-1 - k])
                 continue
             parent, token = divmod(k, vocab)
-            hyp = live[parent]
-            tail, hit, pending = "", False, None
-            if matcher:
-                piece, pending = extend(hyp, token)
-                tail, hit = matcher.feed(hyp.tail, piece)
-            child = _Hyp((token, hyp.path), t + 1, score, tail, hit, pending)
-            if hit:
+            child = extend(live[parent], token)
+            child.score = score
+            if child.ended:
                 new_finished.append(child)
             else:
                 new_live.append(child)
                 parents.append(parent)
                 tokens.append(token)
         live, finished = new_live, new_finished
-        if not live or t == config.length - 1:
+        if not live:
             break
         state = stepper.reorder(state, torch.tensor(parents, dtype=torch.long))
         logits, state = stepper.step(torch.tensor(tokens, dtype=torch.long), state)
 
     ranked = sorted(finished + live, key=lambda h: norm(h.score, h.length), reverse=True)
-    results = []
-    for hyp in ranked[: config.num_samples]:
-        hyp_ids = hyp.ids()
-        text = full_text(hyp_ids)
-        results.append(Sample(hyp_ids, text, hyp.score, "stop" if hyp.finished else "length"))
-    return results
+    return [Sample(h.ids(), h.text, h.score, h.ended or "length") for h in ranked[: config.num_samples]]

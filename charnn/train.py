@@ -4,9 +4,9 @@ from non-finite steps. Reports progress through a :class:`~charnn.reporting.Repo
 
 The loop (:meth:`Trainer.run`) reads top to bottom; its parts are small named objects:
 :class:`Schedule` (learning rate), :class:`ThroughputMeter` (chars/s),
-:class:`DivergenceGuard` (what non-finite steps mean) and :class:`EvalSavePolicy`
-(when to validate and save). Checkpoint contents are :mod:`charnn.checkpoint`'s business,
-their place on disk :mod:`charnn.rundir`'s.
+:class:`DivergenceGuard` (what non-finite steps mean), :class:`EvalSavePolicy`
+(when to validate and save) and :class:`TrainingSampler` (``--sample-every``). Checkpoint
+contents are :mod:`charnn.checkpoint`'s business, their place on disk :mod:`charnn.rundir`'s.
 """
 
 from __future__ import annotations
@@ -34,14 +34,24 @@ from charnn.checkpoint import (
     save_checkpoint,
     training_meta,
 )
-from charnn.config import ModelConfig, TrainConfig
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.distributed import SOLO, Group
-from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, DataError, DivergedError, Interrupted
-from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths
+from charnn.errors import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    CharnnError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+)
+from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
 from charnn.hardware import threads_for
 from charnn.model import CharRNN, Hidden, detach_hidden
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, StepReport
+from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
+from charnn.rundir import RunDir
+from charnn.tokenizer import Tokenizer
 
 __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
 
@@ -97,6 +107,29 @@ def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
 # ---------------------------------------------------------------------------- the loop's parts
 
 
+def build_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, biases and the embedding (a lookup table, not a map) do not."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+def autocast(precision: str) -> Any:
+    """bf16 autocast on CUDA for ``--precision bf16``; nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def all_finite(model: CharRNN) -> bool:
+    """Whether every weight is finite (one device sync; checked only before saves)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the decay horizon:
@@ -120,15 +153,43 @@ class Schedule:
         return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+@dataclass(frozen=True)
+class RunLength:
+    """How long the run is: ``--steps``, ``--epochs`` (in steps) and/or ``--time``; with none
+    of them, the default time. The first limit reached ends the run."""
+
+    steps: int | None
+    seconds: float | None
+    default: bool  # no length was given
+
+    @classmethod
+    def of(cls, config: TrainConfig, batcher: StreamBatcher) -> RunLength:
+        steps = config.steps
+        if steps is None and config.epochs is not None:
+            steps = batcher.steps_for_epochs(config.epochs)
+        given = config.steps is not None or config.epochs is not None or config.time_limit is not None
+        return cls(steps, config.time_limit if given else DEFAULT_TIME, not given)
+
+    def fraction(self, step: int, elapsed: float) -> float:
+        parts = [step / self.steps] if self.steps else []
+        parts += [elapsed / self.seconds] if self.seconds else []
+        return min(1.0, max(parts)) if parts else 0.0
+
+    def reached(self, step: int, elapsed: float) -> bool:
+        return (self.steps is not None and step >= self.steps) or (
+            self.seconds is not None and elapsed >= self.seconds
+        )
+
+
 class ThroughputMeter:
-    """Tokens per second over a window of about ``window`` seconds, so the rate follows changes."""
+    """Characters per second over a window of about ``window`` seconds, so the rate follows changes."""
 
     def __init__(self, window: float = 2.0) -> None:
         self.window = window
         self.start, self.tokens = time.perf_counter(), 0
 
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
+    def add(self, chars: int) -> None:
+        self.tokens += chars
 
     def rate(self) -> float:
         now = time.perf_counter()
@@ -199,6 +260,69 @@ class EvalSavePolicy:
         self.pending_save = self.pending_eval = False
 
 
+class EarlyStop:
+    """``--patience K``: stop after K validations in a row without an improvement of at least
+    ``--min-delta`` bits per character over the reference (the best bpc that counted as one).
+    Its counter and reference live in :class:`Progress`, so they survive ``--resume``."""
+
+    def __init__(self, patience: int | None, min_delta: float) -> None:
+        self.patience, self.min_delta = patience or 0, min_delta
+
+    def observe(self, progress: Progress, bpc: float) -> str | None:
+        """Count one validation; the reason to stop now, or None."""
+        if not math.isfinite(bpc):
+            progress.stale_evals += 1
+        elif progress.patience_best is None or bpc < progress.patience_best - self.min_delta:
+            progress.patience_best, progress.stale_evals = bpc, 0
+        else:
+            progress.stale_evals += 1
+        if self.patience and progress.stale_evals >= self.patience:
+            delta = f" of at least {self.min_delta:g}" if self.min_delta else ""
+            ref = f" on val bpc {progress.patience_best:.4f}" if progress.patience_best is not None else ""
+            n = progress.stale_evals
+            return (
+                f"early stopping at step {progress.step}: {n} validation{'s' if n > 1 else ''} "
+                f"without an improvement{delta}{ref} (--patience {self.patience})"
+            )
+        return None
+
+
+class TrainingSampler:
+    """A short sample every ``every`` steps (0 = never), always from the same prime (the
+    tokenizer's start, a newline) with the same seed, so samples differ only by the weights.
+
+    Uses the fast CPU stepper on a snapshot of the model: the model's train/eval mode, the
+    trainer's carried hidden state and torch's global RNG are untouched (draws come from a
+    private generator), so a run with samples trains exactly as one without. A sample due on a
+    step inside a run of non-finite steps waits for the next good step.
+    """
+
+    def __init__(self, every: int, tokenizer: Tokenizer, seed: int, length: int = 200) -> None:
+        self.every, self.tokenizer, self.seed = every, tokenizer, seed
+        self.config = SampleConfig(length=length, seed=seed)
+        self.prime_ids = tokenizer.start_ids()
+        self.pending = False
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and (self.pending or step % self.every == 0)
+
+    def defer(self, step: int) -> None:
+        self.pending = self.due(step)
+
+    def clear(self) -> None:
+        self.pending = False
+
+    def sample(self, model: CharRNN) -> str:
+        from charnn.sampling import generate
+        from charnn.stepper import FastStepper
+
+        self.pending = False
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        stepper = FastStepper(model)  # a float32 CPU snapshot: the model itself is not touched
+        return generate(stepper, self.prime_ids, self.config, self.tokenizer, generator=generator)[0].text
+
+
 @contextmanager
 def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
@@ -238,10 +362,15 @@ class Trainer:
         out: Path,
         reporter: Reporter,
         resume: Checkpoint | None = None,
+        parent: dict[str, Any] | None = None,
+        invocation: dict[str, Any] | None = None,
         group: Group = SOLO,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
+        self.invocation = invocation  # command line and versions, for the metadata (run_meta)
+        self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
         self.group = group
+        self._agreed_elapsed: float | None = None
         self.device = select_device(group.device(config.device))
         if config.device == "auto" and self.device.type == "cpu" and mps_available():
             reporter.message(MPS_NOTE)
@@ -250,8 +379,14 @@ class Trainer:
             torch.set_num_threads(threads)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
-        train_ids, self.val_ids = split_train_val(corpus.ids, config.val_fraction)
+        # Per-character numbers for every tokenizer: characters each token spells, UNK's extra cost.
+        self.char_lengths = token_char_lengths(corpus.tokenizer)
+        self.extra_nats = token_extra_nats(corpus.tokenizer)
+        train_ids, self.val_ids = split_train_val(
+            corpus.ids, config.val_fraction, char_lengths=self.char_lengths
+        )
         self.val_ids = self.val_ids[: config.eval_chars]
+        self.val_context = int(train_ids[-1])  # validation text is predicted from its first token on
         self.batcher = StreamBatcher(
             train_ids,
             config.batch_size,
@@ -261,65 +396,59 @@ class Trainer:
             rank=group.rank,
             world=group.world_size,
         )
-        self.char_lengths = token_char_lengths(corpus.tokenizer)
+        self.last_chars = 0  # characters the last step's targets spell (for the bpc in the log)
+        self.meter_tokens = self.batcher.batch_size * config.seq_len  # targets per step
 
         torch.manual_seed(config.seed)
         self.model = CharRNN(model_config).to(self.device)
         group.init(self.device)
         self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2 or "embed" in n]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-            betas=(0.9, 0.99),
-        )
-        self.schedule = Schedule(config, self.total_steps, self.time_limit)
+        self.optimizer = build_optimizer(self.model, config)
+        self.length = RunLength.of(config, self.batcher)
+        self.schedule = Schedule(config, self.length.steps, self.length.seconds)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
+        self.stopper = EarlyStop(config.patience, config.min_delta)
+        self.sampler = TrainingSampler(config.sample_every, corpus.tokenizer, config.seed)
+        self.rundir = RunDir(self.out)
         self.meter = ThroughputMeter()
         self.progress = Progress()
         self.hidden: Hidden | None = None
+        self._clock = time.perf_counter()
         if resume is not None:
             self._restore(resume)
+            self.progress.stopped_reason = None  # a resumed run goes on until its (new) end
+        self._saved_step = self.progress.step if resume is not None else -1
 
     # ------------------------------------------------------------------ length
 
     @property
     def total_steps(self) -> int | None:
-        cfg = self.config
-        if cfg.steps is not None:
-            return cfg.steps
-        if cfg.epochs is not None:
-            return self.batcher.steps_for_epochs(cfg.epochs)
-        return None
+        return self.length.steps
 
     @property
     def time_limit(self) -> float | None:
-        cfg = self.config
-        if cfg.time_limit is None and cfg.steps is None and cfg.epochs is None:
-            return DEFAULT_TIME
-        return cfg.time_limit
+        return self.length.seconds
 
     def fraction_done(self) -> float:
-        parts = []
-        if self.total_steps:
-            parts.append(self.progress.step / self.total_steps)
-        if self.time_limit:
-            parts.append(self.progress.elapsed / self.time_limit)
-        return min(1.0, max(parts)) if parts else 0.0
+        return self.length.fraction(self.progress.step, self.progress.elapsed)
 
     def lr_at(self, step: int) -> float:
         return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
 
     def done(self) -> bool:
-        total, limit = self.total_steps, self.time_limit
-        return (total is not None and self.progress.step >= total) or (
-            limit is not None and self.progress.elapsed >= limit
-        )
+        # Distributed: the clock the ranks agreed on this step, so they all stop at the same step.
+        elapsed = self.progress.elapsed if self._agreed_elapsed is None else self._agreed_elapsed
+        return self.length.reached(self.progress.step, elapsed)
+
+    def _agree(self, flags: dict[str, int]) -> int:
+        """The pending signal, and (distributed) the slowest rank's clock: the same on every rank
+        (one all-reduce), because a rank that stopped or validated alone would leave the others
+        waiting in a collective."""
+        if not self.group.active:
+            return flags.get("signal", 0)
+        self._agreed_elapsed, signalled = self.group.agree(self.progress.elapsed, flags.get("signal", 0))
+        return signalled
 
     # ------------------------------------------------------------------ the loop
 
@@ -328,52 +457,15 @@ class Trainer:
         flags: dict[str, int] = {}
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
         with _signal_flags(flags):
-            if self.progress.step == 0:
-                self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            clock = time.perf_counter()
-            while True:
-                # Clock: wall time, validation and saves included (--time 5m is five minutes).
-                # Ranks agree on it and on signals, so all of them stop at the same step.
-                now = time.perf_counter()
-                elapsed, clock = self.progress.elapsed + now - clock, now
-                self.progress.elapsed, signalled = self.group.agree(elapsed, flags.get("signal", 0))
-                if self.done():
-                    break
-                # Step: one TBPTT window; None when it was skipped as non-finite.
-                loss = self.train_step()
-                self.meter.add(
-                    self.batcher.batch_size * self.config.seq_len * self.group.world_size
-                )  # all ranks
-                save_due, eval_due = self.policy.due(self.progress.step, self.done())
-                # Guard: a finite loss can still overflow the weights; check before anything is saved.
-                stopping = bool(signalled) or self.done()
-                overflowed = (save_due or eval_due or stopping) and not self._finite()
-                if overflowed and loss is not None:
-                    self.progress.skipped_steps += 1
-                if loss is None or overflowed:
-                    if self.guard.non_finite(overflowed):
-                        self._recover()
-                        self.policy.clear()
-                        continue
-                else:
-                    self.guard.finite()
-                    self._report_step(loss)
-                # Signals: save what we have (weights checked finite above) and stop.
-                if signalled:
-                    self.save(LATEST)
-                    code = EXIT_SIGTERM if signalled == signal.SIGTERM else EXIT_SIGINT
-                    step = self.progress.step
-                    raise Interrupted(f"interrupted at step {step}; saved {self.out / LATEST}", code)
-                # Validate and save, or defer both while a run of bad steps lasts.
-                if self.guard.in_bad_run:
-                    self.policy.defer(save_due, eval_due)
-                    continue
-                self.policy.clear()
-                if eval_due:
-                    self._eval_and_save(force_latest=save_due)
-                elif save_due:
-                    self.save(LATEST)
-            result = self._eval_and_save(force_latest=True)
+            try:
+                result = self._loop(flags)
+            except CharnnError:
+                raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
+            except BaseException:
+                self._save_what_we_can()
+                raise
+        if flags.get("signal"):  # arrived during the final validation, which has just saved
+            raise self._interrupted(flags["signal"])
         prog = self.progress
         summary = RunSummary(
             step=prog.step,
@@ -382,14 +474,80 @@ class Trainer:
             val=result.to_dict() if result else None,
             best_val_bpc=prog.best_val_bpc,
             out=str(self.out),
+            stopped_reason=prog.stopped_reason,
         )
         self.reporter.finish(summary)
         return summary.to_dict()
 
-    def _autocast(self) -> Any:
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+    def _loop(self, flags: dict[str, int]) -> EvalResult | None:
+        if self.progress.step == 0:
+            self.save(LATEST)  # claims the directory and gives divergence recovery a base
+            if self.group.is_writer:
+                self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
+        self._clock = time.perf_counter()
+        while True:
+            # Clock: wall time, validation and saves included (--time 5m is five minutes).
+            self._tick()
+            signalled = self._agree(flags)
+            if self.done() or self.progress.stopped_reason:
+                break
+            # Step: one TBPTT window; None when it was skipped as non-finite.
+            loss = self.train_step()
+            save_due, eval_due = self.policy.due(self.progress.step, self.done())
+            # Guard: a finite loss can still overflow the weights; check before anything is saved.
+            stopping = bool(signalled) or self.done()
+            overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
+            if overflowed and loss is not None:
+                self.progress.skipped_steps += 1
+            if loss is None or overflowed:
+                if self.guard.non_finite(overflowed):
+                    self._recover()
+                    self.policy.clear()
+                    self.sampler.clear()
+                    continue
+            else:
+                self.guard.finite()
+                self._report_step(loss)
+            # Signals: save what we have (weights checked finite above) and stop.
+            if signalled:
+                self.save(LATEST)
+                raise self._interrupted(signalled)
+            # Validate and save, or defer both while a run of bad steps lasts.
+            if self.guard.in_bad_run:
+                self.policy.defer(save_due, eval_due)
+                self.sampler.defer(self.progress.step)
+                continue
+            self.policy.clear()
+            if eval_due:
+                self._eval_and_save(force_latest=save_due)
+            elif save_due:
+                self.save(LATEST)
+            # Sample: what the model writes now, beside the checkpoints and on stderr.
+            if self.sampler.due(self.progress.step) and self.group.is_writer:
+                self._sample()
+        return self._final_eval()
+
+    def _interrupted(self, signum: int) -> Interrupted:
+        """A stop the user asked for: where the run stands and the command that continues it."""
+        return Interrupted(
+            f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
+            f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
+            EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+        )
+
+    def _save_what_we_can(self) -> None:
+        """After an unexpected failure: keep the progress since the last save, if it is sound.
+        Not when distributed: a save gathers from every rank, and the others may be gone."""
+        if self.group.active:
+            return
+        try:
+            if self.progress.step > self._saved_step and all_finite(self.model):
+                self.save(LATEST)
+                self.reporter.message(
+                    f"saved {self.out / LATEST} at step {self.progress.step} before stopping"
+                )
+        except Exception:  # the original failure is what the user must see
+            pass
 
     def _to_device(self, array: Any) -> torch.Tensor:
         """A batch on the training device; on CUDA through pinned memory, copied asynchronously."""
@@ -401,6 +559,11 @@ class Trainer:
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.batcher.batch(self.progress.step)
+        chars = int(self.char_lengths[y_np].sum())  # the text the targets spell
+        self.last_chars = chars
+        self.progress.tokens += int(y_np.size)
+        self.progress.chars += chars
+        self.meter.add(chars * self.group.world_size)  # every rank's streams (theirs read alike)
         x = self._to_device(x_np)  # (B, T)
         y = self._to_device(y_np)  # (B, T)
         if reset or self.hidden is None:
@@ -409,7 +572,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with self._autocast():
+        with autocast(self.config.precision):
             logits, hidden = self.net(x, self.hidden)  # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.progress.step += 1
@@ -439,26 +602,40 @@ class Trainer:
         prog = self.progress
         ema = prog.train_loss
         prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
+        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
         self.reporter.progress(
             StepReport(
                 step=prog.step,
                 total=self.total_steps,
                 fraction=self.fraction_done(),
                 loss=loss,
-                bpc=loss / math.log(2),
-                tok_per_s=self.meter.rate(),
+                # Per character of the batch's text, whatever the tokenizer; per token beside it.
+                bpc=loss * self.meter_tokens / max(self.last_chars, 1) / math.log(2),
+                bpt=loss / math.log(2),
+                tok_per_s=chars_per_s * prog.tokens / max(1, prog.chars),
                 lr=self.lr_at(prog.step),
                 skipped=prog.skipped_steps,
+                elapsed=self._tick(),
+                tokens=prog.tokens,
+                chars=prog.chars,
+                chars_per_s=chars_per_s,
             )
         )
 
     def evaluate(self) -> EvalResult | None:
         """Validation on rank 0 (exactly a single process's result), shared with the other ranks."""
-        if len(self.val_ids) < 2:
+        if len(self.val_ids) < 1:
             return None
         result = None
         if self.group.is_writer:
-            result = evaluate_stream(self.model, self.val_ids, self.char_lengths, device=self.device)
+            result = evaluate_stream(
+                self.model,
+                self.val_ids,
+                self.char_lengths,
+                device=self.device,
+                context=self.val_context,
+                extra_nats=self.extra_nats,
+            )
         if not self.group.active:
             return result
         values = self.group.broadcast_floats(
@@ -468,8 +645,26 @@ class Trainer:
             return None
         return EvalResult(loss=values[0], bpc=values[1], tokens=int(values[2]), chars=int(values[3]))
 
-    def _eval_and_save(self, force_latest: bool) -> EvalResult | None:
+    def _tick(self) -> float:
+        """Advance ``progress.elapsed`` to now (wall clock, summed over resumes) and return it."""
+        now = time.perf_counter()
+        self.progress.elapsed, self._clock = self.progress.elapsed + now - self._clock, now
+        return self.progress.elapsed
+
+    def _final_eval(self) -> EvalResult | None:
+        """The end of the run validates, unless this very step was just validated (early stop,
+        or a run resumed after it had finished): a step is never validated twice."""
         prog = self.progress
+        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2:
+            self.save(LATEST)
+            keys = ("loss", "bpc", "tokens", "chars")
+            return EvalResult(**{k: prog.val[k] for k in keys})
+        return self._eval_and_save(force_latest=True, final=True)
+
+    def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:
+        prog = self.progress
+        if len(self.val_ids) >= 2:
+            self.reporter.validating(prog.step)
         result = self.evaluate()
         is_best = False
         if result is not None:
@@ -479,12 +674,32 @@ class Trainer:
             is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
             if is_best:
                 prog.best_val_bpc = result.bpc
-            self.reporter.evaluated(EvalReport(prog.step, result.loss, result.bpc, is_best))
+            report = EvalReport(
+                prog.step,
+                result.loss,
+                result.bpc,
+                is_best,
+                bpt=result.bpt,
+                tokens=result.tokens,
+                elapsed=self._tick(),
+                best_bpc=prog.best_val_bpc,
+            )
+            self.reporter.evaluated(report)
+            reason = None if final else self.stopper.observe(prog, result.bpc)
+            if reason:
+                prog.stopped_reason = reason
+                self.reporter.stopped(prog.step, prog.elapsed, reason)
         if force_latest or prog.step % self.config.save_every == 0 or is_best:
             self.save(LATEST)
         if is_best or (result is None and force_latest):
             self.save(BEST)
         return result
+
+    def _sample(self) -> None:
+        start = time.perf_counter()
+        text = self.sampler.sample(self.model)
+        self.rundir.append_sample(self.progress.step, text, f"(seed {self.sampler.seed})")
+        self.reporter.sampled(SampleReport(self.progress.step, text, time.perf_counter() - start))
 
     def _recover(self) -> None:
         self.reporter.message(
@@ -499,11 +714,6 @@ class Trainer:
         self.progress.skipped_steps = old.skipped_steps
         self.progress.elapsed = old.elapsed
 
-    def _finite(self) -> bool:
-        """Whether every weight is finite (one device sync; checked only before saves)."""
-        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
-        return bool(torch.stack(flags).all())
-
     # ------------------------------------------------------------------ checkpoints
 
     def _info(self) -> RunInfo:
@@ -516,10 +726,11 @@ class Trainer:
             batch_size=self.batcher.batch_size,
             steps=self.total_steps,
             time_limit=self.time_limit,
-            default_length=self.total_steps is None and self.config.time_limit is None,
+            default_length=self.length.default,
             start_step=self.progress.step,
             out=str(self.out),
             processes=self.group.world_size,
+            elapsed=self.progress.elapsed,
         )
 
     def save(self, which: str) -> None:
@@ -531,20 +742,45 @@ class Trainer:
         }
         hidden = None if self.hidden is None else self.group.gather_hidden(self.hidden)  # all ranks
         self.guard.checkpointed()
+        self._saved_step = self.progress.step
         if not self.group.is_writer:
             return
-        meta = training_meta(self.config, self.progress, corpus, self.optimizer)
+        meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
         meta["world_size"] = self.group.world_size
+        if self.parent is not None:
+            meta["parent"] = self.parent
         state = pack_train_state(self.optimizer, hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
+
+    def run_meta(self) -> dict[str, Any]:
+        """How this run (or its latest resumption) was started: command line, versions, device."""
+        from charnn.metrics import invocation
+
+        return {**(self.invocation or invocation()), "device": str(self.device)}
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.group.check_resume(ckpt.meta.get("world_size", 1))
         self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
         self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
+        if self.group.is_writer:
+            self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
     saved = ckpt.meta.get("corpus", {}).get("sha256")
     if saved and saved != corpus.sha256:
-        raise DataError("the corpus differs from the one this run trained on (sha256 mismatch)")
+        raise DataError(
+            "the corpus differs from the one this run trained on (sha256 mismatch); "
+            + init_from_hint(ckpt.path.parent)
+        )
+
+
+def init_from_hint(run: Path | str) -> str:
+    """What to do instead of resuming on new text."""
+    return f"to train this model on new text, start a new run from it: --init-from {run} -o NEW_RUN"

@@ -8,7 +8,10 @@ Fixtures (see each docstring):
 
 ``corpus_text``      session  the generated training text (str, ~9 KB of English-like lines)
 ``corpus_file``      session  that text written to a file (Path)
-``run_cli``          function call ``run_cli("train", ...)`` -> CompletedProcess (subprocess, real CLI)
+``run_cli``          function call ``run_cli("train", ...)`` -> CompletedProcess: the CLI's ``main`` run in
+                              this process (click's CliRunner isolation: stdin, stdout, stderr, env, cwd)
+``run_process``      function the same in a real subprocess (``python -m charnn``), for what needs a
+                              process: signals, pipes, closed streams, imports, exit on kill
 ``cli_command``      function ``cli_command("train", ...)`` -> argv list, for ``subprocess.Popen``
 ``cli_env``          function the environment the CLI subprocesses run with (dict)
 ``cli_inprocess``    function call ``cli_inprocess("info", ...)`` -> CompletedProcess, via ``charnn.cli.main``
@@ -48,8 +51,19 @@ atexit.register(shutil.rmtree, _CACHE, True)
 # A model small enough that a CLI training run takes a second or two on a laptop CPU.
 TINY_MODEL_ARGS: tuple[str, ...] = ("--hidden", "32", "--embed", "16", "--layers", "1")
 TINY_TRAIN_ARGS: tuple[str, ...] = (
-    *TINY_MODEL_ARGS, "--steps", "30", "--seq-len", "32", "--batch-size", "8",
-    "--eval-every", "15", "--seed", "1", "--device", "cpu",
+    *TINY_MODEL_ARGS,
+    "--steps",
+    "30",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-every",
+    "15",
+    "--seed",
+    "1",
+    "--device",
+    "cpu",
 )
 
 _WORDS = (
@@ -94,8 +108,13 @@ def _run_cli(
     if isinstance(input, bytes):
         input = input.decode("utf-8", "surrogateescape")
     return subprocess.run(
-        _cli_command(*args), input=input, capture_output=True, text=True, env=_cli_env(env),
-        timeout=timeout, cwd=cwd,
+        _cli_command(*args),
+        input=input,
+        capture_output=True,
+        text=True,
+        env=_cli_env(env),
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -113,10 +132,49 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> P
     return path
 
 
+def _run_inprocess(
+    *args: str | os.PathLike[str],
+    input: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``charnn ARGS`` through ``charnn.cli.main`` in this process, isolated like a subprocess
+    (own stdin/stdout/stderr, ``NO_COLOR=1``, ``CHARNN_DEBUG`` unset, ``cwd``); no torch start-up."""
+    from click.testing import CliRunner
+
+    from charnn.cli import main
+
+    argv = [str(a) for a in args]
+    here = os.getcwd()
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        isolation = CliRunner().isolation(
+            input=input, env={"CHARNN_DEBUG": None, "NO_COLOR": "1", **(env or {})}
+        )
+        with isolation as (out, err, _):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(here)
+    decode = lambda b: b.getvalue().decode("utf-8", "replace")  # noqa: E731
+    return subprocess.CompletedProcess(["charnn", *argv], code, decode(out), decode(err))
+
+
 @pytest.fixture
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_cli(*args, input=None, env=None, timeout=120, cwd=None)`` runs the real CLI in a
-    subprocess (``NO_COLOR=1``, ``CHARNN_DEBUG`` unset) and returns the CompletedProcess."""
+    """``run_cli(*args, input=None, env=None, timeout=120, cwd=None)`` runs the CLI in this process,
+    isolated like a subprocess, and returns a CompletedProcess (see ``_run_inprocess``)."""
+    return _run_inprocess
+
+
+@pytest.fixture
+def run_process() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_process(*args, ...)``: like ``run_cli`` but a real ``python -m charnn`` subprocess."""
     return _run_cli
 
 
@@ -133,8 +191,9 @@ def cli_env() -> Callable[..., dict[str, str]]:
 
 
 @pytest.fixture
-def cli_inprocess(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-                  ) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cli_inprocess(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``cli_inprocess(*args)`` runs ``charnn.cli.main`` here (the same parsing, error mapping and
     exit codes as the subprocess) and returns a CompletedProcess with the captured output.
     ~100x cheaper than ``run_cli``; a subprocess is still the real thing for signals and crashes."""
@@ -160,7 +219,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> 
     """A finished tiny run (``TINY_TRAIN_ARGS`` on ``corpus_file``): ``latest/`` and ``best/``.
     Shared by the whole session: never modify it, use ``trained_run_copy``."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    proc = _run_cli("train", corpus_file, "--out", out, *TINY_TRAIN_ARGS)
+    proc = _run_inprocess("train", corpus_file, "--out", out, *TINY_TRAIN_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert (out / "latest" / "meta.json").is_file() and (out / "best" / "meta.json").is_file()
     return out

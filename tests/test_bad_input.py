@@ -20,6 +20,7 @@ from conftest import TINY_MODEL_ARGS
 from charnn import checkpoint as ck
 from charnn import rundir
 from charnn.checkpoint import load_checkpoint
+from charnn.metrics import METRICS
 
 SHORT_RUN = (*TINY_MODEL_ARGS, "--steps", "2", "--seq-len", "16", "--batch-size", "4", "--device", "cpu")
 
@@ -160,7 +161,9 @@ def test_pickle_checkpoint_is_refused_without_unpickling(tmp_path: Path, run_cli
 
 
 def _snapshot(run: Path) -> dict[Path, bytes]:
-    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    """Every file of the run but its history: metrics.jsonl is an append-only log, and the rows of
+    a session whose save failed are its abandoned tail (the next --resume drops them)."""
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != METRICS}
 
 
 def test_output_under_a_regular_file(tmp_path: Path, corpus_file: Path, run_cli) -> None:
@@ -197,6 +200,8 @@ def test_file_size_limit_mid_save_keeps_the_old_checkpoint(trained_run_copy: Pat
     assert_error(proc, 1, "could not save checkpoint", "File too large", "previous checkpoint is kept")
     assert _snapshot(trained_run_copy) == before  # byte for byte, and no temporary leftovers
     assert load_checkpoint(trained_run_copy, prefer="latest").step == 30
+    for line in (trained_run_copy / METRICS).read_text().splitlines():
+        json.loads(line)  # the history stays whole JSON lines
 
 
 def test_disk_full_mid_save_keeps_the_old_checkpoint(trained_run_copy: Path, cli_inprocess,

@@ -80,9 +80,9 @@ def test_cli_import_and_help_do_not_import_torch(cli_env: Callable[..., dict]) -
     assert proc.stderr.strip() == "([], [])"
 
 
-def test_console_script_and_module_entry_points(run_cli: RunCli, cli_env: Callable[..., dict]) -> None:
-    """``python -m charnn`` (what run_cli uses) and the installed ``charnn`` script both work."""
-    assert run_cli("--help").returncode == 0
+def test_console_script_and_module_entry_points(run_process: RunCli, cli_env: Callable[..., dict]) -> None:
+    """``python -m charnn`` (what run_process uses) and the installed ``charnn`` script both work."""
+    assert run_process("--help").returncode == 0
     script = Path(sys.executable).parent / "charnn"
     if not script.exists():
         pytest.skip("no charnn console script next to this interpreter")
@@ -205,8 +205,9 @@ def test_sentencepiece_run_end_to_end(run_cli: RunCli, corpus_file: Path, corpus
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     assert result["tokens"] < result["chars"]
-    # Every character but the first is predicted, whatever pieces spell it.
-    assert result["chars"] == len(held_out) - 1
+    # Every character is predicted (the first from the start context), whatever pieces spell it.
+    assert result["chars"] == len(held_out)
+    assert result["bpt"] * result["tokens"] == pytest.approx(result["bpc"] * result["chars"])
     sample = run_cli("sample", "-c", out, "--length", "30", "--seed", "1")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout
@@ -328,7 +329,7 @@ def test_eval_json(run_cli: RunCli, trained_run: Path, corpus_text: str, tmp_pat
     assert {"bpc", "loss", "chars", "tokens"} <= result.keys()
     assert 0 < result["bpc"] < 10
     assert result["bpc"] == pytest.approx(result["loss"] / math.log(2))
-    assert result["tokens"] <= result["chars"] <= len(held_out) - 1
+    assert result["tokens"] == result["chars"] == len(held_out)  # every character, the first too
     # stdin gives the same numbers as the file.
     again = run_cli("eval", "-c", trained_run, "-", "--json", input=held_out)
     assert again.returncode == 0, again.stderr
@@ -368,7 +369,7 @@ def test_plain_outputs(run_cli: RunCli, trained_run: Path, tmp_path: Path) -> No
     ev = run_cli("eval", "-c", trained_run, "-", input=text)
     assert ev.returncode == 0, ev.stderr
     assert ev.stdout.startswith("bpc ") and len(ev.stdout.splitlines()) == 1
-    assert f"chars {len(text) - 1}" in ev.stdout
+    assert f"chars {len(text)}" in ev.stdout
     sc = run_cli("score", "-c", trained_run, input=text)
     assert sc.returncode == 0, sc.stderr
     rows = [line.split("\t") for line in sc.stdout.splitlines()]
@@ -388,8 +389,17 @@ def test_info_json(run_cli: RunCli, trained_run: Path) -> None:
     data = json.loads(proc.stdout)
     assert isinstance(data, dict)
     assert data["step"] == 30
-    assert "lstm" in data["model"] and data["parameters"] > 0
-    assert data["tokenizer"].startswith("char")
+    # Structured: numbers as numbers, the model config as an object, no tokenizer blob.
+    assert data["model"] == {
+        "cell": "lstm", "layers": 1, "hidden": 32, "embed": 16, "dropout": 0.0, "tie_weights": False,
+        "vocab_size": data["tokenizer"]["vocab_size"],
+    }
+    assert isinstance(data["parameters"], int) and data["parameters"] > 0
+    assert data["tokenizer"] == {"kind": "char", "vocab_size": data["model"]["vocab_size"]}
+    assert isinstance(data["best_val_bpc"], float) and isinstance(data["trained_seconds"], float)
+    assert data["train"]["steps"] == 30 and data["corpus"]["tokens"] > 0
+    assert "train" in data["run"]["argv"]
+    assert data["run"]["device"] == "cpu" and data["run"]["torch"]
     assert Path(data["path"]).name == "best"
     plain = run_cli("info", "-c", trained_run)
     assert plain.returncode == 0 and "parameters" in plain.stdout

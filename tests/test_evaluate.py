@@ -52,8 +52,8 @@ def test_stream_loss_equals_full_sequence_cross_entropy(model: CharRNN, tok: Cha
     assert result.tokens == result.chars == len(ids) - 1
     assert result.loss == pytest.approx(expected, rel=1e-5)
     assert result.bpc == pytest.approx(result.loss / math.log(2), rel=1e-9)  # char tokenizer: bpc = loss/ln 2
-    assert result.to_dict() == {"loss": result.loss, "bpc": result.bpc, "tokens": result.tokens,
-                                "chars": result.chars}
+    assert result.to_dict() == {"loss": result.loss, "bpc": result.bpc, "bpt": result.bpt,
+                                "tokens": result.tokens, "chars": result.chars}
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 50])
@@ -82,32 +82,36 @@ def test_hidden_state_matters(model: CharRNN, tok: CharTokenizer) -> None:
     assert abs(total / count - direct_loss(model, ids)) > 1e-3
 
 
+def stream_sum(model: CharRNN, ids: np.ndarray, streams: int) -> float:
+    """Total NLL when the n-1 targets are cut into ``streams`` contiguous runs of ceil length."""
+    m = len(ids) - 1
+    length = -(-m // streams)
+    return sum(direct_loss(model, ids[s : min(s + length, m) + 1]) * (min(s + length, m) - s)
+               for s in range(0, m, length))
+
+
 def test_parallel_streams_equal_per_stream_direct_losses(model: CharRNN, tok: CharTokenizer) -> None:
-    """batch_size > 1 splits the text into contiguous streams; the loss is the token-weighted mean
-    of each stream's own full-sequence loss."""
+    """batch_size > 1 splits the text into contiguous streams that together predict every token;
+    the loss is the token-weighted mean of each stream's own full-sequence loss."""
     ids = tok.encode(TEXT)
     B = 4
     result = evaluate_stream(model, ids, token_char_lengths(tok), batch_size=B, seq_len=16)
-    length = (len(ids) - 1) // B
-    assert result.tokens == B * length
-    expected = np.mean([direct_loss(model, ids[b * length : (b + 1) * length + 1]) for b in range(B)])
-    assert result.loss == pytest.approx(expected, rel=1e-4)
+    assert result.tokens == len(ids) - 1
+    assert result.loss == pytest.approx(stream_sum(model, ids, B) / (len(ids) - 1), rel=1e-4)
 
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 120), batch_size=st.integers(1, 6), seq_len=st.integers(1, 40))
 def test_stream_loss_property(n: int, batch_size: int, seq_len: int) -> None:
-    """For any length/batch/window: the streams are contiguous, cover the first B*L+1 tokens, and
-    the loss is the mean of each stream's own full-sequence loss."""
+    """For any length/batch/window: the streams are contiguous, predict every token after the
+    first, and the loss is the mean of each stream's own full-sequence loss."""
     tok = CharTokenizer.from_codepoints(codepoints(TEXT))
     ids = tok.encode((TEXT * 2)[:n])
     model = small_gru(tok.vocab_size)
     result = evaluate_stream(model, ids, token_char_lengths(tok), batch_size=batch_size, seq_len=seq_len)
     streams = max(1, min(batch_size, (n - 1) // seq_len))
-    length = (n - 1) // streams
-    assert result.tokens == result.chars == streams * length
-    expected = np.mean([direct_loss(model, ids[b * length : (b + 1) * length + 1]) for b in range(streams)])
-    assert result.loss == pytest.approx(expected, rel=1e-4)
+    assert result.tokens == result.chars == n - 1
+    assert result.loss == pytest.approx(stream_sum(model, ids, streams) / (n - 1), rel=1e-4)
 
 
 @functools.lru_cache(maxsize=2)

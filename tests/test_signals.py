@@ -47,8 +47,12 @@ def test_signal_saves_latest_and_exits_with_its_code(sig: int, code: int, tmp_pa
     rc, stderr = _interrupt(cli_command("train", corpus_file, "--out", out, *LONG_RUN), cli_env(), [sig])
     assert rc == code, stderr
     assert "Traceback" not in stderr
-    match = re.search(r"^charnn: error: interrupted at step (\d+); saved (.+)$", stderr, re.M)
+    # A stop the user asked for, not an error, with the command that continues the run.
+    assert "error" not in stderr
+    pattern = r"^charnn: stopped at step (\d+); saved (.+); continue with: charnn train --resume (.+)$"
+    match = re.search(pattern, stderr, re.M)
     assert match, stderr
+    assert match.group(3) == str(out)
     step = int(match.group(1))
     meta = json.loads((out / "latest" / "meta.json").read_text())
     assert meta["progress"]["step"] == step > 0

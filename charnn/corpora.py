@@ -1,0 +1,250 @@
+"""Known public-domain corpora: a registry file, a cache directory, and a careful downloader.
+
+The registry (``corpora/registry.json`` in the source tree, or ``$CHARNN_CORPORA_REGISTRY``) lists
+each corpus with its URL, size, sha256 and licence. ``fetch`` downloads into the cache under a
+temporary name, resumes it with an HTTP Range request (or starts over when the server ignores
+Range), checks the size and sha256, and only then renames it into place: the final name only ever
+holds a complete, verified file. urllib only; no new dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charnn import __version__
+from charnn.errors import CharnnError, ConfigError, DataError
+
+BUILTIN_PREFIX = "builtin:"
+_CHUNK = 1 << 16
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
+
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    name: str
+    url: str
+    size: int | None  # bytes; None when not recorded
+    sha256: str | None  # None: the registry cannot vouch for the content
+    language: str
+    licence: str
+    description: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.url.startswith(BUILTIN_PREFIX)
+
+    @property
+    def verified(self) -> bool:
+        return self.sha256 is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def registry_path() -> Path:
+    """``$CHARNN_CORPORA_REGISTRY``, else ``corpora/registry.json`` next to the charnn package."""
+    override = os.environ.get("CHARNN_CORPORA_REGISTRY")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "corpora" / "registry.json"
+
+
+def _entry(raw: Any, where: Path) -> CorpusEntry:
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: each corpus must be an object")
+    try:
+        entry = CorpusEntry(**{k: raw[k] for k in CorpusEntry.__dataclass_fields__})
+    except KeyError as exc:
+        raise DataError(f"{where}: corpus {raw.get('name')!r} lacks {exc.args[0]!r}") from None
+    ok = (
+        isinstance(entry.name, str)
+        and _NAME.fullmatch(entry.name)
+        and isinstance(entry.url, str)
+        and (entry.builtin or entry.url.startswith(("http://", "https://")))
+        and (entry.size is None or (isinstance(entry.size, int) and entry.size >= 0))
+        and (entry.sha256 is None or bool(re.fullmatch(r"[0-9a-f]{64}", str(entry.sha256))))
+    )
+    if not ok:
+        raise DataError(f"{where}: malformed entry for corpus {raw.get('name')!r}")
+    return entry
+
+
+def load_registry(path: Path | None = None) -> list[CorpusEntry]:
+    path = path or registry_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: corpus registry not found (set CHARNN_CORPORA_REGISTRY)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable corpus registry ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != "charnn-corpora" or data.get("version") != 1:
+        raise DataError(f"{path}: not a charnn corpus registry (format charnn-corpora, version 1)")
+    return [_entry(raw, path) for raw in data.get("corpora", [])]
+
+
+def find_entry(name: str, entries: list[CorpusEntry]) -> CorpusEntry:
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries)
+    raise ConfigError(f"unknown corpus {name!r}; known: {known} (see 'charnn corpora')")
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """--cache-dir, else $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn."""
+    if override:
+        return Path(override)
+    if os.environ.get("CHARNN_CACHE"):
+        return Path(os.environ["CHARNN_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "charnn"
+    return Path.home() / ".cache" / "charnn"
+
+
+def cached_path(entry: CorpusEntry, cache: Path) -> Path:
+    return cache / f"{entry.name}.txt"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _open(url: str, offset: int, timeout: float) -> Any:
+    """The response for ``url`` from byte ``offset`` (a Range request when offset > 0)."""
+    headers = {"User-Agent": f"charnn/{__version__}", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _resumed(response: Any, offset: int) -> bool:
+    """True when the server honoured our Range request from ``offset``."""
+    if not offset or response.status != 206:
+        return False
+    return bool(re.match(rf"bytes {offset}-\d+/", response.headers.get("Content-Range", "")))
+
+
+def _download(url: str, part: Path, timeout: float, progress: Progress | None) -> None:
+    """Append the rest of ``url`` to ``part`` (or rewrite it when the server ignores Range)."""
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open(url, offset, timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # our partial file is not a prefix of this one: start over
+            part.unlink()
+            return _download(url, part, timeout, progress)
+        raise CharnnError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    with response:
+        if not _resumed(response, offset):
+            offset = 0  # a full response: start the temporary file over
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        done = offset
+        with open(part, "ab" if offset else "wb") as f:
+            try:
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            except http.client.IncompleteRead as exc:
+                f.write(exc.partial)
+                done += len(exc.partial)
+    if total is not None and done < total:
+        raise CharnnError(
+            f"{url}: connection closed after {done:,} of {total:,} bytes; "
+            "run the same command again to resume"
+        )
+    return None
+
+
+def refuse_unverifiable(entry: CorpusEntry, verify: bool) -> None:
+    if verify and not entry.verified:
+        raise DataError(
+            f"corpus {entry.name!r} has no sha256 in the registry, so its download cannot be verified; "
+            "pass --no-verify to fetch it anyway (charnn corpora fetch --no-verify NAME)"
+        )
+
+
+def fetch(
+    entry: CorpusEntry,
+    cache: Path,
+    verify: bool = True,
+    timeout: float = 60.0,
+    progress: Progress | None = None,
+) -> Path:
+    """Download ``entry`` into ``cache`` (a no-op when it is already there) and return its path."""
+    final = cached_path(entry, cache)
+    if final.exists():
+        return final
+    refuse_unverifiable(entry, verify)
+    cache.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(final.name + ".part")
+    try:
+        _download(entry.url, part, timeout, progress)
+    except TimeoutError:
+        raise CharnnError(
+            f"{entry.url}: timed out after {timeout:g}s without data; run the same command again to resume"
+        ) from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", None)
+        if isinstance(exc.reason, TimeoutError):
+            reason = f"timed out after {timeout:g}s"
+        raise CharnnError(f"{entry.url}: cannot download ({reason or exc.reason})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise CharnnError(
+            f"{entry.url}: download failed ({exc}); run the same command again to resume"
+        ) from None
+    _check(entry, part, verify)
+    os.replace(part, final)
+    return final
+
+
+def _check(entry: CorpusEntry, part: Path, verify: bool) -> None:
+    """Refuse (and discard) a download whose size or sha256 differs from the registry's."""
+    if not verify:
+        return
+    size = part.stat().st_size
+    digest = _sha256(part)
+    if (entry.size is not None and size != entry.size) or digest != entry.sha256:
+        part.unlink()
+        raise DataError(
+            f"{entry.name}: downloaded file does not match the registry (sha256 {digest}, {size:,} bytes; "
+            f"expected {entry.sha256}, {entry.size if entry.size is not None else '?'} bytes); discarded"
+        )
+
+
+def resolve_names(files: list[str], fetcher: Callable[[CorpusEntry], Path]) -> list[str]:
+    """Replace arguments that are registry names (and not existing paths) by their cached files."""
+    if not any(f != "-" and not Path(f).exists() and _NAME.fullmatch(f) for f in files):
+        return files
+    try:
+        entries = load_registry()
+    except DataError:
+        return files  # no usable registry: the missing path is reported as before
+    names = {e.name: e for e in entries}
+    out = []
+    for f in files:
+        entry = names.get(f) if f != "-" and not Path(f).exists() else None
+        if entry is None:
+            out.append(f)
+        elif entry.builtin:
+            out.append(entry.url)
+        else:
+            out.append(str(fetcher(entry)))
+    return out
