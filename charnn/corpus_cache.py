@@ -91,6 +91,11 @@ def _hash_file(path: Path, advance: Callable[[int], None]) -> tuple[str, int, bo
     try:
         with path.open("rb") as fh:
             while block := fh.read(CHUNK_BYTES):
+                nul = block.find(b"\x00")
+                if nul >= 0:  # binary (or an endless device like /dev/zero): refuse at once
+                    raise DataError(
+                        f"{path}: looks binary (NUL byte at offset {size + nul}); charnn trains on text"
+                    )
                 h.update(block)
                 size += len(block)
                 advance(len(block))
@@ -232,7 +237,7 @@ class CorpusCache:
             tokenizer=tokenizer,
             ids=ids,
             chars=int(record["chars"]),
-            sources=sources,
+            sources=[f.name for f in files if not f.empty],  # what was read, as load_corpus records
             notes=notes,
             digest=str(record["sha256"]),
         )
@@ -244,7 +249,13 @@ class CorpusCache:
         advance = self._bar("hashing corpus", sum(sizes))
         files: list[_Source] = []
         for source in sources:
-            digest, size, empty = _hash_file(Path(source), advance)
+            try:
+                digest, size, empty = _hash_file(Path(source), advance)
+            except DataError as exc:
+                if source in paths or "looks binary" not in str(exc):
+                    raise
+                notes.append(f"{exc}: skipped")  # a file of a directory: binary past the first sniff
+                continue
             if empty:
                 if source in paths:
                     raise DataError(f"{source}: is empty")
