@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint readme bench clean
+.PHONY: setup demo test lint readme bench bench-quality clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ readme: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/sample_speed.py
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/memory.py
+
+# Minutes per budget and contender: not part of `make bench`.
+bench-quality: $(STAMP)
+	$(PY) benchmarks/quality.py --budgets 85s,5m,20m --json quality.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

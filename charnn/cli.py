@@ -205,6 +205,16 @@ def _encoding_errors_option(func: F) -> F:
     )(func)
 
 
+def _cache_dir_option(func: F) -> F:
+    return click.option(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where encoded corpora are cached for later runs  "
+        "[default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]",
+    )(func)
+
+
 def _json_option(help: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
@@ -310,6 +320,7 @@ def cli() -> None:
 @config_options(TokenizerConfig)
 @config_options(TrainConfig)
 @_encoding_errors_option
+@_cache_dir_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -320,6 +331,7 @@ def train(
     force: bool,
     quiet: bool,
     encoding_errors: str,
+    cache_dir: str | None,
     **options: Any,
 ) -> None:
     """Train a model on FILES (text files, directories, or - for stdin).
@@ -338,6 +350,7 @@ def train(
         quiet=quiet,
         argv=ctx.meta.get("charnn.argv"),
         encoding_errors=encoding_errors,
+        cache_dir=cache_dir,
         model=take_config(ctx, options, ModelConfig),
         tokenizer=take_config(ctx, options, TokenizerConfig),
         train=take_config(ctx, options, TrainConfig),
@@ -428,6 +441,7 @@ def sample(
 )
 @_json_option("one JSON object per checkpoint per line")
 @_encoding_errors_option
+@_cache_dir_option
 @click.option(
     "--html",
     type=click.Path(dir_okay=False),
@@ -446,13 +460,16 @@ def eval_(
     checkpoints: tuple[str, ...],
     as_json: bool,
     encoding_errors: str,
+    cache_dir: str | None,
     html: str | None,
     top_k: int,
 ) -> None:
     """Loss and bits per character of the model(s) on FILES (- = stdin)."""
     from charnn.runs import run_eval
 
-    rows = run_eval(list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k)
+    rows = run_eval(
+        list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
+    )
     for row in rows:
         if as_json:
             click.echo(json.dumps(row))

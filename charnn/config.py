@@ -390,7 +390,20 @@ class TrainConfig(_Validated):
     )
     device: str = field(
         default="auto",
-        metadata=opt("auto picks CUDA, then MPS, then CPU", choices=DEVICES, envvar="CHARNN_DEVICE"),
+        metadata=opt(
+            "auto picks CUDA, else the CPU (MPS only when asked for: slower for RNNs)",
+            choices=DEVICES,
+            envvar="CHARNN_DEVICE",
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=opt(
+            "CPU threads for training (torch.set_num_threads); the count changes float rounding",
+            min=1,
+            max=4096,
+            default_text="physical cores - 1, at least 1; OMP_NUM_THREADS if set",
+        ),
     )
     precision: str = field(
         default="fp32", metadata=opt("bf16 autocast on CUDA", choices=PRECISIONS, locked=True)

@@ -109,6 +109,48 @@ def stopped(message: str) -> None:
 _SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
+class ByteBar:
+    """A transient progress bar over bytes on stderr (reading, hashing, encoding a big corpus);
+    plain start/finish lines when stderr is not a terminal."""
+
+    def __init__(self, label: str, total: int, console: Console | None = None) -> None:
+        console = console or stderr_console()
+        self.console, self.label, self.total = console, label, total
+        self._progress: Progress | None = None
+        if console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn(label.replace("[", "\\[")),
+                BarColumn(bar_width=30),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(label, total=total)
+        else:
+            console.print(f"charnn: {shown(label)} ({total / 1e6:,.0f} MB)", soft_wrap=True, markup=False)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
@@ -145,10 +187,11 @@ class TrainReporter:
         if info.default_length:
             plan += " (the default; set --time, --steps or --epochs)"
         resumed = f", resuming at step {info.start_step}" if info.start_step else ""
+        per_rank = f" per process x {info.processes} processes" if info.processes > 1 else ""
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
+            f"batch {info.batch_size}{per_rank}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
             soft_wrap=True,
             markup=False,
         )

@@ -38,10 +38,19 @@ class Corpus:
     chars: int
     sources: list[str]
     notes: list[str] = field(default_factory=list)
+    digest: str | None = None  # sha256 of the ids when already known (the corpus cache stores it)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.ids.tobytes()).hexdigest()
+        """sha256 of the ids' bytes (resume checks it), hashed in slices: ``ids`` may be a memmap
+        bigger than memory, and ``tobytes()`` would copy it whole."""
+        if self.digest is None:
+            h = hashlib.sha256()
+            step = 1 << 22
+            for start in range(0, len(self.ids), step):
+                h.update(np.ascontiguousarray(self.ids[start : start + step]).data)
+            self.digest = h.hexdigest()
+        return self.digest
 
 
 def builtin_text() -> str:
@@ -311,6 +320,17 @@ class StreamBatcher:
     of epoch ``e = s // W``: inputs ``[start + w*T, start + (w+1)*T)`` and targets
     shifted by one. Each epoch after the first begins at a seeded offset in
     ``[0, T)`` so window boundaries move; hidden state resets at epoch starts.
+
+    Data-parallel runs (``rank`` of ``world`` processes, see :mod:`charnn.distributed`) cut
+    the training split into ``world * B`` streams; rank ``r`` owns the ``r``-th block of ``B``
+    of them, so ranks never read the same text and together read exactly what one process
+    with batch ``world * B`` reads (world = 2, B = 3 shown)::
+
+        training split: |s0----|s1----|s2----|s3----|s4----|s5----|   6 streams of L tokens
+                        '------ rank 0 ------'------ rank 1 ------'
+        step s, window w: every stream reads [start + w*T, start + (w+1)*T] of its own part
+
+    A checkpoint's hidden state holds all ``world * B`` streams in this order.
     """
 
     def __init__(
@@ -320,25 +340,28 @@ class StreamBatcher:
         seq_len: int,
         seed: int = 0,
         warn: Callable[[str], None] | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         n = len(data)
-        if n - 1 < seq_len:
+        if n - 1 < seq_len * world:
             raise DataError(
                 f"corpus too short: {n} training tokens, need at least --seq-len + 1 = {seq_len + 1}"
+                + (f" for each of {world} processes" if world > 1 else "")
             )
-        streams = min(batch_size, (n - 1) // seq_len)
+        streams = min(batch_size, (n - 1) // seq_len // world)  # per rank
         if streams < batch_size and warn:
             warn(f"corpus too small for {batch_size} streams of {seq_len}: using --batch-size {streams}")
         self.data = data
         self.batch_size = streams
         self.seq_len = seq_len
         self.seed = seed
-        self.stream_len = (n - 1) // streams  # L
+        self.stream_len = (n - 1) // (streams * world)  # L
         per_stream = self.stream_len // seq_len
         # Leave one window of slack for the epoch offset when there is room for it.
         self.windows_per_epoch = per_stream - 1 if per_stream >= 2 else 1  # W
         self._slack = min(seq_len, self.stream_len - self.windows_per_epoch * seq_len + 1)
-        self._offsets = np.arange(streams, dtype=np.int64) * self.stream_len  # (B,)
+        self._offsets = (rank * streams + np.arange(streams, dtype=np.int64)) * self.stream_len  # (B,)
         self._arange = np.arange(seq_len + 1, dtype=np.int64)  # (T+1,)
 
     def epoch_offset(self, epoch: int) -> int:

@@ -27,6 +27,7 @@ class RunInfo:
     default_length: bool  # no --steps/--epochs/--time given: the default time applies
     start_step: int  # > 0 when resuming
     out: str
+    processes: int = 1  # data-parallel ranks, each with batch_size streams
     elapsed: float = 0.0  # seconds already trained (resume)
 
 
@@ -128,4 +129,7 @@ class NullReporter:
         self.messages.append(reason)
 
     def finish(self, summary: RunSummary) -> None:
+        pass
+
+    def close(self) -> None:
         pass

@@ -22,11 +22,26 @@ import numpy as np
 from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
-from charnn.data import load_corpus, read_corpus, read_source, resolve_sources
+from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
 
 # ---------------------------------------------------------------------------- train
+
+
+def cached_corpus(
+    files: Sequence[str],
+    tokenizer: Any,
+    encoding_errors: str,
+    cache_dir: str | None,
+    val_fraction: float = 0.0,
+) -> Corpus:
+    """The corpus through the on-disk cache of encoded corpora (memory-mapped ids), with a
+    progress bar on stderr for big ones."""
+    from charnn.console import ByteBar
+    from charnn.corpus_cache import load_corpus_cached
+
+    return load_corpus_cached(files, tokenizer, encoding_errors, cache_dir, ByteBar, val_fraction)
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class TrainRequest:
     init_from: str | None = None  # a run or checkpoint directory: a new run from its weights
     force: bool = False
     encoding_errors: str = "strict"
+    cache_dir: str | None = None  # the corpus cache (default: charnn.corpus_cache.default_cache_dir)
     quiet: bool = False  # no progress on stderr: errors and the final line only
     argv: list[str] | None = None  # the command line, for the run's records (default: sys.argv)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
@@ -50,11 +66,22 @@ class TrainRequest:
 def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
     before anything in it is read (resume) or written (new run) until the run ends. FILES that
-    name registry corpora (and are not paths) are fetched first."""
+    name registry corpora (and are not paths) are fetched first. Under torchrun (see
+    :mod:`charnn.distributed`) every rank trains; rank 0 alone holds the lock and writes."""
+    from charnn.distributed import from_env
+
     if request.resume is not None and request.init_from is not None:
         raise ConfigError(
             "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
         )
+    group = from_env()
+    if group.active:
+        if request.init_from is not None:
+            raise ConfigError("--init-from is not supported under torchrun yet: fine-tune in one process")
+        try:
+            return _start_rank(request, group)
+        finally:
+            group.close()
     request = replace(request, files=resolve_corpus_names(list(request.files)))
     if request.resume is not None:
         run = _run_to_resume(Path(request.resume or request.out))
@@ -71,6 +98,30 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
         _refuse_existing(run, request.force, fine_tune)  # again: another run may have started meanwhile
         if request.force:
             run.remove(BEST)  # the old run's best must not outlive it
+        return _run(trainer)
+
+
+def _start_rank(request: TrainRequest, group: Any) -> dict[str, Any]:
+    """One rank of a data-parallel run: rank 0 as a single process would, the others without
+    the lock, the checks of the directory, or output. (Registry corpus names are not fetched
+    here: every rank would download; give paths.)"""
+    if request.resume is not None:
+        run = _run_to_resume(Path(request.resume or request.out))
+        if not group.is_writer:
+            return _run(_resumed_trainer(request, run, group))
+        resolve_checkpoint(run.path, LATEST)
+        with run.lock():
+            run.refuse_foreign()
+            return _run(_resumed_trainer(request, run, group))
+    run = RunDir(request.out)
+    if not group.is_writer:
+        return _run(_new_trainer(request, run, group))
+    _refuse_existing(run, request.force)
+    trainer = _new_trainer(request, run, group)
+    with run.lock():
+        _refuse_existing(run, request.force)
+        if request.force:
+            run.remove(BEST)
         return _run(trainer)
 
 
@@ -107,11 +158,14 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
         )
 
 
-def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
+def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
+    from charnn.distributed import SOLO
     from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
 
+    group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
     check_training_meta(ckpt)
+    group.check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus
     refuse_contradictions(ckpt.config, request.model, request.model)
     kind = TokenizerConfig(kind=request.tokenizer.get("kind", ckpt.tokenizer.kind)).kind  # sentencepiece
     if kind != ckpt.tokenizer.kind:
@@ -121,22 +175,35 @@ def _resumed_trainer(request: TrainRequest, run: RunDir) -> Any:
     config = merge_resume(train_config(ckpt), request.train)
     sources = list(request.files) or ckpt.meta["corpus"]["sources"]
     try:
-        corpus = load_corpus(sources, tokenizer=ckpt.tokenizer, encoding_errors=request.encoding_errors)
+        corpus = cached_corpus(sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir)
     except DataError as exc:
         if not request.files or "vocabulary" not in str(exc):
             raise
         raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
-    for text in corpus.notes:
-        note(text)
+    _notes(corpus, group)
     parent = ckpt.meta.get("parent")
-    reporter, inv = _reporter(run, request)
+    reporter, inv = _reporter(run, request, group)
     return Trainer(
-        corpus, ckpt.config, config, run.path, reporter, resume=ckpt, parent=parent, invocation=inv
+        corpus,
+        ckpt.config,
+        config,
+        run.path,
+        reporter,
+        resume=ckpt,
+        parent=parent,
+        invocation=inv,
+        group=group,
     )
 
 
-def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
+def _notes(corpus: Corpus, group: Any) -> None:
+    if group is None or group.is_writer:
+        for text in corpus.notes:
+            note(text)
+
+
+def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.train import Trainer
 
     config = TrainConfig(**request.train)
@@ -148,24 +215,26 @@ def _new_trainer(request: TrainRequest, run: RunDir) -> Any:
             flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
             raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
         source = load_checkpoint(tokenizer.source).tokenizer
-    corpus = load_corpus(
-        request.files,
-        tokenizer=source,
-        encoding_errors=request.encoding_errors,
-        val_fraction=config.val_fraction,  # subwords learn from the training split only
+    # subwords learn from the training split only (val_fraction)
+    corpus = cached_corpus(
+        request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
     )
-    for text in corpus.notes:
-        note(text)
+    _notes(corpus, group)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    reporter, inv = _reporter(run, request)
-    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
+    reporter, inv = _reporter(run, request, group)
+    kwargs = {"group": group} if group is not None else {}
+    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, **kwargs)
 
 
-def _reporter(run: RunDir, request: TrainRequest) -> tuple[Any, dict[str, Any]]:
-    """The console, teed into the run's metrics.jsonl; and how this run was invoked."""
+def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
+    other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
+    from charnn.reporting import NullReporter
 
     inv = invocation(request.argv)
+    if group is not None and not group.is_writer:
+        return NullReporter(), inv
     return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
 
 
@@ -425,9 +494,11 @@ def run_eval(
     encoding_errors: str = "strict",
     html: str | None = None,
     top_k: int = 3,
+    cache_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
-    Short texts without ``html`` run in numpy (no torch import), the others in torch."""
+    Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
+    stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
     from charnn.scoring import NUMPY_MAX_TOKENS
 
     if isinstance(checkpoints, str):
@@ -435,10 +506,14 @@ def run_eval(
     if html is not None and len(checkpoints) > 2:
         raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
-    texts = read_corpus(files, encoding_errors)
+    streamed = html is None and "-" not in files
+    texts = None if streamed else read_corpus(files, encoding_errors)
     rows, reports = [], []
     for ckpt in loaded:
-        corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
+        if texts is None:
+            corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
+        else:
+            corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None or len(corpus.ids) > NUMPY_MAX_TOKENS else None

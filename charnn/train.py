@@ -38,6 +38,7 @@ from charnn.checkpoint import (
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.constraints import TokenRules
 from charnn.data import Corpus, StreamBatcher, split_train_val
+from charnn.distributed import SOLO, Group
 from charnn.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -48,6 +49,7 @@ from charnn.errors import (
     Interrupted,
 )
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
+from charnn.hardware import threads_for
 from charnn.model import CharRNN, Hidden, detach_hidden
 from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 from charnn.rundir import RunDir
@@ -58,12 +60,22 @@ __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contra
 DEFAULT_TIME = 300.0  # seconds, when no --steps/--epochs/--time is given
 
 
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+MPS_NOTE = (
+    "Apple GPU (MPS) found but not used: PyTorch's MPS recurrent kernels are slower than the CPU "
+    "for models this size and wrong with 2+ layers and dropout (pytorch/pytorch#180744); "
+    "--device mps uses it anyway"
+)
+
+
 def select_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU. Never MPS by itself (see :data:`MPS_NOTE`)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
@@ -357,11 +369,19 @@ class Trainer:
         resume: Checkpoint | None = None,
         parent: dict[str, Any] | None = None,
         invocation: dict[str, Any] | None = None,
+        group: Group = SOLO,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
         self.invocation = invocation  # command line and versions, for the metadata (run_meta)
         self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
-        self.device = select_device(config.device)
+        self.group = group
+        self._agreed_elapsed: float | None = None
+        self.device = select_device(group.device(config.device))
+        if config.device == "auto" and self.device.type == "cpu" and mps_available():
+            reporter.message(MPS_NOTE)
+        threads = threads_for(config.threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
         # Per-character numbers for every tokenizer: characters each token spells, UNK's extra cost.
@@ -373,13 +393,21 @@ class Trainer:
         self.val_ids = self.val_ids[: config.eval_chars]
         self.val_context = int(train_ids[-1])  # validation text is predicted from its first token on
         self.batcher = StreamBatcher(
-            train_ids, config.batch_size, config.seq_len, config.seed, reporter.message
+            train_ids,
+            config.batch_size,
+            config.seq_len,
+            config.seed,
+            reporter.message,
+            rank=group.rank,
+            world=group.world_size,
         )
         self.last_chars = 0  # characters the last step's targets spell (for the bpc in the log)
         self.meter_tokens = self.batcher.batch_size * config.seq_len  # targets per step
 
         torch.manual_seed(config.seed)
         self.model = CharRNN(model_config).to(self.device)
+        group.init(self.device)
+        self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
         self.optimizer = build_optimizer(self.model, config)
         self.length = RunLength.of(config, self.batcher)
         self.schedule = Schedule(config, self.length.steps, self.length.seconds)
@@ -414,7 +442,18 @@ class Trainer:
         return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
 
     def done(self) -> bool:
-        return self.length.reached(self.progress.step, self.progress.elapsed)
+        # Distributed: the clock the ranks agreed on this step, so they all stop at the same step.
+        elapsed = self.progress.elapsed if self._agreed_elapsed is None else self._agreed_elapsed
+        return self.length.reached(self.progress.step, elapsed)
+
+    def _agree(self, flags: dict[str, int]) -> int:
+        """The pending signal, and (distributed) the slowest rank's clock: the same on every rank
+        (one all-reduce), because a rank that stopped or validated alone would leave the others
+        waiting in a collective."""
+        if not self.group.active:
+            return flags.get("signal", 0)
+        self._agreed_elapsed, signalled = self.group.agree(self.progress.elapsed, flags.get("signal", 0))
+        return signalled
 
     # ------------------------------------------------------------------ the loop
 
@@ -448,18 +487,20 @@ class Trainer:
     def _loop(self, flags: dict[str, int]) -> EvalResult | None:
         if self.progress.step == 0:
             self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
+            if self.group.is_writer:
+                self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
         self._clock = time.perf_counter()
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
             self._tick()
+            signalled = self._agree(flags)
             if self.done() or self.progress.stopped_reason:
                 break
             # Step: one TBPTT window; None when it was skipped as non-finite.
             loss = self.train_step()
             save_due, eval_due = self.policy.due(self.progress.step, self.done())
             # Guard: a finite loss can still overflow the weights; check before anything is saved.
-            stopping = bool(flags.get("signal")) or self.done()
+            stopping = bool(signalled) or self.done()
             overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
             if overflowed and loss is not None:
                 self.progress.skipped_steps += 1
@@ -473,9 +514,9 @@ class Trainer:
                 self.guard.finite()
                 self._report_step(loss)
             # Signals: save what we have (weights checked finite above) and stop.
-            if flags.get("signal"):
+            if signalled:
                 self.save(LATEST)
-                raise self._interrupted(flags["signal"])
+                raise self._interrupted(signalled)
             # Validate and save, or defer both while a run of bad steps lasts.
             if self.guard.in_bad_run:
                 self.policy.defer(save_due, eval_due)
@@ -487,7 +528,7 @@ class Trainer:
             elif save_due:
                 self.save(LATEST)
             # Sample: what the model writes now, beside the checkpoints and on stderr.
-            if self.sampler.due(self.progress.step):
+            if self.sampler.due(self.progress.step) and self.group.is_writer:
                 self._sample()
         return self._final_eval()
 
@@ -500,7 +541,10 @@ class Trainer:
         )
 
     def _save_what_we_can(self) -> None:
-        """After an unexpected failure: keep the progress since the last save, if it is sound."""
+        """After an unexpected failure: keep the progress since the last save, if it is sound.
+        Not when distributed: a save gathers from every rank, and the others may be gone."""
+        if self.group.active:
+            return
         try:
             if self.progress.step > self._saved_step and all_finite(self.model):
                 self.save(LATEST)
@@ -510,6 +554,13 @@ class Trainer:
         except Exception:  # the original failure is what the user must see
             pass
 
+    def _to_device(self, array: Any) -> torch.Tensor:
+        """A batch on the training device; on CUDA through pinned memory, copied asynchronously."""
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.batcher.batch(self.progress.step)
@@ -517,9 +568,9 @@ class Trainer:
         self.last_chars = chars
         self.progress.tokens += int(y_np.size)
         self.progress.chars += chars
-        self.meter.add(chars)
-        x = torch.from_numpy(x_np).to(self.device)  # (B, T)
-        y = torch.from_numpy(y_np).to(self.device)  # (B, T)
+        self.meter.add(chars * self.group.world_size)  # every rank's streams (theirs read alike)
+        x = self._to_device(x_np)  # (B, T)
+        y = self._to_device(y_np)  # (B, T)
         if reset or self.hidden is None:
             self.hidden = self.model.init_hidden(x.shape[0], self.device)
         lr = self.lr_at(self.progress.step)
@@ -527,20 +578,26 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with autocast(self.config.precision):
-            logits, hidden = self.model(x, self.hidden)  # (B, T, V)
+            logits, hidden = self.net(x, self.hidden)  # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.progress.step += 1
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        if math.isfinite(loss_value):
+        # On the CPU a non-finite loss skips the backward pass. Distributed, every rank must join
+        # the gradient all-reduce, so the skip is decided on the averaged gradients' norm (the same
+        # on every rank); on CUDA too, so the step is queued whole before the one host sync.
+        early = not (self.group.active or self.device.type == "cuda")
+        if not early or math.isfinite(loss.item()):
             loss.backward()
             clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            if torch.isfinite(norm):
+            finite = (
+                torch.isfinite(norm) if self.group.active else torch.isfinite(norm) & torch.isfinite(loss)
+            )
+            if finite:
                 self.optimizer.step()
                 self.progress.optimizer_steps += 1
                 self.hidden = detach_hidden(hidden)
-                return loss_value
+                return loss.item()
         # Non-finite: leave the weights alone and drop the (possibly poisoned) hidden state.
         self.progress.skipped_steps += 1
         self.hidden = None
@@ -571,16 +628,27 @@ class Trainer:
         )
 
     def evaluate(self) -> EvalResult | None:
+        """Validation on rank 0 (exactly a single process's result), shared with the other ranks."""
         if len(self.val_ids) < 1:
             return None
-        return evaluate_stream(
-            self.model,
-            self.val_ids,
-            self.char_lengths,
-            device=self.device,
-            context=self.val_context,
-            extra_nats=self.extra_nats,
+        result = None
+        if self.group.is_writer:
+            result = evaluate_stream(
+                self.model,
+                self.val_ids,
+                self.char_lengths,
+                device=self.device,
+                context=self.val_context,
+                extra_nats=self.extra_nats,
+            )
+        if not self.group.active:
+            return result
+        values = self.group.broadcast_floats(
+            None if result is None else [result.loss, result.bpc, result.tokens, result.chars], 4
         )
+        if values is None:
+            return None
+        return EvalResult(loss=values[0], bpc=values[1], tokens=int(values[2]), chars=int(values[3]))
 
     def _tick(self) -> float:
         """Advance ``progress.elapsed`` to now (wall clock, summed over resumes) and return it."""
@@ -666,6 +734,7 @@ class Trainer:
             default_length=self.length.default,
             start_step=self.progress.step,
             out=str(self.out),
+            processes=self.group.world_size,
             elapsed=self.progress.elapsed,
         )
 
@@ -676,13 +745,17 @@ class Trainer:
             "tokens": int(len(self.corpus.ids)),
             "chars": self.corpus.chars,
         }
-        meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
-        if self.parent is not None:
-            meta["parent"] = self.parent
-        state = pack_train_state(self.optimizer, self.hidden)
-        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
+        hidden = None if self.hidden is None else self.group.gather_hidden(self.hidden)  # all ranks
         self.guard.checkpointed()
         self._saved_step = self.progress.step
+        if not self.group.is_writer:
+            return
+        meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
+        meta["world_size"] = self.group.world_size
+        if self.parent is not None:
+            meta["parent"] = self.parent
+        state = pack_train_state(self.optimizer, hidden)
+        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
 
     def run_meta(self) -> dict[str, Any]:
         """How this run (or its latest resumption) was started: command line, versions, device."""
@@ -691,8 +764,11 @@ class Trainer:
         return {**(self.invocation or invocation()), "device": str(self.device)}
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        self.progress, self.hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
-        self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
+        self.group.check_resume(ckpt.meta.get("world_size", 1))
+        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
+        if self.group.is_writer:
+            self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
 
 
 def _shell_quote(text: str) -> str:

@@ -23,11 +23,13 @@ Fixtures (see each docstring):
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +41,12 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# The corpus cache (charnn.corpus_cache) goes to a private directory, never the user's ~/.cache;
+# subprocesses inherit it through the environment.
+_CACHE = tempfile.mkdtemp(prefix="charnn-test-cache-")
+os.environ["CHARNN_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 # A model small enough that a CLI training run takes a second or two on a laptop CPU.
 TINY_MODEL_ARGS: tuple[str, ...] = ("--hidden", "32", "--embed", "16", "--layers", "1")

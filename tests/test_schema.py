@@ -53,6 +53,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "val_fraction": ("0.2", 0.2),
     "seed": ("5", 5),
     "device": ("cpu", "cpu"),
+    "threads": ("3", 3),
     "precision": ("bf16", "bf16"),
     "max_bad_steps": ("3", 3),
     "length": ("12", 12),

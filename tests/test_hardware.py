@@ -1,0 +1,55 @@
+"""--threads and the device choice: what training asks of the machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from charnn import hardware, train
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data import load_corpus
+from charnn.reporting import NullReporter
+
+
+def test_default_threads_leave_a_core_and_follow_omp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "physical_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert hardware.threads_for(None) == 7
+    assert hardware.threads_for(3) == 3
+    monkeypatch.setattr(hardware, "physical_cores", lambda: 1)
+    assert hardware.threads_for(None) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert hardware.threads_for(None) is None  # the environment decides
+
+
+def test_physical_cores_counts_something() -> None:
+    import os
+
+    assert 1 <= hardware.physical_cores() <= (os.cpu_count() or 1)
+
+
+def _trainer(tmp_path: Path, corpus_file: Path, **options: object) -> train.Trainer:
+    corpus = load_corpus([str(corpus_file)])
+    model = ModelConfig(corpus.tokenizer.vocab_size, hidden=8, embed=4, layers=1)
+    return train.Trainer(corpus, model, TrainConfig(steps=1, **options), tmp_path, NullReporter())  # type: ignore[arg-type]
+
+
+def test_threads_option_sets_torch_threads(tmp_path: Path, corpus_file: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        _trainer(tmp_path, corpus_file, threads=2, device="cpu")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_keeps_rnns_off_mps_and_says_so(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "mps_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trainer = _trainer(tmp_path, corpus_file)
+    assert trainer.device.type == "cpu"
+    assert any("--device mps uses it anyway" in m for m in trainer.reporter.messages)  # type: ignore[attr-defined]
