@@ -577,8 +577,10 @@ def _same_kind(value: Any, like: Any) -> bool:
     """Whether a hyperparameter read from JSON can stand for ``like`` (numbers for numbers,
     sequences of the same length for tuples such as AdamW's betas)."""
     if isinstance(like, (list, tuple)):
-        return isinstance(value, (list, tuple)) and len(value) == len(like) and all(
-            _same_kind(v, w) for v, w in zip(value, like, strict=True)
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(like)
+            and all(_same_kind(v, w) for v, w in zip(value, like, strict=True))
         )
     if _is_real(like):
         return _is_real(value)

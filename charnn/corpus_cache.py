@@ -210,7 +210,7 @@ class CorpusCache:
         (``val_fraction`` is only for those)."""
         sources, notes = resolve_sources(paths)
         if "-" in sources or BUILTIN_CORPUS in sources or not _streamable(tokenizer):
-            return load_corpus(paths, tokenizer, encoding_errors, val_fraction=val_fraction)
+            return load_corpus(paths, tokenizer, encoding_errors=encoding_errors, val_fraction=val_fraction)
         self._ensure_dir()
         try:
             return self._load(sources, notes, paths, tokenizer, encoding_errors)

@@ -62,12 +62,21 @@ def test_empty_corpus_file(tmp_path: Path, run_cli) -> None:
 
 
 def test_corpus_shorter_than_one_window_keeps_the_run_it_would_replace(
-        tmp_path: Path, trained_run_copy: Path, run_cli) -> None:
+    tmp_path: Path, trained_run_copy: Path, run_cli
+) -> None:
     (tmp_path / "short.txt").write_text("hello there\n")
     before = {p: p.read_bytes() for p in trained_run_copy.rglob("*") if p.is_file()}
     # Even with --force, the old run is only replaced once the new one can really start.
-    proc = run_cli("train", tmp_path / "short.txt", "--out", trained_run_copy, *TINY_MODEL_ARGS,
-                   "--seq-len", "64", "--force")
+    proc = run_cli(
+        "train",
+        tmp_path / "short.txt",
+        "--out",
+        trained_run_copy,
+        *TINY_MODEL_ARGS,
+        "--seq-len",
+        "64",
+        "--force",
+    )
     assert_error(proc, 3, "too short")
     assert {p: p.read_bytes() for p in trained_run_copy.rglob("*") if p.is_file()} == before
 
@@ -78,8 +87,9 @@ def test_binary_corpus_file(tmp_path: Path, run_cli) -> None:
     assert_error(proc, 3, "data.bin", "binary", "offset 9")
 
 
-def test_invalid_utf8_names_file_and_offset_and_replace_goes_on(tmp_path: Path, corpus_text: str,
-                                                                run_cli) -> None:
+def test_invalid_utf8_names_file_and_offset_and_replace_goes_on(
+    tmp_path: Path, corpus_text: str, run_cli
+) -> None:
     bad = tmp_path / "latin1.txt"
     raw = corpus_text.encode()
     bad.write_bytes(raw[:1000] + b"caf\xe9 au lait\n" + raw[1000:])
@@ -130,8 +140,9 @@ def test_wrong_format_version(trained_run_copy: Path, run_cli) -> None:
     assert_error(run_cli("info", "-c", trained_run_copy), 3, "version 2", "reads version 1")
 
 
-def test_tensor_shapes_that_do_not_match_the_config(trained_run_copy: Path, run_cli,
-                                                    corpus_file: Path) -> None:
+def test_tensor_shapes_that_do_not_match_the_config(
+    trained_run_copy: Path, run_cli, corpus_file: Path
+) -> None:
     _rewrite_meta(trained_run_copy / "best", model__hidden=64)
     assert_error(run_cli("eval", corpus_file, "-c", trained_run_copy), 3, "do not match the model config")
 
@@ -147,8 +158,9 @@ class _Trap:
 
 
 @pytest.mark.parametrize("zipfile", [True, False], ids=["torch-zip", "legacy-pickle"])
-def test_pickle_checkpoint_is_refused_without_unpickling(tmp_path: Path, run_cli, cli_inprocess,
-                                                          zipfile: bool) -> None:
+def test_pickle_checkpoint_is_refused_without_unpickling(
+    tmp_path: Path, run_cli, cli_inprocess, zipfile: bool
+) -> None:
     trap = tmp_path / "pwned"
     torch.save({"model": _Trap(str(trap))}, tmp_path / "model.pt", _use_new_zipfile_serialization=zipfile)
     assert_error(run_cli("sample", "-n", "5", "-c", tmp_path / "model.pt"), 3, "pickle", "never unpickles")
@@ -185,8 +197,9 @@ def test_read_only_output_directory_keeps_the_old_checkpoint(trained_run_copy: P
     assert _snapshot(trained_run_copy) == before
 
 
-def test_file_size_limit_mid_save_keeps_the_old_checkpoint(trained_run_copy: Path, cli_command,
-                                                            cli_env) -> None:
+def test_file_size_limit_mid_save_keeps_the_old_checkpoint(
+    trained_run_copy: Path, cli_command, cli_env
+) -> None:
     """Works as root too: RLIMIT_FSIZE makes writes past 16 KB fail with EFBIG (Python ignores
     SIGXFSZ), i.e. the disk 'fills up' in the middle of writing model.safetensors."""
     before = _snapshot(trained_run_copy)
@@ -195,8 +208,9 @@ def test_file_size_limit_mid_save_keeps_the_old_checkpoint(trained_run_copy: Pat
         resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, 16_384))
 
     cmd = ["train", "--resume", "--out", str(trained_run_copy), "--steps", "32", "--save-every", "1"]
-    proc = subprocess.run(cli_command(*cmd), capture_output=True, text=True, env=cli_env(), timeout=120,
-                          preexec_fn=limit)
+    proc = subprocess.run(
+        cli_command(*cmd), capture_output=True, text=True, env=cli_env(), timeout=120, preexec_fn=limit
+    )
     assert_error(proc, 1, "could not save checkpoint", "File too large", "previous checkpoint is kept")
     assert _snapshot(trained_run_copy) == before  # byte for byte, and no temporary leftovers
     assert load_checkpoint(trained_run_copy, prefer="latest").step == 30
@@ -204,8 +218,9 @@ def test_file_size_limit_mid_save_keeps_the_old_checkpoint(trained_run_copy: Pat
         json.loads(line)  # the history stays whole JSON lines
 
 
-def test_disk_full_mid_save_keeps_the_old_checkpoint(trained_run_copy: Path, cli_inprocess,
-                                                     monkeypatch) -> None:
+def test_disk_full_mid_save_keeps_the_old_checkpoint(
+    trained_run_copy: Path, cli_inprocess, monkeypatch
+) -> None:
     """ENOSPC while writing the second file of a save, through the CLI's code path in-process."""
     before = _snapshot(trained_run_copy)
     real_open = open
@@ -241,23 +256,28 @@ def test_disk_full_mid_save_keeps_the_old_checkpoint(trained_run_copy: Path, cli
 # ---------------------------------------------------------------------------- impossible options (exit 2)
 
 
-@pytest.mark.parametrize("args", [
-    ("train", "--hidden", "-5"),
-    ("train", "--hidden", "0"),
-    ("train", "--layers", "0"),
-    ("train", "--seq-len", "0"),
-    ("train", "--batch-size", "-1"),
-    ("train", "--lr", "-1"),
-    ("train", "--time", "soon"),
-    ("train", "--tie-weights", "--embed", "8", "--hidden", "16"),
-    ("sample", "--temp", "-1"),
-    ("sample", "--top-p", "2"),
-    ("sample", "--beam", "0"),
-    ("sample", "--beam", "2", "--temp", "0.7"),
-    ("sample", "--length", "-3"),
-], ids=lambda a: " ".join(a))
-def test_impossible_option_values_are_usage_errors(args: tuple[str, ...], tmp_path: Path, run_cli,
-                                                   corpus_file: Path) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "--hidden", "-5"),
+        ("train", "--hidden", "0"),
+        ("train", "--layers", "0"),
+        ("train", "--seq-len", "0"),
+        ("train", "--batch-size", "-1"),
+        ("train", "--lr", "-1"),
+        ("train", "--time", "soon"),
+        ("train", "--tie-weights", "--embed", "8", "--hidden", "16"),
+        ("sample", "--temp", "-1"),
+        ("sample", "--top-p", "2"),
+        ("sample", "--beam", "0"),
+        ("sample", "--beam", "2", "--temp", "0.7"),
+        ("sample", "--length", "-3"),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_impossible_option_values_are_usage_errors(
+    args: tuple[str, ...], tmp_path: Path, run_cli, corpus_file: Path
+) -> None:
     run = tmp_path / "run"
     extra = ("-c", str(tmp_path)) if args[0] == "sample" else (str(corpus_file), "--out", str(run))
     proc = run_cli(*args, *extra)

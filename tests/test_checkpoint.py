@@ -63,8 +63,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("layers,tie", [(1, False), (3, False), (2, True)])
 def test_expected_shapes_match_the_real_model(cell: str, layers: int, tie: bool) -> None:
     # The loader checks shapes without building a model; that table must agree with the model.
-    config = ModelConfig(vocab_size=11, cell=cell, layers=layers, hidden=6, embed=6 if tie else 5,
-                         tie_weights=tie)
+    config = ModelConfig(
+        vocab_size=11, cell=cell, layers=layers, hidden=6, embed=6 if tie else 5, tie_weights=tie
+    )
     real = {k: tuple(v.shape) for k, v in model_tensors(CharRNN(config)).items()}
     assert expected_shapes(config) == real
 
@@ -164,8 +165,9 @@ def test_sigkill_during_save_loop_always_leaves_a_loadable_checkpoint(tmp_path: 
     rng = random.Random(1234)
     last_step = -1
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(target)], stdout=subprocess.PIPE,
-                                text=True, env=cli_env())
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVE_LOOP, str(target)], stdout=subprocess.PIPE, text=True, env=cli_env()
+        )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             time.sleep(rng.uniform(0.0, 0.25))
@@ -182,17 +184,36 @@ def test_sigkill_during_save_loop_always_leaves_a_loadable_checkpoint(tmp_path: 
     assert last_step > 0  # the loop really saved repeatedly while we were killing it
 
 
-def test_sigkill_during_training_with_save_every_1(tmp_path: Path, corpus_file: Path, cli_command,
-                                                   cli_env) -> None:
+def test_sigkill_during_training_with_save_every_1(
+    tmp_path: Path, corpus_file: Path, cli_command, cli_env
+) -> None:
     out = tmp_path / "run"
     rng = random.Random(99)
-    first = ["train", corpus_file, "--out", out, *TINY_MODEL_ARGS, "--steps", "100000", "--seq-len", "16",
-             "--batch-size", "4", "--save-every", "1", "--eval-every", "100000", "--device", "cpu"]
+    first = [
+        "train",
+        corpus_file,
+        "--out",
+        out,
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "100000",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--save-every",
+        "1",
+        "--eval-every",
+        "100000",
+        "--device",
+        "cpu",
+    ]
     steps = []
     for attempt in range(3):
         args = first if attempt == 0 else ["train", "--resume", "--out", out]
-        proc = subprocess.Popen(cli_command(*args), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                text=True, env=cli_env())
+        proc = subprocess.Popen(
+            cli_command(*args), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=cli_env()
+        )
         try:
             assert proc.stderr is not None
             for line in proc.stderr:  # the first progress line comes after the first step

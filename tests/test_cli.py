@@ -21,8 +21,20 @@ import pytest
 RunCli = Callable[..., subprocess.CompletedProcess]
 
 # The sizes the issue asks for: a training run of a second or two.
-TRAIN_ARGS = ("--hidden", "32", "--layers", "1", "--seq-len", "32", "--batch-size", "8", "--steps", "30",
-              "--device", "cpu")
+TRAIN_ARGS = (
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "8",
+    "--steps",
+    "30",
+    "--device",
+    "cpu",
+)
 
 
 def _tensors(path: Path) -> dict:
@@ -74,8 +86,9 @@ def test_cli_import_and_help_do_not_import_torch(cli_env: Callable[..., dict]) -
         "after_help = sorted(m for m in ('torch', 'numpy') if m in sys.modules)\n"
         "print(repr((after_import, after_help)), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(),
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "([], [])"
 
@@ -163,8 +176,22 @@ def test_train_directory_for_epochs(run_cli: RunCli, corpus_text: str, tmp_path:
     (data / "sub" / "b.txt").write_text(corpus_text[half:], encoding="utf-8")
     (data / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)))
     out = tmp_path / "run"
-    proc = run_cli("train", data, "--out", out, "--hidden", "16", "--layers", "1", "--seq-len", "32",
-                   "--batch-size", "8", "--epochs", "2")
+    proc = run_cli(
+        "train",
+        data,
+        "--out",
+        out,
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     assert "skipped 1 binary" in proc.stderr
@@ -180,8 +207,22 @@ def test_train_directory_for_epochs(run_cli: RunCli, corpus_text: str, tmp_path:
 
 def test_train_without_files_uses_builtin_corpus(run_cli: RunCli, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ("--hidden", "8", "--embed", "8", "--layers", "1", "--seq-len", "16", "--batch-size", "2",
-            "--steps", "2", "--eval-chars", "200")
+    args = (
+        "--hidden",
+        "8",
+        "--embed",
+        "8",
+        "--layers",
+        "1",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--eval-chars",
+        "200",
+    )
     proc = run_cli("train", "--out", out, *args)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
@@ -190,14 +231,34 @@ def test_train_without_files_uses_builtin_corpus(run_cli: RunCli, tmp_path: Path
     assert meta["corpus"]["chars"] > 100_000
 
 
-def test_sentencepiece_run_end_to_end(run_cli: RunCli, corpus_file: Path, corpus_text: str,
-                                      tmp_path: Path) -> None:
+def test_sentencepiece_run_end_to_end(
+    run_cli: RunCli, corpus_file: Path, corpus_text: str, tmp_path: Path
+) -> None:
     """Subword tokenizer through train, eval (bpc per character, also for unseen characters
     spelled as UTF-8 byte pieces) and sample."""
     out = tmp_path / "sp"
-    proc = run_cli("train", corpus_file, "--out", out, "--tokenizer", "sentencepiece", "--vocab-size", "400",
-                   "--hidden", "16", "--embed", "8", "--layers", "1", "--seq-len", "16", "--batch-size", "4",
-                   "--steps", "5")
+    proc = run_cli(
+        "train",
+        corpus_file,
+        "--out",
+        out,
+        "--tokenizer",
+        "sentencepiece",
+        "--vocab-size",
+        "400",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--layers",
+        "1",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "5",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     held_out = "\n" + corpus_text[-300:] + "caf\u00e9 \u20ac\n"  # the leading newline is its own piece
@@ -214,8 +275,18 @@ def test_sentencepiece_run_end_to_end(run_cli: RunCli, corpus_file: Path, corpus
 
 
 def test_sentencepiece_vocab_too_small(run_cli: RunCli, corpus_file: Path, tmp_path: Path) -> None:
-    proc = run_cli("train", corpus_file, "--out", tmp_path / "sp", "--tokenizer", "sentencepiece",
-                   "--vocab-size", "50", "--steps", "1")
+    proc = run_cli(
+        "train",
+        corpus_file,
+        "--out",
+        tmp_path / "sp",
+        "--tokenizer",
+        "sentencepiece",
+        "--vocab-size",
+        "50",
+        "--steps",
+        "1",
+    )
     assert proc.returncode == 3
     assert "--vocab-size 50 is too small" in _assert_one_line_error(proc)
 
@@ -237,8 +308,9 @@ def test_sample_is_only_corpus_text(run_cli: RunCli, trained_run: Path, corpus_t
 
 
 def test_sample_seed_determinism(run_cli: RunCli, trained_run: Path) -> None:
-    first, again, other = (run_cli("sample", "-c", trained_run, "--length", "200", "--seed", seed)
-                           for seed in ("3", "3", "4"))
+    first, again, other = (
+        run_cli("sample", "-c", trained_run, "--length", "200", "--seed", seed) for seed in ("3", "3", "4")
+    )
     assert first.returncode == again.returncode == other.returncode == 0
     assert first.stdout == again.stdout
     assert first.stdout != other.stdout
@@ -278,11 +350,16 @@ def test_sample_missing_checkpoint(run_cli: RunCli, tmp_path: Path) -> None:
     _assert_one_line_error(proc)
 
 
-def test_sample_into_closed_pipe(cli_command: Callable[..., list], cli_env: Callable[..., dict],
-                                 trained_run: Path) -> None:
+def test_sample_into_closed_pipe(
+    cli_command: Callable[..., list], cli_env: Callable[..., dict], trained_run: Path
+) -> None:
     """A reader that stops early (``| head -c 100``) ends the sampler quietly with exit 0."""
-    proc = subprocess.Popen(cli_command("sample", "-c", trained_run, "--length", "100000", "--seed", "3"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    proc = subprocess.Popen(
+        cli_command("sample", "-c", trained_run, "--length", "100000", "--seed", "3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         head = proc.stdout.read(100)
@@ -298,13 +375,15 @@ def test_sample_into_closed_pipe(cli_command: Callable[..., list], cli_env: Call
     assert stderr == b""
 
 
-def test_sample_shell_pipeline_to_head(cli_command: Callable[..., list], cli_env: Callable[..., dict],
-                                       trained_run: Path, tmp_path: Path) -> None:
+def test_sample_shell_pipeline_to_head(
+    cli_command: Callable[..., list], cli_env: Callable[..., dict], trained_run: Path, tmp_path: Path
+) -> None:
     """The same through a real shell pipeline; PIPESTATUS gives charnn's own exit status."""
-    argv = " ".join(shlex.quote(a) for a in cli_command("sample", "-c", trained_run, "--length", "100000",
-                                                         "--seed", "3"))
+    argv = " ".join(
+        shlex.quote(a) for a in cli_command("sample", "-c", trained_run, "--length", "100000", "--seed", "3")
+    )
     err = tmp_path / "stderr.txt"
-    script = f"{argv} 2>{shlex.quote(str(err))} | head -c 100; echo \" rc=${{PIPESTATUS[0]}}\""
+    script = f'{argv} 2>{shlex.quote(str(err))} | head -c 100; echo " rc=${{PIPESTATUS[0]}}"'
     proc = subprocess.run(["bash", "-c", script], capture_output=True, env=cli_env(), timeout=120)
     out = proc.stdout.decode("utf-8", "replace")
     text, _, status = out.rpartition(" rc=")
@@ -334,7 +413,8 @@ def test_eval_json(run_cli: RunCli, trained_run: Path, corpus_text: str, tmp_pat
     again = run_cli("eval", "-c", trained_run, "-", "--json", input=held_out)
     assert again.returncode == 0, again.stderr
     assert {k: v for k, v in json.loads(again.stdout).items() if k != "checkpoint"} == {
-        k: v for k, v in result.items() if k != "checkpoint"}
+        k: v for k, v in result.items() if k != "checkpoint"
+    }
 
 
 def test_eval_unknown_characters_is_bad_input(run_cli: RunCli, trained_run: Path) -> None:
@@ -391,7 +471,12 @@ def test_info_json(run_cli: RunCli, trained_run: Path) -> None:
     assert data["step"] == 30
     # Structured: numbers as numbers, the model config as an object, no tokenizer blob.
     assert data["model"] == {
-        "cell": "lstm", "layers": 1, "hidden": 32, "embed": 16, "dropout": 0.0, "tie_weights": False,
+        "cell": "lstm",
+        "layers": 1,
+        "hidden": 32,
+        "embed": 16,
+        "dropout": 0.0,
+        "tie_weights": False,
         "vocab_size": data["tokenizer"]["vocab_size"],
     }
     assert isinstance(data["parameters"], int) and data["parameters"] > 0

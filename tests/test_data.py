@@ -127,9 +127,12 @@ def test_bad_inputs_raise_data_error(tmp_path: Path) -> None:
     bad.write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(DataError, match="offset 3"):
         load_corpus([str(bad)])
-    assert load_corpus([str(bad)], encoding_errors="replace").tokenizer.decode(
-        load_corpus([str(bad)], encoding_errors="replace").ids
-    ) == "caf\ufffd"
+    assert (
+        load_corpus([str(bad)], encoding_errors="replace").tokenizer.decode(
+            load_corpus([str(bad)], encoding_errors="replace").ids
+        )
+        == "caf\ufffd"
+    )
 
 
 def test_utf8_bom_is_dropped(tmp_path: Path) -> None:

@@ -95,8 +95,9 @@ def _damage(data: bytes, draw: st.DrawFn) -> bytes:
 
 @FUZZ
 @given(data=st.data(), name=st.sampled_from([ck.META, ck.MODEL_FILE]))
-def test_damaged_checkpoint_loads_identically_or_raises_checkpoint_error(original, scratch, data,
-                                                                         name) -> None:
+def test_damaged_checkpoint_loads_identically_or_raises_checkpoint_error(
+    original, scratch, data, name
+) -> None:
     files, intact = original
     damaged = _damage(files[name], data.draw)
     directory = _write(scratch, {**files, name: damaged})
@@ -119,9 +120,22 @@ JSON_VALUES = st.recursive(
     max_leaves=8,
 )
 FORGEABLE = [
-    ("format",), ("version",), ("model",), ("model", "vocab_size"), ("model", "cell"), ("model", "layers"),
-    ("model", "hidden"), ("model", "embed"), ("model", "dropout"), ("model", "tie_weights"), ("model", "x"),
-    ("tokenizer",), ("tokenizer", "kind"), ("tokenizer", "chars"), ("files",), ("files", ck.MODEL_FILE),
+    ("format",),
+    ("version",),
+    ("model",),
+    ("model", "vocab_size"),
+    ("model", "cell"),
+    ("model", "layers"),
+    ("model", "hidden"),
+    ("model", "embed"),
+    ("model", "dropout"),
+    ("model", "tie_weights"),
+    ("model", "x"),
+    ("tokenizer",),
+    ("tokenizer", "kind"),
+    ("tokenizer", "chars"),
+    ("files",),
+    ("files", ck.MODEL_FILE),
 ]
 
 
@@ -134,8 +148,9 @@ FORGEABLE = [
 @example(where=("files",), value=[1])
 @example(where=("model", "hidden"), value=True)
 @example(where=("model", "dropout"), value=True)
-def test_forged_metadata_with_valid_checksum_never_crashes_the_loader(original, scratch, where,
-                                                                      value) -> None:
+def test_forged_metadata_with_valid_checksum_never_crashes_the_loader(
+    original, scratch, where, value
+) -> None:
     """A checksum only proves the metadata is intact, not that it is sane: a hostile or foreign
     meta.json (re-checksummed) must still only ever give a usable model or a CheckpointError."""
     files, _ = original

@@ -65,8 +65,18 @@ def test_learns_repetitive_text(tmp_path: Path) -> None:
     torch.manual_seed(0)
     vocab = corpus.tokenizer.vocab_size
     model_config = ModelConfig(vocab_size=vocab, cell="lstm", layers=1, hidden=64, embed=32)
-    config = TrainConfig(batch_size=16, seq_len=64, lr=1e-2, warmup_steps=20, steps=250, eval_every=125,
-                         save_every=1000, val_fraction=0.1, seed=0, device="cpu")
+    config = TrainConfig(
+        batch_size=16,
+        seq_len=64,
+        lr=1e-2,
+        warmup_steps=20,
+        steps=250,
+        eval_every=125,
+        save_every=1000,
+        val_fraction=0.1,
+        seed=0,
+        device="cpu",
+    )
     reporter = QuietReporter()
     summary = Trainer(corpus, model_config, config, tmp_path / "run", reporter).run()
 

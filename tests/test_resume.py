@@ -12,8 +12,28 @@ from safetensors.torch import load_file
 
 # Two layers with dropout so the restored RNG state matters; warm-up shorter than N so the
 # schedule's decay phase spans the resume point.
-RESUME_ARGS = ("--hidden", "24", "--embed", "8", "--layers", "2", "--dropout", "0.1", "--seq-len", "16",
-               "--batch-size", "4", "--warmup", "3", "--eval-every", "5", "--seed", "3", "--device", "cpu")
+RESUME_ARGS = (
+    "--hidden",
+    "24",
+    "--embed",
+    "8",
+    "--layers",
+    "2",
+    "--dropout",
+    "0.1",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "3",
+    "--eval-every",
+    "5",
+    "--seed",
+    "3",
+    "--device",
+    "cpu",
+)
 N = 8
 
 
@@ -22,8 +42,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path, corpus_
     whole.mkdir(), split.mkdir()
     proc = run_cli("train", corpus_file, "--out", "run", *RESUME_ARGS, "--steps", 2 * N, cwd=whole)
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("train", corpus_file, "--out", "run", *RESUME_ARGS, "--steps", N, "--decay-steps", 2 * N,
-                   cwd=split)
+    proc = run_cli(
+        "train", corpus_file, "--out", "run", *RESUME_ARGS, "--steps", N, "--decay-steps", 2 * N, cwd=split
+    )
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("train", "--resume", "--out", "run", "--steps", 2 * N, cwd=split)
     assert proc.returncode == 0, proc.stderr
@@ -46,8 +67,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path, corpus_
     assert evals[0].stdout == evals[1].stdout and json.loads(evals[0].stdout)["bpc"] > 0
 
 
-def test_resume_with_contradictory_options_is_a_usage_error(trained_run_copy: Path, run_cli,
-                                                             cli_inprocess) -> None:
+def test_resume_with_contradictory_options_is_a_usage_error(
+    trained_run_copy: Path, run_cli, cli_inprocess
+) -> None:
     meta = (trained_run_copy / "latest" / "meta.json").read_bytes()
     proc = run_cli("train", "--resume", "--out", trained_run_copy, "--hidden", "64")
     results = [proc, cli_inprocess("train", "--resume", "--out", trained_run_copy, "--batch-size", "3")]
@@ -66,8 +88,9 @@ def test_resume_on_another_corpus_is_refused(trained_run_copy: Path, tmp_path: P
     assert "corpus differs" in proc.stderr
 
 
-def test_resume_without_a_checkpoint_is_bad_input(tmp_path: Path, corpus_file: Path, run_cli,
-                                                  cli_inprocess) -> None:
+def test_resume_without_a_checkpoint_is_bad_input(
+    tmp_path: Path, corpus_file: Path, run_cli, cli_inprocess
+) -> None:
     proc = run_cli("train", corpus_file, "--resume", "--out", tmp_path / "nothing-here")
     assert proc.returncode == 3, proc.stderr
     assert "no such checkpoint" in proc.stderr and "Traceback" not in proc.stderr
@@ -77,8 +100,9 @@ def test_resume_without_a_checkpoint_is_bad_input(tmp_path: Path, corpus_file: P
     assert "no checkpoint here" in proc.stderr
 
 
-def test_fresh_train_into_an_existing_run_needs_force(trained_run_copy: Path, corpus_file: Path,
-                                                        run_cli, cli_inprocess) -> None:
+def test_fresh_train_into_an_existing_run_needs_force(
+    trained_run_copy: Path, corpus_file: Path, run_cli, cli_inprocess
+) -> None:
     meta = (trained_run_copy / "latest" / "meta.json").read_bytes()
     proc = run_cli("train", corpus_file, "--out", trained_run_copy, *TINY_MODEL_ARGS, "--steps", "3")
     assert proc.returncode == 2, proc.stderr
@@ -91,8 +115,22 @@ def test_fresh_train_into_an_existing_run_needs_force(trained_run_copy: Path, co
     proc = cli_inprocess("train", corpus_file, "--out", trained_run_copy, *TINY_MODEL_ARGS, "--steps", "3")
     assert proc.returncode == 2, proc.stderr
 
-    proc = run_cli("train", corpus_file, "--out", trained_run_copy, *TINY_MODEL_ARGS, "--steps", "3",
-                   "--seq-len", "16", "--batch-size", "4", "--eval-every", "100", "--force")
+    proc = run_cli(
+        "train",
+        corpus_file,
+        "--out",
+        trained_run_copy,
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "100",
+        "--force",
+    )
     assert proc.returncode == 0, proc.stderr
     info = cli_inprocess("info", "-c", trained_run_copy, "--json")
     assert info.returncode == 0, info.stderr
@@ -103,8 +141,9 @@ def test_fresh_train_into_an_existing_run_needs_force(trained_run_copy: Path, co
 # Recovery is "resume from latest/ with a lower learning rate", so it lives with the resume tests.
 
 
-def _poisoned_trainer(tmp_path: Path, corpus_text: str, bad_calls: dict[int, str], monkeypatch,
-                      **train: object):
+def _poisoned_trainer(
+    tmp_path: Path, corpus_text: str, bad_calls: dict[int, str], monkeypatch, **train: object
+):
     """A tiny in-process Trainer whose training forward pass turns bad on chosen calls (1-based):
     'loss' makes the logits NaN, 'grad' keeps the loss finite but makes the gradient NaN.
     Every checkpoint written is checked finite as it is saved."""
@@ -118,8 +157,17 @@ def _poisoned_trainer(tmp_path: Path, corpus_text: str, bad_calls: dict[int, str
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])
-    config = TrainConfig(**{"batch_size": 4, "seq_len": 16, "warmup_steps": 0, "eval_every": 1000,
-                            "device": "cpu", "seed": 5, **train})  # type: ignore[arg-type]
+    config = TrainConfig(
+        **{
+            "batch_size": 4,
+            "seq_len": 16,
+            "warmup_steps": 0,
+            "eval_every": 1000,
+            "device": "cpu",
+            "seed": 5,
+            **train,
+        }
+    )  # type: ignore[arg-type]
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, hidden=16, embed=8, layers=1)
     trainer = train_mod.Trainer(corpus, model_config, config, tmp_path / "run", NullReporter())
     calls = {"n": 0}
@@ -150,14 +198,22 @@ def _poisoned_trainer(tmp_path: Path, corpus_text: str, bad_calls: dict[int, str
     return trainer, saved
 
 
-def test_non_finite_steps_are_skipped_then_recovered_with_a_lower_lr(tmp_path: Path, corpus_text: str,
-                                                                     monkeypatch) -> None:
+def test_non_finite_steps_are_skipped_then_recovered_with_a_lower_lr(
+    tmp_path: Path, corpus_text: str, monkeypatch
+) -> None:
     from charnn.checkpoint import load_checkpoint
 
     # Calls 5-7 bad: 5 and 6 are skipped (with a save due at 6, deferred), 7 makes three in a row:
     # restore latest/ (step 4) at half the learning rate and replay from there.
-    trainer, saved = _poisoned_trainer(tmp_path, corpus_text, {5: "loss", 6: "grad", 7: "loss"}, monkeypatch,
-                                       steps=12, save_every=2, max_bad_steps=3)
+    trainer, saved = _poisoned_trainer(
+        tmp_path,
+        corpus_text,
+        {5: "loss", 6: "grad", 7: "loss"},
+        monkeypatch,
+        steps=12,
+        save_every=2,
+        max_bad_steps=3,
+    )
     summary = trainer.run()
     assert summary["step"] == 12 and summary["skipped_steps"] == 3
     assert any("restoring the last checkpoint" in m for m in trainer.reporter.messages)
@@ -172,8 +228,15 @@ def test_non_finite_steps_are_skipped_then_recovered_with_a_lower_lr(tmp_path: P
 def test_bad_steps_again_after_recovery_raise_diverged(tmp_path: Path, corpus_text: str, monkeypatch) -> None:
     from charnn.errors import DivergedError
 
-    trainer, saved = _poisoned_trainer(tmp_path, corpus_text, {n: "loss" for n in range(4, 100)}, monkeypatch,
-                                       steps=50, save_every=1, max_bad_steps=2)
+    trainer, saved = _poisoned_trainer(
+        tmp_path,
+        corpus_text,
+        {n: "loss" for n in range(4, 100)},
+        monkeypatch,
+        steps=50,
+        save_every=1,
+        max_bad_steps=2,
+    )
     with pytest.raises(DivergedError) as info:
         trainer.run()
     assert info.value.exit_code == 4
@@ -183,9 +246,31 @@ def test_bad_steps_again_after_recovery_raise_diverged(tmp_path: Path, corpus_te
 def test_absurd_learning_rate_exits_4(tmp_path: Path, corpus_file: Path, run_cli) -> None:
     # lr 1e6 without clipping overflows the weights within ~10 steps on this corpus; saving every
     # step checks that no overflowed (inf/NaN) weights are ever written on the way.
-    proc = run_cli("train", corpus_file, "--out", tmp_path / "run", *TINY_MODEL_ARGS, "--steps", "200",
-                   "--seq-len", "16", "--batch-size", "4", "--lr", "1e6", "--grad-clip", "0", "--warmup", "0",
-                   "--max-bad-steps", "2", "--save-every", "1", "--device", "cpu")
+    proc = run_cli(
+        "train",
+        corpus_file,
+        "--out",
+        tmp_path / "run",
+        *TINY_MODEL_ARGS,
+        "--steps",
+        "200",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e6",
+        "--grad-clip",
+        "0",
+        "--warmup",
+        "0",
+        "--max-bad-steps",
+        "2",
+        "--save-every",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 4, proc.stderr
     assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
     from charnn.checkpoint import load_checkpoint

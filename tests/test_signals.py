@@ -14,8 +14,21 @@ from conftest import TINY_MODEL_ARGS
 
 from charnn.checkpoint import load_checkpoint
 
-LONG_RUN = (*TINY_MODEL_ARGS, "--steps", "1000000", "--seq-len", "16", "--batch-size", "4",
-            "--eval-every", "1000000", "--save-every", "1000000", "--device", "cpu")
+LONG_RUN = (
+    *TINY_MODEL_ARGS,
+    "--steps",
+    "1000000",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "1000000",
+    "--save-every",
+    "1000000",
+    "--device",
+    "cpu",
+)
 
 
 def _interrupt(cmd: list[str], env: dict[str, str], signals: list[int]) -> tuple[int, str]:
@@ -41,8 +54,9 @@ def _interrupt(cmd: list[str], env: dict[str, str], signals: list[int]) -> tuple
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_signal_saves_latest_and_exits_with_its_code(sig: int, code: int, tmp_path: Path, corpus_file: Path,
-                                                     cli_command, cli_env, cli_inprocess) -> None:
+def test_signal_saves_latest_and_exits_with_its_code(
+    sig: int, code: int, tmp_path: Path, corpus_file: Path, cli_command, cli_env, cli_inprocess
+) -> None:
     out = tmp_path / "run"
     rc, stderr = _interrupt(cli_command("train", corpus_file, "--out", out, *LONG_RUN), cli_env(), [sig])
     assert rc == code, stderr
@@ -63,8 +77,9 @@ def test_signal_saves_latest_and_exits_with_its_code(sig: int, code: int, tmp_pa
     assert load_checkpoint(out).step == step
 
 
-def test_second_sigint_exits_at_once_leaving_a_loadable_checkpoint(tmp_path: Path, corpus_file: Path,
-                                                                   cli_command, cli_env) -> None:
+def test_second_sigint_exits_at_once_leaving_a_loadable_checkpoint(
+    tmp_path: Path, corpus_file: Path, cli_command, cli_env
+) -> None:
     out = tmp_path / "run"
     cmd = cli_command("train", corpus_file, "--out", out, *LONG_RUN)
     rc, stderr = _interrupt(cmd, cli_env(), [signal.SIGINT, signal.SIGINT])

@@ -81,13 +81,23 @@ def test_char_vocab_is_sorted_unique_codepoints() -> None:
 
 def test_char_encode_matches_vocab_positions() -> None:
     """Ids are positions in ``chars`` even when the vocabulary was not given sorted."""
-    tok = CharTokenizer(["z", "a", "\u00e9", "\U0001F600", "\n"])
-    text = "a\U0001F600z\n\u00e9a"
+    tok = CharTokenizer(["z", "a", "\u00e9", "\U0001f600", "\n"])
+    text = "a\U0001f600z\n\u00e9a"
     assert tok.encode(text).tolist() == [tok.chars.index(c) for c in text]
 
 
-@pytest.mark.parametrize("size, dtype", [(1, np.uint8), (31, np.uint8), (256, np.uint8), (257, np.uint16),
-                                         (300, np.uint16), (65536, np.uint16), (65537, np.uint32)])
+@pytest.mark.parametrize(
+    "size, dtype",
+    [
+        (1, np.uint8),
+        (31, np.uint8),
+        (256, np.uint8),
+        (257, np.uint16),
+        (300, np.uint16),
+        (65536, np.uint16),
+        (65537, np.uint32),
+    ],
+)
 def test_id_dtype_is_smallest(size: int, dtype: type) -> None:
     assert id_dtype(size) == np.dtype(dtype)
 
@@ -214,9 +224,17 @@ def test_sentencepiece_needs_nonempty_lines() -> None:
         SentencePieceTokenizer.train("\n\n\n", vocab_size=50)
 
 
-@pytest.mark.parametrize("data", [None, {}, {"kind": "bpe"}, {"kind": "char", "chars": 5},
-                                  {"kind": "sentencepiece", "model": "!!not base64!!"},
-                                  {"kind": "sentencepiece", "model": "aGVsbG8="}])
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {},
+        {"kind": "bpe"},
+        {"kind": "char", "chars": 5},
+        {"kind": "sentencepiece", "model": "!!not base64!!"},
+        {"kind": "sentencepiece", "model": "aGVsbG8="},
+    ],
+)
 def test_tokenizer_from_bad_dict_is_checkpoint_error(data: object) -> None:
     with pytest.raises(CheckpointError):
         tokenizer_from_dict(data)  # type: ignore[arg-type]
