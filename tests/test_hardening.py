@@ -512,3 +512,12 @@ def test_resume_accepts_the_latest_checkpoint_of_a_run_and_nothing_else(
     single = trained_run_copy.parent / "single"
     shutil.copytree(trained_run_copy / "best", single)
     one_error(cli_inprocess("train", "--resume", single, "--steps", "40"), 2, "not a run directory")
+
+
+def test_encoding_errors_reach_the_in_memory_path_too(tmp_path: Path, corpus_text: str, run_cli) -> None:
+    """stdin is not cached: --encoding-errors must still reach its decoder."""
+    data = corpus_text.encode() + b"bad \xff byte\n"
+    proc = run_cli(
+        "train", "-", "--out", tmp_path / "run", *SHORT_RUN, "--encoding-errors", "replace", input=data
+    )
+    assert proc.returncode == 0, proc.stderr
