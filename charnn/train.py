@@ -357,7 +357,14 @@ def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
 
 
 class Trainer:
-    """One training run over a corpus, writing ``latest/`` and ``best/`` under ``out``."""
+    """One training run over a corpus, writing ``latest/`` and ``best/`` under ``out``.
+
+    Longer than the project's ~250-line guide (about 400), on purpose for now: it owns the state
+    every part acts on (model, optimizer, carried hidden state, progress, the distributed
+    context) and the glue between them; each part with an invariant of its own is already a
+    class above (RunLength, Schedule, ThroughputMeter, DivergenceGuard, EvalSavePolicy, EarlyStop,
+    TrainingSampler). The next split is the checkpoint keeping (save/restore/recover, ~70 lines).
+    """
 
     def __init__(
         self,
