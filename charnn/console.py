@@ -109,6 +109,22 @@ def stopped(message: str) -> None:
 _SAMPLE_CONTROLS = {c: "\ufffd" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
 
 
+def bytes_bar(label: str, console: Console, width: int = 30) -> Progress:
+    """A transient rich bar over bytes (size, speed, time left), labelled literally."""
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (BarColumn(bar_width=width), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    return Progress(TextColumn(escape(label)), *columns, console=console, transient=True)
+
+
 class ByteBar:
     """A transient progress bar over bytes on stderr (reading, hashing, encoding a big corpus);
     plain start/finish lines when stderr is not a terminal."""
@@ -118,24 +134,7 @@ class ByteBar:
         self.console, self.label, self.total = console, label, total
         self._progress: Progress | None = None
         if console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn(label.replace("[", "\\[")),
-                BarColumn(bar_width=30),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
+            self._progress = bytes_bar(label, console)
             self._progress.start()
             self._task = self._progress.add_task(label, total=total)
         else:
@@ -319,27 +318,11 @@ def download_progress(
     """A progress callback ``(bytes so far, total or None)``: a live bar on a terminal, else a line
     at the start and one every 10 s."""
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
 
     console = console or stderr_console()
     console.print(f"[dim]charnn:[/] fetching {escape(name)} from {escape(url)}", soft_wrap=True)
     if console.is_terminal:
-        bar = Progress(
-            TextColumn(escape(name)),
-            BarColumn(bar_width=24),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
+        bar = bytes_bar(name, console, width=24)
         task = bar.add_task("fetch", total=None)
         with bar:
             yield lambda done, total: bar.update(task, completed=done, total=total)
