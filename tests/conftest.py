@@ -32,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,11 +67,59 @@ TINY_TRAIN_ARGS: tuple[str, ...] = (
     "cpu",
 )
 
+# A run that only ends when it is stopped (signals, kills, a second writer), saving only when told.
+LONG_RUN: tuple[str, ...] = (
+    *TINY_MODEL_ARGS,
+    "--steps",
+    "1000000",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "1000000",
+    "--save-every",
+    "1000000",
+    "--device",
+    "cpu",
+)
+
 _WORDS = (
     "the a river stone light quick brown fox jumps over lazy dog mountain water tree bird song night "
     "day old new small great city road home under with from into about window garden letter morning "
     "evening silver quiet winter summer friend journey story paper candle harbour bridge"
 ).split()
+
+
+class ScriptStepper:
+    """A stepper whose logits always favour the next id of a fixed script by ``strength`` nats
+    (greedy replays it), in numpy: decoding tests without a model."""
+
+    def __init__(self, script: list[int], vocab: int, strength: float = 10.0) -> None:
+        self.script, self.vocab_size, self.strength = script, vocab, strength
+
+    def _logits(self, pos: Any) -> Any:
+        import numpy as np
+
+        out = np.zeros((len(pos), self.vocab_size), dtype=np.float32)
+        out[np.arange(len(pos)), [self.script[min(int(p), len(self.script) - 1)] for p in pos]] = (
+            self.strength
+        )
+        return out
+
+    def prime(self, ids: Any, state: object = None) -> tuple[Any, Any]:
+        import numpy as np
+
+        pos = np.zeros(ids.shape[0])
+        return self._logits(pos), pos
+
+    def step(self, ids: object, state: Any) -> tuple[Any, Any]:
+        return self._logits(state + 1), state + 1
+
+    def reorder(self, state: Any, index: object) -> Any:
+        import numpy as np
+
+        return state[np.asarray(index)]
 
 
 def make_text(lines: int = 200, seed: int = 0) -> str:

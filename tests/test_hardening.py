@@ -18,27 +18,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_MODEL_ARGS
+from conftest import LONG_RUN, TINY_MODEL_ARGS
 from safetensors.torch import load_file, save_file
 
 from charnn import checkpoint as ck
 from charnn.checkpoint import load_checkpoint
 
-LONG_RUN = (
-    *TINY_MODEL_ARGS,
-    "--steps",
-    "1000000",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-every",
-    "1000000",
-    "--save-every",
-    "1000000",
-    "--device",
-    "cpu",
-)
 SHORT_RUN = (*TINY_MODEL_ARGS, "--steps", "3", "--seq-len", "16", "--batch-size", "4", "--device", "cpu")
 
 

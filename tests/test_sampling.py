@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import ScriptStepper
 
 from charnn.config import ModelConfig, SampleConfig
 from charnn.constraints import TokenRules
@@ -421,28 +422,6 @@ def test_unkept_samples_are_streamed_but_not_collected() -> None:
 
 
 # -- streaming subword text ------------------------------------------------------------------------
-
-
-class ScriptStepper:
-    """A stepper whose logits always favour the next id of a fixed script (greedy replays it)."""
-
-    def __init__(self, script: list[int], vocab: int) -> None:
-        self.script, self.vocab_size = script, vocab
-
-    def _logits(self, pos: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(pos), self.vocab_size), dtype=np.float32)
-        out[np.arange(len(pos)), [self.script[min(int(p), len(self.script) - 1)] for p in pos]] = 10.0
-        return out
-
-    def prime(self, ids: np.ndarray, state: object = None) -> tuple:
-        pos = np.zeros(ids.shape[0])
-        return self._logits(pos), pos
-
-    def step(self, ids: object, state: np.ndarray) -> tuple:
-        return self._logits(state + 1), state + 1
-
-    def reorder(self, state: np.ndarray, index: object) -> np.ndarray:
-        return state[np.asarray(index)]
 
 
 def test_sentencepiece_byte_pieces_stream_whole_characters() -> None:

@@ -10,25 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL_ARGS
+from conftest import LONG_RUN
 
 from charnn.checkpoint import load_checkpoint
-
-LONG_RUN = (
-    *TINY_MODEL_ARGS,
-    "--steps",
-    "1000000",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-every",
-    "1000000",
-    "--save-every",
-    "1000000",
-    "--device",
-    "cpu",
-)
 
 
 def _interrupt(cmd: list[str], env: dict[str, str], signals: list[int]) -> tuple[int, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ScriptStepper
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -256,28 +257,6 @@ def test_validation_split_is_by_characters_for_subwords() -> None:
 # ---------------------------------------------------------------------------- sampling over subwords
 
 
-class PieceStepper:
-    """Logits that favour a scripted sequence of pieces (greedy replays it), in numpy."""
-
-    def __init__(self, script: list[int], vocab: int) -> None:
-        self.script, self.vocab_size = script, vocab
-
-    def _logits(self, pos: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(pos), self.vocab_size), dtype=np.float32)
-        out[np.arange(len(pos)), [self.script[min(int(p), len(self.script) - 1)] for p in pos]] = 20.0
-        return out
-
-    def prime(self, ids: np.ndarray, state: object = None) -> tuple:
-        pos = np.zeros(ids.shape[0])
-        return self._logits(pos), pos
-
-    def step(self, ids: object, state: np.ndarray) -> tuple:
-        return self._logits(state + 1), state + 1
-
-    def reorder(self, state: np.ndarray, index: object) -> np.ndarray:
-        return state[np.asarray(index)]
-
-
 def pieces_of(tok: SentencePieceTokenizer, *texts: str) -> list[int]:
     out = []
     for text in texts:
@@ -301,7 +280,9 @@ def test_prime_seam_keeps_exactly_one_space() -> None:
         script = old_dog if expected.startswith("old") else [ids[-1], *old_dog]
         for beam in (None, 2):
             config = SampleConfig(length=len(expected), temperature=0, beam=beam)
-            out = generate(PieceStepper(script, tok.vocab_size), ids, config, tok, rules=rules, heal=True)[0]
+            out = generate(
+                ScriptStepper(script, tok.vocab_size, strength=20.0), ids, config, tok, rules=rules, heal=True
+            )[0]
             assert out.text == expected and out.stopped_by == "length"
             assert tok.decode(kept + out.ids) == prime + expected  # the ids spell the whole text
 
@@ -309,7 +290,7 @@ def test_prime_seam_keeps_exactly_one_space() -> None:
 def test_stop_string_spanning_two_tokens_cuts_inside_the_piece() -> None:
     tok = subword("bpe")
     script = pieces_of(tok, " old", " morning", " fox")
-    stepper = PieceStepper(script, tok.vocab_size)
+    stepper = ScriptStepper(script, tok.vocab_size, strength=20.0)
     for beam in (None, 2):
         config = SampleConfig(length=100, temperature=0, beam=beam, stops=("d mo",))
         out = generate(stepper, tok.start_ids(), config, tok, rules=TokenRules.for_tokenizer(tok))[0]
