@@ -18,8 +18,8 @@ from charnn.evaluate import LN2, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN
 from charnn.scoring import LineScore, score_lines
 from charnn.stepper import FastStepper
-from charnn.torch_stepper import TorchStepper
 from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, codepoints
+from charnn.torch_stepper import TorchStepper
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log!\n" * 6
 

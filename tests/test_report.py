@@ -29,8 +29,8 @@ from charnn.evaluate import (
 from charnn.model import CharRNN
 from charnn.report import ModelReport, build_report
 from charnn.scoring import score_lines
-from charnn.torch_stepper import TorchStepper
 from charnn.tokenizer import CharTokenizer, codepoints
+from charnn.torch_stepper import TorchStepper
 from tests.test_evaluate import TEXT, small_gru, sp_and_text
 
 
