@@ -82,7 +82,7 @@ def _argv(classes: tuple[type, ...], skip: tuple[str, ...] = ()) -> list[str]:
 
 def test_every_train_option_reaches_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[Any] = []
-    monkeypatch.setattr("charnn.runs.start_training", got.append)
+    monkeypatch.setattr("charnn.app.start_training", got.append)
     result = CliRunner().invoke(cli_mod.cli, ["train", "x.txt", *_argv(TRAIN_CONFIGS, skip=("steps",))])
     assert result.exit_code == 0, result.output
     (request,) = got
@@ -94,7 +94,7 @@ def test_every_train_option_reaches_its_config(monkeypatch: pytest.MonkeyPatch) 
 
 def test_options_left_at_their_default_are_not_reported_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[Any] = []
-    monkeypatch.setattr("charnn.runs.start_training", got.append)
+    monkeypatch.setattr("charnn.app.start_training", got.append)
     result = CliRunner().invoke(cli_mod.cli, ["train", "--resume", "--steps", "5"])
     assert result.exit_code == 0, result.output
     assert got[0].train == {"steps": 5} and got[0].model == {} and got[0].tokenizer == {}
@@ -102,7 +102,7 @@ def test_options_left_at_their_default_are_not_reported_as_given(monkeypatch: py
 
 def test_every_sample_option_reaches_the_sample_config(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[SampleConfig] = []
-    monkeypatch.setattr("charnn.runs.run_sampling", lambda ckpt, config, *rest, **kw: got.append(config))
+    monkeypatch.setattr("charnn.app.run_sampling", lambda ckpt, config, *rest, **kw: got.append(config))
     argv = _argv((SampleConfig,), skip=("temperature", "top_k", "top_p"))  # those contradict --beam
     result = CliRunner().invoke(cli_mod.cli, ["sample", *argv])
     assert result.exit_code == 0, result.output
