@@ -380,6 +380,12 @@ def train(
 )
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
+@click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="write with the model at the keyboard: continue, change settings, pick the next character (:help)",
+)
 @click.pass_context
 def sample(
     ctx: click.Context,
@@ -390,11 +396,18 @@ def sample(
     prompts: str | None,
     separator: str,
     as_json: bool,
+    interactive: bool,
     **options: Any,
 ) -> None:
     """Generate text from a trained model; only the text goes to stdout."""
     given = take_config(ctx, options, SampleConfig)
     _no_leftovers(options)
+    if interactive:
+        _refuse_with_interactive(given, {"--prime-file": prime_file, "--prompts": prompts, "--json": as_json})
+        from charnn.interactive import run_interactive
+
+        run_interactive(checkpoint, SampleConfig(**given), prime or "")
+        return
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
     if given.get("beam") is not None and (
@@ -422,6 +435,16 @@ def sample(
     from charnn.app import run_sampling
 
     run_sampling(checkpoint, config, prime or "", separator, as_json, prime_name=prime_name)
+
+
+def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -> None:
+    """Options that make no sense in a keyboard session are usage errors, not silently ignored."""
+    clashes = [flag for flag, value in others.items() if value]
+    clashes += [
+        flag for name, flag in (("beam", "--beam"), ("num_samples", "--num-samples")) if name in given
+    ]
+    if clashes:
+        raise ConfigError(f"--interactive cannot be combined with {', '.join(clashes)}")
 
 
 # ---------------------------------------------------------------------------- eval / score / info
