@@ -209,7 +209,7 @@ class Session:
             return self._pick(text)
         if text:
             self.writer.add(text)
-            self.again(text, typed)
+        self.again(text, typed)  # an empty line: the prompt is erased and the model goes on
         self.writer.continue_()
         self.say("")
         return True
