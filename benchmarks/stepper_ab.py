@@ -82,7 +82,8 @@ def main() -> None:
         for name, tree in trees.items():
             results[name].append(run(tree, args.cell, args.chars))
     print(f"load average after: {os.getloadavg()}")
-    print(f"{args.cell} 2x256, medians of {args.repeats} interleaved runs; this = {here}, other = {args.other}")
+    print(f"{args.cell} 2x256, medians of {args.repeats} interleaved runs; this = {here}")
+    print(f"other = {args.other}")
     print(f"{'figure':<28}{'this':>12}{'other':>12}{'this/other':>12}")
     for key in results["this"][0]:
         a = statistics.median(r[key] for r in results["this"])
