@@ -310,3 +310,22 @@ def test_sample_json_logprob_equals_the_torch_model(cell: str, layers: int, tmp_
         logp = torch.log_softmax(logits, dim=-1)[0, 4:]  # the positions that predict the text
         expected = logp.gather(1, seq[0, 5:, None]).sum().item()
         assert row["logprob"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_routing_sends_short_inputs_to_numpy_and_long_ones_to_torch(tmp_path) -> None:
+    """charnn.routing is the one place that picks an engine; a model built already is reused."""
+    from charnn.checkpoint import load_checkpoint, save_checkpoint
+    from charnn.routing import NUMPY_MAX_TOKENS, SCORE_BATCH, eval_stepper, score_stepper
+    from charnn.tokenizer import CharTokenizer
+
+    save_checkpoint(tmp_path / "ck", make_model("gru", 1), CharTokenizer(list("abcdefghijk")), {})
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert isinstance(eval_stepper(ckpt, NUMPY_MAX_TOKENS), FastStepper)
+    assert isinstance(eval_stepper(ckpt, NUMPY_MAX_TOKENS + 1), TorchStepper)
+    model = ckpt.build_model()
+    built = eval_stepper(ckpt, 5, model)
+    assert isinstance(built, TorchStepper) and built.model is model
+    short, batch = score_stepper(ckpt, NUMPY_MAX_TOKENS)
+    assert isinstance(short, FastStepper) and batch == 1  # line by line, as numpy always scored
+    long, batch = score_stepper(ckpt, NUMPY_MAX_TOKENS + 1)
+    assert isinstance(long, TorchStepper) and batch == SCORE_BATCH
