@@ -160,7 +160,13 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
 
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.distributed import SOLO
-    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
+    from charnn.trainer import (
+        Trainer,
+        check_resume_corpus,
+        init_from_hint,
+        merge_resume,
+        refuse_contradictions,
+    )
 
     group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
@@ -204,7 +210,7 @@ def _notes(corpus: Corpus, group: Any) -> None:
 
 
 def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
@@ -242,7 +248,7 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
     the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
     from charnn import finetune
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     assert request.init_from is not None
     parent = load_checkpoint(request.init_from)
