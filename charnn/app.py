@@ -61,6 +61,7 @@ class TrainRequest:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    vocabulary: Any = None  # a ready tokenizer for a new run (classify's members share one)
 
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
@@ -221,6 +222,8 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
             flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
             raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
         source = load_checkpoint(tokenizer.source).tokenizer
+    if request.vocabulary is not None:
+        source = request.vocabulary
     # subwords learn from the training split only (val_fraction)
     corpus = cached_corpus(
         request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
