@@ -81,17 +81,21 @@ def sampling_stepper(ckpt: Checkpoint, prime_tokens: int) -> Stepper:
     return PrimeElsewhere(TorchStepper(ckpt.build_model(), threads=1), stepper)
 
 
-def eval_stepper(ckpt: Checkpoint, tokens: int, model: CharRNN | None = None) -> Stepper:
-    """For ``eval`` over ``tokens`` tokens; a ``model`` already built (for --html) is used."""
+def eval_stepper(
+    ckpt: Checkpoint, tokens: int, model: CharRNN | None = None, fast: FastStepper | None = None
+) -> Stepper:
+    """For ``eval`` over ``tokens`` tokens; a ``model`` (for --html) or numpy stepper already
+    built is used."""
     if model is None and tokens <= NUMPY_MAX_TOKENS:
-        return FastStepper(ckpt.config, ckpt.weights)
+        return fast or FastStepper(ckpt.config, ckpt.weights)
     from charnn.torch_stepper import TorchStepper
 
     return TorchStepper(model if model is not None else ckpt.build_model())
 
 
-def score_stepper(ckpt: Checkpoint, tokens: int) -> tuple[Stepper, int]:
-    """For ``score`` over ``tokens`` tokens (lines and context): the stepper and its line batch."""
+def score_stepper(ckpt: Checkpoint, tokens: int, fast: FastStepper | None = None) -> tuple[Stepper, int]:
+    """For ``score`` over ``tokens`` tokens (lines and context): the stepper and its line batch
+    (a numpy stepper ``fast`` already built is used)."""
     if tokens <= NUMPY_MAX_TOKENS:
-        return FastStepper(ckpt.config, ckpt.weights), 1
+        return fast or FastStepper(ckpt.config, ckpt.weights), 1
     return eval_stepper(ckpt, tokens), SCORE_BATCH
