@@ -84,7 +84,7 @@ def _describe(rng: click.IntRange | click.FloatRange) -> str:
     if shown == [None, None]:
         return ""
     saved = rng.min, rng.max
-    rng.min, rng.max = shown  # type: ignore[assignment]
+    rng.min, rng.max = shown
     try:
         return click.FloatRange._describe_range(rng)  # type: ignore[arg-type]
     finally:
@@ -471,14 +471,7 @@ def eval_(
         list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
     )
     for row in rows:
-        if as_json:
-            click.echo(json.dumps(row))
-        else:
-            where = f"  checkpoint {row['checkpoint']}" if len(rows) > 1 else ""
-            click.echo(
-                f"bpc {row['bpc']:.4f}  bpt {row['bpt']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
-                f"tokens {row['tokens']}{where}"
-            )
+        click.echo(json.dumps(row.to_json()) if as_json else row.text(with_checkpoint=len(rows) > 1))
 
 
 @cli.command()
@@ -500,10 +493,7 @@ def score(
     from charnn.runs import run_score
 
     for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
-        if as_json:
-            click.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            click.echo(f"{row['logprob']:.4f}\t{row['bpc']:.4f}\t{row['text']}")
+        click.echo(json.dumps(row.to_json(), ensure_ascii=False) if as_json else row.text_line())
 
 
 @cli.command()

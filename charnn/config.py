@@ -131,7 +131,7 @@ class _Validated:
         """Rules that involve several fields (override)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> Any:

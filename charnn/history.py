@@ -1,20 +1,20 @@
 """Looking back at runs: what a checkpoint says about itself, and every run under a directory.
 
 No torch import: ``charnn runs`` reads only each run's ``meta.json`` (the weights are not
-loaded), so listing a directory of big runs is instant. ``charnn info`` validates the whole
-checkpoint first and then describes it with the same :func:`describe`.
+loaded, every field is validated), so listing a directory of big runs is instant. ``charnn info``
+validates the whole checkpoint first and then describes it with the same :func:`describe`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from charnn.checkpoint_meta import CheckpointMeta
 from charnn.config import GATES
-from charnn.rundir import LATEST, MARKER, RunDir, resolve_checkpoint
+from charnn.rundir import LATEST, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv"}  # besides hidden ones (.git, .venv)
@@ -32,36 +32,43 @@ def count_parameters(model: dict[str, Any]) -> int:
     return int(total)
 
 
-def describe(meta: dict[str, Any], path: Path | str) -> dict[str, Any]:
-    """A checkpoint's metadata as structured data: numbers as numbers, the model config as an
-    object, the tokenizer's kind and size (never its vocabulary blob)."""
-    model = dict(meta.get("model") or {})
-    progress = meta.get("progress") or {}
-    tokenizer = meta.get("tokenizer") or {}
-    val = progress.get("val") or None
+def describe(meta: CheckpointMeta, path: Path | str) -> dict[str, Any]:
+    """A checkpoint's validated metadata as structured data (``info --json``): numbers as numbers,
+    the model config as an object, the tokenizer's kind and size (never its vocabulary blob)."""
+    from charnn.checkpoint_meta import FORMAT, VERSION
+
+    model = meta.model.to_dict()
+    progress = meta.progress
+    val = (progress.val if progress is not None else None) or None
+
+    def counter(name: str) -> Any:
+        return getattr(progress, name) if progress is not None else None
+
     return {
         "path": str(path),
-        "format": meta.get("format"),
-        "version": meta.get("version"),
+        "format": FORMAT,
+        "version": VERSION,
         "model": model,
-        "parameters": count_parameters(model) if model else None,
-        "tokenizer": {"kind": tokenizer.get("kind"), "vocab_size": model.get("vocab_size")},
-        "step": progress.get("step"),
-        "optimizer_steps": progress.get("optimizer_steps"),
-        "skipped_steps": progress.get("skipped_steps"),
-        "trained_seconds": progress.get("elapsed"),
-        "tokens_seen": progress.get("tokens"),
-        "chars_seen": progress.get("chars"),
+        "parameters": count_parameters(model),
+        "tokenizer": {"kind": meta.tokenizer.kind, "vocab_size": meta.model.vocab_size},
+        "step": counter("step"),
+        "optimizer_steps": counter("optimizer_steps"),
+        "skipped_steps": counter("skipped_steps"),
+        "trained_seconds": counter("elapsed"),
+        "tokens_seen": counter("tokens"),
+        "chars_seen": counter("chars"),
         "val": val,
         "val_bpc": val.get("bpc") if val else None,
-        "best_val_bpc": progress.get("best_val_bpc"),
-        "stopped_reason": progress.get("stopped_reason"),
-        "train": meta.get("train"),
-        "corpus": meta.get("corpus"),
-        "run": meta.get("run"),
-        "parent": meta.get("parent"),  # a fine-tuned run (--init-from): where its weights came from
-        "charnn_version": meta.get("charnn_version"),
-        "created": meta.get("created"),
+        "best_val_bpc": counter("best_val_bpc"),
+        "stopped_reason": counter("stopped_reason"),
+        "train": meta.train.to_dict() if meta.train is not None else None,
+        "corpus": meta.corpus.to_json() if meta.corpus is not None else None,
+        "run": meta.run.to_json() if meta.run is not None else None,
+        "parent": meta.parent.to_json()
+        if meta.parent is not None
+        else None,  # where --init-from's weights came from
+        "charnn_version": meta.charnn_version,
+        "created": meta.created,
     }
 
 
@@ -145,10 +152,10 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
 
 def run_row(run: Path, root: Path) -> dict[str, Any]:
     """One row of ``charnn runs``: the run's latest checkpoint metadata (steps, time) and best bpc."""
+    from charnn.checkpoint import load_meta
+
     ckpt = resolve_checkpoint(run, prefer=LATEST)
-    with open(ckpt / MARKER, encoding="utf-8") as fh:
-        meta = json.load(fh)
-    info = describe(meta, ckpt)
+    info = describe(load_meta(ckpt), ckpt)
     name = os.path.relpath(run, root) if run != root else run.resolve().name or str(run)
     corpus = info.get("corpus") or {}
     model = info["model"]
@@ -169,16 +176,19 @@ def run_row(run: Path, root: Path) -> dict[str, Any]:
     }
 
 
-def list_runs(root: Path, warn: Any = None) -> list[dict[str, Any]]:
-    """Rows for every run under ``root``, best validation bpc first, runs never validated last."""
+def list_runs(root: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rows for every run under ``root``, best validation bpc first, runs never validated last.
+    A run whose metadata does not validate is skipped with a warning (``warn``)."""
+    from charnn.errors import CharnnError
+
     rows = []
     for run in find_runs(root):
         try:
             rows.append(run_row(run, root))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except OSError as exc:
             if warn is not None:
-                warn(f"{run}: skipped, unreadable metadata ({exc})")
-        except Exception as exc:  # e.g. CheckpointError from a half-deleted run
+                warn(f"{run}: skipped, unreadable metadata ({exc.strerror or exc})")
+        except CharnnError as exc:  # a forged or damaged meta.json, a half-deleted run
             if warn is not None:
                 warn(f"{run}: skipped ({exc})")
     rows.sort(key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0, r["name"]))

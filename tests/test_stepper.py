@@ -152,7 +152,7 @@ def test_stepper_built_from_checkpoint_arrays_equals_the_model(tmp_path) -> None
     from charnn.tokenizer import CharTokenizer
 
     model = make_model("lstm", 2, hidden=12, embed=12, tie_weights=True)
-    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")), {})
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")))
     ckpt = load_checkpoint(tmp_path / "ck")
     ids = torch.randint(0, VOCAB, (1, 9))
     logits, _ = FastStepper(ckpt.config, ckpt.weights).prime(ids.numpy())
@@ -188,7 +188,7 @@ def test_torch_prime_for_huge_primes_agrees_with_numpy(
 
     monkeypatch.setattr(charnn.torch_prime, "_WINDOW", 7)
     model = make_model(cell, layers)
-    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")), {})
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")))
     ckpt = load_checkpoint(tmp_path / "ck")
     fast = FastStepper(ckpt.config, ckpt.weights)
     big = TorchPrimedStepper(fast, ckpt)
@@ -217,7 +217,7 @@ def test_sample_json_logprob_equals_the_torch_model(cell: str, layers: int, tmp_
 
     model = make_model(cell, layers)
     tokenizer = CharTokenizer(list("abcdefghijk"))
-    save_checkpoint(tmp_path / "ck", model, tokenizer, {})
+    save_checkpoint(tmp_path / "ck", model, tokenizer)
     res = cli_inprocess(
         "sample",
         "-c",

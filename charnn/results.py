@@ -1,0 +1,69 @@
+"""The rows that ``charnn sample``, ``eval`` and ``score`` print, as typed records (no torch import).
+
+:mod:`charnn.runs` builds them, :mod:`charnn.cli` prints them: ``--json`` writes
+:meth:`~charnn.jsonrecord.JsonRecord.to_json` as one line, and the plain text is formatted from
+the same fields. Field order is the key order of the JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from charnn.jsonrecord import REAL, TEXT, WHOLE, JsonRecord, item, optional
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRow(JsonRecord):
+    """One sample (``sample --json``); ``line`` is the prompt's line number under ``--prompts``."""
+
+    OMIT_NONE = True
+    line: int | None = item(optional(WHOLE), default=None)
+    sample: int = item(WHOLE)  # which of --num-samples
+    seed: int = item(WHOLE)
+    prime: str = item(TEXT)
+    text: str = item(TEXT)  # generated after the prime
+    logprob: float = item(REAL)  # natural log of the text's probability under the model
+    chars: int = item(WHOLE)
+    stopped_by: str | None = item(optional(TEXT), default=None)  # --stop string that ended it, if any
+
+    def json_line(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRow(JsonRecord):
+    """One checkpoint's numbers on a text (``eval``)."""
+
+    loss: float = item(REAL)  # nats per token
+    bpc: float = item(REAL)  # bits per character of the text
+    bpt: float = item(REAL)  # bits per token
+    tokens: int = item(WHOLE)
+    chars: int = item(WHOLE)
+    tokenizer: str = item(TEXT)
+    checkpoint: str = item(TEXT)
+
+    def text(self, with_checkpoint: bool) -> str:
+        where = f"  checkpoint {self.checkpoint}" if with_checkpoint else ""
+        return (
+            f"bpc {self.bpc:.4f}  bpt {self.bpt:.4f}  loss {self.loss:.4f}  chars {self.chars}  "
+            f"tokens {self.tokens}{where}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreRow(JsonRecord):
+    """One scored line, or one whole input with ``--whole`` (then ``line`` is absent)."""
+
+    OMIT_NONE = True
+    source: str = item(TEXT)  # the file ("<stdin>" for -)
+    line: int | None = item(optional(WHOLE), default=None)
+    text: str = item(TEXT)
+    logprob: float = item(REAL)
+    bpc: float = item(REAL)
+    bpt: float = item(REAL)
+    chars: int = item(WHOLE)
+    tokens: int = item(WHOLE)
+
+    def text_line(self) -> str:
+        return f"{self.logprob:.4f}\t{self.bpc:.4f}\t{self.text}"
