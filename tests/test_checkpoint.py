@@ -157,7 +157,8 @@ while True:
     with torch.no_grad():  # every save has distinct contents that must match its own metadata
         for p in model.parameters():
             p.fill_(step % 7)
-    save_checkpoint(target, model, tok, TrainingMeta(progress=Progress(step=step)), {"state": torch.full((5000,), step)})
+    meta = TrainingMeta(progress=Progress(step=step))
+    save_checkpoint(target, model, tok, meta, {"state": torch.full((5000,), step)})
     if step == 0:
         print("ready", flush=True)
     step += 1
