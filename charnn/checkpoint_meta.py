@@ -86,9 +86,9 @@ def _mapping(value: Any) -> bool:
     return isinstance(value, dict)
 
 
-MODEL_CONFIG = Kind("a model config", _mapping, _model_config, lambda c: c.to_dict())
-TRAIN_CONFIG = Kind("a train config", _mapping, _train_config, lambda c: c.to_dict())
-TOKENIZER = Kind("a tokenizer", _mapping, _tokenizer, lambda t: t.to_dict())
+MODEL_CONFIG = Kind("a mapping", _mapping, _model_config, lambda c: c.to_dict(), "`ModelConfig` fields")
+TRAIN_CONFIG = Kind("a mapping", _mapping, _train_config, lambda c: c.to_dict(), "`TrainConfig` fields")
+TOKENIZER = Kind("a mapping", _mapping, _tokenizer, lambda t: t.to_dict(), "the tokenizer (its `to_dict`)")
 
 
 # ---------------------------------------------------------------------------- records

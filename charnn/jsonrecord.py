@@ -48,6 +48,7 @@ class Kind:
     ok: Callable[[Any], bool] = lambda value: True
     load: Callable[[Any, str], Any] | None = None  # (checked value, field name) -> Python value
     write: Callable[[Any], Any] = lambda value: value
+    doc: str | None = None  # what the documentation says, when it says more than ``what``
 
     def read(self, value: Any, name: str) -> Any:
         if not self.ok(value):
@@ -101,6 +102,7 @@ def optional(kind: Kind) -> Kind:
         f"null or {kind.what}",
         load=lambda v, name: None if v is None else kind.read(v, name),
         write=lambda v: None if v is None else kind.write(v),
+        doc=f"null or {kind.doc}" if kind.doc else None,
     )
 
 
@@ -108,12 +110,13 @@ def list_of(kind: Kind, non_empty: bool = False) -> Kind:
     def load(value: Any, name: str) -> list[Any]:
         return [kind.read(v, f"{name}[{i}]") for i, v in enumerate(value)]
 
-    what = f"a {'non-empty ' if non_empty else ''}list of {kind.what}"
+    what = f"a {'non-empty ' if non_empty else ''}list of "
     return Kind(
-        what,
+        what + kind.what,
         lambda v: isinstance(v, list) and (bool(v) or not non_empty),
         load,
         lambda v: [kind.write(x) for x in v],
+        what + kind.doc if kind.doc else None,
     )
 
 
@@ -122,7 +125,7 @@ def mapping_of(kind: Kind) -> Kind:
         return {k: kind.read(v, f"{name}.{k}") for k, v in value.items()}
 
     return Kind(
-        f"a mapping of {kind.what}",
+        f"a mapping to {kind.what}",
         lambda v: isinstance(v, dict),
         load,
         lambda v: {k: kind.write(x) for k, x in v.items()},
@@ -131,7 +134,13 @@ def mapping_of(kind: Kind) -> Kind:
 
 def record(cls: type[JsonRecord]) -> Kind:
     """A nested record, read with its own reader (errors name ``outer.inner``)."""
-    return Kind("a mapping", lambda v: isinstance(v, dict), cls.from_json, lambda v: v.to_json())
+    return Kind(
+        "a mapping",
+        lambda v: isinstance(v, dict),
+        cls.from_json,
+        lambda v: v.to_json(),
+        f"`{cls.__name__}` (below)",
+    )
 
 
 def item(kind: Kind, **kwargs: Any) -> Any:
@@ -181,4 +190,5 @@ class JsonRecord:
 
 def json_fields(cls: type[JsonRecord]) -> list[tuple[str, str]]:
     """Each JSON field of a record class and what it must hold, in order (for the docs)."""
-    return [(f.name, f.metadata["json"].what) for f in dataclasses.fields(cls) if "json" in f.metadata]  # type: ignore[arg-type]
+    kinds = [(f.name, f.metadata["json"]) for f in dataclasses.fields(cls) if "json" in f.metadata]  # type: ignore[arg-type]
+    return [(name, kind.doc or kind.what) for name, kind in kinds]
