@@ -529,7 +529,7 @@ def runs(directory: str, as_json: bool) -> None:
     rows = list_runs(Path(directory), warn=note)
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json.dumps(row.to_json(), ensure_ascii=False))
     elif rows:
         click.echo(runs_table(rows))
     else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from charnn.checkpoint_meta import CheckpointMeta
 from charnn.config import GATES
+from charnn.results import RunRow, TokenizerSummary
 from charnn.rundir import LATEST, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
@@ -150,33 +151,30 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         yield from find_runs(child, max_depth - 1)
 
 
-def run_row(run: Path, root: Path) -> dict[str, Any]:
+def run_row(run: Path, root: Path) -> RunRow:
     """One row of ``charnn runs``: the run's latest checkpoint metadata (steps, time) and best bpc."""
     from charnn.checkpoint import load_meta
 
-    ckpt = resolve_checkpoint(run, prefer=LATEST)
-    info = describe(load_meta(ckpt), ckpt)
-    name = os.path.relpath(run, root) if run != root else run.resolve().name or str(run)
-    corpus = info.get("corpus") or {}
-    model = info["model"]
-    return {
-        "name": name,
-        "path": str(run),
-        "best_val_bpc": info["best_val_bpc"],
-        "steps": info["step"],
-        "trained_seconds": info["trained_seconds"],
-        "cell": model.get("cell"),
-        "layers": model.get("layers"),
-        "hidden": model.get("hidden"),
-        "parameters": info["parameters"],
-        "tokenizer": info["tokenizer"],
-        "corpus": corpus.get("sources", []),
-        "date": info["created"],
-        "stopped_reason": info["stopped_reason"],
-    }
+    meta = load_meta(resolve_checkpoint(run, prefer=LATEST))
+    progress, model = meta.progress, meta.model
+    return RunRow(
+        name=os.path.relpath(run, root) if run != root else run.resolve().name or str(run),
+        path=str(run),
+        best_val_bpc=progress.best_val_bpc if progress is not None else None,
+        steps=progress.step if progress is not None else None,
+        trained_seconds=progress.elapsed if progress is not None else None,
+        cell=model.cell,
+        layers=model.layers,
+        hidden=model.hidden,
+        parameters=count_parameters(model.to_dict()),
+        tokenizer=TokenizerSummary(meta.tokenizer.kind, model.vocab_size),
+        corpus=meta.corpus.sources if meta.corpus is not None else [],
+        date=meta.created,
+        stopped_reason=progress.stopped_reason if progress is not None else None,
+    )
 
 
-def list_runs(root: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def list_runs(root: Path, warn: Callable[[str], None] | None = None) -> list[RunRow]:
     """Rows for every run under ``root``, best validation bpc first, runs never validated last.
     A run whose metadata does not validate is skipped with a warning (``warn``)."""
     from charnn.errors import CharnnError
@@ -191,31 +189,30 @@ def list_runs(root: Path, warn: Callable[[str], None] | None = None) -> list[dic
         except CharnnError as exc:  # a forged or damaged meta.json, a half-deleted run
             if warn is not None:
                 warn(f"{run}: skipped ({exc})")
-    rows.sort(key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0, r["name"]))
+    rows.sort(key=lambda r: (r.best_val_bpc is None, r.best_val_bpc or 0.0, r.name))
     return rows
 
 
-def runs_table(rows: list[dict[str, Any]]) -> str:
+def runs_table(rows: list[RunRow]) -> str:
     """Plain aligned columns (stdout: the table is what `charnn runs` is asked for, like ls)."""
     header = ["run", "best bpc", "steps", "time", "model", "params", "tokenizer", "corpus", "date"]
     body = []
     for r in rows:
-        bpc = r["best_val_bpc"]
-        corpus = ", ".join(Path(s).name if s != "-" else "<stdin>" for s in r["corpus"]) or "-"
+        bpc = r.best_val_bpc
+        corpus = ", ".join(Path(s).name if s != "-" else "<stdin>" for s in r.corpus) or "-"
         if len(corpus) > 32:
             corpus = corpus[:31] + "…"
-        tok = r["tokenizer"]
         body.append(
             [
-                r["name"],
+                r.name,
                 f"{bpc:.4f}" if bpc is not None else "-",
-                str(r["steps"]),
-                duration_text(r["trained_seconds"]),
-                f"{r['cell']} {r['layers']}x{r['hidden']}",
-                _compact(r["parameters"]),
-                f"{tok['kind']} {tok['vocab_size']}",
+                str(r.steps),
+                duration_text(r.trained_seconds),
+                f"{r.cell} {r.layers}x{r.hidden}",
+                _compact(r.parameters),
+                f"{r.tokenizer.kind} {r.tokenizer.vocab_size}",
                 corpus,
-                (r["date"] or "-").replace("T", " ").rstrip("Z")[:16],
+                (r.date or "-").replace("T", " ").rstrip("Z")[:16],
             ]
         )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

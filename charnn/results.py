@@ -1,8 +1,8 @@
-"""The rows that ``charnn sample``, ``eval`` and ``score`` print, as typed records (no torch import).
+"""The rows that ``charnn sample``, ``eval``, ``score`` and ``runs`` print, as typed records.
 
-:mod:`charnn.runs` builds them, :mod:`charnn.cli` prints them: ``--json`` writes
-:meth:`~charnn.jsonrecord.JsonRecord.to_json` as one line, and the plain text is formatted from
-the same fields. Field order is the key order of the JSON line.
+:mod:`charnn.runs` and :mod:`charnn.history` build them, :mod:`charnn.cli` prints them: ``--json``
+writes :meth:`~charnn.jsonrecord.JsonRecord.to_json` as one line, and the plain text is formatted
+from the same fields. Field order is the key order of the JSON line. No torch import.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from charnn.jsonrecord import REAL, TEXT, WHOLE, JsonRecord, item, optional
+from charnn.jsonrecord import REAL, TEXT, WHOLE, JsonRecord, item, list_of, optional, record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,3 +67,30 @@ class ScoreRow(JsonRecord):
 
     def text_line(self) -> str:
         return f"{self.logprob:.4f}\t{self.bpc:.4f}\t{self.text}"
+
+
+@dataclass(frozen=True)
+class TokenizerSummary(JsonRecord):
+    """A tokenizer's kind and size (never its vocabulary)."""
+
+    kind: str = item(TEXT)
+    vocab_size: int = item(WHOLE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRow(JsonRecord):
+    """One run under a directory (``runs``), from its latest checkpoint's metadata."""
+
+    name: str = item(TEXT)  # relative to the directory listed
+    path: str = item(TEXT)
+    best_val_bpc: float | None = item(optional(REAL), default=None)
+    steps: int | None = item(optional(WHOLE), default=None)
+    trained_seconds: float | None = item(optional(REAL), default=None)
+    cell: str = item(TEXT)
+    layers: int = item(WHOLE)
+    hidden: int = item(WHOLE)
+    parameters: int = item(WHOLE)
+    tokenizer: TokenizerSummary = item(record(TokenizerSummary))
+    corpus: list[str] = item(list_of(TEXT), default_factory=list)  # its sources
+    date: str | None = item(optional(TEXT), default=None)  # when its latest checkpoint was written
+    stopped_reason: str | None = item(optional(TEXT), default=None)

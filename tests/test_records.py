@@ -24,7 +24,7 @@ from charnn.data import BinaryData
 from charnn.errors import VocabularyError
 from charnn.metrics import METRICS, MetricsLog, read_metrics
 from charnn.metrics_rows import ROWS, EndRow, ProgressRow, StartRow, ValRow, parse_row
-from charnn.record_docs import DOC, render
+from charnn.record_docs import DOC, render, undocumented
 from charnn.results import SampleRow, ScoreRow
 
 NAN = float("nan")
@@ -355,3 +355,4 @@ def test_the_format_doc_lists_every_record_field() -> None:
     (``python -m charnn.record_docs``); this fails when a field is added without them."""
     text = DOC.read_text(encoding="utf-8")
     assert render(text) == text, "record tables are stale: run `python -m charnn.record_docs`"
+    assert undocumented(text) == []
