@@ -180,6 +180,9 @@ class CheckpointMeta(TrainingMeta):
     model: ModelConfig = item(MODEL_CONFIG)
     tokenizer: Tokenizer = item(TOKENIZER)
     files: dict[str, str] = item(mapping_of(SHA256), default_factory=dict)  # file name -> sha256
+    # Not stored: train options this charnn does not know (a newer one wrote them). Reading for
+    # sampling or listing ignores them; resuming refuses, as it could not honour them.
+    foreign_train: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tokenizer.vocab_size != self.model.vocab_size:
@@ -195,11 +198,6 @@ class CheckpointMeta(TrainingMeta):
     def processes(self) -> int:
         """Data-parallel ranks that wrote it (1 for checkpoints older than distributed training)."""
         return self.world_size or 1
-
-    def training(self) -> TrainingMeta:
-        """Only the training part (what a save passes on besides model and tokenizer)."""
-        names = [f.name for f in dataclasses.fields(TrainingMeta)]
-        return TrainingMeta(**{n: getattr(self, n) for n in names})
 
 
 @dataclass(frozen=True)
@@ -217,6 +215,11 @@ def resume_meta(meta: CheckpointMeta, where: Path) -> ResumeMeta:
     for name in ("train", "progress", "corpus", "optimizer"):
         if getattr(meta, name) is None:
             raise CheckpointError(f"{where}: cannot resume: the checkpoint has no {name} record")
+    if meta.foreign_train:
+        raise CheckpointError(
+            f"{where}: cannot resume: trained with options this charnn does not know "
+            f"({', '.join(meta.foreign_train)}); a newer charnn wrote it"
+        )
     assert meta.train and meta.progress and meta.corpus and meta.optimizer  # for mypy: checked above
     progress = Progress.from_json(meta.progress.to_json())  # the trainer's own copy: it mutates it
     return ResumeMeta(meta.train, progress, meta.corpus, meta.optimizer)
@@ -256,8 +259,14 @@ def parse_meta(raw: bytes, directory: Path) -> CheckpointMeta:
         )
     if data.get("checksum") != meta_checksum(data):
         raise CheckpointError(f"{where}: checksum mismatch (the metadata was edited or corrupted)")
+    train, foreign = data.get("train"), tuple[str, ...]()
+    if isinstance(train, dict):
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        foreign = tuple(sorted(str(k) for k in train if k not in known))
+        data = {**data, "train": {k: v for k, v in train.items() if k in known}}
     try:
-        return CheckpointMeta.from_json(data)
+        meta = CheckpointMeta.from_json(data)
+        return dataclasses.replace(meta, foreign_train=foreign) if foreign else meta
     except RecordError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     except RecursionError:  # a forged tokenizer or config nested past Python's limit

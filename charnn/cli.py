@@ -507,7 +507,7 @@ def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     for i, checkpoint in enumerate(checkpoints):
         data = checkpoint_info(checkpoint)
         if as_json:
-            click.echo(json.dumps(data, ensure_ascii=False))
+            click.echo(json.dumps(data.to_json(), ensure_ascii=False))
         else:
             click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from charnn.checkpoint_meta import CheckpointMeta
+from charnn.checkpoint_meta import CheckpointMeta, Progress
 from charnn.config import GATES
-from charnn.results import RunRow, TokenizerSummary
+from charnn.results import InfoRow, RunRow, TokenizerSummary
 from charnn.rundir import LATEST, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
@@ -33,44 +33,43 @@ def count_parameters(model: dict[str, Any]) -> int:
     return int(total)
 
 
-def describe(meta: CheckpointMeta, path: Path | str) -> dict[str, Any]:
-    """A checkpoint's validated metadata as structured data (``info --json``): numbers as numbers,
-    the model config as an object, the tokenizer's kind and size (never its vocabulary blob)."""
+def describe(meta: CheckpointMeta, path: Path | str, parameters: int | None = None) -> InfoRow:
+    """A checkpoint's validated metadata as ``info`` shows it; ``parameters`` when counted from the
+    weights (else derived from the model config)."""
     from charnn.checkpoint_meta import FORMAT, VERSION
 
-    model = meta.model.to_dict()
-    progress = meta.progress
-    val = (progress.val if progress is not None else None) or None
-
-    def counter(name: str) -> Any:
-        return getattr(progress, name) if progress is not None else None
-
-    return {
-        "path": str(path),
-        "format": FORMAT,
-        "version": VERSION,
-        "model": model,
-        "parameters": count_parameters(model),
-        "tokenizer": {"kind": meta.tokenizer.kind, "vocab_size": meta.model.vocab_size},
-        "step": counter("step"),
-        "optimizer_steps": counter("optimizer_steps"),
-        "skipped_steps": counter("skipped_steps"),
-        "trained_seconds": counter("elapsed"),
-        "tokens_seen": counter("tokens"),
-        "chars_seen": counter("chars"),
-        "val": val,
-        "val_bpc": val.get("bpc") if val else None,
-        "best_val_bpc": counter("best_val_bpc"),
-        "stopped_reason": counter("stopped_reason"),
-        "train": meta.train.to_dict() if meta.train is not None else None,
-        "corpus": meta.corpus.to_json() if meta.corpus is not None else None,
-        "run": meta.run.to_json() if meta.run is not None else None,
-        "parent": meta.parent.to_json()
-        if meta.parent is not None
-        else None,  # where --init-from's weights came from
-        "charnn_version": meta.charnn_version,
-        "created": meta.created,
-    }
+    tokenizer = meta.tokenizer
+    unk = getattr(tokenizer, "unk", None)
+    progress = meta.progress or Progress()
+    val = progress.val or None
+    trained = meta.progress is not None  # a checkpoint saved outside training has no counters
+    return InfoRow(
+        path=str(path),
+        format=FORMAT,
+        version=VERSION,
+        model=meta.model,
+        parameters=parameters if parameters is not None else count_parameters(meta.model.to_dict()),
+        tokenizer=TokenizerSummary(
+            tokenizer.kind, meta.model.vocab_size, unk or None, tokenizer.normalize or None
+        ),
+        step=progress.step if trained else None,
+        optimizer_steps=progress.optimizer_steps if trained else None,
+        skipped_steps=progress.skipped_steps if trained else None,
+        trained_seconds=progress.elapsed if trained else None,
+        tokens_seen=progress.tokens if trained else None,
+        chars_seen=progress.chars if trained else None,
+        val=val,
+        val_bpc=val.get("bpc") if val else None,
+        best_val_bpc=progress.best_val_bpc,
+        stopped_reason=progress.stopped_reason,
+        train=meta.train,
+        corpus=meta.corpus,
+        run=meta.run,
+        parent=meta.parent,
+        charnn_version=meta.charnn_version,
+        created=meta.created,
+        val_bpt=val.get("bpt") if val else None,
+    )
 
 
 def duration_text(seconds: float | None) -> str:
@@ -82,50 +81,43 @@ def duration_text(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def model_text(model: dict[str, Any]) -> str:
-    if not model:
-        return "-"
-    text = f"{model.get('cell')} {model.get('layers')}x{model.get('hidden')}"
-    return text + (", tied" if model.get("tie_weights") else "")
-
-
-def info_lines(info: dict[str, Any]) -> list[str]:
+def info_lines(info: InfoRow) -> list[str]:
     """``charnn info``'s text: one ``key value`` line per fact people look for."""
-    model = info["model"]
-    corpus = info.get("corpus") or {}
-    run = info.get("run") or {}
-    rows = {
-        "path": info["path"],
-        "format": f"{info['format']} v{info['version']}",
-        "model": f"{model_text(model)}, embed {model.get('embed')}, dropout {model.get('dropout')}",
-        "parameters": f"{info['parameters']:,}" if info["parameters"] is not None else "-",
-        "tokenizer": _tokenizer_text(info["tokenizer"]),
-        "step": info["step"],
-        "val_bpc": _bpc(info["val_bpc"]),
-        "val_bpt": _bpc(info.get("val_bpt")),
-        "best_val_bpc": _bpc(info["best_val_bpc"]),
-        "skipped_steps": info["skipped_steps"],
-        "trained": duration_text(info["trained_seconds"]),
-        "corpus": ", ".join(corpus.get("sources", [])),
-        "created": info["created"],
+    model = info.model
+    tied = ", tied" if model.tie_weights else ""
+    rows: dict[str, object] = {
+        "path": info.path,
+        "format": f"{info.format} v{info.version}",
+        "model": f"{model.cell} {model.layers}x{model.hidden}{tied}, embed {model.embed}, "
+        f"dropout {model.dropout}",
+        "parameters": f"{info.parameters:,}",
+        "tokenizer": _tokenizer_text(info.tokenizer),
+        "step": info.step,
+        "val_bpc": _bpc(info.val_bpc),
+        "val_bpt": _bpc(info.val_bpt),
+        "best_val_bpc": _bpc(info.best_val_bpc),
+        "skipped_steps": info.skipped_steps,
+        "trained": duration_text(info.trained_seconds),
+        "corpus": ", ".join(info.corpus.sources if info.corpus is not None else []),
+        "created": info.created,
     }
-    if run:
-        rows["command"] = " ".join(run.get("argv") or [])
-        rows["versions"] = f"charnn {run.get('charnn')}, torch {run.get('torch')}, device {run.get('device')}"
-    parent = info.get("parent")
-    if isinstance(parent, dict):
-        rows["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
-    if info.get("stopped_reason"):
-        rows["stopped"] = info["stopped_reason"]
+    if info.run is not None:
+        run = info.run
+        rows["command"] = " ".join(run.argv)
+        rows["versions"] = f"charnn {run.charnn}, torch {run.torch}, device {run.device}"
+    if info.parent is not None:
+        rows["parent"] = f"{info.parent.path} (step {info.parent.step})"
+    if info.stopped_reason:
+        rows["stopped"] = info.stopped_reason
     return [f"{key:16} {value}" for key, value in rows.items()]
 
 
-def _tokenizer_text(tokenizer: dict[str, Any]) -> str:
-    text = f"{tokenizer['kind']}, {tokenizer['vocab_size']} tokens"
-    if tokenizer.get("unk") is not None:
-        text += f" (one stands for {tokenizer['unk']} rare characters)"
-    if tokenizer.get("normalize"):
-        text += f", {tokenizer['normalize'].upper()}-normalised"
+def _tokenizer_text(tokenizer: TokenizerSummary) -> str:
+    text = f"{tokenizer.kind}, {tokenizer.vocab_size} tokens"
+    if tokenizer.unk is not None:
+        text += f" (one stands for {tokenizer.unk} rare characters)"
+    if tokenizer.normalize:
+        text += f", {tokenizer.normalize.upper()}-normalised"
     return text
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from charnn.checkpoint_meta import CheckpointMeta, CorpusRecord, Lineage, OptimizerRecord, Progress, RunRecord
 from charnn.jsonrecord import JsonRecord, json_fields
 from charnn.metrics_rows import EndRow, ProgressRow, StartRow, StopRow, ValRow
-from charnn.results import EvalRow, RunRow, SampleRow, ScoreRow, TokenizerSummary
+from charnn.results import EvalRow, InfoRow, RunRow, SampleRow, ScoreRow, TokenizerSummary
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md"
 RECORDS: dict[str, type[JsonRecord]] = {
@@ -35,6 +35,7 @@ RECORDS: dict[str, type[JsonRecord]] = {
         EvalRow,
         ScoreRow,
         RunRow,
+        InfoRow,
         TokenizerSummary,
     )
 }

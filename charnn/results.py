@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from charnn.jsonrecord import REAL, TEXT, WHOLE, JsonRecord, item, list_of, optional, record
+from charnn.checkpoint_meta import MODEL_CONFIG, TRAIN_CONFIG, CorpusRecord, Lineage, RunRecord
+from charnn.config import ModelConfig, TrainConfig
+from charnn.jsonrecord import REAL, TEXT, WHOLE, JsonRecord, item, list_of, mapping_of, optional, record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,10 +74,13 @@ class ScoreRow(JsonRecord):
 
 @dataclass(frozen=True)
 class TokenizerSummary(JsonRecord):
-    """A tokenizer's kind and size (never its vocabulary)."""
+    """A tokenizer's kind and size (never its vocabulary); ``info`` adds what is set of the rest."""
 
+    OMIT_NONE = True
     kind: str = item(TEXT)
     vocab_size: int = item(WHOLE)
+    unk: int | None = item(optional(WHOLE), default=None)  # rare characters the unknown symbol stands for
+    normalize: str | None = item(optional(TEXT), default=None)  # Unicode normalisation (nfc, nfkc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,3 +100,43 @@ class RunRow(JsonRecord):
     corpus: list[str] = item(list_of(TEXT), default_factory=list)  # its sources
     date: str | None = item(optional(TEXT), default=None)  # when its latest checkpoint was written
     stopped_reason: str | None = item(optional(TEXT), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoRow(JsonRecord):
+    """What a checkpoint holds (``info``): numbers as numbers, the model config as an object, the
+    tokenizer's kind and size; the training fields are null for a checkpoint saved outside training."""
+
+    path: str = item(TEXT)
+    format: str = item(TEXT)
+    version: int = item(WHOLE)
+    model: ModelConfig = item(MODEL_CONFIG)
+    parameters: int = item(WHOLE)
+    tokenizer: TokenizerSummary = item(record(TokenizerSummary))
+    step: int | None = item(optional(WHOLE), default=None)
+    optimizer_steps: int | None = item(optional(WHOLE), default=None)
+    skipped_steps: int | None = item(optional(WHOLE), default=None)
+    trained_seconds: float | None = item(optional(REAL), default=None)
+    tokens_seen: int | None = item(optional(WHOLE), default=None)
+    chars_seen: int | None = item(optional(WHOLE), default=None)
+    val: dict[str, float] | None = item(optional(mapping_of(REAL)), default=None)  # the last validation
+    val_bpc: float | None = item(optional(REAL), default=None)
+    best_val_bpc: float | None = item(optional(REAL), default=None)
+    stopped_reason: str | None = item(optional(TEXT), default=None)
+    train: TrainConfig | None = item(optional(TRAIN_CONFIG), default=None)
+    corpus: CorpusRecord | None = item(optional(record(CorpusRecord)), default=None)
+    run: RunRecord | None = item(optional(record(RunRecord)), default=None)
+    parent: Lineage | None = item(
+        optional(record(Lineage)), default=None
+    )  # where --init-from's weights came from
+    charnn_version: str | None = item(optional(TEXT), default=None)
+    created: str | None = item(optional(TEXT), default=None)
+    val_bpt: float | None = item(optional(REAL), default=None)  # bits per token beside bits per character
+
+    def to_json(self) -> dict[str, Any]:
+        # The metadata's own records keep meta.json's (sorted) key order, as info has always shown them.
+        nested = ("model", "train", "corpus", "run", "parent")
+        out = super().to_json()
+        return {
+            k: dict(sorted(v.items())) if k in nested and isinstance(v, dict) else v for k, v in out.items()
+        }

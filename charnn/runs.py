@@ -33,7 +33,7 @@ from charnn.console import TrainReporter, note
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError, VocabularyError, located
 from charnn.metrics_rows import Invocation
-from charnn.results import EvalRow, SampleRow, ScoreRow
+from charnn.results import EvalRow, InfoRow, SampleRow, ScoreRow
 from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
 
@@ -652,18 +652,13 @@ def run_score(
         )
 
 
-def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
+def checkpoint_info(checkpoint: str) -> InfoRow:
+    """What a fully validated checkpoint holds (see :func:`charnn.history.describe`)."""
     from charnn.history import describe
 
     ckpt = load_checkpoint(checkpoint)
-    info = describe(ckpt.meta, ckpt.path)
-    info["parameters"] = sum(t.size for t in ckpt.weights.values())  # counted, not derived
-    tokenizer = ckpt.tokenizer
-    extras = {"unk": getattr(tokenizer, "unk", None), "normalize": tokenizer.normalize}
-    info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
-    info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
-    return info
+    counted = sum(t.size for t in ckpt.weights.values())  # counted, not derived
+    return describe(ckpt.meta, ckpt.path, parameters=int(counted))
 
 
 # ---------------------------------------------------------------------------- corpora
