@@ -32,7 +32,7 @@ from typing import Any
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CheckpointError, ConfigError
 from charnn.jsonrecord import (
-    REAL,
+    MEASURE,
     SCALAR,
     SHA256,
     TEXT,
@@ -103,13 +103,13 @@ class Progress(JsonRecord):
     skipped_steps: int = item(WHOLE, default=0)
     elapsed: float = item(real(min=0), default=0.0)  # seconds of training, summed over resumes
     lr_scale: float = item(real(positive=True), default=1.0)  # halved at each recovery from divergence
-    best_val_bpc: float | None = item(optional(REAL), default=None)
-    val: dict[str, float] = item(mapping_of(REAL), default_factory=dict)  # the last validation
-    train_loss: float | None = item(optional(REAL), default=None)
+    best_val_bpc: float | None = item(MEASURE, default=None)
+    val: dict[str, float | None] = item(mapping_of(MEASURE), default_factory=dict)  # the last validation
+    train_loss: float | None = item(MEASURE, default=None)
     tokens: int = item(WHOLE, default=0)  # tokens trained on (all steps, skipped ones included)
     chars: int = item(WHOLE, default=0)  # characters those tokens spell
     stale_evals: int = item(WHOLE, default=0)  # validations since the last improvement (early stopping)
-    patience_best: float | None = item(optional(REAL), default=None)  # what improvement is measured against
+    patience_best: float | None = item(MEASURE, default=None)  # what improvement is measured against
     stopped_reason: str | None = item(optional(TEXT), default=None)  # why the run ended early, when it did
 
     def to_dict(self) -> dict[str, Any]:

@@ -106,6 +106,15 @@ def optional(kind: Kind) -> Kind:
     )
 
 
+# A measurement that may have gone non-finite (a diverged validation): JSON has no NaN, so the
+# writer stores null, which reads back as None.
+MEASURE = Kind(
+    "null or a finite number",
+    lambda v: v is None or is_real(v),
+    write=lambda v: v if v is None or math.isfinite(v) else None,
+)
+
+
 def list_of(kind: Kind, non_empty: bool = False) -> Kind:
     def load(value: Any, name: str) -> list[Any]:
         return [kind.read(v, f"{name}[{i}]") for i, v in enumerate(value)]

@@ -13,7 +13,18 @@ from typing import Any
 
 from charnn.checkpoint_meta import MODEL_CONFIG, TRAIN_CONFIG, CorpusRecord, Lineage, RunRecord
 from charnn.config import ModelConfig, TrainConfig
-from charnn.jsonrecord import REAL, TEXT, WHOLE, JsonRecord, item, list_of, mapping_of, optional, record
+from charnn.jsonrecord import (
+    MEASURE,
+    REAL,
+    TEXT,
+    WHOLE,
+    JsonRecord,
+    item,
+    list_of,
+    mapping_of,
+    optional,
+    record,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +130,9 @@ class InfoRow(JsonRecord):
     trained_seconds: float | None = item(optional(REAL), default=None)
     tokens_seen: int | None = item(optional(WHOLE), default=None)
     chars_seen: int | None = item(optional(WHOLE), default=None)
-    val: dict[str, float] | None = item(optional(mapping_of(REAL)), default=None)  # the last validation
+    val: dict[str, float | None] | None = item(
+        optional(mapping_of(MEASURE)), default=None
+    )  # the last validation
     val_bpc: float | None = item(optional(REAL), default=None)
     best_val_bpc: float | None = item(optional(REAL), default=None)
     stopped_reason: str | None = item(optional(TEXT), default=None)

@@ -668,16 +668,12 @@ class Trainer:
     def _final_eval(self) -> EvalResult | None:
         """The end of the run validates, unless this very step was just validated (early stop,
         or a run resumed after it had finished): a step is never validated twice."""
-        prog, val = self.progress, self.progress.val
-        if (
-            val.get("step") == prog.step
-            and len(self.val_ids) >= 2
-            and {"loss", "bpc", "tokens", "chars"} <= set(val)
-        ):
+        prog = self.progress
+        saved = [prog.val.get(k) for k in ("loss", "bpc", "tokens", "chars")]  # None: missing or NaN
+        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2 and None not in saved:
             self.save(LATEST)
-            return EvalResult(
-                loss=val["loss"], bpc=val["bpc"], tokens=int(val["tokens"]), chars=int(val["chars"])
-            )
+            loss, bpc, tokens, chars = (float(v or 0.0) for v in saved)
+            return EvalResult(loss=loss, bpc=bpc, tokens=int(tokens), chars=int(chars))
         return self._eval_and_save(force_latest=True, final=True)
 
     def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:

@@ -9,6 +9,7 @@ what charnn wrote before the records existed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -369,3 +370,21 @@ def test_train_options_of_a_newer_charnn_are_ignored_for_reading_and_refused_for
     assert cli_inprocess("info", "-c", trained_run_copy).returncode == 0
     resumed = cli_inprocess("train", "--resume", trained_run_copy, "--steps", "40")
     assert resumed.returncode == 3 and "ema_decay" in resumed.stderr and "newer charnn" in resumed.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    numbers=st.lists(st.floats() | st.integers(-(2**40), 2**40) | st.none(), min_size=4, max_size=4),
+)
+def test_whatever_training_measures_the_writer_stores_the_reader_accepts(trained_run: Path, numbers) -> None:
+    """A diverged validation (NaN) once became metadata that no command could load: what the
+    writer writes must always read back."""
+    from charnn.checkpoint_meta import Progress
+
+    meta = parse_meta((trained_run / "best" / ck.META).read_bytes(), trained_run / "best")
+    loss, bpc, train_loss, best = numbers
+    progress = Progress(
+        step=3, val={"loss": loss, "bpc": bpc, "step": 3}, train_loss=train_loss, best_val_bpc=best
+    )
+    again = parse_meta(encode_meta(dataclasses.replace(meta, progress=progress)), trained_run / "best")
+    assert again.progress is not None and set(again.progress.val) == {"loss", "bpc", "step"}
