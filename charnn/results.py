@@ -39,7 +39,7 @@ class SampleRow(JsonRecord):
     text: str = item(TEXT)  # generated after the prime
     logprob: float = item(REAL)  # natural log of the text's probability under the model
     chars: int = item(WHOLE)
-    stopped_by: str | None = item(optional(TEXT), default=None)  # --stop string that ended it, if any
+    stopped_by: str = item(TEXT)  # what ended it: "length" or "stop"
 
     def json_line(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False)

@@ -229,9 +229,8 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Group | None = None)
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
-    source: Tokenizer | TokenizerConfig = tokenizer.replace(
-        seed=config.seed
-    )  # a subword model's sample follows --seed
+    # A subword model's sample follows --seed.
+    source: Tokenizer | TokenizerConfig = tokenizer.replace(seed=config.seed)
     if tokenizer.source is not None:
         others = sorted(set(request.tokenizer) - {"source"})
         if others:
@@ -367,7 +366,6 @@ def run_sampling(
 ) -> None:
     """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime.
     ``prime_name`` says where the prime came from, for errors."""
-
     from charnn.constraints import TokenRules
     from charnn.sampling import generate
 
@@ -385,9 +383,15 @@ def run_sampling(
         samples = generate(stepper, prime_ids, config, tokenizer, rng=rng, rules=rules, heal=heal)
         for i, s in enumerate(samples):
             row = SampleRow(
-                sample=i, seed=seed, prime=prime, text=s.text, logprob=s.logprob, chars=len(s.text)
+                sample=i,
+                seed=seed,
+                prime=prime,
+                text=s.text,
+                logprob=s.logprob,
+                chars=len(s.text),
+                stopped_by=s.stopped_by,
             )
-            out.write(replace(row, stopped_by=s.stopped_by).json_line() + "\n")
+            out.write(row.json_line() + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
@@ -432,7 +436,6 @@ def run_prompts(
 ) -> None:
     """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
     are written in prompt order as each batch of prompts finishes."""
-
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
     from charnn.stepper import FastStepper
 

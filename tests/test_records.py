@@ -327,10 +327,10 @@ def test_metrics_rows_write_nan_as_null_and_read_it_as_missing() -> None:
 
 
 def test_result_rows_keep_their_json_keys() -> None:
-    row = SampleRow(sample=0, seed=1, prime="a", text="b", logprob=-1.0, chars=1)
-    assert list(row.to_json()) == ["sample", "seed", "prime", "text", "logprob", "chars"]
-    prompt = SampleRow(line=2, sample=0, seed=1, prime="a", text="b", logprob=-1.0, chars=1, stopped_by="\n")
-    assert list(prompt.to_json())[0] == "line" and prompt.to_json()["stopped_by"] == "\n"
+    row = SampleRow(sample=0, seed=1, prime="a", text="b", logprob=-1.0, chars=1, stopped_by="length")
+    assert list(row.to_json()) == ["sample", "seed", "prime", "text", "logprob", "chars", "stopped_by"]
+    prompt = dataclasses.replace(row, line=2, stopped_by="stop")
+    assert list(prompt.to_json())[0] == "line" and prompt.to_json()["stopped_by"] == "stop"
     whole = ScoreRow(source="f", text="t", logprob=-1.0, bpc=1.0, bpt=1.0, chars=1, tokens=1)
     assert "line" not in whole.to_json() and whole.text_line() == "-1.0000\t1.0000\tt"
 
