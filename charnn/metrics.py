@@ -46,7 +46,7 @@ from charnn.metrics_rows import (
     row_step,
     to_line,
 )
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
+from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 METRICS = "metrics.jsonl"
 MIN_INTERVAL = 1.0  # seconds between progress rows, at least
@@ -106,7 +106,7 @@ class MetricsLog:
 
 
 class MetricsReporter:
-    """A :class:`~charnn.reporting.Reporter` that writes the history and forwards everything to
+    """A :class:`~charnn.train_records.Reporter` that writes the history and forwards everything to
     ``inner`` (the console), so the trainer reports once and both see it."""
 
     def __init__(self, log: MetricsLog, inner: Reporter, start_row: Invocation | None = None) -> None:

@@ -1,6 +1,6 @@
 """The rows that ``charnn sample``, ``eval``, ``score`` and ``runs`` print, as typed records.
 
-:mod:`charnn.runs` and :mod:`charnn.history` build them, :mod:`charnn.cli` prints them: ``--json``
+:mod:`charnn.app` and :mod:`charnn.run_catalog` build them, :mod:`charnn.cli` prints them: ``--json``
 writes :meth:`~charnn.jsonrecord.JsonRecord.to_json` as one line, and the plain text is formatted
 from the same fields. Field order is the key order of the JSON line. No torch import.
 """

@@ -192,7 +192,7 @@ def test_any_forged_training_field_parses_to_typed_values_or_is_refused(
         assert all(isinstance(s, str) for s in parsed.corpus.sources) and len(parsed.corpus.sha256) == 64
     if parsed.progress is not None:
         assert isinstance(parsed.progress.step, int) and all(
-            isinstance(v, int | float) for v in parsed.progress.val.values()
+            v is None or isinstance(v, int | float) for v in parsed.progress.val.values()
         )
     if parsed.run is not None:
         assert all(isinstance(a, str) for a in parsed.run.argv)

@@ -41,11 +41,11 @@ if TYPE_CHECKING:  # torch-side types: this module imports torch only where a co
     from charnn.corpora import CorpusEntry
     from charnn.distributed import Group
     from charnn.model import CharRNN
-    from charnn.report import ModelReport
-    from charnn.reporting import Reporter
     from charnn.scoring import EvalResult
     from charnn.stepper import FastStepper
+    from charnn.surprisal_page import ModelReport
     from charnn.train import Trainer
+    from charnn.train_records import Reporter
 
 # ---------------------------------------------------------------------------- train
 
@@ -253,7 +253,7 @@ def _reporter(run: RunDir, request: TrainRequest, group: Group | None = None) ->
     """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
     other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
-    from charnn.reporting import NullReporter
+    from charnn.train_records import NullReporter
 
     inv = invocation(request.argv)
     if group is not None and not group.is_writer:
@@ -554,7 +554,7 @@ def run_eval(
             assert model is not None  # built above: the page needs torch's per-token numbers
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
     if html is not None:
-        from charnn.report import build_report, write_report
+        from charnn.surprisal_page import build_report, write_report
 
         if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
             raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
@@ -570,7 +570,7 @@ def run_eval(
 def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int) -> ModelReport:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
-    from charnn.report import ModelReport
+    from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
@@ -656,8 +656,8 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> InfoRow:
-    """What a fully validated checkpoint holds (see :func:`charnn.history.describe`)."""
-    from charnn.history import describe
+    """What a fully validated checkpoint holds (see :func:`charnn.run_catalog.describe`)."""
+    from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
     counted = sum(t.size for t in ckpt.weights.values())  # counted, not derived
