@@ -38,6 +38,7 @@ from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # torch-side types: this module imports torch only where a command needs it
+    from charnn.config import AdaptConfig
     from charnn.corpora import CorpusEntry
     from charnn.distributed import Group
     from charnn.model import CharRNN
@@ -524,6 +525,7 @@ def run_eval(
     html: str | None = None,
     top_k: int = 3,
     cache_dir: str | None = None,
+    adapt: AdaptConfig | None = None,
 ) -> list[EvalRow]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
     Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
@@ -532,8 +534,12 @@ def run_eval(
 
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
-    if html is not None and len(checkpoints) > 2:
+    if html is not None and adapt is None and len(checkpoints) > 2:
         raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    if html is not None and adapt is not None and len(checkpoints) > 1:
+        raise ConfigError(
+            "--html with --adapt compares one checkpoint with its adaptive self; got " + str(len(checkpoints))
+        )
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
     texts = None if streamed else read_corpus(files, encoding_errors)
@@ -548,20 +554,22 @@ def run_eval(
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None or len(corpus.ids) > NUMPY_MAX_TOKENS else None
         result = _evaluate(ckpt, model, corpus.ids)
-        rows.append(
-            EvalRow(
-                loss=result.loss,
-                bpc=result.bpc,
-                bpt=result.bpt,
-                tokens=result.tokens,
-                chars=result.chars,
-                tokenizer=ckpt.tokenizer.kind,
-                checkpoint=str(ckpt.path),
-            )
-        )
+        rows.append(_eval_row(ckpt, result))
         if html is not None:
             assert model is not None  # built above: the page needs torch's per-token numbers
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+        if adapt is not None:  # a different measurement: its own row, after the static one
+            from charnn import adapt as dyn
+            from charnn.scoring import token_char_lengths, token_extra_nats
+
+            tok = ckpt.tokenizer
+            lengths, extra = token_char_lengths(tok), token_extra_nats(tok)
+            adaptive = dyn.adaptive_eval(
+                ckpt.build_model(), corpus.ids, tok.start_ids(), lengths, extra, adapt
+            )
+            rows.append(_eval_row(ckpt, adaptive, adaptive=True))
+            if html is not None:
+                reports.append(_adaptive_report(ckpt, corpus.ids, top_k, adapt))
     if html is not None:
         from charnn.surprisal_page import build_report, write_report
 
@@ -576,6 +584,19 @@ def run_eval(
     return rows
 
 
+def _eval_row(ckpt: Checkpoint, result: EvalResult, adaptive: bool | None = None) -> EvalRow:
+    return EvalRow(
+        loss=result.loss,
+        bpc=result.bpc,
+        bpt=result.bpt,
+        tokens=result.tokens,
+        chars=result.chars,
+        tokenizer=ckpt.tokenizer.kind,
+        checkpoint=str(ckpt.path),
+        adaptive=adaptive,
+    )
+
+
 def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int) -> ModelReport:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
@@ -585,6 +606,19 @@ def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int)
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
     vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
+
+
+def _adaptive_report(ckpt: Checkpoint, ids: np.ndarray, top_k: int, settings: AdaptConfig) -> ModelReport:
+    """The page's data for the adapting model: it shows what the model learns as it reads."""
+    from charnn.adapt import Adapter
+    from charnn.evaluate import char_surprisal
+    from charnn.surprisal_page import ModelReport
+
+    tokenizer = ckpt.tokenizer
+    tokens = Adapter(ckpt.build_model(), settings).read(ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    name = f"{ckpt.path} (adaptive)"
+    return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
 def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray) -> EvalResult:
@@ -613,6 +647,7 @@ def run_score(
     context: str | None,
     encoding_errors: str = "strict",
     whole: bool = False,
+    adapt: AdaptConfig | None = None,
 ) -> Iterator[ScoreRow]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
@@ -642,7 +677,12 @@ def run_score(
             raise located(exc, where) from None
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
-    if len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
+    if adapt is not None:  # the model learns from each line after scoring it (charnn.adapt)
+        from charnn.adapt import adaptive_scores
+
+        start = context_ids or tokenizer.start_ids()
+        scores = adaptive_scores(ckpt.build_model(), start, encoded, lengths, extra, adapt)
+    elif len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
         from charnn.stepper import FastStepper
 
         stepper = FastStepper(ckpt.config, ckpt.weights)
@@ -661,6 +701,7 @@ def run_score(
             bpt=sc.bpt,
             chars=sc.chars,
             tokens=sc.tokens,
+            adaptive=True if adapt is not None else None,
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from charnn.checkpoint_meta import MODEL_CONFIG, TRAIN_CONFIG, CorpusRecord, Lineage, RunRecord
 from charnn.config import ModelConfig, TrainConfig
 from charnn.jsonrecord import (
+    FLAG,
     MEASURE,
     REAL,
     TEXT,
@@ -49,6 +50,8 @@ class SampleRow(JsonRecord):
 class EvalRow(JsonRecord):
     """One checkpoint's numbers on a text (``eval``)."""
 
+    OMIT_NONE = True
+
     loss: float = item(REAL)  # nats per token
     bpc: float = item(REAL)  # bits per character of the text
     bpt: float = item(REAL)  # bits per token
@@ -56,12 +59,14 @@ class EvalRow(JsonRecord):
     chars: int = item(WHOLE)
     tokenizer: str = item(TEXT)
     checkpoint: str = item(TEXT)
+    adaptive: bool | None = item(optional(FLAG), default=None)  # --adapt's row: the model learned as it read
 
     def text(self, with_checkpoint: bool) -> str:
         where = f"  checkpoint {self.checkpoint}" if with_checkpoint else ""
+        mode = "  (adaptive)" if self.adaptive else ""
         return (
             f"bpc {self.bpc:.4f}  bpt {self.bpt:.4f}  loss {self.loss:.4f}  chars {self.chars}  "
-            f"tokens {self.tokens}{where}"
+            f"tokens {self.tokens}{where}{mode}"
         )
 
 
@@ -78,6 +83,7 @@ class ScoreRow(JsonRecord):
     bpt: float = item(REAL)
     chars: int = item(WHOLE)
     tokens: int = item(WHOLE)
+    adaptive: bool | None = item(optional(FLAG), default=None)  # scored by a model learning line by line
 
     def text_line(self) -> str:
         return f"{self.logprob:.4f}\t{self.bpc:.4f}\t{self.text}"
