@@ -246,8 +246,8 @@ def parse_meta(raw: bytes, directory: Path) -> CheckpointMeta:
     where = directory / META
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{where}: not valid JSON ({exc})") from None
+    except ValueError as exc:  # bad UTF-8, bad JSON, or a number of more than 4,300 digits
+        raise CheckpointError(f"{where}: not valid JSON ({str(exc)[:200]})") from None
     except RecursionError:
         raise CheckpointError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

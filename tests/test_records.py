@@ -388,3 +388,10 @@ def test_whatever_training_measures_the_writer_stores_the_reader_accepts(trained
     )
     again = parse_meta(encode_meta(dataclasses.replace(meta, progress=progress)), trained_run / "best")
     assert again.progress is not None and set(again.progress.val) == {"loss", "bpc", "step"}
+
+
+def test_a_number_too_long_for_python_is_a_bad_checkpoint(trained_run_copy: Path, cli_inprocess) -> None:
+    meta = trained_run_copy / "best" / ck.META
+    meta.write_text(meta.read_text().replace('"world_size": 1', '"world_size": ' + "1" * 5000))
+    proc = cli_inprocess("info", "-c", trained_run_copy / "best")
+    assert proc.returncode == 3 and "not valid JSON" in proc.stderr and "internal error" not in proc.stderr
