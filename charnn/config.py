@@ -26,6 +26,7 @@ CELLS = ("lstm", "gru", "rnn")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("linear", "cosine")
 TOKENIZERS = ("char", "bpe", "unigram", "sentencepiece")  # sentencepiece: the old name for unigram
 NORMALIZE = ("none", "nfc", "nfkc")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
@@ -301,12 +302,25 @@ class TrainConfig(_Validated):
     lr: float = field(
         default=5e-3, metadata=opt("peak learning rate (AdamW)", min=0, min_open=True, locked=True)
     )
-    min_lr_ratio: float = field(default=0.1, metadata={"cli": None, "locked": True})
+    schedule: str = field(
+        default="cosine",
+        metadata=opt(
+            "learning rate after the warm-up: linear to zero, or cosine to 10 %, ending exactly when "
+            "the run's length (steps, epochs or time) ends",
+            choices=SCHEDULES,
+            locked=True,
+        ),
+    )
+    min_lr_ratio: float = field(default=0.1, metadata={"cli": None, "locked": True})  # cosine's floor
+    beta2: float = field(
+        default=0.99,
+        metadata=opt("Adam's second-moment decay", min=0, max=1, max_open=True, locked=True),
+    )
     weight_decay: float = field(default=0.01, metadata=opt("AdamW weight decay", min=0, locked=True))
     warmup_steps: int = field(
         default=50,
         metadata=opt(
-            "linear warm-up steps, then cosine decay to 10 %",
+            "linear warm-up steps, then the --schedule's decay",
             flag="--warmup",
             min=0,
             max=MAX_COUNT,
@@ -340,7 +354,7 @@ class TrainConfig(_Validated):
     )
     decay_steps: int | None = field(
         default=None,
-        metadata=opt("cosine decay horizon in steps", min=1, max=MAX_COUNT, default_text="run length"),
+        metadata=opt("decay horizon in steps", min=1, max=MAX_COUNT, default_text="run length"),
     )
     eval_every: int = field(default=250, metadata=opt("validate every N steps", min=1, max=MAX_COUNT))
     eval_chars: int = field(
@@ -421,6 +435,8 @@ class TrainConfig(_Validated):
     def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> TrainConfig:
         if isinstance(data, dict) and data.get("extra") == {}:
             data = {k: v for k, v in data.items() if k != "extra"}  # written by charnn 0.1.0, always empty
+        if isinstance(data, dict) and "schedule" not in data:
+            data = {**data, "schedule": "cosine"}  # written before --schedule: those runs decayed by cosine
         return typing.cast(TrainConfig, super().from_dict(data, stored_as))
 
     @classmethod

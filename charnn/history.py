@@ -104,6 +104,9 @@ def info_lines(info: dict[str, Any]) -> list[str]:
     if run:
         rows["command"] = " ".join(run.get("argv") or [])
         rows["versions"] = f"charnn {run.get('charnn')}, torch {run.get('torch')}, device {run.get('device')}"
+        budget = run.get("budget")
+        if isinstance(budget, dict):  # the shape the budget chose (charnn.budget)
+            rows["chosen"] = str(budget.get("reason"))
     parent = info.get("parent")
     if isinstance(parent, dict):
         rows["parent"] = f"{parent.get('path')} (step {parent.get('step')})"

@@ -183,7 +183,8 @@ def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> A
     check_resume_corpus(ckpt, corpus)
     _notes(corpus, group)
     parent = ckpt.meta.get("parent")
-    reporter, inv = _reporter(run, request, group)
+    # The budget's choice stays the run's: its shape and settings are in the checkpoint.
+    reporter, inv = _reporter(run, request, group, (ckpt.meta.get("run") or {}).get("budget"))
     return Trainer(
         corpus,
         ckpt.config,
@@ -220,19 +221,42 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
         request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
     )
     _notes(corpus, group)
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    reporter, inv = _reporter(run, request, group)
+    model, config, choice = _budget_choice(request, config, corpus, group)
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model)
+    reporter, inv = _reporter(run, request, group, choice)
     kwargs = {"group": group} if group is not None else {}
     return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, **kwargs)
 
 
-def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[Any, dict[str, Any]]:
-    """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
-    other than 0 of a torchrun run report nothing."""
+def _budget_choice(
+    request: TrainRequest, config: TrainConfig, corpus: Corpus, group: Any
+) -> tuple[dict[str, Any], TrainConfig, dict[str, Any] | None]:
+    """With no shape option typed, the budget picks the model (see :mod:`charnn.budget`)."""
+    from charnn.budget import applies
+    from charnn.budget_probe import apply_choice
+    from charnn.train import select_device
+
+    why_not = applies(request.model, corpus.tokenizer.kind, False, group is not None and group.active)
+    if why_not is not None:
+        return request.model, config, None
+    train_tokens = int(len(corpus.ids) * (1 - config.val_fraction))
+    applied = apply_choice(request.model, request.train, config, train_tokens, select_device(config.device))
+    if group is None or group.is_writer:
+        note(applied.choice.reason)
+    return applied.model, applied.config, applied.choice.as_dict()
+
+
+def _reporter(
+    run: RunDir, request: TrainRequest, group: Any = None, budget: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked (with the
+    budget's choice of shape, when it chose). Ranks other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
     from charnn.reporting import NullReporter
 
     inv = invocation(request.argv)
+    if budget is not None:
+        inv["budget"] = budget
     if group is not None and not group.is_writer:
         return NullReporter(), inv
     return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv

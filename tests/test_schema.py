@@ -40,6 +40,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "weight_decay": ("0.5", 0.5),
     "warmup_steps": ("7", 7),
     "grad_clip": ("2", 2.0),
+    "schedule": ("linear", "linear"),
+    "beta2": ("0.95", 0.95),
     "steps": ("11", 11),
     "epochs": ("1.5", 1.5),
     "time_limit": ("1h30m", 5400.0),
