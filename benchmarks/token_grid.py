@@ -6,7 +6,7 @@ Every run trains on the first 90 % of tiny Shakespeare and is scored on the last
 (``--steps``). Two experiments:
 
 - ``schedule``: schedule, warm-up, peak lr, Adam beta2 and gradient clip, one at a time around a
-  base, on a small shape (1x128, seq 64, batch 16) at 1M tokens;
+  base, on a small shape (1x128, seq 64, batch 16) at 1M tokens (and the two schedules again at 3M);
 - ``shapes``: the candidate shapes of charnn/budget_table.json at 0.8M and 2.4M tokens,
   the points :mod:`benchmarks.budget_table` fits its curves to.
 
@@ -60,6 +60,8 @@ SCHEDULE_VARIANTS = [
     {"beta2": 0.95},
     {"grad_clip": 0.25},
     {"grad_clip": 5.0},
+    {"tokens": 3_000_000},  # does the schedule's ranking hold at three times the tokens?
+    {"tokens": 3_000_000, "schedule": "cosine"},
 ]
 SHAPES = [
     dict(layers=1, hidden=128, embed=64),
@@ -76,7 +78,7 @@ TOKENS = [800_000, 2_400_000]
 def experiment(name: str) -> list[dict[str, object]]:
     """The runs of an experiment, cheapest budgets first so that a partial grid is useful."""
     if name == "schedule":
-        return [{**SCHEDULE_BASE, **v, "tokens": 1_000_000} for v in SCHEDULE_VARIANTS]
+        return [{**SCHEDULE_BASE, "tokens": 1_000_000, **v} for v in SCHEDULE_VARIANTS]
     return [{**SHAPE_COMMON, **s, "tokens": n} for n in TOKENS for s in SHAPES]
 
 

@@ -166,12 +166,25 @@ class ModelConfig(_Validated):
             choices=CELLS,
         ),
     )
-    layers: int = field(default=2, metadata=opt("recurrent layers", min=1, max=MAX_COUNT))
-    hidden: int = field(default=256, metadata=opt("hidden units per layer", min=1, max=MAX_COUNT))
-    embed: int = field(default=64, metadata=opt("embedding size", min=1, max=MAX_COUNT))
+    layers: int = field(
+        default=2, metadata=opt("recurrent layers", min=1, max=MAX_COUNT, default_text="by budget, else 2")
+    )
+    hidden: int = field(
+        default=256,
+        metadata=opt("hidden units per layer", min=1, max=MAX_COUNT, default_text="by budget, else 256"),
+    )
+    embed: int = field(
+        default=64, metadata=opt("embedding size", min=1, max=MAX_COUNT, default_text="by budget, else 64")
+    )
     dropout: float = field(
         default=0.0,
-        metadata=opt("dropout between layers and before the output layer", min=0, max=1, max_open=True),
+        metadata=opt(
+            "dropout between layers and before the output layer",
+            min=0,
+            max=1,
+            max_open=True,
+            default_text="by budget, else 0",
+        ),
     )
     tie_weights: bool = field(
         default=False, metadata=opt("share embedding and output weights (needs --embed = --hidden)")
@@ -294,13 +307,30 @@ class TrainConfig(_Validated):
     """Everything about how a run trains; stored in checkpoints for exact resume."""
 
     batch_size: int = field(
-        default=16, metadata=opt("parallel streams per batch", min=1, max=1 << 20, locked=True)
+        default=16,
+        metadata=opt(
+            "parallel streams per batch", min=1, max=1 << 20, locked=True, default_text="by budget, else 16"
+        ),
     )
     seq_len: int = field(
-        default=128, metadata=opt("truncated-BPTT window length", min=1, max=1 << 20, locked=True)
+        default=128,
+        metadata=opt(
+            "truncated-BPTT window length",
+            min=1,
+            max=1 << 20,
+            locked=True,
+            default_text="by budget, else 128",
+        ),
     )
     lr: float = field(
-        default=5e-3, metadata=opt("peak learning rate (AdamW)", min=0, min_open=True, locked=True)
+        default=5e-3,
+        metadata=opt(
+            "peak learning rate (AdamW)",
+            min=0,
+            min_open=True,
+            locked=True,
+            default_text="by budget, else 0.005",
+        ),
     )
     schedule: str = field(
         default="cosine",
@@ -342,7 +372,8 @@ class TrainConfig(_Validated):
     time_limit: float | None = field(
         default=None,
         metadata=opt(
-            "train for a time: 90s, 5m, 2h",
+            "train for a time: 90s, 5m, 2h; with no --layers/--hidden/--embed/--cell, the length "
+            "picks the model's shape (docs/budget.md)",
             flag="--time",
             metavar="DURATION",
             parse=parse_duration,

@@ -241,7 +241,7 @@ def _budget_choice(
         return request.model, config, None
     train_tokens = int(len(corpus.ids) * (1 - config.val_fraction))
     applied = apply_choice(request.model, request.train, config, train_tokens, select_device(config.device))
-    if group is None or group.is_writer:
+    if not request.quiet and (group is None or group.is_writer):
         note(applied.choice.reason)
     return applied.model, applied.config, applied.choice.as_dict()
 
