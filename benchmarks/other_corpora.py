@@ -73,7 +73,9 @@ def main() -> None:
         path = args.out / name
         path.write_text(text, encoding="utf-8")
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-        print(f"{path}: {len(text):,} characters, {len(set(text))} distinct, {replaced} replaced, sha256 {digest}")
+        print(
+            f"{path}: {len(text):,} characters, {len(set(text))} distinct, {replaced} replaced, sha256 {digest}"
+        )
 
 
 if __name__ == "__main__":

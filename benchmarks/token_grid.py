@@ -7,6 +7,7 @@ Every run trains on the first 90 % of tiny Shakespeare and is scored on the last
 
 - ``schedule``: schedule, warm-up, peak lr, Adam beta2 and gradient clip, one at a time around a
   base, on a small shape (1x128, seq 64, batch 16) at 1M tokens (and the two schedules again at 3M);
+- ``lr``: 1x256 and 1x384 at 0.8M tokens with lr 1e-2 (the schedule experiment's best);
 - ``shapes``: the candidate shapes of charnn/budget_table.json at 0.8M and 2.4M tokens,
   the points :mod:`benchmarks.budget_table` fits its curves to.
 
@@ -77,6 +78,8 @@ TOKENS = [800_000, 2_400_000]
 
 def experiment(name: str) -> list[dict[str, object]]:
     """The runs of an experiment, cheapest budgets first so that a partial grid is useful."""
+    if name == "lr":  # the schedule experiment found 1e-2 far ahead of 5e-3 for 1x128: larger shapes too?
+        return [{**SHAPE_COMMON, **s, "lr": 1e-2, "tokens": TOKENS[0]} for s in SHAPES[1:3]]
     if name == "schedule":
         return [{**SCHEDULE_BASE, "tokens": 1_000_000, **v} for v in SCHEDULE_VARIANTS]
     return [{**SHAPE_COMMON, **s, "tokens": n} for n in TOKENS for s in SHAPES]
@@ -135,7 +138,7 @@ def train(run: dict[str, object], work: Path, threads: int) -> dict[str, object]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=("schedule", "shapes"))
+    ap.add_argument("experiment", choices=("schedule", "shapes", "lr"))
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines results (appended; resumes)")
     ap.add_argument("--part", default="0/1", help="K/N: run every N-th run from the K-th")
     ap.add_argument("--threads", type=int, default=1)
