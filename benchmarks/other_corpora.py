@@ -74,7 +74,8 @@ def main() -> None:
         path.write_text(text, encoding="utf-8")
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
         print(
-            f"{path}: {len(text):,} characters, {len(set(text))} distinct, {replaced} replaced, sha256 {digest}"
+            f"{path}: {len(text):,} characters, {len(set(text))} distinct, "
+            f"{replaced} replaced, sha256 {digest}"
         )
 
 
