@@ -92,7 +92,7 @@ def apply_choice(
     length_given = any(config_value is not None for config_value in (config.steps, config.epochs))
     seconds = config.time_limit
     if seconds is None and not length_given:
-        from charnn.train import DEFAULT_TIME
+        from charnn.trainer import DEFAULT_TIME
 
         seconds = DEFAULT_TIME
     budget = Budget(

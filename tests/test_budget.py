@@ -202,7 +202,7 @@ def test_cli_typed_shape_is_honoured_exactly(
 
 
 def _schedule(**kw: Any) -> Any:
-    from charnn.train import Schedule
+    from charnn.trainer import Schedule
 
     steps, seconds = kw.pop("steps", None), kw.pop("seconds", None)
     return Schedule(TrainConfig(lr=1.0, warmup_steps=10, **kw), steps, seconds)
