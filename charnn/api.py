@@ -35,6 +35,8 @@ from charnn.errors import CharnnError, ConfigError
 
 if TYPE_CHECKING:
     from charnn.checkpoint import Checkpoint
+    from charnn.metrics_rows import MetricsRow
+    from charnn.results import EvalRow
     from charnn.scoring import LineScore
 
 __all__ = ["Model", "Run", "load", "train"]
@@ -172,7 +174,7 @@ class Model:
         )
         return Score(line.logprob, line.bpc, line.bpt, line.chars, line.tokens)
 
-    def evaluate(self, *files: str | Path, encoding_errors: str = "strict") -> Any:
+    def evaluate(self, *files: str | Path, encoding_errors: str = "strict") -> EvalRow:
         """What ``charnn eval FILES`` prints for this model: loss, bpc, bpt, tokens, chars."""
         from charnn.app import run_eval
 
@@ -186,14 +188,12 @@ class _Stopped(Exception):
 
 
 def _line_score(ckpt: Checkpoint, stepper: Any, context_ids: list[int], ids: np.ndarray) -> LineScore:
-    from charnn.scoring import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
+    from charnn.routing import score_stepper
+    from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
 
     lengths, extra = token_char_lengths(ckpt.tokenizer), token_extra_nats(ckpt.tokenizer)
-    if len(context_ids) + len(ids) + 1 <= NUMPY_MAX_TOKENS:
-        return score_lines_numpy(stepper, context_ids, [ids], lengths, extra_nats=extra)[0]
-    from charnn.evaluate import score_lines
-
-    return score_lines(ckpt.build_model(), context_ids, [ids], lengths, extra_nats=extra)[0]
+    routed, batch = score_stepper(ckpt, len(context_ids) + len(ids) + 1, fast=stepper)
+    return score_lines(routed, context_ids, [ids], lengths, batch_size=batch, extra_nats=extra)[0]
 
 
 def load(path: str | Path = "checkpoints") -> Model:
@@ -224,7 +224,7 @@ class Run:
         return Model(load_checkpoint(str(self.path), prefer=LATEST))
 
     @property
-    def history(self) -> list[Any]:
+    def history(self) -> list[MetricsRow]:
         """The rows of the run's metrics.jsonl, oldest first."""
         from charnn.metrics import read_metrics
         from charnn.rundir import METRICS

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from charnn.arch import CELLS as CELL_SPECS
 from charnn.errors import ConfigError
 
-CELLS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
+CELLS = tuple(CELL_SPECS)  # the cells are described in charnn.arch
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("linear", "cosine")
@@ -119,11 +119,21 @@ def _check_field(f: dataclasses.Field[Any], kind: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be {_range_text(o)}, got {value}")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A config class's resolved annotations, resolved once (it was most of a config's validation cost)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 class _Validated:
     """Mixin: check every field against its declaration, then the class's own cross-field rules."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             _check_field(f, hints[f.name], getattr(self, f.name))
         self.check()
@@ -132,7 +142,7 @@ class _Validated:
         """Rules that involve several fields (override)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> Any:
