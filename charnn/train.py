@@ -270,6 +270,10 @@ class EarlyStop:
     def __init__(self, patience: int | None, min_delta: float) -> None:
         self.patience, self.min_delta = patience or 0, min_delta
 
+    def exhausted(self, progress: Progress) -> bool:
+        """Whether the validations without improvement already reach ``--patience``."""
+        return bool(self.patience) and progress.stale_evals >= self.patience
+
     def observe(self, progress: Progress, bpc: float) -> str | None:
         """Count one validation; the reason to stop now, or None."""
         if not math.isfinite(bpc):
@@ -429,7 +433,10 @@ class Trainer:
         self._clock = time.perf_counter()
         if resume is not None:
             self._restore(resume)
-            self.progress.stopped_reason = None  # a resumed run goes on until its (new) end
+            # A resumed run goes on until its (new) end, unless --patience still says stop: a run
+            # interrupted as it stopped early resumes to the same stop, not past it.
+            if not self.stopper.exhausted(self.progress):
+                self.progress.stopped_reason = None
         self._saved_step = self.progress.step if resume is not None else -1
 
     # ------------------------------------------------------------------ length
@@ -503,11 +510,17 @@ class Trainer:
             signalled = self._agree(flags)
             if self.done() or self.progress.stopped_reason:
                 break
+            # Signals: stop between steps, after the last step's validation, save and sample,
+            # so a resumed run goes on exactly as this one would have (never a step trained and
+            # saved without the validation and sample due at it).
+            if signalled:
+                self._save_on_signal()
+                raise self._interrupted(signalled)
             # Step: one TBPTT window; None when it was skipped as non-finite.
             loss = self.train_step()
             save_due, eval_due = self.policy.due(self.progress.step, self.done())
             # Guard: a finite loss can still overflow the weights; check before anything is saved.
-            stopping = bool(signalled) or self.done()
+            stopping = self.done()
             overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
             if overflowed and loss is not None:
                 self.progress.skipped_steps += 1
@@ -520,10 +533,6 @@ class Trainer:
             else:
                 self.guard.finite()
                 self._report_step(loss)
-            # Signals: save what we have (weights checked finite above) and stop.
-            if signalled:
-                self.save(LATEST)
-                raise self._interrupted(signalled)
             # Validate and save, or defer both while a run of bad steps lasts.
             if self.guard.in_bad_run:
                 self.policy.defer(save_due, eval_due)
@@ -539,10 +548,16 @@ class Trainer:
                 self._sample()
         return self._final_eval()
 
+    def _save_on_signal(self) -> None:
+        """Save the step reached unless latest/ holds it already; weights that overflowed since
+        the last check are not saved (latest/ stays the last good state)."""
+        if self.progress.step != self._saved_step and all_finite(self.model):
+            self.save(LATEST)
+
     def _interrupted(self, signum: int) -> Interrupted:
         """A stop the user asked for: where the run stands and the command that continues it."""
         return Interrupted(
-            f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
+            f"stopped at step {self._saved_step}; saved {self.out / LATEST}; "
             f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
             EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
         )

@@ -88,3 +88,72 @@ def test_a_resumed_and_a_forced_run_accept_their_own_history(
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (trained_run_copy / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["kind"] == "start" and rows[0]["step"] == 0
+
+
+# ---------------------------------------------------------------------------- 2. exact resume
+
+EXACT = (*TINY_MODEL_ARGS, "--dropout", "0.1", "--seq-len", "16", "--batch-size", "4", "--seed", "5")
+EXACT += ("--warmup", "2", "--device", "cpu", "--sample-every", "1")
+
+
+def _history(run: Path) -> dict[str, object]:
+    """Everything an exact resume must reproduce: weights and training state, validations
+    (step, bpc, best), the stop, and the training samples."""
+    meta = json.loads((run / "latest" / "meta.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [(r["step"], r["bpc"], r["is_best"]) for r in rows if r["kind"] == "val"]
+    return {
+        "step": meta["progress"]["step"],
+        "files": meta["files"],
+        "stopped": meta["progress"].get("stopped_reason"),
+        "vals": vals,
+        "stops": [r["step"] for r in rows if r["kind"] == "stop"],
+        "samples": (run / "samples.txt").read_text(),
+        "best": json.loads((run / "best" / "meta.json").read_text())["files"],
+    }
+
+
+def _interrupt_at_validation(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """SIGINT arrives while step ``step`` is being validated (deterministically)."""
+    import signal
+
+    from charnn.train import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def interrupted(self: Trainer):  # type: ignore[no-untyped-def]
+        result = evaluate(self)
+        if self.progress.step == step:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", interrupted)
+
+
+@pytest.mark.parametrize(
+    "options,at",
+    [
+        (("--steps", "7", "--eval-every", "1"), 3),
+        (("--steps", "7", "--eval-every", "1"), 7),
+        (("--steps", "30", "--eval-every", "2", "--patience", "2", "--min-delta", "5"), 2),
+        (("--steps", "30", "--eval-every", "2", "--patience", "2", "--min-delta", "5"), 4),
+        (("--steps", "30", "--eval-every", "2", "--patience", "2", "--min-delta", "5"), 6),
+        (("--steps", "30", "--eval-every", "3", "--patience", "1", "--min-delta", "5"), 6),
+    ],
+    ids=["every-step", "every-step-last", "patience-first", "patience-stale", "patience-stop", "patience-1"],
+)
+def test_a_run_interrupted_in_validation_resumes_to_the_same_run(
+    options: tuple[str, ...], at: int, tmp_path: Path, corpus_file: Path, cli_inprocess, monkeypatch
+) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    proc = cli_inprocess("train", corpus_file, "--out", whole, *EXACT, *options)
+    assert proc.returncode == 0, proc.stderr
+    assert ("early stopping" in proc.stderr) == ("--patience" in options)
+    with monkeypatch.context() as patch:
+        _interrupt_at_validation(patch, at)
+        proc = cli_inprocess("train", corpus_file, "--out", split, *EXACT, *options)
+    assert proc.returncode == 130, proc.stderr
+    assert f"stopped at step {at};" in proc.stderr
+    proc = cli_inprocess("train", "--resume", split)
+    assert proc.returncode == 0, proc.stderr
+    assert _history(split) == _history(whole)
