@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from charnn.errors import DataError
 from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 METRICS = "metrics.jsonl"
@@ -56,6 +57,17 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _dumps(row: dict[str, Any]) -> str:
+    """One row as JSON: non-ASCII kept readable, but anything that is not valid UTF-8 (a lone
+    surrogate from an undecodable file name) escaped, so the file stays valid UTF-8."""
+    text = json.dumps(row, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(row, ensure_ascii=True)
+    return text
+
+
 def _clean(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null so every line stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -75,21 +87,40 @@ class MetricsLog:
         self.close()
         if not self.path.exists():
             return
-        keep = [row for row in read_metrics(self.path) if row["step"] <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in keep:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            keep = [row for row in read_metrics(self.path) if row["step"] <= step]
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for row in keep:
+                    fh.write(_dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if tmp.is_file():
+                tmp.unlink()
+            raise self._error(exc) from None
 
     def append(self, row: dict[str, Any]) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")
-        line = json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=False)
-        self._fh.write(line + "\n")
-        self._fh.flush()  # whole rows reach the OS at once: a killed process loses at most this row
+        line = _dumps({k: _clean(v) for k, v in row.items()})
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(line + "\n")
+            self._fh.flush()  # whole rows reach the OS at once: a killed process loses at most this row
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> DataError:
+        """A history that cannot be written (a directory in its place, a full disk, a file-size
+        limit) is the user's to fix: one line naming the file."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        return DataError(f"{self.path}: cannot write the run's history ({exc.strerror or exc})")
 
     def close(self) -> None:
         if self._fh is not None:

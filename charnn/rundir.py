@@ -246,8 +246,11 @@ class RunDir:
             raise CharnnError(f"could not read {path}: {exc.strerror or exc}") from None
         cut = next((m.start() for m in _SAMPLE_HEADER.finditer(data) if int(m.group(1)) > after_step), None)
         if cut is not None:
-            with open(path, "r+b") as fh:
-                fh.truncate(cut)
+            try:
+                with open(path, "r+b") as fh:
+                    fh.truncate(cut)
+            except OSError as exc:
+                raise CharnnError(f"could not write {path}: {exc.strerror or exc}") from None
 
     # ------------------------------------------------------------------ atomic replacement
 

@@ -157,3 +157,201 @@ def test_a_run_interrupted_in_validation_resumes_to_the_same_run(
     proc = cli_inprocess("train", "--resume", split)
     assert proc.returncode == 0, proc.stderr
     assert _history(split) == _history(whole)
+
+
+# ---------------------------------------------------------------------------- 3. the corpus cache
+
+
+def _cached(corpus: Path, cache: Path):  # type: ignore[no-untyped-def]
+    from charnn.corpus_cache import load_corpus_cached
+
+    return load_corpus_cached([str(corpus)], cache_dir=cache)
+
+
+def _same_as_memory(corpus: Path, cache: Path) -> None:
+    import numpy as np
+
+    from charnn.data import load_corpus
+
+    got, want = _cached(corpus, cache), load_corpus([str(corpus)])
+    assert got.tokenizer.to_dict() == want.tokenizer.to_dict()
+    assert np.array_equal(np.asarray(got.ids), np.asarray(want.ids))
+    assert got.sha256 == want.sha256
+
+
+def _ids_entry(cache: Path) -> tuple[Path, Path]:
+    (record,) = [p for p in cache.glob("ids-*.json")]
+    return record.with_suffix(".bin"), record
+
+
+def _forge(record: Path, **fields: object) -> None:
+    data = json.loads(record.read_text())
+    data.update(fields)
+    record.write_text(json.dumps(data))
+
+
+def test_ids_corrupted_with_the_mtime_restored_are_not_used(tmp_path: Path, corpus_file: Path) -> None:
+    import os
+
+    cache = tmp_path / "cache"
+    _cached(corpus_file, cache)
+    ids, _ = _ids_entry(cache)
+    st = ids.stat()
+    data = bytearray(ids.read_bytes())
+    data[100] = (data[100] + 1) % 50
+    ids.write_bytes(bytes(data))
+    os.utime(ids, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _same_as_memory(corpus_file, cache)
+
+
+def test_out_of_range_ids_with_a_matching_checksum_are_rebuilt(tmp_path: Path, corpus_file: Path) -> None:
+    import hashlib
+
+    cache = tmp_path / "cache"
+    _cached(corpus_file, cache)
+    ids, record = _ids_entry(cache)
+    data = bytearray(ids.read_bytes())
+    data[5] = 250  # far past the vocabulary
+    ids.write_bytes(bytes(data))
+    _forge(record, sha256=hashlib.sha256(bytes(data)).hexdigest())
+    _same_as_memory(corpus_file, cache)
+
+
+@pytest.mark.parametrize("dtype", ["|O", "<f4", "<u2", "|b1", "<V4", 7, None])
+def test_a_forged_dtype_is_rebuilt_never_mapped(dtype: object, tmp_path: Path, corpus_file: Path) -> None:
+    cache = tmp_path / "cache"
+    _cached(corpus_file, cache)
+    _, record = _ids_entry(cache)
+    _forge(record, dtype=dtype)
+    _same_as_memory(corpus_file, cache)
+
+
+@pytest.mark.parametrize(
+    "edit", ["extra-char", "lone-surrogate", "missing-char", "unsorted", "not-ints"], ids=str
+)
+def test_an_edited_vocabulary_record_is_scanned_again(edit: str, tmp_path: Path, corpus_file: Path) -> None:
+    cache = tmp_path / "cache"
+    _cached(corpus_file, cache)
+    (record,) = cache.glob("src-*.json")
+    cps = json.loads(record.read_text())["codepoints"]
+    forged = {
+        "extra-char": sorted([*cps, ord("\u263a")]),
+        "lone-surrogate": sorted([*cps, 0xD800]),
+        "missing-char": cps[1:],
+        "unsorted": cps[::-1],
+        "not-ints": [*cps[:-1], str(cps[-1])],
+    }[edit]
+    _forge(record, codepoints=forged)
+    _same_as_memory(corpus_file, cache)
+    _same_as_memory(corpus_file, cache)  # and the rebuilt record is good
+
+
+def test_a_source_replaced_while_hashed_leaves_no_entry_under_the_old_text(
+    tmp_path: Path, corpus_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charnn import corpus_cache
+    from charnn.errors import DataError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_text)
+    cache = tmp_path / "cache"
+    hash_file = corpus_cache._hash_file
+
+    def replaced_after_hashing(path: Path, advance):  # type: ignore[no-untyped-def]
+        result = hash_file(path, advance)
+        path.write_text("a different text, arrived meanwhile\n")
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpus_cache, "_hash_file", replaced_after_hashing)
+        with pytest.raises(DataError, match="changed while charnn was reading it"):
+            _cached(corpus, cache)
+    assert not list(cache.glob("ids-*.json")) and not list(cache.glob("src-*.json"))
+    _same_as_memory(corpus, cache)  # the next run reads the new text
+
+
+# ---------------------------------------------------------------------------- 4. unwritable places
+
+
+def test_a_cache_dir_that_is_a_file_falls_back_to_memory(
+    tmp_path: Path, corpus_file: Path, cli_inprocess
+) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a directory")
+    proc = cli_inprocess("train", corpus_file, "--out", tmp_path / "run", *SHORT, "--cache-dir", blocker)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{blocker}: cannot use the corpus cache" in proc.stderr
+    assert "the corpus is read in memory" in proc.stderr
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "EFBIG"])
+def test_a_full_or_read_only_cache_falls_back_to_memory(
+    errno_name: str, tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+    import tempfile
+
+    code = getattr(errno, errno_name)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # where the ids are written first
+    corpus = _cached(corpus_file, tmp_path / "cache")
+    assert any(os.strerror(code) in note and "read in memory" in note for note in corpus.notes)
+    monkeypatch.undo()
+    _same_as_memory(corpus_file, tmp_path / "cache")
+
+
+def test_a_file_size_limit_on_the_cache_is_not_an_internal_error(
+    tmp_path: Path, trained_run: Path, corpus_file: Path, cli_command, cli_env
+) -> None:
+    import resource
+    import subprocess
+
+    def limit() -> None:  # the ids (~9 KB) cannot be written; the cache records could
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
+
+    proc = subprocess.run(
+        cli_command("eval", corpus_file, "-c", trained_run, "--cache-dir", tmp_path / "cache", "--json"),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        preexec_fn=limit,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["bpc"] > 0
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new", "resume"])
+def test_a_metrics_file_that_is_a_directory_is_one_line_naming_it(
+    resume: bool, tmp_path: Path, trained_run_copy: Path, corpus_file: Path, cli_inprocess
+) -> None:
+    out = trained_run_copy if resume else tmp_path / "new"
+    if resume:
+        (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").mkdir(parents=True)
+    args = ("--resume", out, "--steps", "40") if resume else (corpus_file, "--out", out, *SHORT)
+    proc = cli_inprocess("train", *args)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("charnn: error:")]
+    assert len(errors) == 1 and str(out / "metrics.jsonl") in errors[0], proc.stderr
+    assert "internal error" not in proc.stderr
+
+
+def test_a_history_that_cannot_be_written_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    from charnn.errors import DataError
+    from charnn.metrics import MetricsLog
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    log = MetricsLog(blocker / "metrics.jsonl")
+    with pytest.raises(
+        DataError, match=r"metrics\.jsonl: cannot write the run's history \(Not a directory\)"
+    ):
+        log.append({"kind": "start", "step": 0})
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(DataError, match="dir.jsonl: cannot write"):
+        MetricsLog(tmp_path / "dir.jsonl").rewind(0)
