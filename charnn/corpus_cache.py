@@ -368,7 +368,9 @@ class CorpusCache:
             return None
         dtype = id_dtype(vocab_size)
         tokens, chars = record.get("tokens"), record.get("chars")
-        if record.get("dtype") != dtype.str or not (_count(tokens) and _count(chars)):
+        if record.get("dtype") != dtype.str or not (
+            isinstance(tokens, int) and _count(tokens) and _count(chars)
+        ):
             return None
         try:
             st = bin_path.stat()
