@@ -355,3 +355,180 @@ def test_a_history_that_cannot_be_written_is_a_data_error_naming_it(tmp_path: Pa
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(DataError, match="dir.jsonl: cannot write"):
         MetricsLog(tmp_path / "dir.jsonl").rewind(0)
+
+
+# ---------------------------------------------------------------------------- 5. bounded downloads
+
+BODY = ("All the world's a stage, and all the men and women merely players.\n" * 40).encode()
+
+
+def _serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sized: bool = True):  # type: ignore[no-untyped-def]
+    """A local server (127.0.0.1) whose paths misbehave, and a registry naming each path."""
+    import hashlib
+    import re
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        seen: list[tuple[str, str | None]] = []
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.strip("/")
+            rng = self.headers.get("Range")
+            Handler.seen.append((path, rng))
+            start = int(m[1]) if (m := re.fullmatch(r"bytes=(\d+)-", rng or "")) else 0
+            if path == "huge":  # announces a terabyte
+                self.send_response(200)
+                self.send_header("Content-Length", str(10**12))
+                self.end_headers()
+                self.wfile.write(BODY)
+            elif path == "endless":  # no length, never ends
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(BODY)
+                except OSError:
+                    pass
+            elif path == "chunked":  # first request: two chunks, then the connection drops
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                rest = BODY[start:]
+                if start == 0:
+                    half = rest[: len(rest) // 2]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+            elif path == "drip":  # one byte every 20 ms
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(BODY)))
+                self.end_headers()
+                try:
+                    for i in range(len(BODY)):
+                        self.wfile.write(BODY[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.02)
+                except OSError:
+                    pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    sha = hashlib.sha256(BODY).hexdigest()
+    corpora = [
+        {
+            "name": name,
+            "url": f"{url}/{name}",
+            "size": len(BODY) if sized else None,
+            "sha256": sha if sized else None,
+            "language": "en",
+            "licence": "public domain",
+            "description": name,
+        }
+        for name in ("huge", "endless", "chunked", "drip")
+    ]
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"format": "charnn-corpora", "version": 1, "corpora": corpora}))
+    monkeypatch.setenv("CHARNN_CORPORA_REGISTRY", str(registry))
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+    return httpd, Handler, tmp_path / "cache"
+
+
+@pytest.fixture
+def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    httpd, handler, cache = _serve(tmp_path, monkeypatch)
+    yield handler, cache
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def misbehaving_unsized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from charnn import corpora
+
+    monkeypatch.setattr(corpora, "MAX_UNSIZED", 10_000)
+    httpd, handler, cache = _serve(tmp_path, monkeypatch, sized=False)
+    yield handler, cache
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _files(cache: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in cache.iterdir()} if cache.exists() else {}
+
+
+def test_a_server_announcing_a_terabyte_is_refused_before_writing(misbehaving, cli_inprocess) -> None:
+    _, cache = misbehaving
+    proc = cli_inprocess("corpora", "fetch", "huge")
+    assert proc.returncode == 3, proc.stderr
+    assert f"announces 1,000,000,000,000 bytes, more than the {len(BODY):,} expected" in proc.stderr
+    assert _files(cache) == {}
+
+
+@pytest.mark.parametrize("verify", [(), ("--no-verify",)], ids=["sized", "unsized-cap"])
+def test_an_endless_body_is_cut_off_at_the_bound(
+    verify: tuple[str, ...], cli_inprocess, request: pytest.FixtureRequest
+) -> None:
+    _, cache = request.getfixturevalue("misbehaving_unsized" if verify else "misbehaving")
+    proc = cli_inprocess("corpora", "fetch", "endless", *verify)
+    assert proc.returncode == 3, proc.stderr
+    bound = "10,000" if verify else f"{len(BODY):,}"
+    assert f"sent more than the {bound} bytes expected; discarded" in proc.stderr
+    assert _files(cache) == {}
+
+
+def test_a_dropped_chunked_transfer_is_kept_and_resumed(misbehaving, cli_inprocess) -> None:
+    handler, cache = misbehaving
+    proc = cli_inprocess("corpora", "fetch", "chunked")
+    assert proc.returncode == 1, proc.stderr
+    assert f"connection closed after {len(BODY) // 2:,}" in proc.stderr and "resume" in proc.stderr
+    assert _files(cache) == {"chunked.txt.part": len(BODY) // 2}
+    proc = cli_inprocess("corpora", "fetch", "chunked")
+    assert proc.returncode == 0, proc.stderr
+    assert (cache / "chunked.txt").read_bytes() == BODY
+    assert [r for p, r in handler.seen if p == "chunked"] == [None, f"bytes={len(BODY) // 2}-"]
+
+
+def test_a_dropped_download_without_verification_is_not_saved_as_complete(
+    misbehaving_unsized, cli_inprocess
+) -> None:
+    _, cache = misbehaving_unsized
+    proc = cli_inprocess("corpora", "fetch", "chunked", "--no-verify")
+    assert proc.returncode == 1, proc.stderr
+    assert not (cache / "chunked.txt").exists()
+    assert _files(cache) == {"chunked.txt.part": len(BODY) // 2}
+
+
+def test_a_server_sending_a_byte_at_a_time_times_out_keeping_what_arrived(misbehaving, cli_inprocess) -> None:
+    import time
+
+    _, cache = misbehaving
+    start = time.monotonic()
+    proc = cli_inprocess("corpora", "fetch", "drip", "--timeout", "0.5")
+    assert proc.returncode == 1, proc.stderr
+    assert "too slow" in proc.stderr and "bytes/s" in proc.stderr
+    assert time.monotonic() - start < 5
+    assert 0 < _files(cache)["drip.txt.part"] < len(BODY)
+
+
+def test_free_space_is_checked_before_downloading(misbehaving, cli_inprocess, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    _, cache = misbehaving
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
+    proc = cli_inprocess("corpora", "fetch", "drip")
+    assert proc.returncode == 3, proc.stderr
+    assert f"not enough free space for the download ({len(BODY):,} bytes needed, 100 free)" in proc.stderr
+    assert not (cache / "drip.txt").exists()
