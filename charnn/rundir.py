@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -64,6 +65,8 @@ def is_checkpoint_dir(path: Path) -> bool:
     ``format`` entry is looked for (validation is the loader's job): the marker can be large
     (a corpus of many files, a SentencePiece model) and a torn one is still ours."""
     try:
+        if not stat.S_ISREG(os.stat(path / MARKER).st_mode):  # a FIFO would block the open
+            return False
         with open(path / MARKER, "rb") as fh:
             head = fh.read(_MARKER_LIMIT)
     except OSError:

@@ -787,7 +787,8 @@ class Trainer:
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.group.check_resume(ckpt.meta.get("world_size", 1))
-        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        streams = self.batcher.batch_size * self.group.world_size  # a saved hidden state holds every rank's
+        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device, streams)
         self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
         if self.group.is_writer:
             self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again

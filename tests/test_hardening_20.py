@@ -532,3 +532,71 @@ def test_free_space_is_checked_before_downloading(misbehaving, cli_inprocess, mo
     assert proc.returncode == 3, proc.stderr
     assert f"not enough free space for the download ({len(BODY):,} bytes needed, 100 free)" in proc.stderr
     assert not (cache / "drip.txt").exists()
+
+
+# ---------------------------------------------------------------------------- 6. forged training state
+
+
+def _forge_state(run: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """Change latest/'s training state and reseal its checksums (a forgery that passes them)."""
+    from safetensors.torch import load_file, save_file
+
+    from charnn import checkpoint as ck
+
+    state_file = run / "latest" / ck.STATE_FILE
+    tensors = load_file(str(state_file))
+    change(tensors)
+    save_file(tensors, str(state_file))
+    meta = json.loads((run / "latest" / "meta.json").read_text())
+    meta["files"][ck.STATE_FILE] = ck._sha256(state_file.read_bytes())
+    meta["checksum"] = ck._meta_checksum(meta)
+    (run / "latest" / "meta.json").write_text(json.dumps(meta))
+
+
+def _wider_hidden(t) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    layers, batch, hidden = t["hidden.h"].shape
+    t["hidden.h"] = torch.zeros(layers, batch + 3, hidden)
+
+
+def _negate(suffix: str):  # type: ignore[no-untyped-def]
+    def change(t) -> None:  # type: ignore[no-untyped-def]
+        name = next(k for k in sorted(t) if k.endswith(suffix))
+        t[name] = -t[name] - 1
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "forge,needle",
+    [
+        (_wider_hidden, "tensor hidden.h: shape"),
+        (_negate(".exp_avg_sq"), "negative (a mean of squares)"),
+        (_negate(".step"), "a negative step count"),
+    ],
+    ids=["hidden-batch", "negative-exp-avg-sq", "negative-step"],
+)
+def test_forged_training_state_is_a_bad_checkpoint_not_a_crash_or_divergence(
+    forge, needle: str, trained_run_copy: Path, cli_inprocess
+) -> None:
+    _forge_state(trained_run_copy, forge)
+    proc = cli_inprocess("train", "--resume", trained_run_copy, "--steps", "40")
+    assert proc.returncode == 3, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("charnn: error:")]
+    assert len(errors) == 1 and needle in errors[0] and "train_state.safetensors" in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize("command", ["info", "sample", "runs"])
+def test_a_fifo_named_meta_json_does_not_hang(command: str, tmp_path: Path, run_process) -> None:
+    import os
+
+    run = tmp_path / "run" / "latest"
+    run.mkdir(parents=True)
+    os.mkfifo(run / "meta.json")
+    args = {"info": ("info", "-c", run), "sample": ("sample", "-c", run), "runs": ("runs", tmp_path)}[command]
+    proc = run_process(*args, timeout=30)
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    if command != "runs":
+        assert proc.returncode == 3, proc.stderr
+        assert "meta.json: not a regular file" in proc.stderr
