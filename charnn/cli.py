@@ -35,6 +35,7 @@ from charnn.config import (
     cli_opt,
     flag_of,
 )
+from charnn.console import json_line
 from charnn.errors import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
@@ -501,7 +502,7 @@ def score(
 
     for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
         if as_json:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json_line(row))
         else:
             click.echo(f"{row['logprob']:.4f}\t{row['bpc']:.4f}\t{row['text']}")
 
@@ -517,7 +518,7 @@ def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     for i, checkpoint in enumerate(checkpoints):
         data = checkpoint_info(checkpoint)
         if as_json:
-            click.echo(json.dumps(data, ensure_ascii=False))
+            click.echo(json_line(data))
         else:
             click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
 
@@ -539,7 +540,7 @@ def runs(directory: str, as_json: bool) -> None:
     rows = list_runs(Path(directory), warn=note)
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json_line(row))
     elif rows:
         click.echo(runs_table(rows))
     else:
@@ -624,7 +625,7 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
 
     for row in list_corpora(cache_dir):
         if as_json:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json_line(row))
         else:
             size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
             builtin = row["url"].startswith("builtin:")

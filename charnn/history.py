@@ -8,12 +8,15 @@ checkpoint first and then describes it with the same :func:`describe`.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from charnn.config import GATES
+from charnn.console import shown
 from charnn.rundir import LATEST, MARKER, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
@@ -109,7 +112,7 @@ def info_lines(info: dict[str, Any]) -> list[str]:
         rows["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
     if info.get("stopped_reason"):
         rows["stopped"] = info["stopped_reason"]
-    return [f"{key:16} {value}" for key, value in rows.items()]
+    return [f"{key:16} {shown(str(value))}" for key, value in rows.items()]  # names escaped
 
 
 def _tokenizer_text(tokenizer: dict[str, Any]) -> str:
@@ -146,27 +149,79 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
 def run_row(run: Path, root: Path) -> dict[str, Any]:
     """One row of ``charnn runs``: the run's latest checkpoint metadata (steps, time) and best bpc."""
     ckpt = resolve_checkpoint(run, prefer=LATEST)
-    with open(ckpt / MARKER, encoding="utf-8") as fh:
-        meta = json.load(fh)
+    meta = json.loads(_read_marker(ckpt / MARKER))
     info = describe(meta, ckpt)
     name = os.path.relpath(run, root) if run != root else run.resolve().name or str(run)
     corpus = info.get("corpus") or {}
     model = info["model"]
-    return {
-        "name": name,
-        "path": str(run),
-        "best_val_bpc": info["best_val_bpc"],
-        "steps": info["step"],
-        "trained_seconds": info["trained_seconds"],
-        "cell": model.get("cell"),
-        "layers": model.get("layers"),
-        "hidden": model.get("hidden"),
-        "parameters": info["parameters"],
-        "tokenizer": info["tokenizer"],
-        "corpus": corpus.get("sources", []),
-        "date": info["created"],
-        "stopped_reason": info["stopped_reason"],
-    }
+    return _checked_row(
+        {
+            "name": name,
+            "path": str(run),
+            "best_val_bpc": info["best_val_bpc"],
+            "steps": info["step"],
+            "trained_seconds": info["trained_seconds"],
+            "cell": model.get("cell"),
+            "layers": model.get("layers"),
+            "hidden": model.get("hidden"),
+            "parameters": info["parameters"],
+            "tokenizer": info["tokenizer"],
+            "corpus": corpus.get("sources", []),
+            "date": info["created"],
+            "stopped_reason": info["stopped_reason"],
+        }
+    )
+
+
+_MARKER_LIMIT = 64 << 20
+
+
+def _read_marker(path: Path) -> bytes:
+    """A checkpoint's metadata: a regular file (a FIFO would block the open), bounded."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MARKER_LIMIT:
+        raise ValueError(f"{MARKER} is not a regular file of at most {_MARKER_LIMIT:,} bytes")
+    with open(path, "rb") as fh:
+        return fh.read(_MARKER_LIMIT + 1)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_ROW_FIELDS: dict[str, Any] = {  # what each field of a row must be (None allowed for all but these)
+    "best_val_bpc": lambda v: _real(v) and v >= 0,
+    "steps": _count,
+    "trained_seconds": lambda v: _real(v) and v >= 0,
+    "cell": lambda v: v in GATES,
+    "layers": _count,
+    "hidden": _count,
+    "parameters": _count,
+    "tokenizer": lambda v: (
+        isinstance(v, dict)
+        and isinstance(v.get("kind"), str)
+        and (v.get("vocab_size") is None or _count(v.get("vocab_size")))
+    ),
+    "corpus": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+    "date": lambda v: isinstance(v, str),
+    "stopped_reason": lambda v: isinstance(v, str),
+}
+
+
+def _checked_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row whose every field is what the listing expects; a forged one raises ValueError
+    naming the field, so the listing flags that run and shows the others."""
+    for key, ok in _ROW_FIELDS.items():
+        value = row[key]
+        if value is not None and not ok(value):
+            raise ValueError(f"{key} is {shown(repr(value))[:40]}")
+    if row["tokenizer"] is None or row["corpus"] is None:
+        raise ValueError("no tokenizer or corpus")
+    return row
 
 
 def list_runs(root: Path, warn: Any = None) -> list[dict[str, Any]]:
@@ -191,21 +246,21 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         bpc = r["best_val_bpc"]
-        corpus = ", ".join(Path(s).name if s != "-" else "<stdin>" for s in r["corpus"]) or "-"
+        corpus = shown(", ".join(Path(s).name if s != "-" else "<stdin>" for s in r["corpus"])) or "-"
         if len(corpus) > 32:
             corpus = corpus[:31] + "…"
         tok = r["tokenizer"]
         body.append(
             [
-                r["name"],
+                shown(r["name"]),
                 f"{bpc:.4f}" if bpc is not None else "-",
                 str(r["steps"]),
                 duration_text(r["trained_seconds"]),
                 f"{r['cell']} {r['layers']}x{r['hidden']}",
                 _compact(r["parameters"]),
-                f"{tok['kind']} {tok['vocab_size']}",
+                shown(f"{tok['kind']} {tok['vocab_size']}"),
                 corpus,
-                (r["date"] or "-").replace("T", " ").rstrip("Z")[:16],
+                shown((r["date"] or "-").replace("T", " ").rstrip("Z")[:16]),
             ]
         )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from charnn.console import json_line
 from charnn.errors import DataError
 from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
@@ -55,17 +56,6 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return rows
-
-
-def _dumps(row: dict[str, Any]) -> str:
-    """One row as JSON: non-ASCII kept readable, but anything that is not valid UTF-8 (a lone
-    surrogate from an undecodable file name) escaped, so the file stays valid UTF-8."""
-    text = json.dumps(row, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(row, ensure_ascii=True)
-    return text
 
 
 def _clean(value: Any) -> Any:
@@ -92,7 +82,7 @@ class MetricsLog:
             keep = [row for row in read_metrics(self.path) if row["step"] <= step]
             with open(tmp, "w", encoding="utf-8") as fh:
                 for row in keep:
-                    fh.write(_dumps(row) + "\n")
+                    fh.write(json_line(row) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -102,7 +92,7 @@ class MetricsLog:
             raise self._error(exc) from None
 
     def append(self, row: dict[str, Any]) -> None:
-        line = _dumps({k: _clean(v) for k, v in row.items()})
+        line = json_line({k: _clean(v) for k, v in row.items()})
         try:
             if self._fh is None:
                 self._fh = open(self.path, "a", encoding="utf-8")

@@ -21,7 +21,7 @@ import numpy as np
 
 from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
-from charnn.console import TrainReporter, note
+from charnn.console import TrainReporter, json_line, note
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
@@ -342,7 +342,6 @@ def run_sampling(
 ) -> None:
     """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime.
     ``prime_name`` says where the prime came from, for errors."""
-    import json
 
     from charnn.constraints import TokenRules
     from charnn.sampling import generate
@@ -369,7 +368,7 @@ def run_sampling(
                 "chars": len(s.text),
                 "stopped_by": s.stopped_by,
             }
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write(json_line(row) + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
@@ -414,7 +413,6 @@ def run_prompts(
 ) -> None:
     """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
     are written in prompt order as each batch of prompts finishes."""
-    import json
 
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
     from charnn.stepper import FastStepper
@@ -444,7 +442,7 @@ def run_prompts(
                         "chars": len(s.text),
                         "stopped_by": s.stopped_by,
                     }
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.write(json_line(row) + "\n")
                 else:
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False

@@ -600,3 +600,142 @@ def test_a_fifo_named_meta_json_does_not_hang(command: str, tmp_path: Path, run_
     if command != "runs":
         assert proc.returncode == 3, proc.stderr
         assert "meta.json: not a regular file" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- 7. hostile names
+
+EVIL = "evil\x1b]0;pwned\x07\x1b[31m\nname"
+
+
+def _no_raw_controls(text: str) -> None:
+    for ch in ("\x1b", "\x07", "\u202e"):
+        assert ch not in text, repr(text)
+
+
+def test_runs_and_plot_escape_a_hostile_run_name(trained_run: Path, tmp_path: Path, cli_inprocess) -> None:
+    import shutil
+
+    shutil.copytree(trained_run, tmp_path / EVIL)
+    listing = cli_inprocess("runs", tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    _no_raw_controls(listing.stdout + listing.stderr)
+    assert "evil\\x1b]0;pwned\\x07\\x1b[31m\\nname" in listing.stdout
+    assert len(listing.stdout.splitlines()) == 2  # header and one row: the newline did not split it
+    chart = cli_inprocess("plot", tmp_path / EVIL, "--width", "60")
+    assert chart.returncode == 0, chart.stderr
+    _no_raw_controls(chart.stdout + chart.stderr)
+    info = cli_inprocess("info", "-c", tmp_path / EVIL)
+    assert info.returncode == 0, info.stderr
+    _no_raw_controls(info.stdout)
+
+
+def test_undecodable_names_train_and_list_as_valid_utf8_json(
+    tmp_path: Path, corpus_text: str, cli_inprocess, cli_command, cli_env
+) -> None:
+    import os
+    import subprocess
+
+    name = os.fsdecode(b"corpus-\xff\xfe.txt")
+    (tmp_path / name).write_text(corpus_text)
+    out = tmp_path / os.fsdecode(b"run-\xff")
+    proc = cli_inprocess("train", tmp_path / name, "--out", out, *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    (out / "metrics.jsonl").read_bytes().decode("utf-8")  # the history stays valid UTF-8
+    for args in (("runs", tmp_path, "--json"), ("info", "-c", out, "--json")):
+        done = subprocess.run(cli_command(*args), capture_output=True, env=cli_env(), timeout=60)
+        assert done.returncode == 0, done.stderr
+        rows = [json.loads(line) for line in done.stdout.decode("utf-8").splitlines()]
+        assert rows and b"run-\xff" in os.fsencode(rows[0]["path"])  # escaped in JSON, the same name
+
+
+def test_the_surprisal_page_shows_controls_and_bidi_as_marks(tmp_path: Path, cli_inprocess) -> None:
+    from conftest import make_text
+
+    hostile = "price: 100 \u202eUSD 999 to pay\u202c; bell\x07 esc\x1b[2J \u2066iso\u2069\n"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(40) + hostile * 5)
+    text = tmp_path / f"held{chr(0x202E)}out.txt"
+    text.write_text(hostile)
+    run = tmp_path / "run"
+    assert cli_inprocess("train", corpus, "--out", run, *SHORT).returncode == 0
+    page = tmp_path / "page.html"
+    proc = cli_inprocess("eval", "-c", run, text, "--html", page)
+    assert proc.returncode == 0, proc.stderr
+    html = page.read_text(encoding="utf-8")
+    for ch in ("\u202e", "\u202c", "\u2066", "\u2069", "\x07", "\x1b"):
+        assert ch not in html, repr(ch)
+    assert "[U+202E]" in html  # the title names the file with a visible mark
+    from charnn.report import visible
+
+    assert visible("price: 100 \u202eUSD 999 to pay\u202c") == "price: 100 [U+202E]USD 999 to pay[U+202C]"
+    assert visible("a\x1b[31mb\x07\tc\n") == "a\u241b[31mb\u2407\tc\n"
+    from tests.test_report_browser import BROWSER, _chromium, _Dom
+
+    if BROWSER is None:
+        return  # the page's script is checked in a browser where one is installed
+    dom = _Dom()
+    dom.feed(_chromium(page, "#render-all", tmp_path, "--dump-dom").stdout)
+    shown = "".join(dom.spans[i]["text"] for i in sorted(dom.spans))
+    assert shown == visible(hostile), shown
+    assert "[U+202E]USD 999" in shown and "\u2407" in shown and "\u241b[2J" in shown
+
+
+# ---------------------------------------------------------------------------- 8. one bad run
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        (("progress", "best_val_bpc"), "abc"),
+        (("progress", "step"), [1, 2]),
+        (("progress", "elapsed"), {"a": 1}),
+        (("model", "cell"), "transformer"),
+        (("corpus", "sources"), "not-a-list"),
+        (("created",), 12),
+        (("tokenizer",), None),
+    ],
+    ids=lambda v: str(v),
+)
+def test_one_forged_run_is_flagged_and_the_others_listed(
+    field: tuple[str, ...], value: object, trained_run: Path, tmp_path: Path, cli_inprocess
+) -> None:
+    import shutil
+
+    shutil.copytree(trained_run, tmp_path / "good")
+    shutil.copytree(trained_run, tmp_path / "forged")
+    meta_file = tmp_path / "forged" / "latest" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    node = meta
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = value
+    meta_file.write_text(json.dumps(meta))
+    for json_flag in ((), ("--json",)):
+        proc = cli_inprocess("runs", tmp_path, *json_flag)
+        assert proc.returncode == 0, proc.stderr
+        assert "forged: skipped" in proc.stderr, proc.stderr
+        listed = proc.stdout.splitlines()
+        assert len(listed) == (1 if json_flag else 2) and "good" in listed[-1]
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, -5.0, 1e20])
+def test_plot_skips_absurd_values(value: float, trained_run: Path, tmp_path: Path, cli_inprocess) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    step = max(r["step"] for r in rows)
+    forged = [
+        {"kind": "progress", "step": step + 1, "elapsed": 1.0, "chars": 10, "loss": 1.0, "bpc": value},
+        {"kind": "val", "step": step + 2, "elapsed": value, "chars": value, "loss": 1.0, "bpc": 2.0},
+    ]
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in forged)
+    for axis in ("steps", "time", "chars"):
+        proc = cli_inprocess("plot", run, "--x", axis, "--width", "60")
+        assert proc.returncode == 0, proc.stderr
+        assert "bpc" in proc.stdout and "e+" not in proc.stdout
+    pytest.importorskip("matplotlib")
+    proc = cli_inprocess("plot", run, "-o", tmp_path / "curves.png")
+    assert proc.returncode == 0, proc.stderr
