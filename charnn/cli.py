@@ -43,6 +43,7 @@ from charnn.errors import (
     EXIT_USAGE,
     CharnnError,
     ConfigError,
+    DataError,
     Interrupted,
 )
 
@@ -412,7 +413,7 @@ def sample(
     if prompts is not None:
         from charnn.runs import read_prompts, run_prompts
 
-        run_prompts(checkpoint, config, read_prompts(prompts), separator, as_json)
+        run_prompts(checkpoint, config, read_prompts(prompts, encoding_errors), separator, as_json)
         return
     prime_name = "--prime"
     if prime_file is not None:
@@ -658,6 +659,38 @@ def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> 
 # ---------------------------------------------------------------------------- entry point
 
 
+class _GuardedStdout:
+    """stdout that turns a failed write (``> /dev/full``, a full disk, a file-size limit) into a
+    one-line data error; a closed pipe stays a BrokenPipeError (exit 0, like ``| head``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.failed = False
+
+    def _failed(self, exc: OSError) -> DataError:
+        self.failed = True
+        return DataError(f"stdout: cannot write the output ({exc.strerror or exc})")
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _quiet_stdout() -> None:
     """After a closed pipe, point stdout at /dev/null so the final flush cannot fail again."""
     try:
@@ -703,6 +736,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if sys.stdout is None:  # started with stdout closed (>&-): like a reader that went away
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    real_stdout, guarded = sys.stdout, _GuardedStdout(sys.stdout)
+    sys.stdout = guarded  # type: ignore[assignment]
+    try:
+        _main(argv, guarded)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
     from charnn.console import error, stopped
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"
@@ -754,4 +796,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):
         _quiet_stdout()
+    except DataError as exc:  # the output could not be written (if not said already, say it)
+        if code == 0:
+            error(str(exc))
+            code = exc.exit_code
+    if guarded.failed:
+        _quiet_stdout()  # what is still buffered must not fail again at exit
     sys.exit(code)

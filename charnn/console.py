@@ -284,6 +284,7 @@ class TrainReporter:
             )
             + star,
             markup=True,
+            soft_wrap=True,  # one line per validation in logs, whatever its length
         )
 
     def sampled(self, report: SampleReport) -> None:

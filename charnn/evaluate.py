@@ -105,6 +105,14 @@ def score_lines(
                 scores[i] = LineScore(logprob=0.0, tokens=0, chars=0)
             continue
         width = len(ctx) + max(len(lines[i]) for i in group)
+        if len(group) == 1 and width > budget:  # one long line: never hold (W,) int64 or float64 copies
+            (i,) = group
+            lp = _line_logprob(model, ctx, lines[i])
+            if extra_nats is not None:
+                lp -= _table_sum(extra_nats, lines[i])
+            chars = int(_table_sum(char_lengths, lines[i]))
+            scores[i] = LineScore(logprob=lp, tokens=len(lines[i]), chars=chars)
+            continue
         seqs = np.zeros((len(group), width), dtype=np.int64)  # (B, C + Lmax), zero-padded
         for row, i in enumerate(group):
             seqs[row, : len(ctx) + len(lines[i])] = np.concatenate([ctx, lines[i].astype(np.int64)])
@@ -131,6 +139,35 @@ def _batches(order: list[int], widths: list[int], size: int, budget: int) -> lis
         else:
             groups.append([i])
     return groups
+
+
+def _table_sum(table: np.ndarray, ids: np.ndarray, chunk: int = 1 << 16) -> float:
+    """``table[ids].sum()`` without a copy as long as ``ids``."""
+    return float(sum(table[ids[a : a + chunk]].sum() for a in range(0, len(ids), chunk)))
+
+
+@torch.no_grad()
+def _line_logprob(model: CharRNN, ctx: np.ndarray, line: np.ndarray, max_logits: int = 1 << 23) -> float:
+    """log p(line | ctx) summed window by window with the hidden state carried: memory is one
+    window's ids and logits, whatever the line's length (a 50 MB line included)."""
+    seq_len = len(ctx) + len(line)  # the sequence ctx + line, sliced lazily
+
+    def ids(a: int, b: int) -> torch.Tensor:  # seq[a:b] as a (1, b - a) int64 tensor
+        head = ctx[a : min(b, len(ctx))]
+        tail = line[max(a - len(ctx), 0) : max(b - len(ctx), 0)].astype(np.int64)
+        return torch.from_numpy(np.concatenate([head, tail]))[None, :]
+
+    window = max(1, max_logits // model.config.vocab_size)
+    total, hidden = 0.0, None
+    for start in range(0, seq_len - 1, window):
+        end = min(start + window, seq_len - 1)
+        logits, hidden = model(ids(start, end), hidden)  # (1, t, V)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, ids(start + 1, end + 1)[..., None])[
+            0, :, 0
+        ]
+        first = max(len(ctx) - 1 - start, 0)  # targets before the line are the context's own
+        total += float(logp[first:].double().sum())
+    return total
 
 
 @torch.no_grad()

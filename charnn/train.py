@@ -333,14 +333,19 @@ class TrainingSampler:
 
 
 @contextmanager
-def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
+def _signal_flags(flags: dict[str, int], last_words: str = "") -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
-    (saves are atomic, so that cannot leave a torn checkpoint)."""
+    (saves are atomic, so that cannot leave a torn checkpoint), saying so first in
+    ``last_words``: written straight to the file descriptor, as nothing else is safe here."""
 
     def handler(signum: int, frame: Any) -> None:
         if flags.get("signal") and signum == signal.SIGINT:
             import os
 
+            try:
+                os.write(2, last_words.encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass
             os._exit(EXIT_SIGINT)
         flags["signal"] = signum
 
@@ -474,8 +479,15 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self.reporter.start(self._info())
         flags: dict[str, int] = {}
+        from charnn.console import shown
+
+        out = shown(str(self.out))
+        last_words = (
+            f"charnn: stopped at once by a second Ctrl-C; {out}/{LATEST} holds the last save; "
+            f"continue with: charnn train --resume {_shell_quote(out)}\n"
+        )
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
-        with _signal_flags(flags):
+        with _signal_flags(flags, last_words if self.group.is_writer else ""):
             try:
                 result = self._loop(flags)
             except CharnnError:

@@ -739,3 +739,177 @@ def test_plot_skips_absurd_values(value: float, trained_run: Path, tmp_path: Pat
     pytest.importorskip("matplotlib")
     proc = cli_inprocess("plot", run, "-o", tmp_path / "curves.png")
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------- 9. smaller items
+
+
+def test_encoding_errors_apply_to_prompts(trained_run: Path, tmp_path: Path, cli_inprocess) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"The \xff day\nA\n")
+    refused = cli_inprocess("sample", "-c", trained_run, "--prompts", prompts, "--length", "5")
+    assert refused.returncode == 3 and "--encoding-errors" in refused.stderr, refused.stderr
+    proc = cli_inprocess(
+        "sample",
+        "-c",
+        trained_run,
+        "--prompts",
+        prompts,
+        "--length",
+        "5",
+        "--encoding-errors",
+        "ignore",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["prime"] for line in proc.stdout.splitlines()] == ["The  day", "A"]
+
+
+def test_quiet_hides_the_corpus_caches_progress_lines(
+    tmp_path: Path, corpus_file: Path, cli_inprocess, monkeypatch
+) -> None:
+    from charnn import corpus_cache
+
+    monkeypatch.setattr(corpus_cache, "PROGRESS_BYTES", 0)  # a bar for every corpus
+    loud = cli_inprocess(
+        "train", corpus_file, "--out", tmp_path / "a", *SHORT, "--cache-dir", tmp_path / "c1"
+    )
+    assert "encoding corpus" in loud.stderr  # the lines exist
+    quiet = cli_inprocess(
+        "train", corpus_file, "--out", tmp_path / "b", *SHORT, "-q", "--cache-dir", tmp_path / "c2"
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert "corpus (" not in quiet.stderr, quiet.stderr
+    assert quiet.stderr.count("\n") == 1  # the final line only
+
+
+def test_subword_validation_lines_do_not_wrap_in_logs() -> None:
+    import io
+
+    from rich.console import Console
+
+    from charnn.console import TrainReporter
+    from charnn.reporting import EvalReport
+
+    sink = io.StringIO()
+    reporter = TrainReporter(console=Console(file=sink, width=80, force_terminal=False, no_color=True))
+    reporter.evaluated(EvalReport(1250, 2.0123, 1.4567, True, bpt=4.2345, tokens=1_234_567, best_bpc=1.4567))
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80, lines
+    assert "bits per token over 1,234,567 tokens" in lines[0] and lines[0].endswith("(best)")
+
+
+def test_a_second_ctrl_c_at_once_still_says_where_the_run_stands(
+    tmp_path: Path, corpus_file: Path, cli_command, cli_env
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from conftest import LONG_RUN
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        cli_command("train", corpus_file, "--out", out, *LONG_RUN),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if line.startswith("step "):
+                break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)  # apart enough not to merge into one signal, before the loop sees the first
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in rest
+    assert "charnn: stopped" in rest and f"charnn train --resume {out}" in rest, rest
+
+
+def test_score_of_a_long_line_holds_one_window_not_the_line(trained_run: Path) -> None:
+    import tracemalloc
+
+    import numpy as np
+
+    from charnn.checkpoint import load_checkpoint
+    from charnn.evaluate import score_lines
+
+    ckpt = load_checkpoint(trained_run)
+    model = ckpt.build_model()
+    lengths = ckpt.tokenizer.char_lengths()
+    rng = np.random.default_rng(0)
+
+    def peak(n: int) -> int:
+        line = rng.integers(0, ckpt.config.vocab_size, n).astype(np.uint8)
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            (score,) = score_lines(model, [0], [line], lengths, budget=10_000)  # the lone-line path
+            assert score.tokens == n
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(150_000), peak(600_000)
+    growth = (large - small) / 450_000
+    assert growth < 0.5, f"{growth:.1f} bytes per extra token"  # was ~16: an int64 copy, float64 log-probs
+    # The windowed sum is the batched path's number.
+    line = rng.integers(0, ckpt.config.vocab_size, 3000).astype(np.uint8)
+    (a,) = score_lines(model, [0, 1], [line], lengths, budget=10_000_000)
+    (b,) = score_lines(model, [0, 1], [line], lengths, budget=100)
+    assert a.logprob == pytest.approx(b.logprob, rel=1e-6)
+
+
+@pytest.mark.parametrize("args", [("sample", "--length", "200"), ("sample", "--json"), ("info",)])
+def test_output_to_a_full_device_is_a_clean_error(
+    args: tuple[str, ...], trained_run: Path, cli_command, cli_env
+) -> None:
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            cli_command(*args, "-c", trained_run),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+        )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip() == "charnn: error: stdout: cannot write the output (No space left on device)"
+
+
+def test_the_second_ctrl_c_handler_writes_the_stopped_line_before_exiting(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from charnn import train
+
+    exits: list[int] = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    flags: dict[str, int] = {}
+    with train._signal_flags(flags, "charnn: stopped at once; continue with: charnn train --resume run\n"):
+        signal.raise_signal(signal.SIGINT)
+        assert flags == {"signal": signal.SIGINT} and not exits
+        with pytest.raises(Exited):
+            signal.raise_signal(signal.SIGINT)
+    assert exits == [130]
+    assert "charnn: stopped at once; continue with: charnn train --resume run" in capfd.readouterr().err
