@@ -436,6 +436,7 @@ class Trainer:
         self.progress = Progress()
         self.hidden: Hidden | None = None
         self._clock = time.perf_counter()
+        self._between_steps = False
         if resume is not None:
             self._restore(resume)
             # A resumed run goes on until its (new) end, unless --patience still says stop: a run
@@ -492,7 +493,9 @@ class Trainer:
                 result = self._loop(flags)
             except CharnnError:
                 raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
-            except BaseException:
+            except BaseException as exc:
+                if self.group.active and lost_peer(exc):  # another rank died (killed, out of memory)
+                    raise CharnnError(self._peer_lost()) from None
                 self._save_what_we_can()
                 raise
         if flags.get("signal"):  # arrived during the final validation, which has just saved
@@ -519,7 +522,9 @@ class Trainer:
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
             self._tick()
+            self._between_steps = True  # a rank lost in this all-reduce leaves this step whole
             signalled = self._agree(flags)
+            self._between_steps = False
             if self.done() or self.progress.stopped_reason:
                 break
             # Signals: stop between steps, after the last step's validation, save and sample,
@@ -572,6 +577,26 @@ class Trainer:
             f"stopped at step {self._saved_step}; saved {self.out / LATEST}; "
             f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
             EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+        )
+
+    def _peer_lost(self) -> str:
+        """After another rank died: keep this step when the loss came between steps (rank 0's
+        weights and optimizer are every rank's; the other ranks' carried hidden states are
+        gone, so the resumed run starts its streams afresh), and say how to go on."""
+        saved = ""
+        if self.group.is_writer and self._between_steps and self.progress.step != self._saved_step:
+            try:
+                if all_finite(self.model):
+                    self.hidden = None  # gathering it would need the lost rank
+                    self.save(LATEST)
+                    saved = " (saved now, without the ranks' carried hidden state)"
+            except Exception:  # the lost rank is what the user must hear about
+                pass
+        return (
+            f"another process of this torchrun run stopped (killed, or failed: see its output); "
+            f"{self.out / LATEST} holds step {self._saved_step}{saved}; continue with "
+            f"torchrun ... charnn train --resume {_shell_quote(str(self.out))} "
+            f"(the same number of processes)"
         )
 
     def _save_what_we_can(self) -> None:
@@ -804,6 +829,25 @@ class Trainer:
         self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
         if self.group.is_writer:
             self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether a failure in a collective means another rank went away (gloo or NCCL)."""
+    text = str(exc)
+    dist_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
+    return dist_error or (
+        isinstance(exc, RuntimeError)
+        and any(
+            needle in text
+            for needle in (
+                "Connection reset by peer",
+                "Connection closed by peer",
+                "Broken pipe",
+                "gloo",
+                "NCCL",
+            )
+        )
+    )
 
 
 def _shell_quote(text: str) -> str:

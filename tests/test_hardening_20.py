@@ -913,3 +913,53 @@ def test_the_second_ctrl_c_handler_writes_the_stopped_line_before_exiting(
             signal.raise_signal(signal.SIGINT)
     assert exits == [130]
     assert "charnn: stopped at once; continue with: charnn train --resume run" in capfd.readouterr().err
+
+
+def test_a_killed_torchrun_rank_is_a_clear_message_and_rank_0_keeps_its_step(
+    tmp_path: Path, corpus_text: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "c.txt").write_text(corpus_text * 3)
+    env = dict(os.environ, NO_COLOR="1", OMP_NUM_THREADS="1", CHARNN_DIST_TIMEOUT="60")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CHARNN_DEBUG"):
+        env.pop(var, None)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "charnn", "train", "c.txt", "--out", "ddp", *TINY_MODEL_ARGS, "--seq-len", "16"]
+    argv += ["--batch-size", "4", "--steps", "1000000", "--eval-every", "1000", "--device", "cpu"]
+    proc = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.startswith("step "):
+                break
+        time.sleep(1.0)
+        ranks = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == proc.pid and b"RANK=1" in environ:
+                ranks.append(int(pid))
+        assert len(ranks) == 1, ranks
+        os.kill(ranks[0], signal.SIGKILL)
+        rest = proc.stdout.read()
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "internal error" not in rest, rest
+    (message,) = [line for line in rest.splitlines() if line.startswith("charnn: error:")]
+    assert "another process of this torchrun run stopped" in message
+    step = json.loads((tmp_path / "ddp" / "latest" / "meta.json").read_text())["progress"]["step"]
+    assert f"holds step {step}" in message and step > 0
+    assert "--resume ddp" in message
