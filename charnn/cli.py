@@ -341,7 +341,7 @@ def train(
     With no FILES, trains on Python's documentation topics that ship with CPython. A FILE that
     is not a path but a name from 'charnn corpora' is fetched into the cache when needed.
     """
-    from charnn.runs import TrainRequest, start_training
+    from charnn.app import TrainRequest, start_training
 
     request = TrainRequest(
         files=list(files),
@@ -382,6 +382,12 @@ def train(
 )
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
+@click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="write with the model at the keyboard: continue, change settings, pick the next character (:help)",
+)
 @click.pass_context
 def sample(
     ctx: click.Context,
@@ -392,11 +398,18 @@ def sample(
     prompts: str | None,
     separator: str,
     as_json: bool,
+    interactive: bool,
     **options: Any,
 ) -> None:
     """Generate text from a trained model; only the text goes to stdout."""
     given = take_config(ctx, options, SampleConfig)
     _no_leftovers(options)
+    if interactive:
+        _refuse_with_interactive(given, {"--prime-file": prime_file, "--prompts": prompts, "--json": as_json})
+        from charnn.interactive import run_interactive
+
+        run_interactive(checkpoint, SampleConfig(**given), prime or "")
+        return
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
     if given.get("beam") is not None and (
@@ -411,7 +424,7 @@ def sample(
         )
     config = SampleConfig(**given)
     if prompts is not None:
-        from charnn.runs import read_prompts, run_prompts
+        from charnn.app import read_prompts, run_prompts
 
         run_prompts(checkpoint, config, read_prompts(prompts, encoding_errors), separator, as_json)
         return
@@ -421,9 +434,19 @@ def sample(
 
         prime = read_prime_file(prime_file, encoding_errors)
         prime_name = f"--prime-file {'<stdin>' if prime_file == '-' else prime_file}"
-    from charnn.runs import run_sampling
+    from charnn.app import run_sampling
 
     run_sampling(checkpoint, config, prime or "", separator, as_json, prime_name=prime_name)
+
+
+def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -> None:
+    """Options that make no sense in a keyboard session are usage errors, not silently ignored."""
+    clashes = [flag for flag, value in others.items() if value]
+    clashes += [
+        flag for name, flag in (("beam", "--beam"), ("num_samples", "--num-samples")) if name in given
+    ]
+    if clashes:
+        raise ConfigError(f"--interactive cannot be combined with {', '.join(clashes)}")
 
 
 # ---------------------------------------------------------------------------- eval / score / info
@@ -467,7 +490,7 @@ def eval_(
     top_k: int,
 ) -> None:
     """Loss and bits per character of the model(s) on FILES (- = stdin)."""
-    from charnn.runs import run_eval
+    from charnn.app import run_eval
 
     rows = run_eval(
         list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
@@ -499,7 +522,7 @@ def score(
     encoding_errors: str,
 ) -> None:
     """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates."""
-    from charnn.runs import run_score
+    from charnn.app import run_score
 
     for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
         if as_json:
@@ -513,8 +536,8 @@ def score(
 @_json_option("the metadata as JSON, one object per checkpoint per line")
 def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     """Show what a checkpoint holds: model, vocabulary, progress, validation, how it was trained."""
-    from charnn.history import info_lines
-    from charnn.runs import checkpoint_info
+    from charnn.app import checkpoint_info
+    from charnn.run_catalog import info_lines
 
     for i, checkpoint in enumerate(checkpoints):
         data = checkpoint_info(checkpoint)
@@ -536,7 +559,7 @@ def runs(directory: str, as_json: bool) -> None:
     from pathlib import Path
 
     from charnn.console import note
-    from charnn.history import list_runs, runs_table
+    from charnn.run_catalog import list_runs, runs_table
 
     rows = list_runs(Path(directory), warn=note)
     if as_json:
@@ -622,7 +645,7 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from charnn.runs import list_corpora
+    from charnn.app import list_corpora
 
     for row in list_corpora(cache_dir):
         if as_json:
@@ -651,9 +674,130 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
 )
 def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> None:
     """Download corpus NAME into the cache (resumable, sha256-checked); print its path."""
-    from charnn.runs import fetch_corpus
+    from charnn.app import fetch_corpus
 
     click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
+
+
+# ---------------------------------------------------------------------------- classify
+
+
+class _ClassifyGroup(click.Group):
+    """``charnn classify -m CLS FILES`` classifies; ``charnn classify train ...`` trains."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["apply", *args]  # the default subcommand: classifying is what classify does
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_ClassifyGroup)
+def classify() -> None:
+    """Tell texts apart with one character model per class (authorship, language, ...).
+
+    \b
+      charnn classify train DATA_DIR -o CLS       one model per subdirectory (the class is its name)
+      charnn classify -m CLS [FILES|-]            the label and posteriors of each line
+      charnn classify -m CLS --by file a.txt b.txt    ... of each file
+      charnn classify -m CLS --eval LABELLED      accuracy, precision/recall, confusion matrix
+      charnn classify -c en=runs/en -c fr=runs/fr -   members trained elsewhere
+    """
+
+
+@classify.command(name="train")
+@click.argument("data_dir", type=click.Path())
+@click.option("-o", "--out", required=True, metavar="DIR", help="the classifier directory to write")
+@click.option("--force", is_flag=True, help="replace a classifier already in --out")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
+@_encoding_errors_option
+@config_options(ModelConfig)
+@config_options(TrainConfig)
+@click.pass_context
+def classify_train(
+    ctx: click.Context,
+    data_dir: str,
+    out: str,
+    force: bool,
+    quiet: bool,
+    encoding_errors: str,
+    **options: Any,
+) -> None:
+    """Train one model per subdirectory of DATA_DIR (they share --time and one vocabulary)."""
+    from charnn.classify import train_classifier
+    from charnn.console import note, shown
+
+    model, train = take_config(ctx, options, ModelConfig), take_config(ctx, options, TrainConfig)
+    _no_leftovers(options)
+    classes = train_classifier(data_dir, out, model, train, force, quiet, encoding_errors)
+    note(f"classifier of {len(classes)} classes in {shown(out)}: charnn classify -m {_shell_word(out)} FILE")
+
+
+@classify.command(name="apply", hidden=True)
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option("-m", "--model", "classifier", metavar="DIR", help="a classifier from 'charnn classify train'")
+@click.option(
+    "-c",
+    "--checkpoint",
+    "members",
+    multiple=True,
+    metavar="LABEL=RUN",
+    help="a member trained elsewhere; repeatable",
+)
+@click.option(
+    "--by",
+    type=click.Choice(["line", "file"]),
+    default="line",
+    show_default=True,
+    help="classify each line or each file",
+)
+@click.option(
+    "--prior",
+    type=click.Choice(["uniform", "trained"]),
+    default="uniform",
+    show_default=True,
+    help="class priors: equal, or from the training data",
+)
+@click.option(
+    "--eval",
+    "labelled",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="score against a directory laid out like DATA_DIR",
+)
+@_json_option("one JSON object per input (or the evaluation) on stdout")
+@_encoding_errors_option
+def classify_apply(
+    files: tuple[str, ...],
+    classifier: str | None,
+    members: tuple[str, ...],
+    by: str,
+    prior: str,
+    labelled: str | None,
+    as_json: bool,
+    encoding_errors: str,
+) -> None:
+    """Label each line (or file) of FILES (- = stdin) with the likeliest class."""
+    from charnn import classify as cl
+
+    if (classifier is None) == (not members):
+        raise ConfigError("give a classifier with -m DIR, or its members with -c LABEL=RUN (at least 2)")
+    model = cl.load_classifier(classifier) if classifier else cl.members_from_runs(members)
+    log_prior = model.log_priors(prior, by)
+    if labelled is not None:
+        if files:
+            raise ConfigError("--eval reads the labelled directory: give no FILES")
+        result = cl.evaluate(model, labelled, by, log_prior, encoding_errors)
+        click.echo(json.dumps(result.to_json()) if as_json else result.table())
+        return
+    for batch in cl.batches(cl.items(files, by, encoding_errors)):
+        for verdict in model.classify(batch, log_prior):
+            click.echo(cl.verdict_json(verdict) if as_json else cl.verdict_line(verdict))
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -117,7 +117,7 @@ def _interrupt_at_validation(monkeypatch: pytest.MonkeyPatch, step: int) -> None
     """SIGINT arrives while step ``step`` is being validated (deterministically)."""
     import signal
 
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     evaluate = Trainer.evaluate
 
@@ -665,7 +665,7 @@ def test_the_surprisal_page_shows_controls_and_bidi_as_marks(tmp_path: Path, cli
     for ch in ("\u202e", "\u202c", "\u2066", "\u2069", "\x07", "\x1b"):
         assert ch not in html, repr(ch)
     assert "[U+202E]" in html  # the title names the file with a visible mark
-    from charnn.report import visible
+    from charnn.surprisal_page import visible
 
     assert visible("price: 100 \u202eUSD 999 to pay\u202c") == "price: 100 [U+202E]USD 999 to pay[U+202C]"
     assert visible("a\x1b[31mb\x07\tc\n") == "a\u241b[31mb\u2407\tc\n"
@@ -789,7 +789,7 @@ def test_subword_validation_lines_do_not_wrap_in_logs() -> None:
     from rich.console import Console
 
     from charnn.console import TrainReporter
-    from charnn.reporting import EvalReport
+    from charnn.train_records import EvalReport
 
     sink = io.StringIO()
     reporter = TrainReporter(console=Console(file=sink, width=80, force_terminal=False, no_color=True))
@@ -893,7 +893,7 @@ def test_the_second_ctrl_c_handler_writes_the_stopped_line_before_exiting(
     import os
     import signal
 
-    from charnn import train
+    from charnn import trainer as train
 
     exits: list[int] = []
 

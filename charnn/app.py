@@ -63,6 +63,7 @@ class TrainRequest:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    vocabulary: Any = None  # a ready tokenizer for a new run (classify's members share one)
 
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
@@ -162,7 +163,13 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
 
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.distributed import SOLO
-    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
+    from charnn.trainer import (
+        Trainer,
+        check_resume_corpus,
+        init_from_hint,
+        merge_resume,
+        refuse_contradictions,
+    )
 
     group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
@@ -208,7 +215,7 @@ def _notes(corpus: Corpus, group: Any) -> None:
 
 
 def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
@@ -219,6 +226,8 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
             flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
             raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
         source = load_checkpoint(tokenizer.source).tokenizer
+    if request.vocabulary is not None:
+        source = request.vocabulary
     # subwords learn from the training split only (val_fraction)
     corpus = cached_corpus(
         request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction, request.quiet
@@ -234,7 +243,7 @@ def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[An
     """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
     other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
-    from charnn.reporting import NullReporter
+    from charnn.train_records import NullReporter
 
     inv = invocation(request.argv)
     if group is not None and not group.is_writer:
@@ -246,7 +255,7 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
     the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
     from charnn import finetune
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     assert request.init_from is not None
     parent = load_checkpoint(request.init_from)
@@ -528,7 +537,7 @@ def run_eval(
         if html is not None:
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
     if html is not None:
-        from charnn.report import build_report, write_report
+        from charnn.surprisal_page import build_report, write_report
 
         if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
             raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
@@ -544,7 +553,7 @@ def run_eval(
 def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
-    from charnn.report import ModelReport
+    from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
@@ -632,8 +641,8 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
-    from charnn.history import describe
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.run_catalog.describe`)."""
+    from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
     info = describe(ckpt.meta, ckpt.path)
