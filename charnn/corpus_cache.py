@@ -475,10 +475,10 @@ def _check_ids(ids: np.ndarray, advance: Callable[[int], None]) -> tuple[str, in
 
 def _uses_every_id(ids: np.ndarray, vocab_size: int) -> bool:
     """Whether every id of the vocabulary occurs (a corpus's own vocabulary has no others)."""
-    seen = np.zeros(vocab_size, dtype=bool)
+    seen = np.zeros(vocab_size, dtype=np.int64)
     step = max(1, CHUNK_BYTES // ids.itemsize)
-    for start in range(0, len(ids), step):
-        seen[np.unique(np.asarray(ids[start : start + step]))] = True
+    for start in range(0, len(ids), step):  # ids are in range (checked when opened): bincount fits
+        seen += np.bincount(np.asarray(ids[start : start + step]), minlength=vocab_size)[:vocab_size]
     return bool(seen.all())
 
 
