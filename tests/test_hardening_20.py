@@ -961,5 +961,7 @@ def test_a_killed_torchrun_rank_is_a_clear_message_and_rank_0_keeps_its_step(
     (message,) = [line for line in rest.splitlines() if line.startswith("charnn: error:")]
     assert "another process of this torchrun run stopped" in message
     step = json.loads((tmp_path / "ddp" / "latest" / "meta.json").read_text())["progress"]["step"]
-    assert f"holds step {step}" in message and step > 0
+    assert f"holds step {step}" in message  # what latest/ holds, saved now or before
+    if "saved now" in message:  # the loss was seen between steps: rank 0 kept the step it reached
+        assert step > 0
     assert "--resume ddp" in message
