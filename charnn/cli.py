@@ -869,6 +869,13 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _quiet_stdout() -> None:
     """After a closed pipe, point stdout at /dev/null so the final flush cannot fail again."""
     try:
@@ -915,7 +922,8 @@ def main(argv: list[str] | None = None) -> None:
     if sys.stdout is None:  # started with stdout closed (>&-): like a reader that went away
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     real_stdout, guarded = sys.stdout, _GuardedStdout(sys.stdout)
-    sys.stdout = guarded  # type: ignore[assignment]
+    if not _is_terminal(real_stdout):  # a terminal is never full; and input() needs the real one
+        sys.stdout = guarded  # type: ignore[assignment]
     try:
         _main(argv, guarded)
     finally:
