@@ -279,6 +279,10 @@ class EarlyStop:
     def __init__(self, patience: int | None, min_delta: float) -> None:
         self.patience, self.min_delta = patience or 0, min_delta
 
+    def exhausted(self, progress: Progress) -> bool:
+        """Whether the validations without improvement already reach ``--patience``."""
+        return bool(self.patience) and progress.stale_evals >= self.patience
+
     def observe(self, progress: Progress, bpc: float) -> str | None:
         """Count one validation; the reason to stop now, or None."""
         if not math.isfinite(bpc):
@@ -338,14 +342,19 @@ class TrainingSampler:
 
 
 @contextmanager
-def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
+def _signal_flags(flags: dict[str, int], last_words: str = "") -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
-    (saves are atomic, so that cannot leave a torn checkpoint)."""
+    (saves are atomic, so that cannot leave a torn checkpoint), saying so first in
+    ``last_words``: written straight to the file descriptor, as nothing else is safe here."""
 
     def handler(signum: int, frame: Any) -> None:
         if flags.get("signal") and signum == signal.SIGINT:
             import os
 
+            try:
+                os.write(2, last_words.encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass
             os._exit(EXIT_SIGINT)
         flags["signal"] = signum
 
@@ -436,9 +445,13 @@ class Trainer:
         self.progress = Progress()
         self.hidden: Hidden | None = None
         self._clock = time.perf_counter()
+        self._between_steps = False
         if resume is not None:
             self._restore(resume)
-            self.progress.stopped_reason = None  # a resumed run goes on until its (new) end
+            # A resumed run goes on until its (new) end, unless --patience still says stop: a run
+            # interrupted as it stopped early resumes to the same stop, not past it.
+            if not self.stopper.exhausted(self.progress):
+                self.progress.stopped_reason = None
         self._saved_step = self.progress.step if resume is not None else -1
 
     # ------------------------------------------------------------------ length
@@ -476,13 +489,22 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self.reporter.start(self._info())
         flags: dict[str, int] = {}
+        from charnn.console import shown
+
+        out = shown(str(self.out))
+        last_words = (
+            f"charnn: stopped at once by a second Ctrl-C; {out}/{LATEST} holds the last save; "
+            f"continue with: charnn train --resume {_shell_quote(out)}\n"
+        )
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
-        with _signal_flags(flags):
+        with _signal_flags(flags, last_words if self.group.is_writer else ""):
             try:
                 result = self._loop(flags)
             except CharnnError:
                 raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
-            except BaseException:
+            except BaseException as exc:
+                if self.group.active and lost_peer(exc):  # another rank died (killed, out of memory)
+                    raise CharnnError(self._peer_lost()) from None
                 self._save_what_we_can()
                 raise
         if flags.get("signal"):  # arrived during the final validation, which has just saved
@@ -509,14 +531,22 @@ class Trainer:
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
             self._tick()
+            self._between_steps = True  # a rank lost in this all-reduce leaves this step whole
             signalled = self._agree(flags)
+            self._between_steps = False
             if self.done() or self.progress.stopped_reason:
                 break
+            # Signals: stop between steps, after the last step's validation, save and sample,
+            # so a resumed run goes on exactly as this one would have (never a step trained and
+            # saved without the validation and sample due at it).
+            if signalled:
+                self._save_on_signal()
+                raise self._interrupted(signalled)
             # Step: one TBPTT window; None when it was skipped as non-finite.
             loss = self.train_step()
             save_due, eval_due = self.policy.due(self.progress.step, self.done())
             # Guard: a finite loss can still overflow the weights; check before anything is saved.
-            stopping = bool(signalled) or self.done()
+            stopping = self.done()
             overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
             if overflowed and loss is not None:
                 self.progress.skipped_steps += 1
@@ -529,10 +559,6 @@ class Trainer:
             else:
                 self.guard.finite()
                 self._report_step(loss)
-            # Signals: save what we have (weights checked finite above) and stop.
-            if signalled:
-                self.save(LATEST)
-                raise self._interrupted(signalled)
             # Validate and save, or defer both while a run of bad steps lasts.
             if self.guard.in_bad_run:
                 self.policy.defer(save_due, eval_due)
@@ -548,12 +574,38 @@ class Trainer:
                 self._sample()
         return self._final_eval()
 
+    def _save_on_signal(self) -> None:
+        """Save the step reached unless latest/ holds it already; weights that overflowed since
+        the last check are not saved (latest/ stays the last good state)."""
+        if self.progress.step != self._saved_step and all_finite(self.model):
+            self.save(LATEST)
+
     def _interrupted(self, signum: int) -> Interrupted:
         """A stop the user asked for: where the run stands and the command that continues it."""
         return Interrupted(
-            f"stopped at step {self.progress.step}; saved {self.out / LATEST}; "
+            f"stopped at step {self._saved_step}; saved {self.out / LATEST}; "
             f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
             EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+        )
+
+    def _peer_lost(self) -> str:
+        """After another rank died: keep this step when the loss came between steps (rank 0's
+        weights and optimizer are every rank's; the other ranks' carried hidden states are
+        gone, so the resumed run starts its streams afresh), and say how to go on."""
+        saved = ""
+        if self.group.is_writer and self._between_steps and self.progress.step != self._saved_step:
+            try:
+                if all_finite(self.model):
+                    self.hidden = None  # gathering it would need the lost rank
+                    self.save(LATEST)
+                    saved = " (saved now, without the ranks' carried hidden state)"
+            except Exception:  # the lost rank is what the user must hear about
+                pass
+        return (
+            f"another process of this torchrun run stopped (killed, or failed: see its output); "
+            f"{self.out / LATEST} holds step {self._saved_step}{saved}; continue with "
+            f"torchrun ... charnn train --resume {_shell_quote(str(self.out))} "
+            f"(the same number of processes)"
         )
 
     def _save_what_we_can(self) -> None:
@@ -784,10 +836,30 @@ class Trainer:
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.group.check_resume(ckpt.meta.processes)
-        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        streams = self.batcher.batch_size * self.group.world_size  # a saved hidden state holds every rank's
+        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device, streams)
         self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
         if self.group.is_writer:
             self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether a failure in a collective means another rank went away (gloo or NCCL)."""
+    text = str(exc)
+    dist_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
+    return dist_error or (
+        isinstance(exc, RuntimeError)
+        and any(
+            needle in text
+            for needle in (
+                "Connection reset by peer",
+                "Connection closed by peer",
+                "Broken pipe",
+                "gloo",
+                "NCCL",
+            )
+        )
+    )
 
 
 def _shell_quote(text: str) -> str:
