@@ -47,7 +47,10 @@ from charnn.errors import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
-CKPT_HELP = "checkpoint: a run directory (uses best/, else latest/) or one checkpoint directory"
+CKPT_HELP = (
+    "checkpoint: a run directory (uses best/, else latest/), one checkpoint directory or an exported "
+    "file; by default ./checkpoints, else the newest run below it"
+)
 
 
 # ---------------------------------------------------------------------------- options from the schema
@@ -174,10 +177,22 @@ def _no_leftovers(options: dict[str, Any]) -> None:
         raise TypeError(f"options without a home: {', '.join(sorted(options))}")
 
 
-def checkpoint_option(multiple: bool = False) -> Callable[[F], F]:
-    """``-c/--checkpoint`` (env ``CHARNN_CHECKPOINT``). With ``multiple``, repeatable: the command
-    gives one block/row per checkpoint (the env value then splits on the path separator, ``:``)."""
-    help = CKPT_HELP + ("; repeatable  [default: checkpoints]" if multiple else "")
+def _checkpoint_default(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``-c`` left at its default: the newest run below ./checkpoints when that holds none
+    itself (see :mod:`charnn.locate`). A path the user gave is used as given."""
+    source = ctx.get_parameter_source(param.name or "")
+    if source is None or source.name != "DEFAULT" or ctx.resilient_parsing:
+        return value
+    from charnn.locate import default_checkpoint
+
+    return tuple(default_checkpoint(v) for v in value) if param.multiple else default_checkpoint(value)
+
+
+def checkpoint_option(multiple: bool = False, each: str = "") -> Callable[[F], F]:
+    """``-c/--checkpoint`` (env ``CHARNN_CHECKPOINT``), declared here once for every command.
+    With ``multiple``, repeatable: the command gives ``each`` (a block/row) per checkpoint (the
+    env value then splits on the path separator, ``:``)."""
+    help = CKPT_HELP + (f"; repeatable: {each}" if multiple else "")
     return click.option(
         "-c",
         "--checkpoint",
@@ -188,7 +203,8 @@ def checkpoint_option(multiple: bool = False) -> Callable[[F], F]:
         multiple=multiple,
         metavar="PATH",
         envvar="CHARNN_CHECKPOINT",
-        help=help,
+        callback=_checkpoint_default,
+        help=help + ("  [default: checkpoints]" if multiple else ""),
     )
 
 
@@ -429,16 +445,7 @@ def sample(
 
 @cli.command(name="eval")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "-c",
-    "--checkpoint",
-    "checkpoints",
-    multiple=True,
-    default=("checkpoints",),
-    show_default=True,
-    metavar="PATH",
-    help=CKPT_HELP + "; repeatable: one result per checkpoint",
-)
+@checkpoint_option(multiple=True, each="one result per checkpoint")
 @_json_option("one JSON object per checkpoint per line")
 @_encoding_errors_option
 @_cache_dir_option
@@ -507,7 +514,7 @@ def score(
 
 
 @cli.command()
-@checkpoint_option(multiple=True)
+@checkpoint_option(multiple=True, each="one block per checkpoint")
 @_json_option("the metadata as JSON, one object per checkpoint per line")
 def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     """Show what a checkpoint holds: model, vocabulary, progress, validation, how it was trained."""

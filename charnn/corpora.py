@@ -97,8 +97,11 @@ def find_entry(name: str, entries: list[CorpusEntry]) -> CorpusEntry:
     for entry in entries:
         if entry.name == name:
             return entry
-    known = ", ".join(e.name for e in entries)
-    raise ConfigError(f"unknown corpus {name!r}; known: {known} (see 'charnn corpora')")
+    from charnn.locate import close_match
+
+    guess = close_match(name, [e.name for e in entries])
+    known = f"did you mean {guess}?" if guess else "known: " + ", ".join(e.name for e in entries)
+    raise ConfigError(f"unknown corpus {name!r}; {known} (see 'charnn corpora')")
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -242,9 +245,21 @@ def resolve_names(files: list[str], fetcher: Callable[[CorpusEntry], Path]) -> l
     for f in files:
         entry = names.get(f) if f != "-" and not Path(f).exists() else None
         if entry is None:
+            _refuse_near_miss(f, names)
             out.append(f)
         elif entry.builtin:
             out.append(entry.url)
         else:
             out.append(str(fetcher(entry)))
     return out
+
+
+def _refuse_near_miss(name: str, names: dict[str, CorpusEntry]) -> None:
+    """A missing path that is nearly a registry name is a typo of it: say which."""
+    from charnn.locate import close_match
+
+    if name == "-" or Path(name).exists() or not _NAME.fullmatch(name):
+        return
+    guess = close_match(name, names)
+    if guess is not None:
+        raise DataError(f"{name}: no such file or corpus; did you mean {guess}? (see 'charnn corpora')")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from charnn.config import GATES
-from charnn.rundir import LATEST, MARKER, RunDir, resolve_checkpoint
+from charnn.rundir import BEST, LATEST, MARKER, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv"}  # besides hidden ones (.git, .venv)
@@ -125,12 +125,13 @@ def _tokenizer_text(tokenizer: dict[str, Any]) -> str:
 
 
 def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
-    """Run directories under ``root`` (itself included), in a stable order. Hidden directories,
-    virtual environments and node_modules are skipped; a run's own checkpoints are not entered."""
+    """Run directories under ``root`` (itself included) at any depth up to ``max_depth``, in a
+    stable order; runs inside runs too. Hidden directories, virtual environments and
+    node_modules are skipped; a run's own checkpoints are not entered."""
     root = Path(root)
-    if RunDir(root).holds_run():
-        yield root
-        return
+    run = RunDir(root).holds_run()
+    if run:
+        yield root  # and on: `charnn train` into ./checkpoints does not hide checkpoints/demo
     if max_depth <= 0:
         return
     try:
@@ -139,6 +140,8 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         return
     for child in children:
         if child.name.startswith(".") or child.name in SKIP_DIRS or (child / "pyvenv.cfg").exists():
+            continue
+        if run and child.name in (LATEST, BEST):  # the run's own checkpoints
             continue
         yield from find_runs(child, max_depth - 1)
 
