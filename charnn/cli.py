@@ -629,18 +629,14 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
         return
     from charnn.runs import list_corpora
 
-    for row in list_corpora(cache_dir):
-        if as_json:
+    rows = list_corpora(cache_dir)
+    if as_json:
+        for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
-            builtin = row["url"].startswith("builtin:")
-            verified = "sha256" if row["sha256"] else ("builtin" if builtin else "no")
-            cached = "cached" if row["cached"] else ""
-            click.echo(
-                f"{row['name']:20} {row['language']:3} {size:>8}  {verified:8} {cached:7} "
-                f"{row['description']}"
-            )
+    else:
+        from charnn.corpora import corpora_table
+
+        click.echo(corpora_table(rows))
 
 
 @corpora.command()

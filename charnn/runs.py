@@ -82,7 +82,7 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
             return _start_rank(request, group)
         finally:
             group.close()
-    request = replace(request, files=resolve_corpus_names(list(request.files)))
+    request = replace(request, files=resolve_corpus_names(list(request.files), request.cache_dir))
     if request.resume is not None:
         run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
@@ -678,8 +678,10 @@ def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: flo
     return str(path)
 
 
-def resolve_corpus_names(files: list[str]) -> list[str]:
-    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+def resolve_corpus_names(files: list[str], cache: str | None = None) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified
+    files, downloaded into ``cache`` (``--cache-dir``) when needed."""
     from charnn.corpora import cache_dir, resolve_names
 
-    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))
+    directory = cache_dir(cache)
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, directory, True, 60.0)))
