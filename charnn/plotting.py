@@ -41,7 +41,10 @@ def metrics_path(run: str) -> Path:
             return candidate
     if not path.exists():
         raise DataError(f"{run}: no such run directory")
-    raise DataError(f"{run}: no {METRICS} here (runs trained before charnn kept a history have none; `charnn info` still describes them)")
+    raise DataError(
+        f"{run}: no {METRICS} here (runs trained before charnn kept a history have none; "
+        "`charnn info` still describes them)"
+    )
 
 
 def load_series(runs: list[str], x: str) -> list[Series]:

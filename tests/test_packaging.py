@@ -6,12 +6,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import tomllib
 from pathlib import Path
+
+import pytest
 
 import charnn
 from charnn.corpora import load_registry, registry_path
 
+tomllib = pytest.importorskip("tomllib")  # 3.11+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = Path(charnn.__file__).resolve().parent
 
