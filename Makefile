@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 # The README's option tables are generated from the commands (see charnn/docs.py).
 readme: $(STAMP)
-	$(PY) -m charnn.docs README.md
+	$(PY) -m charnn.docs README.md docs/environment.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/sample_speed.py

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
-from charnn import __version__
+from charnn import __version__, envvars
 from charnn.config import (
     ENCODING_ERRORS,
     ModelConfig,
@@ -48,8 +48,8 @@ from charnn.errors import (
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
 CKPT_HELP = (
-    "checkpoint: a run directory (uses best/, else latest/), one checkpoint directory or an exported "
-    "file; by default ./checkpoints, else the newest run below it"
+    "a run directory (uses best/, else latest/) or one checkpoint directory (e.g. from charnn export); "
+    "by default ./checkpoints, else the newest run below it"
 )
 
 
@@ -222,11 +222,13 @@ def _encoding_errors_option(func: F) -> F:
 
 
 def _cache_dir_option(func: F) -> F:
+    """``--cache-dir``: one directory for downloaded corpora and encoded corpora alike."""
     return click.option(
         "--cache-dir",
+        type=click.Path(file_okay=False),
         default=None,
         metavar="DIR",
-        help="where encoded corpora are cached for later runs  "
+        help="cache for downloaded corpora (NAME.txt) and encoded corpora  "
         "[default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]",
     )(func)
 
@@ -610,12 +612,10 @@ def plot(runs: tuple[str, ...], out: str | None, x_axis: str, width: int | None,
 
 # ---------------------------------------------------------------------------- corpora
 
-CACHE_HELP = "download directory  [default: $CHARNN_CACHE, $XDG_CACHE_HOME/charnn or ~/.cache/charnn]"
-
 
 @cli.group(invoke_without_command=True)
 @_json_option("one JSON object per corpus per line")
-@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@_cache_dir_option
 @click.pass_context
 def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
     """List known public-domain corpora (name, size, verified, cached, description).
@@ -641,7 +641,7 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
 
 @corpora.command()
 @click.argument("name")
-@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@_cache_dir_option
 @click.option("--no-verify", is_flag=True, help="fetch a corpus whose registry entry has no sha256")
 @click.option(
     "--timeout",
@@ -655,6 +655,10 @@ def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> 
     from charnn.runs import fetch_corpus
 
     click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
+
+
+# Every option reads CHARNN_<COMMAND>_<FLAG> (and its shared short name, if any): see charnn.envvars.
+envvars.assign(cli)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -711,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     _terminate_like_interrupt()
     try:
-        result = cli.main(args=argv, prog_name="charnn", standalone_mode=False, auto_envvar_prefix="CHARNN")
+        result = cli.main(args=argv, prog_name="charnn", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code

@@ -1,9 +1,10 @@
 """The README's option tables, derived from the click commands (themselves derived from the
 config dataclasses), so the README cannot drift from ``--help``.
 
-``python -m charnn.docs README.md`` rewrites every block between
-``<!-- options: COMMAND -->`` and ``<!-- /options -->``; ``make readme`` runs it and a test
-checks that the README is up to date.
+``python -m charnn.docs README.md docs/environment.md`` rewrites every block between
+``<!-- options: COMMAND -->`` and ``<!-- /options -->``, and the table of environment variables
+between ``<!-- envvars -->`` and ``<!-- /envvars -->``; ``make readme`` runs it and tests check
+that the files are up to date.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 _BLOCK = re.compile(r"(<!-- options: ([\w-]+) -->\n)(.*?)(<!-- /options -->)", re.S)
+_ENV_BLOCK = re.compile(r"(<!-- envvars -->\n)(.*?)(<!-- /envvars -->)", re.S)
 _DEFAULT = re.compile(r"\s*\[default: (.*?)\]$")
 
 
@@ -46,16 +48,20 @@ def options_table(command: str) -> str:
 
 def render(readme: str) -> str:
     """``readme`` with every options block regenerated."""
-    return _BLOCK.sub(lambda m: m.group(1) + options_table(m.group(2)) + m.group(4), readme)
+    from charnn import envvars
+    from charnn.cli import cli
+
+    readme = _BLOCK.sub(lambda m: m.group(1) + options_table(m.group(2)) + m.group(4), readme)
+    return _ENV_BLOCK.sub(lambda m: m.group(1) + envvars.table(cli) + m.group(3), readme)
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0] if argv else "README.md")
-    text = path.read_text(encoding="utf-8")
-    new = render(text)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-        print(f"{path}: option tables updated", file=sys.stderr)
+    for path in map(Path, argv or ["README.md"]):
+        text = path.read_text(encoding="utf-8")
+        new = render(text)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"{path}: option tables updated", file=sys.stderr)
     return 0
 
 
