@@ -235,10 +235,6 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_meta(directory: Path) -> dict[str, Any]:
-    return parse_meta(read_bounded(directory / META, MAX_META_FILE), directory)
-
-
 def parse_meta(raw: bytes, directory: Path) -> dict[str, Any]:
     try:
         meta = json.loads(raw.decode("utf-8"))

@@ -415,12 +415,6 @@ def sample(
     _no_leftovers(options)
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
-    if given.get("beam") is not None and (
-        given.get("temperature", 0) > 0 or given.get("top_k") or given.get("top_p")
-    ):
-        raise ConfigError(
-            "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
-        )
     if prompts is not None and (prime is not None or prime_file is not None):
         raise ConfigError(
             "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from charnn.atomic import write_atomic
 from charnn.config import TokenizerConfig
 from charnn.data import BUILTIN_CORPUS, Corpus, load_corpus, resolve_sources
 from charnn.errors import CharnnError, DataError
@@ -152,12 +152,7 @@ def _text_pieces(src: _Source, errors: str, split_lines: bool) -> Iterator[tuple
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, data, durable=False)  # a lost record is rebuilt, never trusted half-written
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

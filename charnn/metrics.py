@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from charnn.atomic import write_atomic
 from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 METRICS = "metrics.jsonl"
@@ -76,13 +77,7 @@ class MetricsLog:
         if not self.path.exists():
             return
         keep = [row for row in read_metrics(self.path) if row["step"] <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in keep:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
 
     def append(self, row: dict[str, Any]) -> None:
         if self._fh is None:

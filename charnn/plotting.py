@@ -16,7 +16,6 @@ from typing import Any
 from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.metrics import METRICS, read_metrics
 
-X_AXES = ("steps", "time", "chars")
 _X_FIELD = {"steps": "step", "time": "elapsed", "chars": "chars"}
 # (train, val) markers per run: distinct shapes, so a chart without colour still tells them apart.
 MARKERS = [("·", "●"), ("+", "▲"), ("x", "■"), ("-", "◆"), ("'", "★"), (":", "◎")]

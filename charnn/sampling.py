@@ -179,8 +179,9 @@ def generate(
     text; with ``heal`` the prime's last subword token is regenerated so the seam is tokenized
     as in training. Without rules every token is one character and every id may be drawn.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
-    result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
-    rejects those combinations). Draws use uniforms from ``rng``: same seed, same output.
+    result with the whole text. Beam search takes no temperature, top-k or top-p
+    (:class:`~charnn.config.SampleConfig` refuses those combinations). Draws use uniforms
+    from ``rng``: same seed, same output.
     ``keep[i]`` False: sample i is only streamed, its ids and text are not collected, so an
     endless stream runs in constant memory (default: keep all).
     """
@@ -233,7 +234,7 @@ class _Picker:
     def __init__(self, config: SampleConfig, uniforms: _Uniforms | None) -> None:
         """``uniforms``: the stream draws come from; None when the caller always passes its own
         to :meth:`many` (batched prompts, one stream per prompt)."""
-        t = config.temperature
+        t = config.temp
         self.greedy = t == 0 or 1.0 / t > _F32_MAX
         self.inv_temp = 0.0 if self.greedy else 1.0 / t
         self.config, self.uniforms = config, uniforms
@@ -284,7 +285,7 @@ class _Picker:
         else:
             if self.filtered:
                 cfg = self.config
-                weights = np.exp(filter_logits(draw, cfg.temperature, cfg.top_k, cfg.top_p))
+                weights = np.exp(filter_logits(draw, cfg.temp, cfg.top_k, cfg.top_p))
             else:
                 weights = np.exp(draw * np.float32(self.inv_temp))
             u = self._stream().take(len(logits)) if uniforms is None else uniforms
