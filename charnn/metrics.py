@@ -19,7 +19,7 @@ the first step, every validated step and the last step always get one.
 Crash safety: each row is appended and flushed whole. A torn last line (power cut) is skipped by
 :func:`read_metrics`. On ``--resume`` the rows after the checkpoint's step belong to the abandoned
 tail after the last save; :meth:`MetricsLog.rewind` drops them by rewriting the file atomically
-(``os.replace``) before the run appends again, so steps never repeat and none go missing.
+(``charnn.atomic``) before the run appends again, so steps never repeat and none go missing.
 No torch import: ``charnn runs`` and ``charnn plot`` read these files cheaply.
 """
 
