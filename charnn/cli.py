@@ -293,6 +293,7 @@ def cli() -> None:
       charnn eval held-out.txt --json    loss and bits per character
       charnn score lines.txt --json      per-line log-probabilities
       charnn info                        what a checkpoint holds
+      charnn export RUN OUT              the checkpoint to share (no optimizer state)
       charnn runs                        every run under this directory, best first
       charnn plot RUN... [-o curves.png] learning curves
       charnn corpora                     public-domain corpora to fetch and train on
@@ -523,6 +524,22 @@ def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
             click.echo(json.dumps(data, ensure_ascii=False))
         else:
             click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="replace an earlier export at OUT")
+def export(run: str, out: str, force: bool) -> None:
+    """Write the checkpoint to share: RUN's weights and metadata (its best/ for a run directory)
+    without the optimizer state, as directory OUT. sample, eval, score, info and
+    train --init-from take it; it cannot be resumed."""
+    from charnn.console import note
+    from charnn.export import export_checkpoint
+
+    target = export_checkpoint(run, out, force=force)
+    size = sum(f.stat().st_size for f in target.iterdir())
+    note(f"wrote {target} ({size / 1e6:.1f} MB): share it; sample with: charnn sample -c {target}")
 
 
 # ---------------------------------------------------------------------------- runs / plot
