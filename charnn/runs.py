@@ -413,7 +413,9 @@ def run_prompts(
     out: TextIO | None = None,
 ) -> None:
     """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
-    are written in prompt order as each batch of prompts finishes."""
+    are written in prompt order as each batch of prompts finishes. A line that ``--prime`` would
+    refuse (a character the model does not know) is reported on stderr and skipped; the others
+    are continued, and the command then fails naming the lines (exit 3)."""
     import json
 
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
@@ -422,20 +424,32 @@ def run_prompts(
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
+    encoded: dict[int, np.ndarray] = {}  # line index (from 0) -> prime ids, for the lines that encode
+    failed: list[int] = []
+    for i, text in enumerate(prompts):
+        try:
+            encoded[i] = encode_prime(tokenizer, text, f"--prompts line {i + 1}")
+        except DataError as exc:
+            from charnn.console import error
+
+            failed.append(i + 1)
+            if len(failed) <= 20:  # the summary at the end counts the rest
+                error(f"{exc}: skipped")
+    lines = sorted(encoded)
     stepper = FastStepper(ckpt.config, ckpt.weights)
     seed = sampling_seed(config)
     first = True
-    for start in range(0, len(prompts), BATCH_PROMPTS):
-        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
-        heal = [bool(p) for p in prompts[start : start + len(seeds)]]  # as --prime heals its text
-        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds, heal)
-        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
-            prompt = prompts[start + offset]
+    for start in range(0, len(lines), BATCH_PROMPTS):
+        chunk = lines[start : start + BATCH_PROMPTS]
+        seeds = [prompt_seed(seed, i) for i in chunk]  # a line's seed is fixed by its place in the file
+        heal = [bool(prompts[i]) for i in chunk]  # as --prime heals its text
+        batch = sample_prompts(stepper, [encoded[i] for i in chunk], config, tokenizer, seeds, heal)
+        for index, samples, prompt_seed_ in zip(chunk, batch, seeds, strict=True):
+            prompt = prompts[index]
             for j, s in enumerate(samples):
                 if as_json:
                     row = {
-                        "line": start + offset + 1,
+                        "line": index + 1,
                         "sample": j,
                         "seed": prompt_seed_,
                         "prime": prompt,
@@ -449,8 +463,14 @@ def run_prompts(
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False
         out.flush()
-    if not as_json and out.isatty():
+    if not as_json and out.isatty() and lines:
         out.write("\n")
+    if failed:
+        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        raise DataError(
+            f"--prompts: {len(failed)} of {len(prompts)} lines could not be continued (line {shown}); "
+            "the others were"
+        )
 
 
 def read_prompts(source: str) -> list[str]:
