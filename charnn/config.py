@@ -464,6 +464,26 @@ class SampleConfig(_Validated):
         metadata=opt("beam search of width W (most probable continuation)", min=1, max=4096, metavar="W"),
     )
     length_penalty: float = field(default=1.0, metadata=opt("beam ranking: logprob / length**P", min=0))
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata=opt(
+            "divide the probability of each token the sample already holds by P; 1 = off "
+            "(sampling and beam)",
+            min=1,
+            max=1e6,
+            metavar="P",
+        ),
+    )
+    no_repeat_ngram: int = field(
+        default=0,
+        metadata=opt(
+            "never repeat a sequence of N tokens within a sample; 0 = off; a char model counts "
+            "characters (try 12), subwords pieces (try 3) (sampling and beam)",
+            min=0,
+            max=1 << 20,
+            metavar="N",
+        ),
+    )
     num_samples: int = field(
         default=1, metadata=opt("samples, generated as one batch", short="-k", min=1, max=65536)
     )

@@ -62,6 +62,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "top_p": ("0.9", 0.9),
     "beam": ("3", 3),
     "length_penalty": ("0.5", 0.5),
+    "repetition_penalty": ("1.5", 1.5),
+    "no_repeat_ngram": ("6", 6),
     "num_samples": ("2", 2),
     "stops": ("xy", ("xy",)),
 }
