@@ -467,8 +467,7 @@ class SampleConfig(_Validated):
     repetition_penalty: float = field(
         default=1.0,
         metadata=opt(
-            "divide the probability of each token the sample already holds by P; 1 = off "
-            "(sampling and beam)",
+            "divide the probability of each token the sample already holds by P; 1 = off (sampling and beam)",
             min=1,
             max=1e6,
             metavar="P",

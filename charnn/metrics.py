@@ -5,14 +5,17 @@ summed over resumes)::
 
     {"kind": "start", "step": 0, "argv": [...], "charnn": "0.1.0", "torch": "2.13.0", "device": "cpu", ...}
     {"kind": "progress", "step": 120, "elapsed": 31.2, "tokens": 245760, "chars": 245760,
-     "loss": 1.71, "bpc": 2.47, "lr": 0.0049, "chars_per_s": 7900.0}
+     "loss": 1.71, "bpc": 2.47, "bpt": 2.47, "lr": 0.0049, "chars_per_s": 7900.0}
     {"kind": "val", "step": 250, "elapsed": 64.0, "tokens": 512000, "chars": 512000, "loss": 1.52,
      "bpc": 2.19, "best_bpc": 2.19, "is_best": true}
     {"kind": "stop", "step": 1500, "elapsed": 380.1, "reason": "early stopping: ..."}
     {"kind": "end", "step": 1500, "elapsed": 381.0, "best_bpc": 1.98}
 
-``loss``/``bpc`` of a progress row are the mean over the steps since the previous row (not one
-noisy batch). Progress rows are written at most once a second, and ever more sparsely as the run
+``loss``/``bpc``/``bpt`` of a progress row are the mean over the steps since the previous row (not
+one noisy batch): ``loss`` in nats per token, ``bpt`` bits per token, ``bpc`` bits per character
+(equal for the char tokenizer; a subword run's ``bpc`` is comparable with validation's). Rows
+written before ``bpt`` existed held bits per token under ``bpc``: :func:`progress_bpc` reads them.
+Progress rows are written at most once a second, and ever more sparsely as the run
 grows (at most one per ``elapsed / 2000`` seconds), so a day-long run writes ~10k rows, not 10M;
 the first step, every validated step and the last step always get one.
 
@@ -55,6 +58,23 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return rows
+
+
+def progress_bpc(row: dict[str, Any]) -> float | None:
+    """Bits per character of a progress row, also of an old one (no ``bpt``), whose ``bpc`` was
+    bits per token: rescaled by the run's tokens per character so far (1 for characters)."""
+    bpc, tokens, chars = row.get("bpc"), row.get("tokens"), row.get("chars")
+    if not _finite(bpc):
+        return None
+    value = float(bpc)  # type: ignore[arg-type]
+    if "bpt" in row or row.get("kind") != "progress" or not (_finite(tokens) and _finite(chars)):
+        return value
+    ratio = float(tokens) / float(chars) if chars and tokens and chars > 0 and tokens > 0 else 1.0  # type: ignore[arg-type, operator]
+    return value * ratio
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _clean(value: Any) -> Any:
@@ -101,6 +121,7 @@ class MetricsReporter:
         self.last_step = -1
         self.last_time = -math.inf
         self._losses: list[float] = []
+        self._bpcs: list[float] = []  # bits per character of the same steps
         self._pending: StepReport | None = None
         self._seen = (0, 0)  # tokens and chars at the last reported step
 
@@ -125,10 +146,11 @@ class MetricsReporter:
     def progress(self, report: StepReport) -> None:
         if report.step <= self.last_step:  # divergence recovery replays steps from latest/
             self.log.rewind(report.step - 1)
-            self._losses, self._pending = [], None
+            self._losses, self._bpcs, self._pending = [], [], None
         self.last_step = report.step
         self._seen = (report.tokens, report.chars)
         self._losses.append(report.loss)
+        self._bpcs.append(report.bpc)
         self._pending = report
         due = max(MIN_INTERVAL, report.elapsed / SPARSITY)
         if report.step == 1 or report.elapsed - self.last_time >= due:
@@ -140,6 +162,7 @@ class MetricsReporter:
         if report is None or not losses:
             return
         loss = sum(losses) / len(losses)
+        bpc = sum(self._bpcs) / len(self._bpcs)
         self.log.append(
             {
                 "kind": "progress",
@@ -148,13 +171,14 @@ class MetricsReporter:
                 "tokens": report.tokens,
                 "chars": report.chars,
                 "loss": loss,
-                "bpc": loss / math.log(2),
+                "bpc": bpc,  # bits per character, as validation's
+                "bpt": loss / math.log(2),  # bits per token
                 "lr": report.lr,
                 "chars_per_s": round(report.chars_per_s, 1),
             }
         )
         self.last_time = report.elapsed
-        self._losses, self._pending = [], None
+        self._losses, self._bpcs, self._pending = [], [], None
 
     def validating(self, step: int) -> None:
         self._flush_progress()  # the validated step's training row comes first

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from charnn.errors import CharnnError, ConfigError, DataError
-from charnn.metrics import METRICS, read_metrics
+from charnn.metrics import METRICS, progress_bpc, read_metrics
 
 _X_FIELD = {"steps": "step", "time": "elapsed", "chars": "chars"}
 # (train, val) markers per run: distinct shapes, so a chart without colour still tells them apart.
@@ -47,25 +47,41 @@ def metrics_path(run: str) -> Path:
 
 
 def load_series(runs: list[str], x: str) -> list[Series]:
-    """Train and validation bpc of each run against ``x`` (steps, time in seconds, or chars)."""
+    """Train and validation bpc of each run against ``x`` (steps, time in seconds, or chars).
+    Both are bits per character, whatever the tokenizer; each run is named by the shortest
+    trailing part of its path that tells it from the others (``xa/run``, ``xb/run``)."""
     key = _X_FIELD[x]
     out = []
-    for run in runs:
-        path = metrics_path(run)
-        name = path.parent.resolve().name if path.name == METRICS else path.name
+    paths = [metrics_path(run) for run in runs]
+    names = run_labels([p.parent.resolve() if p.name == METRICS else p.resolve() for p in paths])
+    for run, path, name in zip(runs, paths, names, strict=True):
         rows = read_metrics(path)
         for kind in ("train", "val"):
             wanted = "progress" if kind == "train" else "val"
             points = [
-                (float(r[key]), float(r["bpc"]))
+                (float(r[key]), y)
                 for r in rows
-                if r["kind"] == wanted and _number(r.get(key)) and _number(r.get("bpc"))
+                if r["kind"] == wanted and _number(r.get(key)) and (y := progress_bpc(r)) is not None
             ]
             if points:
                 out.append(Series(name, kind, [p[0] for p in points], [p[1] for p in points]))
         if not any(s.run == name for s in out):
             raise DataError(f"{run}: {path.name} holds no progress rows yet")
     return out
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """For each path, its shortest trailing part that no other (different) path ends with:
+    ``xa/run`` and ``xb/run`` for two runs named ``run`` (the same run twice keeps one name)."""
+    parts = [p.parts for p in paths]
+    labels = []
+    for mine in parts:
+        others = [q for q in parts if q != mine]
+        depth = next(
+            (d for d in range(1, len(mine) + 1) if all(q[-d:] != mine[-d:] for q in others)), len(mine)
+        )
+        labels.append("/".join(mine[-depth:]).lstrip("/") or str(Path(*mine)))
+    return labels
 
 
 def _number(value: Any) -> bool:
