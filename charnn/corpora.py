@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import re
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -31,6 +32,11 @@ if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; only the annotation needs
 
 BUILTIN_PREFIX = "builtin:"
 _CHUNK = 1 << 16
+# python.org's macOS builds ship without trusted root certificates until this is run once.
+TLS_HINT = (
+    "this Python trusts no certificate authority: on macOS with python.org's Python run "
+    "'Install Certificates.command' (in /Applications/Python 3.x), or set SSL_CERT_FILE"
+)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
 
@@ -209,6 +215,8 @@ def fetch(
         reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", None)
         if isinstance(exc.reason, TimeoutError):
             reason = f"timed out after {timeout:g}s"
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            reason = f"{exc.reason.verify_message or 'certificate verify failed'}; {TLS_HINT}"
         raise CharnnError(f"{entry.url}: cannot download ({reason or exc.reason})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise CharnnError(
