@@ -16,8 +16,8 @@ import time
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
-from charnn.reporting import NullReporter
 from charnn.train import Trainer
+from charnn.train_records import NullReporter
 
 
 def main() -> None:

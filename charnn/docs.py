@@ -1,10 +1,10 @@
-"""The README's option tables, derived from the click commands (themselves derived from the
-config dataclasses), so the README cannot drift from ``--help``.
+"""The option tables of the docs, derived from the click commands (themselves derived from the
+config dataclasses), so the docs cannot drift from ``--help``.
 
-``python -m charnn.docs README.md docs/environment.md`` rewrites every block between
-``<!-- options: COMMAND -->`` and ``<!-- /options -->``, and the table of environment variables
-between ``<!-- envvars -->`` and ``<!-- /envvars -->``; ``make readme`` runs it and tests check
-that the files are up to date.
+``python -m charnn.docs docs/usage.md docs/environment.md`` rewrites every block between
+``<!-- options: COMMAND -->`` and ``<!-- /options -->`` in the files named, and the table of
+environment variables between ``<!-- envvars -->`` and ``<!-- /envvars -->``; ``make readme``
+runs it on both and tests check that they are up to date.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+USAGE = Path(__file__).resolve().parent.parent / "docs" / "usage.md"
 _BLOCK = re.compile(r"(<!-- options: ([\w-]+) -->\n)(.*?)(<!-- /options -->)", re.S)
 _ENV_BLOCK = re.compile(r"(<!-- envvars -->\n)(.*?)(<!-- /envvars -->)", re.S)
 _DEFAULT = re.compile(r"\s*\[default: (.*?)\]$")
@@ -56,7 +57,7 @@ def render(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    for path in map(Path, argv or ["README.md"]):
+    for path in [Path(name) for name in argv] or [USAGE]:
         text = path.read_text(encoding="utf-8")
         new = render(text)
         if new != text:

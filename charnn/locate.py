@@ -27,7 +27,7 @@ def close_match(name: str, candidates: Iterable[str]) -> str | None:
 
 def runs_below(path: Path) -> list[Path]:
     """Run directories below ``path`` (itself excluded), at any depth ``charnn runs`` looks."""
-    from charnn.history import find_runs
+    from charnn.run_catalog import find_runs
 
     return [run for run in find_runs(path) if run != path]
 

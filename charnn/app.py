@@ -230,7 +230,7 @@ def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[An
     """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
     other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
-    from charnn.reporting import NullReporter
+    from charnn.train_records import NullReporter
 
     inv = invocation(request.argv)
     if group is not None and not group.is_writer:
@@ -542,7 +542,7 @@ def run_eval(
         if html is not None:
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
     if html is not None:
-        from charnn.report import build_report, write_report
+        from charnn.surprisal_page import build_report, write_report
 
         if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
             raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
@@ -558,7 +558,7 @@ def run_eval(
 def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
-    from charnn.report import ModelReport
+    from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
@@ -646,8 +646,8 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
-    from charnn.history import describe
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.run_catalog.describe`)."""
+    from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
     info = describe(ckpt.meta, ckpt.path)
