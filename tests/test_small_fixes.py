@@ -72,7 +72,7 @@ def test_one_atomic_write_helper() -> None:
     import charnn
 
     package = Path(charnn.__file__).parent
-    for module in ("metrics.py", "corpus_cache.py", "report.py"):
+    for module in ("metrics.py", "corpus_cache.py", "surprisal_page.py"):
         text = (package / module).read_text()
         assert "write_atomic" in text, module
         if module != "corpus_cache.py":
