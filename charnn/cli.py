@@ -562,7 +562,8 @@ def export(run: str, out: str, force: bool) -> None:
 
     target = export_checkpoint(run, out, force=force)
     size = sum(f.stat().st_size for f in target.iterdir())
-    note(f"wrote {target} ({size / 1e6:.1f} MB): share it; sample with: charnn sample -c {target}")
+    shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} KB"
+    note(f"wrote {target} ({shown}): share it; sample with: charnn sample -c {target}")
 
 
 # ---------------------------------------------------------------------------- runs / plot
