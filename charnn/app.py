@@ -61,6 +61,7 @@ class TrainRequest:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    vocabulary: Any = None  # a ready tokenizer for a new run (classify's members share one)
 
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
@@ -160,7 +161,13 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
 
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.distributed import SOLO
-    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
+    from charnn.trainer import (
+        Trainer,
+        check_resume_corpus,
+        init_from_hint,
+        merge_resume,
+        refuse_contradictions,
+    )
 
     group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
@@ -204,7 +211,7 @@ def _notes(corpus: Corpus, group: Any) -> None:
 
 
 def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
@@ -215,6 +222,8 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
             flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
             raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
         source = load_checkpoint(tokenizer.source).tokenizer
+    if request.vocabulary is not None:
+        source = request.vocabulary
     # subwords learn from the training split only (val_fraction)
     corpus = cached_corpus(
         request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
@@ -242,7 +251,7 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
     the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
     from charnn import finetune
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     assert request.init_from is not None
     parent = load_checkpoint(request.init_from)

@@ -37,15 +37,28 @@ def long_flag(option: click.Option) -> str:
 
 class EnvOption(click.Option):
     """A click option whose environment value is checked like a typed one, and whose errors
-    name the variable when the value came from the environment."""
+    name the variable when the value came from the environment. The derived variable is read
+    only when charnn's own entry point runs the command (``charnn.cli.main`` sets click's
+    ``auto_envvar_prefix``); embedded use (``charnn.train()``) reads only the shared names."""
 
-    def _variable_used(self) -> str | None:
+    shared_envvars: tuple[str, ...] = ()
+
+    def _names(self, ctx: click.Context | None) -> list[str]:
         names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or ())
-        return next((n for n in names if os.environ.get(n)), None)
+        if ctx is not None and ctx.auto_envvar_prefix is None:
+            return [n for n in names if n in self.shared_envvars]
+        return names
+
+    def _variable_used(self, ctx: click.Context | None = None) -> str | None:
+        return next((n for n in self._names(ctx) if os.environ.get(n)), None)
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        name = self._variable_used(ctx)
+        return os.environ[name] if name else None
 
     def get_error_hint(self, ctx: click.Context | None) -> str:
         source = ctx.get_parameter_source(self.name) if ctx is not None and self.name else None
-        used = self._variable_used() if source == click.core.ParameterSource.ENVIRONMENT else None
+        used = self._variable_used(ctx) if source == click.core.ParameterSource.ENVIRONMENT else None
         if used is not None:
             return f"environment variable {used}"
         return super().get_error_hint(ctx)
@@ -53,7 +66,7 @@ class EnvOption(click.Option):
     def value_from_envvar(self, ctx: click.Context) -> Any:
         raw = self.resolve_envvar_value(ctx)
         if raw is not None and self.is_flag and raw.strip().lower() not in _TRUE + _FALSE:
-            used = self._variable_used()
+            used = self._variable_used(ctx)
             raise click.BadParameter(
                 f"{raw!r} is not one of {'/'.join(_TRUE[:4])} or {'/'.join(_FALSE[:4])}",
                 ctx=ctx,
@@ -63,10 +76,12 @@ class EnvOption(click.Option):
 
 
 def _commands(group: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
+    """(the path its variables are named after, command). A hidden subcommand is its group's
+    default action (``charnn classify -m X`` runs ``classify apply``): named after the group."""
     yield path, group
     if isinstance(group, click.Group):
         for name, command in sorted(group.commands.items()):
-            yield from _commands(command, [*path, name])
+            yield from _commands(command, path if command.hidden else [*path, name])
 
 
 def _options(command: click.Command) -> Iterator[click.Option]:
@@ -87,6 +102,7 @@ def assign(root: click.Group) -> None:
             shared = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or ())
             option.envvar = [variable(path, long_flag(option)), *shared]
             option.__class__ = EnvOption  # the same option, checked and named as above
+            option.shared_envvars = tuple(shared)  # type: ignore[attr-defined]
             option.allow_from_autoenv = False  # only the names above, never a parameter-derived one
 
 

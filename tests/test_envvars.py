@@ -41,7 +41,7 @@ def _valid_text(option: click.Option) -> str:
 
 
 def _context(command_path: str) -> click.Context:
-    ctx = click.Context(cli, info_name="charnn")
+    ctx = click.Context(cli, info_name="charnn", auto_envvar_prefix="CHARNN")  # as charnn.cli.main runs it
     command: click.Command = cli
     for name in command_path.split()[1:]:
         assert isinstance(command, click.Group)
@@ -56,7 +56,16 @@ def test_docs_list_every_option_with_the_variable_it_reads():
     assert len(documented) >= 60
     for command_path, flag, names in documented:
         ctx = _context(command_path)
-        option = next(p for p in ctx.command.params if isinstance(p, click.Option) and flag in p.opts)
+        commands = [ctx.command]
+        if isinstance(ctx.command, click.Group):  # a hidden default subcommand is named after its group
+            hidden = [(n, c) for n, c in ctx.command.commands.items() if c.hidden]
+            commands += [c for _, c in hidden]
+        owner = next(
+            c for c in commands if any(flag in p.opts for p in c.params if isinstance(p, click.Option))
+        )
+        if owner is not ctx.command:
+            ctx = click.Context(owner, info_name=owner.name, parent=ctx)
+        option = next(p for p in owner.params if isinstance(p, click.Option) and flag in p.opts)
         assert names[0] == envvars.variable(command_path.split()[1:], flag)
         for name in names:  # each documented variable alone is read, as the option's value
             with pytest.MonkeyPatch.context() as mp:
@@ -106,3 +115,16 @@ def test_command_line_wins_over_environment(run_cli, trained_run):
     proc = run_cli("sample", "-c", trained_run, "--length", "5", env={"CHARNN_SAMPLE_SEED": "1"})
     again = run_cli("sample", "-c", trained_run, "--length", "5", "--seed", "1")
     assert proc.stdout == again.stdout
+
+
+def test_embedded_use_reads_only_the_shared_names(trained_run):
+    """charnn.train() and other embedders run the commands without charnn's entry point: the
+    per-command variables are the command line's business, not the library's."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(
+        cli, ["sample", "--length", "5", "--seed", "1"],
+        env={"CHARNN_SAMPLE_LENGTH": "abc", "CHARNN_CHECKPOINT": str(trained_run)},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout) == 5

@@ -186,8 +186,8 @@ def test_a_closed_stdout_is_no_traceback(
 def _trainer(tmp_path: Path, corpus_file: Path, **train: Any):  # type: ignore[no-untyped-def]
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
-    from charnn.train import Trainer
     from charnn.train_records import NullReporter
+    from charnn.trainer import Trainer
 
     corpus = load_corpus([str(corpus_file)])
     config = TrainConfig(
