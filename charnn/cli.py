@@ -27,6 +27,7 @@ import click
 from charnn import __version__, envvars
 from charnn.config import (
     ENCODING_ERRORS,
+    AdaptConfig,
     ModelConfig,
     Opt,
     SampleConfig,
@@ -482,7 +483,10 @@ def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -
     show_default=True,
     help="predictions shown per character on the --html page",
 )
+@config_options(AdaptConfig)
+@click.pass_context
 def eval_(
+    ctx: click.Context,
     files: tuple[str, ...],
     checkpoints: tuple[str, ...],
     as_json: bool,
@@ -490,22 +494,46 @@ def eval_(
     cache_dir: str | None,
     html: str | None,
     top_k: int,
+    **options: Any,
 ) -> None:
-    """Loss and bits per character of the model(s) on FILES (- = stdin)."""
+    """Loss and bits per character of the model(s) on FILES (- = stdin); --adapt adds the
+    figures of a model that keeps learning from the text as it reads it."""
     from charnn.app import run_eval
 
+    adapt = _adapt_config(ctx, options)
     rows = run_eval(
-        list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
+        list(checkpoints),
+        list(files),
+        encoding_errors,
+        html=html,
+        top_k=top_k,
+        cache_dir=cache_dir,
+        adapt=adapt,
     )
+    several = len(checkpoints) > 1
     for row in rows:
         if as_json:
             click.echo(json.dumps(row))
         else:
-            where = f"  checkpoint {row['checkpoint']}" if len(rows) > 1 else ""
+            where = f"  checkpoint {row['checkpoint']}" if several else ""
+            mode = "  (adaptive)" if row.get("adaptive") else ""
             click.echo(
                 f"bpc {row['bpc']:.4f}  bpt {row['bpt']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
-                f"tokens {row['tokens']}{where}"
+                f"tokens {row['tokens']}{where}{mode}"
             )
+
+
+def _adapt_config(ctx: click.Context, options: dict[str, Any]) -> AdaptConfig | None:
+    """--adapt and its settings; the settings alone are a usage error (they would do nothing)."""
+    given = take_config(ctx, options, AdaptConfig)
+    _no_leftovers(options)
+    config = AdaptConfig(**given)
+    if not config.adapt:
+        if given:
+            flags = [flag_of(f) for f in dataclasses.fields(AdaptConfig) if f.name in given]
+            raise ConfigError(f"{', '.join(flags)} only make(s) sense with --adapt")
+        return None
+    return config
 
 
 @cli.command()
@@ -515,18 +543,24 @@ def eval_(
 @click.option("--whole", is_flag=True, help="score each input as one text instead of line by line")
 @_json_option("one JSON object per input line")
 @_encoding_errors_option
+@config_options(AdaptConfig)
+@click.pass_context
 def score(
+    ctx: click.Context,
     files: tuple[str, ...],
     checkpoint: str,
     context: str | None,
     whole: bool,
     as_json: bool,
     encoding_errors: str,
+    **options: Any,
 ) -> None:
-    """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates."""
+    """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates;
+    with --adapt the model learns from each line after scoring it."""
     from charnn.app import run_score
 
-    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
+    adapt = _adapt_config(ctx, options)
+    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, adapt=adapt):
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False))
         else:
