@@ -15,23 +15,44 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
+from charnn.checkpoint import (
+    BEST,
+    LATEST,
+    META,
+    Checkpoint,
+    check_training_meta,
+    load_checkpoint,
+    train_config,
+)
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.console import TrainReporter, note
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
-from charnn.errors import CharnnError, ConfigError, DataError
+from charnn.errors import CharnnError, ConfigError, DataError, VocabularyError, located
+from charnn.metrics_rows import Invocation
+from charnn.results import EvalRow, InfoRow, SampleRow, ScoreRow
 from charnn.rundir import RunDir, resolve_checkpoint
+from charnn.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch-side types: this module imports torch only where a command needs it
+    from charnn.config import AdaptConfig
+    from charnn.corpora import CorpusEntry
+    from charnn.distributed import Group
+    from charnn.model import CharRNN
+    from charnn.scoring import EvalResult
+    from charnn.surprisal_page import ModelReport
+    from charnn.train_records import Reporter
+    from charnn.trainer import Trainer
 
 # ---------------------------------------------------------------------------- train
 
 
 def cached_corpus(
     files: Sequence[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer | TokenizerConfig,
     encoding_errors: str,
     cache_dir: str | None,
     val_fraction: float = 0.0,
@@ -102,7 +123,7 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
         return _run(trainer)
 
 
-def _start_rank(request: TrainRequest, group: Any) -> dict[str, Any]:
+def _start_rank(request: TrainRequest, group: Group) -> dict[str, Any]:
     """One rank of a data-parallel run: rank 0 as a single process would, the others without
     the lock, the checks of the directory, or output. (Registry corpus names are not fetched
     here: every rank would download; give paths.)"""
@@ -138,9 +159,9 @@ def _run_to_resume(path: Path) -> RunDir:
     return RunDir(path)
 
 
-def _run(trainer: Any) -> dict[str, Any]:
+def _run(trainer: Trainer) -> dict[str, Any]:
     try:
-        return trainer.run()  # type: ignore[no-any-return]
+        return trainer.run()
     finally:
         trainer.reporter.close()
 
@@ -159,7 +180,7 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
         )
 
 
-def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
+def _resumed_trainer(request: TrainRequest, run: RunDir, group: Group | None = None) -> Trainer:
     from charnn.distributed import SOLO
     from charnn.trainer import (
         Trainer,
@@ -171,8 +192,8 @@ def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> A
 
     group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
-    check_training_meta(ckpt)
-    group.check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus
+    records = check_training_meta(ckpt)
+    group.check_resume(ckpt.meta.processes)  # before reading the corpus
     refuse_contradictions(ckpt.config, request.model, request.model)
     kind = TokenizerConfig(kind=request.tokenizer.get("kind", ckpt.tokenizer.kind)).kind  # sentencepiece
     if kind != ckpt.tokenizer.kind:
@@ -180,16 +201,16 @@ def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> A
             f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
     config = merge_resume(train_config(ckpt), request.train)
-    sources = list(request.files) or ckpt.meta["corpus"]["sources"]
+    sources = list(request.files) or records.corpus.sources
     try:
         corpus = cached_corpus(sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir)
-    except DataError as exc:
-        if not request.files or "vocabulary" not in str(exc):
+    except VocabularyError as exc:
+        if not request.files:
             raise
-        raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
+        raise VocabularyError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
     _notes(corpus, group)
-    parent = ckpt.meta.get("parent")
+    parent = ckpt.meta.parent
     reporter, inv = _reporter(run, request, group)
     return Trainer(
         corpus,
@@ -204,18 +225,19 @@ def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> A
     )
 
 
-def _notes(corpus: Corpus, group: Any) -> None:
+def _notes(corpus: Corpus, group: Group | None) -> None:
     if group is None or group.is_writer:
         for text in corpus.notes:
             note(text)
 
 
-def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
+def _new_trainer(request: TrainRequest, run: RunDir, group: Group | None = None) -> Trainer:
     from charnn.trainer import Trainer
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
-    source: Any = tokenizer.replace(seed=config.seed)  # a subword model's sample follows --seed
+    # A subword model's sample follows --seed.
+    source: Tokenizer | TokenizerConfig = tokenizer.replace(seed=config.seed)
     if tokenizer.source is not None:
         others = sorted(set(request.tokenizer) - {"source"})
         if others:
@@ -231,11 +253,12 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     _notes(corpus, group)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
     reporter, inv = _reporter(run, request, group)
-    kwargs = {"group": group} if group is not None else {}
-    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, **kwargs)
+    if group is None:
+        return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
+    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, group=group)
 
 
-def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[Any, dict[str, Any]]:
+def _reporter(run: RunDir, request: TrainRequest, group: Group | None = None) -> tuple[Reporter, Invocation]:
     """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
     other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
@@ -247,7 +270,7 @@ def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[An
     return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
 
 
-def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
+def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Trainer:
     """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
     the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
     from charnn import finetune
@@ -317,14 +340,14 @@ class _SampleWriter:
         self.out.flush()
 
 
-def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> np.ndarray:
+def encode_prime(tokenizer: Tokenizer, text: str, what: str = "--prime") -> np.ndarray:
     """Token ids of ``text`` (the tokenizer's start context when empty), as a compact array."""
     if not text:
         return np.asarray(tokenizer.start_ids())
     try:
         return tokenizer.encode(text)
     except DataError as exc:
-        raise DataError(f"{what}: {exc}") from None
+        raise located(exc, what) from None
 
 
 def run_sampling(
@@ -338,8 +361,6 @@ def run_sampling(
 ) -> None:
     """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime.
     ``prime_name`` says where the prime came from, for errors."""
-    import json
-
     from charnn.constraints import TokenRules
     from charnn.routing import sampling_stepper
     from charnn.sampling import generate
@@ -357,16 +378,16 @@ def run_sampling(
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, rng=rng, rules=rules, heal=heal)
         for i, s in enumerate(samples):
-            row = {
-                "sample": i,
-                "seed": seed,
-                "prime": prime,
-                "text": s.text,
-                "logprob": s.logprob,
-                "chars": len(s.text),
-                "stopped_by": s.stopped_by,
-            }
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            row = SampleRow(
+                sample=i,
+                seed=seed,
+                prime=prime,
+                text=s.text,
+                logprob=s.logprob,
+                chars=len(s.text),
+                stopped_by=s.stopped_by,
+            )
+            out.write(row.json_line() + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
@@ -413,8 +434,6 @@ def run_prompts(
     are written in prompt order as each batch of prompts finishes. A line that ``--prime`` would
     refuse (a character the model does not know) is reported on stderr and skipped; the others
     are continued, and the command then fails naming the lines (exit 3)."""
-    import json
-
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
     from charnn.routing import sampling_stepper
 
@@ -445,17 +464,17 @@ def run_prompts(
             prompt = prompts[index]
             for j, s in enumerate(samples):
                 if as_json:
-                    row = {
-                        "line": index + 1,
-                        "sample": j,
-                        "seed": prompt_seed_,
-                        "prime": prompt,
-                        "text": s.text,
-                        "logprob": s.logprob,
-                        "chars": len(s.text),
-                        "stopped_by": s.stopped_by,
-                    }
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    row = SampleRow(
+                        line=index + 1,
+                        sample=j,
+                        seed=prompt_seed_,
+                        prime=prompt,
+                        text=s.text,
+                        logprob=s.logprob,
+                        chars=len(s.text),
+                        stopped_by=s.stopped_by,
+                    )
+                    out.write(row.json_line() + "\n")
                 else:
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False
@@ -512,8 +531,8 @@ def run_eval(
     html: str | None = None,
     top_k: int = 3,
     cache_dir: str | None = None,
-    adapt: Any = None,
-) -> list[dict[str, Any]]:
+    adapt: AdaptConfig | None = None,
+) -> list[EvalRow]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
     Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
     stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
@@ -528,7 +547,8 @@ def run_eval(
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
     texts = None if streamed else read_corpus(files, encoding_errors)
-    rows, reports = [], []
+    rows: list[EvalRow] = []
+    reports: list[ModelReport] = []
     for ckpt in loaded:
         if texts is None:
             corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
@@ -538,8 +558,9 @@ def run_eval(
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None else None  # the page needs torch anyway
         result = _evaluate(ckpt, model, corpus.ids)
-        rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
+        rows.append(_eval_row(ckpt, result))
         if html is not None:
+            assert model is not None  # built above: the page needs torch's per-token numbers
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
         if adapt is not None:  # a different measurement: its own row, after the static one
             from charnn import adapt as dyn
@@ -550,7 +571,7 @@ def run_eval(
             adaptive = dyn.adaptive_eval(
                 ckpt.build_model(), corpus.ids, tok.start_ids(), lengths, extra, adapt
             )
-            rows.append({**rows[-1], **adaptive.to_dict(), "adaptive": True})
+            rows.append(_eval_row(ckpt, adaptive, adaptive=True))
             if html is not None:
                 reports.append(_adaptive_report(ckpt, corpus.ids, top_k, adapt))
     if html is not None:
@@ -567,7 +588,20 @@ def run_eval(
     return rows
 
 
-def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+def _eval_row(ckpt: Checkpoint, result: EvalResult, adaptive: bool | None = None) -> EvalRow:
+    return EvalRow(
+        loss=result.loss,
+        bpc=result.bpc,
+        bpt=result.bpt,
+        tokens=result.tokens,
+        chars=result.chars,
+        tokenizer=ckpt.tokenizer.kind,
+        checkpoint=str(ckpt.path),
+        adaptive=adaptive,
+    )
+
+
+def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int) -> ModelReport:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
     from charnn.surprisal_page import ModelReport
@@ -578,7 +612,7 @@ def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
+def _adaptive_report(ckpt: Checkpoint, ids: np.ndarray, top_k: int, settings: AdaptConfig) -> ModelReport:
     """The page's data for the adapting model: it shows what the model learns as it reads."""
     from charnn.adapt import Adapter
     from charnn.evaluate import char_surprisal
@@ -591,7 +625,7 @@ def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
     return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
+def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray) -> EvalResult:
     """eval's numbers for one checkpoint, through ``model`` (torch) if given, else the stepper
     charnn.routing picks for the text's length.
 
@@ -613,8 +647,8 @@ def run_score(
     context: str | None,
     encoding_errors: str = "strict",
     whole: bool = False,
-    adapt: Any = None,
-) -> Iterator[dict[str, Any]]:
+    adapt: AdaptConfig | None = None,
+) -> Iterator[ScoreRow]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
     from charnn.routing import score_stepper
@@ -641,7 +675,7 @@ def run_score(
             encoded.append(tokenizer.encode(text) if text else np.zeros(0, dtype=np.int64))
         except DataError as exc:
             where = f"{source}:{n}" if n else source
-            raise DataError(f"{where}: {exc}") from None
+            raise located(exc, where) from None
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
     if adapt is not None:  # the model learns from each line after scoring it (charnn.adapt)
@@ -653,33 +687,26 @@ def run_score(
         stepper, batch = score_stepper(ckpt, len(context_ids) + sum(len(e) + 1 for e in encoded))
         scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
-        if not whole:
-            row["line"] = n
-        yield {
-            **row,
-            "text": text,
-            "logprob": sc.logprob,
-            "bpc": sc.bpc,
-            "bpt": sc.bpt,
-            "chars": sc.chars,
-            "tokens": sc.tokens,
-            **({"adaptive": True} if adapt is not None else {}),
-        }
+        yield ScoreRow(
+            source="<stdin>" if source == "-" else printable_path(source),
+            line=None if whole else n,
+            text=text,
+            logprob=sc.logprob,
+            bpc=sc.bpc,
+            bpt=sc.bpt,
+            chars=sc.chars,
+            tokens=sc.tokens,
+            adaptive=True if adapt is not None else None,
+        )
 
 
-def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.run_catalog.describe`)."""
+def checkpoint_info(checkpoint: str) -> InfoRow:
+    """What a fully validated checkpoint holds (see :func:`charnn.run_catalog.describe`)."""
     from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
-    info = describe(ckpt.meta, ckpt.path)
-    info["parameters"] = sum(t.size for t in ckpt.weights.values())  # counted, not derived
-    tokenizer = ckpt.tokenizer
-    extras = {"unk": getattr(tokenizer, "unk", None), "normalize": tokenizer.normalize}
-    info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
-    info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
-    return info
+    counted = sum(t.size for t in ckpt.weights.values())  # counted, not derived
+    return describe(ckpt.meta, ckpt.path, parameters=int(counted))
 
 
 # ---------------------------------------------------------------------------- corpora
@@ -708,7 +735,7 @@ def fetch_corpus(name: str, cache: str | None = None, verify: bool = True, timeo
     return _fetch_with_progress(entry, cache_dir(cache), verify, timeout)
 
 
-def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: float) -> str:
+def _fetch_with_progress(entry: CorpusEntry, directory: Path, verify: bool, timeout: float) -> str:
     from charnn.console import download_progress
     from charnn.corpora import cached_path, fetch, refuse_unverifiable
 

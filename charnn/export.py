@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from charnn import __version__
-from charnn.checkpoint import MAX_TENSOR_FILE, META, MODEL_FILE, _meta_checksum, load_checkpoint, read_bounded
+from charnn.checkpoint import (
+    MAX_META_FILE,
+    MAX_TENSOR_FILE,
+    META,
+    MODEL_FILE,
+    _meta_checksum,
+    load_checkpoint,
+    read_bounded,
+)
 from charnn.errors import CharnnError, CheckpointError, ConfigError
 from charnn.rundir import is_checkpoint_dir
 
@@ -40,10 +48,16 @@ def export_checkpoint(
     target = Path(out)
     _refuse_target(target, force)
     weights = read_bounded(ckpt.path / MODEL_FILE, MAX_TENSOR_FILE)
-    expected = ckpt.meta["files"][MODEL_FILE]
-    if hashlib.sha256(weights).hexdigest() != expected:
-        raise CheckpointError(f"{ckpt.path}: the weights changed while they were read (a save?); run again")
-    files = {MODEL_FILE: weights, META: _exported_meta(ckpt.meta, ckpt.path, expected)}
+    expected = ckpt.meta.files[MODEL_FILE]
+    raw = json.loads(read_bounded(ckpt.path / META, MAX_META_FILE))  # validated above, as typed records
+    same = (
+        isinstance(raw, dict)
+        and isinstance(raw.get("files"), dict)
+        and raw["files"].get(MODEL_FILE) == expected
+    )
+    if hashlib.sha256(weights).hexdigest() != expected or not same:
+        raise CheckpointError(f"{ckpt.path}: the checkpoint changed while it was read (a save?); run again")
+    files = {MODEL_FILE: weights, META: _exported_meta(raw, ckpt.path, expected)}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
     try:

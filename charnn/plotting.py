@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from charnn.errors import CharnnError, ConfigError, DataError
-from charnn.metrics import METRICS, progress_bpc, read_metrics
+from charnn.metrics import METRICS, read_metrics
+from charnn.metrics_rows import ProgressRow, ValRow
 
 _X_FIELD = {"steps": "step", "time": "elapsed", "chars": "chars"}
 # (train, val) markers per run: distinct shapes, so a chart without colour still tells them apart.
@@ -57,12 +58,8 @@ def load_series(runs: list[str], x: str) -> list[Series]:
     for run, path, name in zip(runs, paths, names, strict=True):
         rows = read_metrics(path)
         for kind in ("train", "val"):
-            wanted = "progress" if kind == "train" else "val"
-            points = [
-                (float(r[key]), y)
-                for r in rows
-                if r["kind"] == wanted and _number(r.get(key)) and (y := progress_bpc(r)) is not None
-            ]
+            wanted = ProgressRow if kind == "train" else ValRow
+            points = [p for r in rows if isinstance(r, wanted) and (p := _point(r, key)) is not None]
             if points:
                 out.append(Series(name, kind, [p[0] for p in points], [p[1] for p in points]))
         if not any(s.run == name for s in out):
@@ -84,8 +81,13 @@ def run_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _point(row: ProgressRow | ValRow, key: str) -> tuple[float, float] | None:
+    """(x, bpc) of a training or validation row; None where a measurement is missing (NaN)."""
+    x: Any = getattr(row, key)
+    bpc = row.char_bpc if isinstance(row, ProgressRow) else row.bpc
+    if bpc is None or not math.isfinite(bpc) or x is None or not math.isfinite(x):
+        return None
+    return float(x), float(bpc)
 
 
 def y_range(series: list[Series]) -> tuple[float, float]:

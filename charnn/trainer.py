@@ -36,6 +36,7 @@ from charnn.checkpoint import (
     save_checkpoint,
     training_meta,
 )
+from charnn.checkpoint_meta import CorpusRecord, Lineage, RunRecord
 from charnn.config import ModelConfig, SampleConfig, TrainConfig, flag_of
 from charnn.constraints import TokenRules
 from charnn.data import Corpus, StreamBatcher, split_train_val
@@ -51,6 +52,7 @@ from charnn.errors import (
 )
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
 from charnn.hardware import threads_for
+from charnn.metrics_rows import Invocation
 from charnn.model import CharRNN, Hidden, detach_hidden
 from charnn.rundir import RunDir
 from charnn.tokenizer import Tokenizer
@@ -105,7 +107,7 @@ def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     if {"steps", "epochs", "time_limit"} & changes.keys():
         # A new length replaces the old one (lengths are totals for the whole run).
         changes = {"steps": None, "epochs": None, "time_limit": None, **changes}
-    return saved.replace(**changes)  # type: ignore[no-any-return]
+    return saved.replace(**changes)
 
 
 # ---------------------------------------------------------------------------- the loop's parts
@@ -376,8 +378,8 @@ class Trainer:
         out: Path,
         reporter: Reporter,
         resume: Checkpoint | None = None,
-        parent: dict[str, Any] | None = None,
-        invocation: dict[str, Any] | None = None,
+        parent: Lineage | None = None,
+        invocation: Invocation | None = None,
         group: Group = SOLO,
     ) -> None:
         self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
@@ -669,10 +671,11 @@ class Trainer:
         """The end of the run validates, unless this very step was just validated (early stop,
         or a run resumed after it had finished): a step is never validated twice."""
         prog = self.progress
-        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2:
+        saved = [prog.val.get(k) for k in ("loss", "bpc", "tokens", "chars")]  # None: missing or NaN
+        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2 and None not in saved:
             self.save(LATEST)
-            keys = ("loss", "bpc", "tokens", "chars")
-            return EvalResult(**{k: prog.val[k] for k in keys})
+            loss, bpc, tokens, chars = (float(v or 0.0) for v in saved)
+            return EvalResult(loss=loss, bpc=bpc, tokens=int(tokens), chars=int(chars))
         return self._eval_and_save(force_latest=True, final=True)
 
     def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:
@@ -748,32 +751,34 @@ class Trainer:
         )
 
     def save(self, which: str) -> None:
-        corpus = {
-            "sources": self.corpus.sources,
-            "sha256": self.corpus.sha256,
-            "tokens": int(len(self.corpus.ids)),
-            "chars": self.corpus.chars,
-        }
+        corpus = CorpusRecord(
+            self.corpus.sources, self.corpus.sha256, int(len(self.corpus.ids)), self.corpus.chars
+        )
         hidden = None if self.hidden is None else self.group.gather_hidden(self.hidden)  # all ranks
         self.guard.checkpointed()
         self._saved_step = self.progress.step
         if not self.group.is_writer:
             return
-        meta = training_meta(self.config, self.progress, corpus, self.optimizer, self.run_meta())
-        meta["world_size"] = self.group.world_size
-        if self.parent is not None:
-            meta["parent"] = self.parent
+        meta = training_meta(
+            self.config,
+            self.progress,
+            corpus,
+            self.optimizer,
+            self.run_meta(),
+            self.group.world_size,
+            self.parent,
+        )
         state = pack_train_state(self.optimizer, hidden)
         save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
 
-    def run_meta(self) -> dict[str, Any]:
+    def run_meta(self) -> RunRecord:
         """How this run (or its latest resumption) was started: command line, versions, device."""
         from charnn.metrics import invocation
 
-        return {**(self.invocation or invocation()), "device": str(self.device)}
+        return RunRecord(**(self.invocation or invocation()).to_fields(), device=str(self.device))
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        self.group.check_resume(ckpt.meta.get("world_size", 1))
+        self.group.check_resume(ckpt.meta.processes)
         self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
         self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
         if self.group.is_writer:
@@ -787,7 +792,7 @@ def _shell_quote(text: str) -> str:
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
-    saved = ckpt.meta.get("corpus", {}).get("sha256")
+    saved = ckpt.meta.corpus.sha256 if ckpt.meta.corpus is not None else None
     if saved and saved != corpus.sha256:
         raise DataError(
             "the corpus differs from the one this run trained on (sha256 mismatch); "

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from conftest import TINY_MODEL_ARGS
 
-from charnn.metrics import progress_bpc, read_metrics
+from charnn.metrics import read_metrics
+from charnn.metrics_rows import ProgressRow
 from charnn.plotting import load_series, run_labels
 
 FAST = ("--seq-len", "16", "--batch-size", "4", "--device", "cpu", "--sample-every", "0")
@@ -22,7 +23,7 @@ def test_subword_progress_rows_hold_bpc_and_bpt(run_cli, corpus_file, tmp_path):
         "--steps", "6", "--eval-every", "6", *TINY_MODEL_ARGS, *FAST,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    rows = read_metrics(run / "metrics.jsonl")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     progress = [r for r in rows if r["kind"] == "progress"]
     assert progress and all("bpt" in r and "bpc" in r for r in progress)
     last = progress[-1]
@@ -32,6 +33,8 @@ def test_subword_progress_rows_hold_bpc_and_bpt(run_cli, corpus_file, tmp_path):
     assert abs(last["bpc"] - val["bpc"]) < abs(last["bpt"] - val["bpc"])  # comparable with validation
     train = next(s for s in load_series([str(run)], "steps") if s.kind == "train")
     assert train.ys[-1] == last["bpc"]
+    typed = [r for r in read_metrics(run / "metrics.jsonl") if isinstance(r, ProgressRow)]
+    assert typed and all(r.bpt is not None for r in typed)
 
 
 def test_old_progress_rows_are_read_as_bits_per_character(tmp_path):
@@ -44,9 +47,13 @@ def test_old_progress_rows_are_read_as_bits_per_character(tmp_path):
         "loss": 4.0,
         "bpc": 6.0,
     }
-    assert progress_bpc(old) == 2.0  # bits per token rescaled by chars per token
-    assert progress_bpc({**old, "chars": 100}) == 6.0  # characters: unchanged
-    assert progress_bpc({**old, "bpt": 6.0, "bpc": 2.5}) == 2.5  # new rows as written
+
+    def bpc(data: dict) -> float | None:
+        return ProgressRow.from_json(data, "progress").char_bpc
+
+    assert bpc(old) == 2.0  # bits per token rescaled by chars per token
+    assert bpc({**old, "chars": 100}) == 6.0  # characters: unchanged
+    assert bpc({**old, "bpt": 6.0, "bpc": 2.5}) == 2.5  # new rows as written
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps(old) + "\n")
