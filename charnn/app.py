@@ -32,7 +32,7 @@ from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfi
 from charnn.console import TrainReporter, note
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError, VocabularyError, located
-from charnn.metrics_rows import Invocation
+from charnn.metrics_rows import BudgetRecord, Invocation
 from charnn.results import EvalRow, InfoRow, SampleRow, ScoreRow
 from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
@@ -211,7 +211,8 @@ def _resumed_trainer(request: TrainRequest, run: RunDir, group: Group | None = N
     check_resume_corpus(ckpt, corpus)
     _notes(corpus, group)
     parent = ckpt.meta.parent
-    reporter, inv = _reporter(run, request, group)
+    # The budget's choice stays the run's: its shape and settings are in the checkpoint.
+    reporter, inv = _reporter(run, request, group, ckpt.meta.run.budget if ckpt.meta.run else None)
     return Trainer(
         corpus,
         ckpt.config,
@@ -251,20 +252,43 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Group | None = None)
         request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
     )
     _notes(corpus, group)
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
-    reporter, inv = _reporter(run, request, group)
+    model, config, choice = _budget_choice(request, config, corpus, group)
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model)
+    reporter, inv = _reporter(run, request, group, choice)
     if group is None:
         return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
     return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, group=group)
 
 
-def _reporter(run: RunDir, request: TrainRequest, group: Group | None = None) -> tuple[Reporter, Invocation]:
-    """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
-    other than 0 of a torchrun run report nothing."""
+def _budget_choice(
+    request: TrainRequest, config: TrainConfig, corpus: Corpus, group: Group | None
+) -> tuple[dict[str, Any], TrainConfig, BudgetRecord | None]:
+    """With no shape option typed, the budget picks the model (see :mod:`charnn.budget`)."""
+    from charnn.budget import applies
+    from charnn.budget_probe import apply_choice
+    from charnn.trainer import select_device
+
+    why_not = applies(request.model, corpus.tokenizer.kind, False, group is not None and group.active)
+    if why_not is not None:
+        return request.model, config, None
+    train_tokens = int(len(corpus.ids) * (1 - config.val_fraction))
+    applied = apply_choice(request.model, request.train, config, train_tokens, select_device(config.device))
+    if not request.quiet and (group is None or group.is_writer):
+        note(applied.choice.reason)
+    return applied.model, applied.config, BudgetRecord.from_json(applied.choice.as_dict())
+
+
+def _reporter(
+    run: RunDir, request: TrainRequest, group: Group | None = None, budget: BudgetRecord | None = None
+) -> tuple[Reporter, Invocation]:
+    """The console, teed into the run's metrics.jsonl; and how this run was invoked (with the
+    budget's choice of shape, when it chose). Ranks other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
     from charnn.train_records import NullReporter
 
     inv = invocation(request.argv)
+    if budget is not None:
+        inv = dataclasses.replace(inv, budget=budget)
     if group is not None and not group.is_writer:
         return NullReporter(), inv
     return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
