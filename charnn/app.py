@@ -106,7 +106,7 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
             return _start_rank(request, group)
         finally:
             group.close()
-    request = replace(request, files=resolve_corpus_names(list(request.files)))
+    request = replace(request, files=resolve_corpus_names(list(request.files), request.cache_dir))
     if request.resume is not None:
         run = _run_to_resume(Path(request.resume or request.out))
         resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
@@ -459,27 +459,41 @@ def run_prompts(
     out: TextIO | None = None,
 ) -> None:
     """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
-    are written in prompt order as each batch of prompts finishes."""
+    are written in prompt order as each batch of prompts finishes. A line that ``--prime`` would
+    refuse (a character the model does not know) is reported on stderr and skipped; the others
+    are continued, and the command then fails naming the lines (exit 3)."""
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
     from charnn.routing import sampling_stepper
 
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
-    stepper = sampling_stepper(ckpt, max((len(p) for p in primes), default=0))
+    encoded: dict[int, np.ndarray] = {}  # line index (from 0) -> prime ids, for the lines that encode
+    failed: list[int] = []
+    for i, text in enumerate(prompts):
+        try:
+            encoded[i] = encode_prime(tokenizer, text, f"--prompts line {i + 1}")
+        except DataError as exc:
+            from charnn.console import error
+
+            failed.append(i + 1)
+            if len(failed) <= 20:  # the summary at the end counts the rest
+                error(f"{exc}: skipped")
+    lines = sorted(encoded)
+    stepper = sampling_stepper(ckpt, max((len(p) for p in encoded.values()), default=0))
     seed = sampling_seed(config)
     first = True
-    for start in range(0, len(prompts), BATCH_PROMPTS):
-        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
-        heal = [bool(p) for p in prompts[start : start + len(seeds)]]  # as --prime heals its text
-        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds, heal)
-        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
-            prompt = prompts[start + offset]
+    for start in range(0, len(lines), BATCH_PROMPTS):
+        chunk = lines[start : start + BATCH_PROMPTS]
+        seeds = [prompt_seed(seed, i) for i in chunk]  # a line's seed is fixed by its place in the file
+        heal = [bool(prompts[i]) for i in chunk]  # as --prime heals its text
+        batch = sample_prompts(stepper, [encoded[i] for i in chunk], config, tokenizer, seeds, heal)
+        for index, samples, prompt_seed_ in zip(chunk, batch, seeds, strict=True):
+            prompt = prompts[index]
             for j, s in enumerate(samples):
                 if as_json:
                     row = SampleRow(
-                        line=start + offset + 1,
+                        line=index + 1,
                         sample=j,
                         seed=prompt_seed_,
                         prime=prompt,
@@ -493,8 +507,14 @@ def run_prompts(
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False
         out.flush()
-    if not as_json and out.isatty():
+    if not as_json and out.isatty() and lines:
         out.write("\n")
+    if failed:
+        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        raise DataError(
+            f"--prompts: {len(failed)} of {len(prompts)} lines could not be continued (line {shown}); "
+            "the others were"
+        )
 
 
 def read_prompts(source: str, errors: str = "strict") -> list[str]:
@@ -760,8 +780,10 @@ def _fetch_with_progress(entry: CorpusEntry, directory: Path, verify: bool, time
     return str(path)
 
 
-def resolve_corpus_names(files: list[str]) -> list[str]:
-    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+def resolve_corpus_names(files: list[str], cache: str | None = None) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified
+    files, downloaded into ``cache`` (``--cache-dir``) when needed."""
     from charnn.corpora import cache_dir, resolve_names
 
-    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))
+    directory = cache_dir(cache)
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, directory, True, 60.0)))

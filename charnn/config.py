@@ -522,8 +522,11 @@ class SampleConfig(_Validated):
             "characters to generate per sample, at most (any tokenizer)", short="-n", min=0, max=MAX_COUNT
         ),
     )
-    temperature: float = field(
-        default=1.0, metadata=opt("temperature; 0 = greedy", flag="--temp", short="-t", min=0, metavar="T")
+    temperature: float | None = field(
+        default=None,  # None: 1 when sampling; beam search takes none (see check)
+        metadata=opt(
+            "temperature; 0 = greedy", flag="--temp", short="-t", min=0, metavar="T", default_text="1"
+        ),
     )
     top_k: int | None = field(
         default=None, metadata=opt("sample only from the K most likely tokens", min=1, max=MAX_COUNT)
@@ -539,6 +542,25 @@ class SampleConfig(_Validated):
         metadata=opt("beam search of width W (most probable continuation)", min=1, max=4096, metavar="W"),
     )
     length_penalty: float = field(default=1.0, metadata=opt("beam ranking: logprob / length**P", min=0))
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata=opt(
+            "divide the probability of each token the sample already holds by P; 1 = off (sampling and beam)",
+            min=1,
+            max=1e6,
+            metavar="P",
+        ),
+    )
+    no_repeat_ngram: int = field(
+        default=0,
+        metadata=opt(
+            "never repeat a sequence of N tokens within a sample; 0 = off; a char model counts "
+            "characters (try 12), subwords pieces (try 3) (sampling and beam)",
+            min=0,
+            max=1 << 20,
+            metavar="N",
+        ),
+    )
     num_samples: int = field(
         default=1, metadata=opt("samples, generated as one batch", short="-k", min=1, max=65536)
     )
@@ -555,9 +577,18 @@ class SampleConfig(_Validated):
         default=None, metadata=opt("random seed for reproducible samples", min=0, max=MAX_SEED)
     )
 
+    @property
+    def temp(self) -> float:
+        """The temperature in effect: 1 unless one was given."""
+        return 1.0 if self.temperature is None else self.temperature
+
     def check(self) -> None:
         _check(all(self.stops), "--stop strings must not be empty")
         if self.beam is not None:
+            _check(
+                not (self.temperature or self.top_k or self.top_p),  # else silently ignored
+                "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p",
+            )
             _check(
                 self.num_samples <= self.beam,
                 f"--num-samples {self.num_samples} needs --beam of at least that width "

@@ -35,7 +35,6 @@ import json
 import os
 import stat
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from charnn.atomic import write_atomic
 from charnn.config import TokenizerConfig
 from charnn.data import BUILTIN_CORPUS, BinaryData, Corpus, load_corpus, resolve_sources
 from charnn.errors import CharnnError, DataError, located
@@ -164,12 +164,7 @@ def _text_pieces(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, data, durable=False)  # a lost record is rebuilt, never trusted half-written
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -103,9 +103,18 @@ class ProgressRow(MetricsRow):
     tokens: int = item(whole(0), default=0)  # trained on so far (the whole run)
     chars: int = item(whole(0), default=0)  # characters those tokens spell
     loss: float | None = item(MEASURE, default=None)
-    bpc: float | None = item(MEASURE, default=None)
+    bpc: float | None = item(MEASURE, default=None)  # bits per character (before 0.2.0: per token)
+    bpt: float | None = item(MEASURE, default=None)  # bits per token; absent in rows before 0.2.0
     lr: float | None = item(MEASURE, default=None)
     chars_per_s: float | None = item(MEASURE, default=None)
+
+    @property
+    def char_bpc(self) -> float | None:
+        """Bits per character, also of an old row (no ``bpt``), whose ``bpc`` held bits per
+        token: rescaled by the run's tokens per character so far (1 for characters)."""
+        if self.bpc is None or self.bpt is not None or not (self.tokens > 0 and self.chars > 0):
+            return self.bpc
+        return self.bpc * self.tokens / self.chars
 
 
 @dataclass(frozen=True, kw_only=True)

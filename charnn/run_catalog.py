@@ -17,7 +17,7 @@ from charnn.checkpoint_meta import CheckpointMeta, Progress
 from charnn.config import ModelConfig
 from charnn.console import shown
 from charnn.results import InfoRow, RunRow, TokenizerSummary
-from charnn.rundir import LATEST, RunDir, resolve_checkpoint
+from charnn.rundir import BEST, LATEST, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv"}  # besides hidden ones (.git, .venv)
@@ -122,12 +122,13 @@ def _tokenizer_text(tokenizer: TokenizerSummary) -> str:
 
 
 def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
-    """Run directories under ``root`` (itself included), in a stable order. Hidden directories,
-    virtual environments and node_modules are skipped; a run's own checkpoints are not entered."""
+    """Run directories under ``root`` (itself included) at any depth up to ``max_depth``, in a
+    stable order; runs inside runs too. Hidden directories, virtual environments and
+    node_modules are skipped; a run's own checkpoints are not entered."""
     root = Path(root)
-    if RunDir(root).holds_run():
-        yield root
-        return
+    run = RunDir(root).holds_run()
+    if run:
+        yield root  # and on: `charnn train` into ./checkpoints does not hide checkpoints/demo
     if max_depth <= 0:
         return
     try:
@@ -136,6 +137,8 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         return
     for child in children:
         if child.name.startswith(".") or child.name in SKIP_DIRS or (child / "pyvenv.cfg").exists():
+            continue
+        if run and child.name in (LATEST, BEST):  # the run's own checkpoints
             continue
         yield from find_runs(child, max_depth - 1)
 

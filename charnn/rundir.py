@@ -364,7 +364,10 @@ def _resolve_once(path: Path, prefer: str) -> Path:
     if not path.exists():
         if (aside_path(path) / MARKER).exists():  # e.g. -c run/latest after a crash between renames
             return aside_path(path)
-        raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
+        from charnn.locate import missing_checkpoint_hint
+
+        hint = missing_checkpoint_hint(path) or " (train one with `charnn train`)"
+        raise CheckpointError(f"{path}: no such checkpoint{hint}")
     if path.is_file():
         if path.name == MARKER or path.suffix == ".safetensors":
             return path.parent
@@ -376,4 +379,7 @@ def _resolve_once(path: Path, prefer: str) -> Path:
         for candidate in (path / name, aside_path(path / name)):
             if (candidate / MARKER).exists():
                 return candidate
-    raise CheckpointError(f"{path}: no checkpoint here (no {MARKER}, {BEST}/ or {LATEST}/)")
+    from charnn.locate import missing_checkpoint_hint
+
+    hint = missing_checkpoint_hint(path)
+    raise CheckpointError(f"{path}: no checkpoint here (no {MARKER}, {BEST}/ or {LATEST}/){hint}")

@@ -11,6 +11,7 @@ contents are :mod:`charnn.checkpoint`'s business, their place on disk :mod:`char
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -36,7 +37,7 @@ from charnn.checkpoint import (
     training_meta,
 )
 from charnn.checkpoint_meta import CorpusRecord, Lineage, RunRecord
-from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.config import ModelConfig, SampleConfig, TrainConfig, flag_of
 from charnn.constraints import TokenRules
 from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.distributed import SOLO, Group
@@ -88,8 +89,9 @@ def select_device(name: str) -> torch.device:
 
 def refuse_contradictions(saved: object, given: dict[str, Any], fields: Iterable[str]) -> None:
     """Options given on ``--resume`` that define the run must agree with the checkpoint's."""
+    flags = {f.name: flag_of(f) for f in dataclasses.fields(saved)}  # type: ignore[arg-type]
     clashes = [
-        f"--{k.replace('_', '-')} {given[k]} (run has {getattr(saved, k)})"
+        f"{flags.get(k, k)} {given[k]} (run has {getattr(saved, k)})"  # the flag as typed: --warmup
         for k in fields
         if k in given and given[k] != getattr(saved, k)
     ]

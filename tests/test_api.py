@@ -79,7 +79,7 @@ def test_beam_and_greedy_from_python(trained_run: Path, run_cli: RunCli) -> None
     [
         (lambda m: m.sample(tempreature=0.5), TypeError, "unknown sampling option(s): tempreature"),
         (lambda m: m.sample(temperature=-1), ConfigError, "--temp"),
-        (lambda m: m.sample(beam=3, temperature=0.5), ConfigError, "beam search is deterministic"),
+        (lambda m: m.sample(beam=3, temperature=0.5), ConfigError, "deterministic search"),
         (lambda m: m.sample(num_samples=2), ConfigError, "once per sample"),
         (lambda m: m.sample("\x00\x01 never seen"), DataError, "prime"),
         (lambda m: m.score(""), ConfigError, "empty"),
