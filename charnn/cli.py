@@ -27,6 +27,7 @@ import click
 from charnn import __version__
 from charnn.config import (
     ENCODING_ERRORS,
+    ComputeConfig,
     ModelConfig,
     Opt,
     SampleConfig,
@@ -455,7 +456,10 @@ def sample(
     show_default=True,
     help="predictions shown per character on the --html page",
 )
+@config_options(ComputeConfig)
+@click.pass_context
 def eval_(
+    ctx: click.Context,
     files: tuple[str, ...],
     checkpoints: tuple[str, ...],
     as_json: bool,
@@ -463,12 +467,21 @@ def eval_(
     cache_dir: str | None,
     html: str | None,
     top_k: int,
+    **options: Any,
 ) -> None:
     """Loss and bits per character of the model(s) on FILES (- = stdin)."""
     from charnn.runs import run_eval
 
+    compute = ComputeConfig(**take_config(ctx, options, ComputeConfig))
+    _no_leftovers(options)
     rows = run_eval(
-        list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
+        list(checkpoints),
+        list(files),
+        encoding_errors,
+        html=html,
+        top_k=top_k,
+        cache_dir=cache_dir,
+        threads=compute.threads,
     )
     for row in rows:
         if as_json:
@@ -488,18 +501,25 @@ def eval_(
 @click.option("--whole", is_flag=True, help="score each input as one text instead of line by line")
 @_json_option("one JSON object per input line")
 @_encoding_errors_option
+@config_options(ComputeConfig)
+@click.pass_context
 def score(
+    ctx: click.Context,
     files: tuple[str, ...],
     checkpoint: str,
     context: str | None,
     whole: bool,
     as_json: bool,
     encoding_errors: str,
+    **options: Any,
 ) -> None:
     """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates."""
     from charnn.runs import run_score
 
-    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
+    compute = ComputeConfig(**take_config(ctx, options, ComputeConfig))
+    _no_leftovers(options)
+    rows = run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, compute.threads)
+    for row in rows:
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False))
         else:

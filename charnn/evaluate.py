@@ -24,7 +24,10 @@ from charnn.scoring import (
     token_char_lengths,
     token_extra_nats,
 )
+from charnn.threads import NO_PACE, Pace
 from charnn.tokenizer import Tokenizer
+
+MAX_WINDOW = 8192  # positions per window when scoring long lines
 
 __all__ = [
     "LN2",
@@ -47,13 +50,15 @@ def evaluate_stream(
     device: torch.device | str = "cpu",
     context: int | None = None,
     extra_nats: np.ndarray | None = None,
+    pace: Pace = NO_PACE,
 ) -> EvalResult:
     """Loss over every token of ``ids``, read as ``batch_size`` parallel streams.
 
     With ``context`` (e.g. a newline, or the last training token before the validation split)
     the first token is predicted too, so the loss covers the whole text; without it, all tokens
     after the first. The streams are :func:`~charnn.scoring.stream_layout`'s, each carrying its
-    hidden state across windows. ``extra_nats`` (V,) is added per target.
+    hidden state across windows. ``extra_nats`` (V,) is added per target. ``pace`` runs each
+    window (threads, progress; see :class:`charnn.threads.Pace`).
     """
     layout = stream_layout(ids, batch_size, seq_len, context)
     length = layout.inputs.shape[1]
@@ -63,12 +68,14 @@ def evaluate_stream(
     model.eval()
     hidden = None
     total = 0.0
+    pace.begin(x_all.numel())
     for start in range(0, length, seq_len):
         x, y = x_all[:, start : start + seq_len], y_all[:, start : start + seq_len]  # (B, t)
-        logits, hidden = model(x, hidden)  # (B, t, V)
-        total += F.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-1
-        ).item()
+        with pace.window(x.numel()):
+            logits, hidden = model(x, hidden)  # (B, t, V)
+            total += F.cross_entropy(
+                logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-1
+            ).item()
         hidden = detach_hidden(hidden)
     model.train(was_training)
     return layout_result(total, layout, char_lengths, extra_nats)
@@ -83,6 +90,7 @@ def score_lines(
     batch_size: int = 64,
     extra_nats: np.ndarray | None = None,
     budget: int = 1 << 22,
+    pace: Pace = NO_PACE,
 ) -> list[LineScore]:
     """log p(line | context) for each line, batched (sorted by length to limit padding).
 
@@ -97,7 +105,10 @@ def score_lines(
     ctx = np.asarray(context, dtype=np.int64)
     scores: list[LineScore | None] = [None] * len(lines)
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
-    for group in _batches(order, [len(ctx) + len(line) for line in lines], batch_size, budget):
+    groups = _batches(order, [len(ctx) + len(line) for line in lines], batch_size, budget)
+    widths = [len(ctx) + max(len(lines[i]) for i in g) for g in groups]
+    pace.begin(sum(len(g) * (w - 1) for g, w in zip(groups, widths, strict=True) if w > len(ctx)))
+    for group in groups:
         if not any(len(lines[i]) for i in group):
             # Only empty lines (log p = 0): the RNN cannot run on the zero-length input
             # that a one-token context would leave.
@@ -108,7 +119,7 @@ def score_lines(
         seqs = np.zeros((len(group), width), dtype=np.int64)  # (B, C + Lmax), zero-padded
         for row, i in enumerate(group):
             seqs[row, : len(ctx) + len(lines[i])] = np.concatenate([ctx, lines[i].astype(np.int64)])
-        logp = _target_logprobs(model, torch.from_numpy(seqs))  # (B, W-1) float64
+        logp = _target_logprobs(model, torch.from_numpy(seqs), pace=pace)  # (B, W-1) float64
         for row, i in enumerate(group):
             n = len(lines[i])
             # Targets at positions C..C+n-1 are predicted from positions C-1..C+n-2.
@@ -134,18 +145,22 @@ def _batches(order: list[int], widths: list[int], size: int, budget: int) -> lis
 
 
 @torch.no_grad()
-def _target_logprobs(model: CharRNN, seqs: torch.Tensor, max_logits: int = 1 << 23) -> np.ndarray:
+def _target_logprobs(
+    model: CharRNN, seqs: torch.Tensor, max_logits: int = 1 << 23, pace: Pace = NO_PACE
+) -> np.ndarray:
     """(B, W) ids -> (B, W-1) float64 log p(seqs[:, t+1] | seqs[:, :t+1]), computed in windows
-    small enough that one window's logits (B, t, V) hold at most ``max_logits`` numbers."""
+    small enough that one window's logits (B, t, V) hold at most ``max_logits`` numbers, and of
+    at most ``MAX_WINDOW`` positions (progress and thread tuning see each)."""
     b, w = seqs.shape
-    window = max(1, min(w - 1, max_logits // max(1, b * model.config.vocab_size)))
+    window = max(1, min(w - 1, MAX_WINDOW, max_logits // max(1, b * model.config.vocab_size)))
     out = np.empty((b, w - 1), dtype=np.float64)
     hidden = None
     for start in range(0, w - 1, window):
         end = min(start + window, w - 1)
-        logits, hidden = model(seqs[:, start:end], hidden)  # (B, t, V)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        out[:, start:end] = logp.gather(2, seqs[:, start + 1 : end + 1, None]).squeeze(2).double().numpy()
+        with pace.window(b * (end - start)):
+            logits, hidden = model(seqs[:, start:end], hidden)  # (B, t, V)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            out[:, start:end] = logp.gather(2, seqs[:, start + 1 : end + 1, None]).squeeze(2).double().numpy()
     return out
 
 
@@ -178,6 +193,7 @@ def token_surprisal(
     min_segment: int = 8192,
     warmup: int = 1024,
     device: torch.device | str = "cpu",
+    pace: Pace = NO_PACE,
 ) -> TokenSurprisal:
     """Per-token log-probabilities and top-k predictions of ``ids``.
 
@@ -204,11 +220,13 @@ def token_surprisal(
     was_training = model.training
     model.eval()
     hidden = None
+    pace.begin(len(lo) * length)
     for start in range(0, length, seq_len):
         pos = first[:, None] + np.arange(start, min(start + seq_len, length))[None, :]  # (B, t)
         x = torch.from_numpy(seq[np.minimum(pos, len(seq) - 1)]).to(device)  # (B, t)
         y = torch.from_numpy(seq[np.minimum(pos + 1, len(seq) - 1)]).to(device)  # (B, t)
-        logits, hidden = model(x, hidden)  # (B, t, V)
+        with pace.window(x.numel()):
+            logits, hidden = model(x, hidden)  # (B, t, V)
         hidden = detach_hidden(hidden)
         target = pos - context  # (B, t) index into ids predicted at each position
         keep = torch.from_numpy((target >= lo[:, None]) & (target < hi[:, None])).to(device)  # (B, t)

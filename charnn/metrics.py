@@ -122,6 +122,7 @@ class MetricsReporter:
                 **self.start_row,
                 "device": info.device,
                 "parameters": info.parameters,
+                "threads": info.threads.to_dict() if info.threads is not None else None,
                 "time": _now(),
             }
         )

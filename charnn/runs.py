@@ -7,6 +7,7 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -21,7 +22,7 @@ import numpy as np
 
 from charnn.checkpoint import BEST, LATEST, META, check_training_meta, load_checkpoint, train_config
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
-from charnn.console import TrainReporter, note
+from charnn.console import TrainReporter, note, shown, stdin_hint
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.rundir import RunDir, resolve_checkpoint
@@ -482,6 +483,37 @@ def read_prompts(source: str) -> list[str]:
 # ---------------------------------------------------------------------------- eval / score / info
 
 
+class TorchThreads:
+    """eval's and score's threads: settled once per command (on the first torch work), then kept."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self.tuner: Any = None
+        self.ready = False
+
+    @contextlib.contextmanager
+    def pace(self, label: str, torch_runs: bool, unit: str = "tokens") -> Iterator[Any]:
+        """A :class:`charnn.threads.Pace` with a progress display for work labelled ``label``;
+        the do-nothing one when the work runs in numpy."""
+        from charnn.threads import NO_PACE, Pace
+
+        if not torch_runs:
+            yield NO_PACE
+            return
+        import torch
+
+        from charnn.console import WorkProgress
+        from charnn.torch_threads import eval_tuner
+
+        if not self.ready:
+            self.tuner, self.ready = eval_tuner(self.threads), True
+        progress = WorkProgress(shown(label), unit=unit)
+        try:
+            yield Pace(self.tuner, torch.set_num_threads, progress)
+        finally:
+            progress.close()
+
+
 def printable_path(path: str) -> str:
     """A file name as valid Unicode: bytes that are not UTF-8 (kept by the OS as lone surrogates)
     become ``\\xNN`` escapes, so JSON and terminals can carry it."""
@@ -495,10 +527,13 @@ def run_eval(
     html: str | None = None,
     top_k: int = 3,
     cache_dir: str | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
-    Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
-    stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
+    Short texts without ``html`` run in numpy (no torch import), the others in torch, with
+    ``threads`` (None: measured on the first windows, see :mod:`charnn.threads`) and progress
+    on stderr. Files (not stdin) are read through the corpus cache, memory-mapped, when no page
+    is asked for."""
     from charnn.scoring import NUMPY_MAX_TOKENS
 
     if isinstance(checkpoints, str):
@@ -507,8 +542,11 @@ def run_eval(
         raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
+    if "-" in files:
+        stdin_hint("the text")
     texts = None if streamed else read_corpus(files, encoding_errors)
     rows, reports = [], []
+    tuning = TorchThreads(threads)
     for ckpt in loaded:
         if texts is None:
             corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
@@ -517,10 +555,12 @@ def run_eval(
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None or len(corpus.ids) > NUMPY_MAX_TOKENS else None
-        result = _evaluate(ckpt, model, corpus.ids)
+        with tuning.pace(f"eval {ckpt.path}", model is not None) as pace:
+            result = _evaluate(ckpt, model, corpus.ids, pace)
         rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
         if html is not None:
-            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+            with tuning.pace(f"surprisal {ckpt.path}", True) as pace:
+                reports.append(_model_report(ckpt, model, corpus.ids, top_k, pace))
     if html is not None:
         from charnn.report import build_report, write_report
 
@@ -535,18 +575,18 @@ def run_eval(
     return rows
 
 
-def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int, pace: Any) -> Any:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
     from charnn.report import ModelReport
 
     tokenizer = ckpt.tokenizer
-    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k, pace=pace)
     vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
+def _evaluate(ckpt: Any, model: Any, ids: np.ndarray, pace: Any) -> Any:
     """eval's numbers for one checkpoint: through ``model`` (torch) if given, else in numpy.
 
     Every token is predicted, the first from the start context (a newline), so bpc is the
@@ -563,7 +603,7 @@ def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
         return evaluate_stream_numpy(stepper, ids, lengths, context=context, extra_nats=extra)
     from charnn.evaluate import evaluate_stream
 
-    return evaluate_stream(model, ids, lengths, context=context, extra_nats=extra)
+    return evaluate_stream(model, ids, lengths, context=context, extra_nats=extra, pace=pace)
 
 
 def run_score(
@@ -572,8 +612,10 @@ def run_score(
     context: str | None,
     encoding_errors: str = "strict",
     whole: bool = False,
+    threads: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
+    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars.
+    Long inputs run in torch with ``threads`` (None: measured) and progress on stderr."""
 
     from charnn.scoring import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
 
@@ -581,6 +623,8 @@ def run_score(
     tokenizer = ckpt.tokenizer
     context_ids = encode_prime(tokenizer, context or "", "--context").tolist()
     sources, _ = resolve_sources(files)
+    if "-" in sources:
+        stdin_hint("lines to score")
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
         text = read_source(source, encoding_errors)
@@ -609,7 +653,9 @@ def run_score(
     else:
         from charnn.evaluate import score_lines
 
-        scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
+        model = ckpt.build_model()
+        with TorchThreads(threads).pace(f"score {ckpt.path}", True, unit="positions") as pace:
+            scores = score_lines(model, context_ids, encoded, lengths, extra_nats=extra, pace=pace)
     for (source, n, text), sc in zip(items, scores, strict=True):
         row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:
