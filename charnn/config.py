@@ -397,7 +397,10 @@ class TrainConfig(_Validated):
     seed: int = field(
         default=1337,
         metadata=opt(
-            "random seed: same seed, same command, same --threads: same weights (CPU)", min=0, max=MAX_SEED, locked=True
+            "random seed: same seed, same command, same --threads: same weights (CPU)",
+            min=0,
+            max=MAX_SEED,
+            locked=True,
         ),
     )
     device: str = field(

@@ -291,7 +291,10 @@ def choose(
 def worth_measuring(steps: int | None, seconds: float | None) -> bool:
     """Whether a run is long enough for the probe (~8 passes) to cost under ~3 % of it: neither
     its step limit nor its time limit (the first reached ends it) is short."""
-    return not ((steps is not None and steps < MIN_PROBE_STEPS) or (seconds is not None and seconds < MIN_PROBE_SECONDS))
+    return not (
+        (steps is not None and steps < MIN_PROBE_STEPS)
+        or (seconds is not None and seconds < MIN_PROBE_SECONDS)
+    )
 
 
 class Pace:

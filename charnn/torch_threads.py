@@ -31,6 +31,7 @@ from charnn.threads import (
 )
 
 PROBE_SHARE = 0.05  # a timed run spends at most this share of its time measuring
+CLOCK: Callable[[], float] = time.perf_counter  # what the probe times with (tests fake it)
 
 
 def apply(choice: ThreadChoice) -> None:
@@ -65,9 +66,9 @@ def training_threads(
     device: torch.device,
     steps: int | None,
     seconds: float | None,
-    clock: Callable[[], float] = time.perf_counter,
 ) -> ThreadChoice:
     """The count a training run uses (see :mod:`charnn.threads`), already set in torch."""
+    clock = CLOCK
     x, y = (torch.from_numpy(a).to(device) for a in batch)  # (B, T) each
     cap = PROBE_SHARE * seconds if seconds is not None else float("inf")
 

@@ -770,7 +770,11 @@ class Trainer:
         """How this run (or its latest resumption) was started: command line, versions, device."""
         from charnn.metrics import invocation
 
-        return {**(self.invocation or invocation()), "device": str(self.device), "threads": self.threads.to_dict()}
+        return {
+            **(self.invocation or invocation()),
+            "device": str(self.device),
+            "threads": self.threads.to_dict(),
+        }
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.group.check_resume(ckpt.meta.get("world_size", 1))
