@@ -263,29 +263,31 @@ def choose(
 ) -> ThreadChoice:
     """The thread count by the policy in the module docstring. ``measure`` runs the probe's
     passes through the tuner it is given (it sets torch's threads to ``next_count()``)."""
-    base = {"cores": where.cores, "load": where.load}
+
+    def made(count: int | None, how: str, **measured: Any) -> ThreadChoice:
+        return ThreadChoice(count, how, where.cores, where.load, **measured)
+
     if pinned is not None:
-        return ThreadChoice(pinned, PINNED, **base)
+        return made(pinned, PINNED)
     if resumed is not None:
-        return ThreadChoice(resumed, RESUMED, **base)
+        return made(resumed, RESUMED)
     if where.environment_threads is not None:
-        return ThreadChoice(where.environment_threads, ENVIRONMENT, **base)
+        return made(where.environment_threads, ENVIRONMENT)
     if device != "cpu":
-        return ThreadChoice(None, DEVICE, **base)
+        return made(None, DEVICE)
     counts = candidates(where.cores, where.load, where.processes)
+    guess = free_cores(where.cores, where.load, where.processes)
     if len(counts) == 1:
-        return ThreadChoice(counts[0], SINGLE, **base)
+        return made(counts[0], SINGLE)
     if not long_enough or measure is None:
-        return ThreadChoice(free_cores(where.cores, where.load, where.processes), LOAD, **base)
+        return made(guess, LOAD)
     tuner = Tuner(counts)
     measure(tuner)
-    guess = free_cores(where.cores, where.load, where.processes)
     tuner.stop(fallback=guess)
-    assert tuner.chosen is not None
     if not tuner.compared:  # cut short (a slow machine, a short time limit): the load decides
-        return ThreadChoice(guess, LOAD, **base)
+        return made(guess, LOAD)
     seconds = tuner.medians() or {n: b for n, b in tuner.best.items() if n not in tuner.dropped}
-    return ThreadChoice(tuner.chosen, MEASURED, seconds=seconds, same_rounding=tuner.same_rounding, **base)
+    return made(tuner.chosen, MEASURED, seconds=seconds, same_rounding=tuner.same_rounding)
 
 
 def worth_measuring(steps: int | None, seconds: float | None) -> bool:

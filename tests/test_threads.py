@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import TINY_MODEL_ARGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -18,8 +19,6 @@ from rich.console import Console
 from charnn import threads, torch_threads
 from charnn.console import WorkProgress
 from charnn.threads import Pace, Situation, ThreadChoice, Tuner, candidates, choose, decide, free_cores
-
-from conftest import TINY_MODEL_ARGS
 
 
 @pytest.fixture(autouse=True)
