@@ -10,7 +10,8 @@ interleaved, the order alternating per round:
     new    charnn eval                      (measured)
 
 A run that exceeds --timeout is stopped and counted at the timeout, so its ratio is a lower
-bound (marked >=). Prints each run with the load average before it, then medians. Run:
+bound (marked >=); its whole time is also extrapolated from its last progress line. Prints
+each run with the load average before it, then medians. Run:
 
     .venv/bin/python benchmarks/eval_speed.py [--bytes 1000000] [--rounds 3] [--timeout 600] [CORPUS]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -44,11 +46,21 @@ def charnn(*args: str, timeout: float | None = None) -> tuple[float, bool, str]:
             cwd=ROOT,
             timeout=timeout,
         )
-    except subprocess.TimeoutExpired:
-        return time.perf_counter() - start, False, ""
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return time.perf_counter() - start, False, err
     if proc.returncode != 0:
         raise SystemExit(f"charnn {' '.join(args)} failed: {proc.stderr[-2000:]}")
     return time.perf_counter() - start, True, proc.stderr
+
+
+def extrapolated(wall: float, stderr: str) -> float | None:
+    """A stopped run's whole time, from its last progress line ("(N/M tokens"), if it printed one."""
+    found = re.findall(r"\(([\d,]+)/([\d,]+) tokens", stderr)
+    if not found:
+        return None
+    done, total = (int(x.replace(",", "")) for x in found[-1])
+    return wall * total / max(done, 1)
 
 
 def main() -> None:
@@ -76,7 +88,9 @@ def main() -> None:
                     "eval", str(text), "-c", str(run), *contenders[name], timeout=args.timeout
                 )
                 times[name].append((wall, done))
-                state = "" if done else f" (stopped at the {args.timeout:g} s timeout)"
+                guess = None if done else extrapolated(wall, err)
+                state = "" if done else f" (stopped at the {args.timeout:g} s timeout"
+                state += f"; ~{guess:.0f} s by its progress)" if guess else ")" if not done else ""
                 print(f"  round {r + 1}: {name}  {wall:7.1f} s{state}  load {load:.2f}", flush=True)
     old = statistics.median(t for t, _ in times["old"])
     new = statistics.median(t for t, _ in times["new"])

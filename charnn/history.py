@@ -104,12 +104,26 @@ def info_lines(info: dict[str, Any]) -> list[str]:
     if run:
         rows["command"] = " ".join(run.get("argv") or [])
         rows["versions"] = f"charnn {run.get('charnn')}, torch {run.get('torch')}, device {run.get('device')}"
+    threads = threads_text(run.get("threads"), (info.get("train") or {}).get("threads"))
+    if threads:
+        rows["threads"] = threads
     parent = info.get("parent")
     if isinstance(parent, dict):
         rows["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
     if info.get("stopped_reason"):
         rows["stopped"] = info["stopped_reason"]
     return [f"{key:16} {value}" for key, value in rows.items()]
+
+
+def threads_text(record: Any, count: Any) -> str:
+    """``2 (measured)``: the run's thread count and how it was chosen (only known words shown:
+    the record is data, perhaps forged)."""
+    from charnn.threads import HOWS
+
+    if not isinstance(count, int) or isinstance(count, bool):
+        return ""
+    how = record.get("how") if isinstance(record, dict) else None
+    return f"{count} ({how})" if how in HOWS else str(count)
 
 
 def _tokenizer_text(tokenizer: dict[str, Any]) -> str:

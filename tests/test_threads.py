@@ -192,6 +192,7 @@ def test_training_measures_records_and_resume_reuses(
     assert start["threads"]["count"] == 1 and start["threads"]["how"] == "measured"
     meta = json.loads((run / "latest" / "meta.json").read_text())
     assert meta["train"]["threads"] == 1 and meta["run"]["threads"]["how"] == "measured"
+    assert "threads          1 (measured)" in run_cli("info", "-c", run).stdout
 
     machine.cost = {2: 0.05, 1: 0.1}  # the machine is idle now: the run keeps its count anyway
     proc = run_cli("train", "--resume", run, "--steps", "310")
