@@ -25,9 +25,9 @@ def _new_text(tmp_path: Path) -> Path:
 def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from charnn.app import TrainRequest, _fine_tune_trainer
     from charnn.checkpoint import load_checkpoint
     from charnn.rundir import RunDir
-    from charnn.runs import TrainRequest, _fine_tune_trainer
 
     parent = load_checkpoint(trained_run)  # best/
     old_chars = parent.tokenizer.chars

@@ -149,11 +149,11 @@ def _poisoned_trainer(
     Every checkpoint written is checked finite as it is saved."""
     import torch
 
-    import charnn.train as train_mod
+    import charnn.trainer as train_mod
     from charnn.checkpoint import load_checkpoint
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
-    from charnn.reporting import NullReporter
+    from charnn.train_records import NullReporter
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])

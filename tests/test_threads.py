@@ -276,7 +276,7 @@ def test_eval_and_score_take_threads(run_cli: Any, trained_run: Path, tmp_path: 
 def test_eval_measures_threads_on_its_windows(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from charnn.runs import run_eval
+    from charnn.app import run_eval
 
     monkeypatch.setattr(torch_threads, "situation", lambda *a, **k: Situation(cores=2, load=0.1))
     counts: list[int] = []
@@ -290,7 +290,7 @@ def test_eval_measures_threads_on_its_windows(
 def test_score_on_a_terminal_says_it_waits_for_stdin(
     trained_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from charnn.runs import run_score
+    from charnn.app import run_score
 
     class Terminal(io.BytesIO):
         def isatty(self) -> bool:

@@ -161,7 +161,13 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
 
 def _resumed_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
     from charnn.distributed import SOLO
-    from charnn.train import Trainer, check_resume_corpus, init_from_hint, merge_resume, refuse_contradictions
+    from charnn.trainer import (
+        Trainer,
+        check_resume_corpus,
+        init_from_hint,
+        merge_resume,
+        refuse_contradictions,
+    )
 
     group = group or SOLO
     ckpt = load_checkpoint(run.path, prefer=LATEST)
@@ -205,7 +211,7 @@ def _notes(corpus: Corpus, group: Any) -> None:
 
 
 def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
@@ -231,7 +237,7 @@ def _reporter(run: RunDir, request: TrainRequest, group: Any = None) -> tuple[An
     """The console, teed into the run's metrics.jsonl; and how this run was invoked. Ranks
     other than 0 of a torchrun run report nothing."""
     from charnn.metrics import MetricsReporter, invocation
-    from charnn.reporting import NullReporter
+    from charnn.train_records import NullReporter
 
     inv = invocation(request.argv)
     if group is not None and not group.is_writer:
@@ -243,7 +249,7 @@ def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Any:
     """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
     the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
     from charnn import finetune
-    from charnn.train import Trainer
+    from charnn.trainer import Trainer
 
     assert request.init_from is not None
     parent = load_checkpoint(request.init_from)
@@ -562,7 +568,7 @@ def run_eval(
             with tuning.pace(f"surprisal {ckpt.path}", True) as pace:
                 reports.append(_model_report(ckpt, model, corpus.ids, top_k, pace))
     if html is not None:
-        from charnn.report import build_report, write_report
+        from charnn.surprisal_page import build_report, write_report
 
         if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
             raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
@@ -578,7 +584,7 @@ def run_eval(
 def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int, pace: Any) -> Any:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
-    from charnn.report import ModelReport
+    from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k, pace=pace)
@@ -672,8 +678,8 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
-    from charnn.history import describe
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.run_catalog.describe`)."""
+    from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
     info = describe(ckpt.meta, ckpt.path)

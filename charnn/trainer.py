@@ -1,6 +1,6 @@
 """The training loop: teacher forcing with truncated BPTT, AdamW, warm-up + cosine decay,
 gradient clipping, periodic validation, atomic checkpoints, exact resume, and recovery
-from non-finite steps. Reports progress through a :class:`~charnn.reporting.Reporter`; never prints.
+from non-finite steps. Reports progress through a :class:`~charnn.train_records.Reporter`; never prints.
 
 The loop (:meth:`Trainer.run`) reads top to bottom; its parts are small named objects:
 :class:`Schedule` (learning rate), :class:`ThroughputMeter` (chars/s),
@@ -50,10 +50,10 @@ from charnn.errors import (
 )
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
 from charnn.model import CharRNN, Hidden, detach_hidden
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 from charnn.rundir import RunDir
 from charnn.tokenizer import Tokenizer
 from charnn.torch_threads import run_threads
+from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
 
