@@ -15,7 +15,8 @@ The policy (:func:`choose`), first rule that applies:
 4. Not the CPU (CUDA, MPS): torch's own default; the CPU only feeds the device.
 5. One candidate only (one core per process): that.
 6. A run too short for a measurement to pay (under :data:`MIN_PROBE_STEPS` steps or
-   :data:`MIN_PROBE_SECONDS`): the cores the 1-minute load average leaves free.
+   :data:`MIN_PROBE_SECONDS`), or a machine whose load average is :data:`SATURATED` times its
+   cores: the cores the 1-minute load average leaves free.
 7. Otherwise measured: the same unit of work (training: forward and backward of the run's
    first batch, thrown away; eval/score: the first windows of the real work) is timed at each
    candidate count, in alternating order (:class:`Tuner`), and the fewest threads whose median
@@ -50,6 +51,7 @@ ROUNDS = 3  # timed passes per candidate, after one untimed warm-up pass each
 MIN_PROBE_STEPS = 300  # shorter step-bounded runs are not measured: 8 passes would cost > 3 %
 MIN_PROBE_SECONDS = 30.0  # shorter timed runs neither
 MAX_CANDIDATES = 4
+SATURATED = 2.0  # load average / cores beyond which nothing is measured (see saturated())
 DROP = 3.0  # a count this many times slower than another is not timed again
 
 # How a count was chosen (ThreadChoice.how).
@@ -181,6 +183,12 @@ class Tuner:
     def settled(self) -> bool:
         return self.chosen is not None
 
+    @property
+    def warming(self) -> bool:
+        """Whether the next pass is a warm-up: its time only drops hopeless counts, so the
+        caller may make it short."""
+        return self.chosen is None and self.position < len(self.counts)
+
     def next_count(self) -> int:
         if self.chosen is not None:
             return self.chosen
@@ -279,7 +287,7 @@ def choose(
     guess = free_cores(where.cores, where.load, where.processes)
     if len(counts) == 1:
         return made(counts[0], SINGLE)
-    if not long_enough or measure is None:
+    if not long_enough or measure is None or saturated(where):
         return made(guess, LOAD)
     tuner = Tuner(counts)
     measure(tuner)
@@ -288,6 +296,12 @@ def choose(
         return made(guess, LOAD)
     seconds = tuner.medians() or {n: b for n, b in tuner.best.items() if n not in tuner.dropped}
     return made(tuner.chosen, MEASURED, seconds=seconds, same_rounding=tuner.same_rounding)
+
+
+def saturated(where: Situation) -> bool:
+    """Whether the load average is so far above the cores (:data:`SATURATED` times) that a count
+    above the free cores can only collapse: then measuring it would cost a slow pass for nothing."""
+    return where.load is not None and where.load >= SATURATED * where.cores
 
 
 def worth_measuring(steps: int | None, seconds: float | None) -> bool:

@@ -26,11 +26,14 @@ from charnn.threads import (
     Tuner,
     candidates,
     choose,
+    free_cores,
+    saturated,
     situation,
     worth_measuring,
 )
 
 PROBE_SHARE = 0.05  # a timed run spends at most this share of its time measuring
+WARM_STEPS = 16  # time steps of the batch a warm-up pass runs
 CLOCK: Callable[[], float] = time.perf_counter  # what the probe times with (tests fake it)
 
 
@@ -77,10 +80,16 @@ def training_threads(
         model.train()
         with torch.random.fork_rng(devices=[]):  # dropout draws here must not shift the run's
             while not tuner.settled and clock() - begun < cap:
+                # Warm-ups on the first few time steps only: under heavy load one pass of a
+                # spinning thread team over the whole batch can take seconds.
+                warm = tuner.warming
+                xs, ys = (x[:, :WARM_STEPS], y[:, :WARM_STEPS]) if warm else (x, y)
                 torch.set_num_threads(tuner.next_count())
                 start = clock()
-                fingerprint = probe_pass(model, x, y)
-                tuner.record(clock() - start, fingerprint=fingerprint())
+                fingerprint = probe_pass(model, xs, ys)
+                tuner.record(
+                    clock() - start, xs.numel() / x.numel(), None if warm else fingerprint()
+                )  # per pass
         model.zero_grad(set_to_none=True)
         model.train(was_training)
 
@@ -106,8 +115,8 @@ def eval_tuner(pinned: int | None) -> Tuner | None:
     if where.environment_threads is not None:
         return None
     counts = candidates(where.cores, where.load, where.processes)
-    if len(counts) == 1:
-        torch.set_num_threads(counts[0])
+    if len(counts) == 1 or saturated(where):
+        torch.set_num_threads(free_cores(where.cores, where.load, where.processes))
         return None
     return Tuner(counts)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL_ARGS
@@ -123,6 +124,8 @@ def test_choose_follows_the_policy_in_order() -> None:
     assert choose(Situation(cores=1, load=3.0), None, measure=never).how == "one core"
     short = choose(Situation(cores=2, load=1.4), None, long_enough=False, measure=never)
     assert (short.count, short.how) == (1, "load average")
+    saturated = choose(Situation(cores=2, load=4.5), None, measure=never)
+    assert (saturated.count, saturated.how) == (1, "load average")
 
 
 def test_choose_measures_when_nothing_decides() -> None:
@@ -219,6 +222,29 @@ def test_the_probe_leaves_the_run_as_it_would_have_been(
     assert pinned.returncode == probed.returncode == 0, probed.stderr
     weights = [(tmp_path / r / "latest" / "model.safetensors").read_bytes() for r in ("pinned", "probed")]
     assert weights[0] == weights[1]
+
+
+def test_warm_up_passes_run_a_few_time_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from charnn.config import ModelConfig
+    from charnn.model import CharRNN
+
+    lengths: list[int] = []
+    now = [0.0]
+    real = torch_threads.probe_pass
+
+    def probe(model: Any, x: Any, y: Any) -> Any:
+        lengths.append(x.shape[1])
+        now[0] += {2: 0.1, 1: 0.2}[torch.get_num_threads()]
+        return real(model, x, y)
+
+    monkeypatch.setattr(torch_threads, "probe_pass", probe)
+    monkeypatch.setattr(torch_threads, "CLOCK", lambda: now[0])
+    monkeypatch.setattr(torch_threads, "situation", lambda *a, **k: IDLE)
+    model = CharRNN(ModelConfig(10, hidden=8, embed=4, layers=1))
+    batch = (np.zeros((2, 64), dtype=np.int64), np.ones((2, 64), dtype=np.int64))
+    choice = torch_threads.training_threads(model, batch, None, None, torch.device("cpu"), None, 300.0)
+    assert lengths == [16, 16, 64, 64, 64, 64, 64, 64]
+    assert (choice.count, choice.how, choice.same_rounding) == (2, "measured", True)
 
 
 def test_short_training_runs_go_by_the_load(
