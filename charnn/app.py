@@ -62,6 +62,7 @@ class TrainRequest:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    vocabulary: Any = None  # a ready tokenizer for a new run (classify's members share one)
 
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
@@ -222,6 +223,8 @@ def _new_trainer(request: TrainRequest, run: RunDir, group: Any = None) -> Any:
             flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
             raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
         source = load_checkpoint(tokenizer.source).tokenizer
+    if request.vocabulary is not None:
+        source = request.vocabulary
     # subwords learn from the training split only (val_fraction)
     corpus = cached_corpus(
         request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction
@@ -325,19 +328,6 @@ def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> np.ndarray
         raise DataError(f"{what}: {exc}") from None
 
 
-def sampling_stepper(ckpt: Any, prime_tokens: int) -> Any:
-    """The numpy stepper, or (a prime of TORCH_PRIME_MIN tokens or more) one that primes in torch."""
-    from charnn.stepper import FastStepper
-    from charnn.torch_prime import TORCH_PRIME_MIN
-
-    stepper = FastStepper(ckpt.config, ckpt.weights)
-    if prime_tokens < TORCH_PRIME_MIN:
-        return stepper
-    from charnn.torch_prime import TorchPrimedStepper
-
-    return TorchPrimedStepper(stepper, ckpt)
-
-
 def run_sampling(
     checkpoint: str,
     config: SampleConfig,
@@ -352,6 +342,7 @@ def run_sampling(
     import json
 
     from charnn.constraints import TokenRules
+    from charnn.routing import sampling_stepper
     from charnn.sampling import generate
 
     out = out or sys.stdout
@@ -424,13 +415,13 @@ def run_prompts(
     import json
 
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
-    from charnn.stepper import FastStepper
+    from charnn.routing import sampling_stepper
 
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
-    stepper = FastStepper(ckpt.config, ckpt.weights)
+    stepper = sampling_stepper(ckpt, max((len(p) for p in primes), default=0))
     seed = sampling_seed(config)
     first = True
     for start in range(0, len(prompts), BATCH_PROMPTS):
@@ -498,7 +489,7 @@ class TorchThreads:
         self.ready = False
 
     @contextlib.contextmanager
-    def pace(self, label: str, torch_runs: bool, unit: str = "tokens") -> Iterator[Any]:
+    def pace(self, label: str, torch_runs: bool, total: int = 0, unit: str = "tokens") -> Iterator[Any]:
         """A :class:`charnn.threads.Pace` with a progress display for work labelled ``label``;
         the do-nothing one when the work runs in numpy."""
         from charnn.threads import NO_PACE, Pace
@@ -514,8 +505,10 @@ class TorchThreads:
         if not self.ready:
             self.tuner, self.ready = eval_tuner(self.threads), True
         progress = WorkProgress(shown(label), unit=unit)
+        pace = Pace(self.tuner, torch.set_num_threads, progress)
+        pace.begin(total)
         try:
-            yield Pace(self.tuner, torch.set_num_threads, progress)
+            yield pace
         finally:
             progress.close()
 
@@ -533,6 +526,7 @@ def run_eval(
     html: str | None = None,
     top_k: int = 3,
     cache_dir: str | None = None,
+    adapt: Any = None,
     threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
@@ -540,12 +534,14 @@ def run_eval(
     ``threads`` (None: measured on the first windows, see :mod:`charnn.threads`) and progress
     on stderr. Files (not stdin) are read through the corpus cache, memory-mapped, when no page
     is asked for."""
-    from charnn.scoring import NUMPY_MAX_TOKENS
-
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
-    if html is not None and len(checkpoints) > 2:
+    if html is not None and adapt is None and len(checkpoints) > 2:
         raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    if html is not None and adapt is not None and len(checkpoints) > 1:
+        raise ConfigError(
+            "--html with --adapt compares one checkpoint with its adaptive self; got " + str(len(checkpoints))
+        )
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
     if "-" in files:
@@ -560,13 +556,24 @@ def run_eval(
             corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
-        model = ckpt.build_model() if html is not None or len(corpus.ids) > NUMPY_MAX_TOKENS else None
-        with tuning.pace(f"eval {ckpt.path}", model is not None) as pace:
-            result = _evaluate(ckpt, model, corpus.ids, pace)
+        model = ckpt.build_model() if html is not None else None  # the page needs torch anyway
+        result = _evaluate(ckpt, model, corpus.ids, tuning)
         rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
         if html is not None:
             with tuning.pace(f"surprisal {ckpt.path}", True) as pace:
                 reports.append(_model_report(ckpt, model, corpus.ids, top_k, pace))
+        if adapt is not None:  # a different measurement: its own row, after the static one
+            from charnn import adapt as dyn
+            from charnn.scoring import token_char_lengths, token_extra_nats
+
+            tok = ckpt.tokenizer
+            lengths, extra = token_char_lengths(tok), token_extra_nats(tok)
+            adaptive = dyn.adaptive_eval(
+                ckpt.build_model(), corpus.ids, tok.start_ids(), lengths, extra, adapt
+            )
+            rows.append({**rows[-1], **adaptive.to_dict(), "adaptive": True})
+            if html is not None:
+                reports.append(_adaptive_report(ckpt, corpus.ids, top_k, adapt))
     if html is not None:
         from charnn.surprisal_page import build_report, write_report
 
@@ -592,24 +599,36 @@ def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int, pace: Any) -> Any
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _evaluate(ckpt: Any, model: Any, ids: np.ndarray, pace: Any) -> Any:
-    """eval's numbers for one checkpoint: through ``model`` (torch) if given, else in numpy.
+def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
+    """The page's data for the adapting model: it shows what the model learns as it reads."""
+    from charnn.adapt import Adapter
+    from charnn.evaluate import char_surprisal
+    from charnn.surprisal_page import ModelReport
+
+    tokenizer = ckpt.tokenizer
+    tokens = Adapter(ckpt.build_model(), settings).read(ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    name = f"{ckpt.path} (adaptive)"
+    return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
+
+
+def _evaluate(ckpt: Any, model: Any, ids: np.ndarray, tuning: TorchThreads) -> Any:
+    """eval's numbers for one checkpoint, through ``model`` (torch) if given, else the stepper
+    charnn.routing picks for the text's length; torch runs with ``tuning``'s threads.
 
     Every token is predicted, the first from the start context (a newline), so bpc is the
     total over the whole text divided by its characters, whatever the tokenizer."""
-    from charnn.scoring import evaluate_stream_numpy, token_char_lengths, token_extra_nats
+    from charnn.routing import eval_stepper
+    from charnn.scoring import evaluate_text, token_char_lengths, token_extra_nats
+    from charnn.stepper import FastStepper
+    from charnn.threads import paced
 
     tokenizer = ckpt.tokenizer
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     context = tokenizer.start_ids()[-1]
-    if model is None:
-        from charnn.stepper import FastStepper
-
-        stepper = FastStepper(ckpt.config, ckpt.weights)
-        return evaluate_stream_numpy(stepper, ids, lengths, context=context, extra_nats=extra)
-    from charnn.evaluate import evaluate_stream
-
-    return evaluate_stream(model, ids, lengths, context=context, extra_nats=extra, pace=pace)
+    stepper = eval_stepper(ckpt, len(ids), model)
+    with tuning.pace(f"eval {ckpt.path}", not isinstance(stepper, FastStepper), len(ids)) as pace:
+        return evaluate_text(paced(stepper, pace), ids, lengths, context=context, extra_nats=extra)
 
 
 def run_score(
@@ -618,12 +637,16 @@ def run_score(
     context: str | None,
     encoding_errors: str = "strict",
     whole: bool = False,
+    adapt: Any = None,
     threads: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars.
     Long inputs run in torch with ``threads`` (None: measured) and progress on stderr."""
 
-    from charnn.scoring import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
+    from charnn.routing import score_stepper
+    from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
+    from charnn.stepper import FastStepper
+    from charnn.threads import paced
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
@@ -651,17 +674,18 @@ def run_score(
             raise DataError(f"{where}: {exc}") from None
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
-    if len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
-        from charnn.stepper import FastStepper
+    if adapt is not None:  # the model learns from each line after scoring it (charnn.adapt)
+        from charnn.adapt import adaptive_scores
 
-        stepper = FastStepper(ckpt.config, ckpt.weights)
-        scores = score_lines_numpy(stepper, context_ids, encoded, lengths, extra_nats=extra)
+        start = context_ids or tokenizer.start_ids()
+        scores = adaptive_scores(ckpt.build_model(), start, encoded, lengths, extra, adapt)
     else:
-        from charnn.evaluate import score_lines
-
-        model = ckpt.build_model()
-        with TorchThreads(threads).pace(f"score {ckpt.path}", True, unit="positions") as pace:
-            scores = score_lines(model, context_ids, encoded, lengths, extra_nats=extra, pace=pace)
+        total = len(context_ids) + sum(len(e) + 1 for e in encoded)
+        stepper, batch = score_stepper(ckpt, total)
+        torch_runs = not isinstance(stepper, FastStepper)
+        with TorchThreads(threads).pace(f"score {ckpt.path}", torch_runs, total) as pace:
+            stepper = paced(stepper, pace)
+            scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
         row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:
@@ -674,6 +698,7 @@ def run_score(
             "bpt": sc.bpt,
             "chars": sc.chars,
             "tokens": sc.tokens,
+            **({"adaptive": True} if adapt is not None else {}),
         }
 
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from charnn.arch import CELLS as CELL_SPECS
 from charnn.errors import ConfigError
 
-CELLS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in torch.nn's weight layout
+CELLS = tuple(CELL_SPECS)  # the cells are described in charnn.arch
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 TOKENIZERS = ("char", "bpe", "unigram", "sentencepiece")  # sentencepiece: the old name for unigram
@@ -439,6 +439,27 @@ class TrainConfig(_Validated):
             for f in dataclasses.fields(cls)
             if f.metadata.get("locked") or (cli_opt(f) is not None and cli_opt(f).locked)  # type: ignore[union-attr]
         )
+
+
+@dataclass(frozen=True)
+class AdaptConfig(_Validated):
+    """Dynamic evaluation for ``eval`` and ``score`` (:mod:`charnn.adapt`): the model keeps
+    learning, by SGD on its recurrent and output weights, from the text it has just scored."""
+
+    adapt: bool = field(
+        default=False,
+        metadata=opt("keep learning from the text as it is scored (dynamic evaluation); reported separately"),
+    )
+    adapt_lr: float = field(
+        default=0.02, metadata=opt("--adapt: SGD step size", min=0, min_open=True, max=10, metavar="F")
+    )
+    adapt_decay: float = field(
+        default=0.0,
+        metadata=opt("--adapt: pull toward the checkpoint's weights at each step", min=0, max=1, metavar="F"),
+    )
+    adapt_segment: int = field(
+        default=50, metadata=opt("--adapt: tokens scored between two updates", min=1, max=1_000_000)
+    )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from charnn.arch import PER_TOKEN
 from charnn.checkpoint import MODEL_FILE, Checkpoint
 from charnn.config import ModelConfig
 from charnn.errors import ConfigError
@@ -25,7 +26,6 @@ from charnn.tokenizer import Tokenizer
 # not their shape.
 ADJUSTABLE = ("dropout",)
 # Parameters with one row per token: rows of tokens the parent knew are copied, new rows stay fresh.
-PER_TOKEN = ("embed.weight", "head.weight", "head.bias")
 
 
 def child_model_config(parent: Checkpoint, given: dict[str, Any], vocab_size: int) -> ModelConfig:

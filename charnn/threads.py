@@ -359,3 +359,39 @@ class Pace:
 
 
 NO_PACE = Pace()
+
+
+class PacedStepper:
+    """A :class:`~charnn.stepper.Stepper` whose scoring windows (``target_logprobs``, what
+    ``eval`` and ``score`` run) go through a :class:`Pace`: threads and progress."""
+
+    def __init__(self, stepper: Any, pace: Pace) -> None:
+        self.stepper, self.pace = stepper, pace
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.stepper.vocab_size)
+
+    def initial_state(self, n: int) -> Any:
+        return self.stepper.initial_state(n)
+
+    def step(self, ids: Any, state: Any) -> Any:
+        return self.stepper.step(ids, state)
+
+    def prime(self, ids: Any, state: Any = None) -> Any:
+        return self.stepper.prime(ids, state)
+
+    def forward(self, ids: Any, state: Any = None) -> Any:
+        return self.stepper.forward(ids, state)
+
+    def target_logprobs(self, ids: Any, targets: Any, state: Any = None) -> Any:
+        with self.pace.window(int(getattr(ids, "size", 1))):
+            return self.stepper.target_logprobs(ids, targets, state)
+
+    def reorder(self, state: Any, index: Any) -> Any:
+        return self.stepper.reorder(state, index)
+
+
+def paced(stepper: Any, pace: Pace) -> Any:
+    """``stepper`` run through ``pace``, or itself when there is nothing to pace."""
+    return stepper if pace is NO_PACE else PacedStepper(stepper, pace)
