@@ -7,6 +7,7 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -29,7 +30,7 @@ from charnn.checkpoint import (
     train_config,
 )
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
-from charnn.console import TrainReporter, note
+from charnn.console import TrainReporter, note, shown, stdin_hint
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError, VocabularyError, located
 from charnn.metrics_rows import BudgetRecord, Invocation
@@ -550,6 +551,39 @@ def read_prompts(source: str, errors: str = "strict") -> list[str]:
 # ---------------------------------------------------------------------------- eval / score / info
 
 
+class TorchThreads:
+    """eval's and score's threads: settled once per command (on the first torch work), then kept."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self.tuner: Any = None
+        self.ready = False
+
+    @contextlib.contextmanager
+    def pace(self, label: str, torch_runs: bool, total: int = 0, unit: str = "tokens") -> Iterator[Any]:
+        """A :class:`charnn.threads.Pace` with a progress display for work labelled ``label``;
+        the do-nothing one when the work runs in numpy."""
+        from charnn.threads import NO_PACE, Pace
+
+        if not torch_runs:
+            yield NO_PACE
+            return
+        import torch
+
+        from charnn.console import WorkProgress
+        from charnn.torch_threads import eval_tuner
+
+        if not self.ready:
+            self.tuner, self.ready = eval_tuner(self.threads), True
+        progress = WorkProgress(shown(label), unit=unit)
+        pace = Pace(self.tuner, torch.set_num_threads, progress)
+        pace.begin(total)
+        try:
+            yield pace
+        finally:
+            progress.close()
+
+
 def printable_path(path: str) -> str:
     """A file name as valid Unicode: bytes that are not UTF-8 (kept by the OS as lone surrogates)
     become ``\\xNN`` escapes, so JSON and terminals can carry it."""
@@ -564,10 +598,13 @@ def run_eval(
     top_k: int = 3,
     cache_dir: str | None = None,
     adapt: AdaptConfig | None = None,
+    threads: int | None = None,
 ) -> list[EvalRow]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
-    Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
-    stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
+    Short texts without ``html`` run in numpy (no torch import), the others in torch, with
+    ``threads`` (None: measured on the first windows, see :mod:`charnn.threads`) and progress
+    on stderr. Files (not stdin) are read through the corpus cache, memory-mapped, when no page
+    is asked for."""
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
     if html is not None and adapt is None and len(checkpoints) > 2:
@@ -578,9 +615,12 @@ def run_eval(
         )
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
+    if "-" in files:
+        stdin_hint("the text")
     texts = None if streamed else read_corpus(files, encoding_errors)
     rows: list[EvalRow] = []
     reports: list[ModelReport] = []
+    tuning = TorchThreads(threads)
     for ckpt in loaded:
         if texts is None:
             corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
@@ -589,11 +629,12 @@ def run_eval(
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None else None  # the page needs torch anyway
-        result = _evaluate(ckpt, model, corpus.ids)
+        result = _evaluate(ckpt, model, corpus.ids, tuning)
         rows.append(_eval_row(ckpt, result))
         if html is not None:
             assert model is not None  # built above: the page needs torch's per-token numbers
-            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+            with tuning.pace(f"surprisal {ckpt.path}", True) as pace:
+                reports.append(_model_report(ckpt, model, corpus.ids, top_k, pace))
         if adapt is not None:  # a different measurement: its own row, after the static one
             from charnn import adapt as dyn
             from charnn.scoring import token_char_lengths, token_extra_nats
@@ -633,13 +674,13 @@ def _eval_row(ckpt: Checkpoint, result: EvalResult, adaptive: bool | None = None
     )
 
 
-def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int) -> ModelReport:
+def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int, pace: Any) -> ModelReport:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
     from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
-    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k, pace=pace)
     vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
@@ -657,20 +698,23 @@ def _adaptive_report(ckpt: Checkpoint, ids: np.ndarray, top_k: int, settings: Ad
     return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray) -> EvalResult:
+def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray, tuning: TorchThreads) -> EvalResult:
     """eval's numbers for one checkpoint, through ``model`` (torch) if given, else the stepper
-    charnn.routing picks for the text's length.
+    charnn.routing picks for the text's length; torch runs with ``tuning``'s threads.
 
     Every token is predicted, the first from the start context (a newline), so bpc is the
     total over the whole text divided by its characters, whatever the tokenizer."""
     from charnn.routing import eval_stepper
     from charnn.scoring import evaluate_text, token_char_lengths, token_extra_nats
+    from charnn.stepper import FastStepper
+    from charnn.threads import paced
 
     tokenizer = ckpt.tokenizer
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     context = tokenizer.start_ids()[-1]
     stepper = eval_stepper(ckpt, len(ids), model)
-    return evaluate_text(stepper, ids, lengths, context=context, extra_nats=extra)
+    with tuning.pace(f"eval {ckpt.path}", not isinstance(stepper, FastStepper), len(ids)) as pace:
+        return evaluate_text(paced(stepper, pace), ids, lengths, context=context, extra_nats=extra)
 
 
 def run_score(
@@ -680,16 +724,22 @@ def run_score(
     encoding_errors: str = "strict",
     whole: bool = False,
     adapt: AdaptConfig | None = None,
+    threads: int | None = None,
 ) -> Iterator[ScoreRow]:
-    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
+    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars.
+    Long inputs run in torch with ``threads`` (None: measured) and progress on stderr."""
 
     from charnn.routing import score_stepper
     from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
+    from charnn.stepper import FastStepper
+    from charnn.threads import paced
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     context_ids = encode_prime(tokenizer, context or "", "--context").tolist()
     sources, _ = resolve_sources(files)
+    if "-" in sources:
+        stdin_hint("lines to score")
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
         text = read_source(source, encoding_errors)
@@ -716,8 +766,12 @@ def run_score(
         start = context_ids or tokenizer.start_ids()
         scores = adaptive_scores(ckpt.build_model(), start, encoded, lengths, extra, adapt)
     else:
-        stepper, batch = score_stepper(ckpt, len(context_ids) + sum(len(e) + 1 for e in encoded))
-        scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
+        total = len(context_ids) + sum(len(e) + 1 for e in encoded)
+        stepper, batch = score_stepper(ckpt, total)
+        torch_runs = not isinstance(stepper, FastStepper)
+        with TorchThreads(threads).pace(f"score {ckpt.path}", torch_runs, total) as pace:
+            stepper = paced(stepper, pace)
+            scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
         yield ScoreRow(
             source="<stdin>" if source == "-" else printable_path(source),

@@ -28,6 +28,7 @@ from charnn import __version__, envvars
 from charnn.config import (
     ENCODING_ERRORS,
     AdaptConfig,
+    ComputeConfig,
     ModelConfig,
     Opt,
     SampleConfig,
@@ -486,6 +487,7 @@ def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -
     help="predictions shown per character on the --html page",
 )
 @config_options(AdaptConfig)
+@config_options(ComputeConfig)
 @click.pass_context
 def eval_(
     ctx: click.Context,
@@ -502,6 +504,7 @@ def eval_(
     figures of a model that keeps learning from the text as it reads it."""
     from charnn.app import run_eval
 
+    compute = ComputeConfig(**take_config(ctx, options, ComputeConfig))
     adapt = _adapt_config(ctx, options)
     rows = run_eval(
         list(checkpoints),
@@ -511,6 +514,7 @@ def eval_(
         top_k=top_k,
         cache_dir=cache_dir,
         adapt=adapt,
+        threads=compute.threads,
     )
     several = len(checkpoints) > 1
     for row in rows:
@@ -538,6 +542,7 @@ def _adapt_config(ctx: click.Context, options: dict[str, Any]) -> AdaptConfig | 
 @_json_option("one JSON object per input line")
 @_encoding_errors_option
 @config_options(AdaptConfig)
+@config_options(ComputeConfig)
 @click.pass_context
 def score(
     ctx: click.Context,
@@ -553,8 +558,18 @@ def score(
     with --adapt the model learns from each line after scoring it."""
     from charnn.app import run_score
 
+    compute = ComputeConfig(**take_config(ctx, options, ComputeConfig))
     adapt = _adapt_config(ctx, options)
-    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, adapt=adapt):
+    rows = run_score(
+        checkpoint,
+        list(files) or ["-"],
+        context,
+        encoding_errors,
+        whole,
+        adapt=adapt,
+        threads=compute.threads,
+    )
+    for row in rows:
         click.echo(json_line(row.to_json()) if as_json else row.text_line())
 
 

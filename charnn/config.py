@@ -312,6 +312,18 @@ _PART = re.compile(rf"(\d+(?:\.\d+)?)({_UNITS})")
 _DURATION = re.compile(rf"(?:\d+(?:\.\d+)?(?:{_UNITS}))+")
 
 
+# One declaration for every command that runs torch on the CPU (train, eval, score).
+THREADS = opt(
+    "CPU threads for torch. Default: OMP_NUM_THREADS if set, else measured at start (each "
+    "candidate count timed on the real work; the fewest within 5 % of the fastest win). train "
+    "records the count and --resume reuses it; the count can change float rounding, so give N "
+    "to repeat a run's weights exactly (docs/threads.md)",
+    min=1,
+    max=4096,
+    default_text="measured",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Validated):
     """Everything about how a run trains; stored in checkpoints for exact resume."""
@@ -440,7 +452,10 @@ class TrainConfig(_Validated):
     seed: int = field(
         default=1337,
         metadata=opt(
-            "random seed: same seed, same command, same weights (CPU)", min=0, max=MAX_SEED, locked=True
+            "random seed: same seed, same command, same --threads: same weights (CPU)",
+            min=0,
+            max=MAX_SEED,
+            locked=True,
         ),
     )
     device: str = field(
@@ -451,15 +466,7 @@ class TrainConfig(_Validated):
             envvar="CHARNN_DEVICE",
         ),
     )
-    threads: int | None = field(
-        default=None,
-        metadata=opt(
-            "CPU threads for training (torch.set_num_threads); the count changes float rounding",
-            min=1,
-            max=4096,
-            default_text="physical cores - 1, at least 1; OMP_NUM_THREADS if set",
-        ),
-    )
+    threads: int | None = field(default=None, metadata=THREADS)
     precision: str = field(
         default="fp32", metadata=opt("bf16 autocast on CUDA", choices=PRECISIONS, locked=True)
     )
@@ -594,6 +601,13 @@ class SampleConfig(_Validated):
                 f"--num-samples {self.num_samples} needs --beam of at least that width "
                 f"(beam search returns its {self.beam} best)",
             )
+
+
+@dataclass(frozen=True)
+class ComputeConfig(_Validated):
+    """How ``eval`` and ``score`` compute (their text and checkpoint are command arguments)."""
+
+    threads: int | None = field(default=None, metadata=THREADS)
 
 
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from charnn.metrics_rows import (
     ProgressRow,
     StartRow,
     StopRow,
+    ThreadsRecord,
     ValRow,
     parse_row,
     row_step,
@@ -147,6 +148,7 @@ class MetricsReporter:
                 **self.start_row.to_fields(),
                 device=info.device,
                 parameters=info.parameters,
+                threads=ThreadsRecord(**info.threads.to_dict()) if info.threads is not None else None,
                 time=_now(),
             )
         )

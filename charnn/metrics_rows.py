@@ -58,6 +58,18 @@ class BudgetRecord(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ThreadsRecord(JsonRecord):
+    """The thread count a run computes with and how it was chosen (:class:`charnn.threads.ThreadChoice`)."""
+
+    count: int | None = item(optional(whole(1)), default=None)  # None: left to torch (a GPU)
+    how: str = item(TEXT, default="")
+    cores: int = item(whole(0), default=0)
+    load: float | None = item(MEASURE, default=None)
+    seconds: dict[str, Any] = item(mapping_of(SCALAR), default_factory=dict)  # candidate -> seconds per pass
+    same_rounding: bool | None = item(optional(FLAG), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Invocation(JsonRecord):
     """How a charnn process was started: command line and versions (also metrics' start row)."""
 
@@ -92,6 +104,7 @@ class StartRow(Invocation, MetricsRow):
     KIND: ClassVar[str] = "start"
     device: str | None = item(optional(TEXT), default=None)
     parameters: int | None = item(optional(whole(0)), default=None)
+    threads: ThreadsRecord | None = item(optional(record(ThreadsRecord)), default=None)  # charnn.threads
     time: str | None = item(optional(TEXT), default=None)  # UTC, ISO 8601
 
 

@@ -16,6 +16,7 @@ from charnn.arch import parameter_count
 from charnn.checkpoint_meta import CheckpointMeta, Progress
 from charnn.config import ModelConfig
 from charnn.console import shown
+from charnn.metrics_rows import ThreadsRecord
 from charnn.results import InfoRow, RunRow, TokenizerSummary
 from charnn.rundir import BEST, LATEST, RunDir, resolve_checkpoint
 
@@ -102,11 +103,27 @@ def info_lines(info: InfoRow) -> list[str]:
         rows["versions"] = f"charnn {run.charnn}, torch {run.torch}, device {run.device}"
         if run.budget is not None:  # the shape the budget chose (charnn.budget)
             rows["chosen"] = run.budget.reason
+    threads = threads_text(
+        info.run.threads if info.run is not None else None,
+        info.train.threads if info.train is not None else None,
+    )
+    if threads:
+        rows["threads"] = threads
     if info.parent is not None:
         rows["parent"] = f"{info.parent.path} (step {info.parent.step})"
     if info.stopped_reason:
         rows["stopped"] = info.stopped_reason
     return [f"{key:16} {shown(str(value))}" for key, value in rows.items()]  # names escaped
+
+
+def threads_text(record: ThreadsRecord | None, count: Any) -> str:
+    """``2 (measured)``: the run's thread count and how it was chosen (only known words shown)."""
+    from charnn.threads import HOWS
+
+    if not isinstance(count, int) or isinstance(count, bool):
+        return ""
+    how = record.how if record is not None else None
+    return f"{count} ({how})" if how in HOWS else str(count)
 
 
 def _tokenizer_text(tokenizer: TokenizerSummary) -> str:

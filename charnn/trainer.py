@@ -51,11 +51,11 @@ from charnn.errors import (
     Interrupted,
 )
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
-from charnn.hardware import threads_for
-from charnn.metrics_rows import Invocation
+from charnn.metrics_rows import Invocation, ThreadsRecord
 from charnn.model import CharRNN, Hidden, detach_hidden
 from charnn.rundir import RunDir
 from charnn.tokenizer import Tokenizer
+from charnn.torch_threads import run_threads
 from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 __all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
@@ -406,9 +406,6 @@ class Trainer:
         self.device = select_device(group.device(config.device))
         if config.device == "auto" and self.device.type == "cpu" and mps_available():
             reporter.message(MPS_NOTE)
-        threads = threads_for(config.threads)
-        if threads is not None:
-            torch.set_num_threads(threads)
         if config.precision == "bf16" and self.device.type != "cuda":
             raise ConfigError("--precision bf16 needs a CUDA device")
         # Per-character numbers for every tokenizer: characters each token spells, UNK's extra cost.
@@ -437,6 +434,10 @@ class Trainer:
         self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
         self.optimizer = build_optimizer(self.model, config)
         self.length = RunLength.of(config, self.batcher)
+        # Threads: --threads, the run's recorded count, or measured now (charnn.threads); stored
+        # in the config so that checkpoints and --resume keep it.
+        self.threads = run_threads(self.model, self.batcher, config, resume, self.device, self.length, group)
+        self.config = config = config.replace(threads=self.threads.count)
         self.schedule = Schedule(config, self.length.steps, self.length.seconds)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
@@ -807,6 +808,7 @@ class Trainer:
             out=str(self.out),
             processes=self.group.world_size,
             elapsed=self.progress.elapsed,
+            threads=self.threads,
         )
 
     def save(self, which: str) -> None:
@@ -834,7 +836,11 @@ class Trainer:
         """How this run (or its latest resumption) was started: command line, versions, device."""
         from charnn.metrics import invocation
 
-        return RunRecord(**(self.invocation or invocation()).to_fields(), device=str(self.device))
+        return RunRecord(
+            **(self.invocation or invocation()).to_fields(),
+            device=str(self.device),
+            threads=ThreadsRecord(**self.threads.to_dict()),
+        )
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.group.check_resume(ckpt.meta.processes)
