@@ -192,5 +192,7 @@ def parse_row(data: dict[str, Any]) -> MetricsRow | None:
 
 def to_line(row: MetricsRow) -> str:
     """The row as one line of JSON (without the newline); NaN/inf become null, as JSON needs."""
+    from charnn.console import json_line
+
     data = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.to_json().items()}
-    return json.dumps(data, ensure_ascii=False)
+    return json_line(data)  # valid UTF-8 even with an undecodable file name in it
