@@ -988,6 +988,11 @@ def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
         error("interrupted")
         code = EXIT_SIGINT
     except Interrupted as exc:  # the user stopped it: say where it stands, not a red error
+        import signal
+
+        # The run is saved and reported: another Ctrl-C while the interpreter shuts down must not
+        # print a traceback from a finaliser (seen with two Ctrl-C a few milliseconds apart).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopped(str(exc))
         code = exc.exit_code
     except CharnnError as exc:

@@ -837,11 +837,6 @@ def test_a_second_ctrl_c_at_once_still_says_where_the_run_stands(
     assert "charnn: stopped" in rest and f"charnn train --resume {out}" in rest, rest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the windowed lone-line path was written for evaluate.score_lines, which the "
-    "Stepper redesign replaced; scoring.score_lines over the torch stepper still holds 24 bytes per token",
-)
 def test_score_of_a_long_line_holds_one_window_not_the_line(trained_run: Path) -> None:
     import tracemalloc
 

@@ -310,7 +310,7 @@ def test_eval_measures_threads_on_its_windows(
     text = tmp_path / "long.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 1000)
     (row,) = run_eval([str(trained_run)], [str(text)])
-    assert row["tokens"] > 40_000 and counts[:2] == [1, 2]  # measured: fewest first, then more
+    assert row.tokens > 40_000 and counts[:2] == [1, 2]  # measured: fewest first, then more
 
 
 def test_score_on_a_terminal_says_it_waits_for_stdin(
