@@ -948,9 +948,15 @@ def main(argv: list[str] | None = None) -> None:
     if not _is_terminal(real_stdout):  # a terminal is never full; and input() needs the real one
         sys.stdout = guarded
     try:
-        _main(argv, guarded)
+        _main(argv, guarded)  # ends with sys.exit(code)
     finally:
         sys.stdout = real_stdout
+        if argv is None:  # a real process (not called in-process), about to exit: its outcome is
+            # reported, so a late Ctrl-C (two a few milliseconds apart) must not print a traceback
+            # from a finaliser while the interpreter shuts down. (SIG_IGN would outlive an exec.)
+            import signal
+
+            signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
 def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
@@ -988,11 +994,6 @@ def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
         error("interrupted")
         code = EXIT_SIGINT
     except Interrupted as exc:  # the user stopped it: say where it stands, not a red error
-        import signal
-
-        # The run is saved and reported: another Ctrl-C while the interpreter shuts down must not
-        # print a traceback from a finaliser (seen with two Ctrl-C a few milliseconds apart).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopped(str(exc))
         code = exc.exit_code
     except CharnnError as exc:
