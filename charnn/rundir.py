@@ -76,7 +76,9 @@ def is_checkpoint_dir(path: Path) -> bool:
 
 _MARKER_LIMIT = 64 << 20
 _FORMAT_ENTRY = f'"format": "{FORMAT}"'.encode()
-_CHECKPOINT_FILE = re.compile(r"meta\.json|[A-Za-z0-9_]+\.safetensors")  # what a save writes
+# What a save writes; the marker goes through a ".part" name so that a save killed while writing
+# it never leaves a truncated marker (which could not be told from a user's file).
+_CHECKPOINT_FILE = re.compile(r"meta\.json|meta\.json\.part|[A-Za-z0-9_]+\.safetensors")
 
 
 def is_own_leftover(path: Path) -> bool:
@@ -318,7 +320,11 @@ class RunDir:
             try:
                 tmp.mkdir()
                 for name, data in files.items():
-                    _write_file(tmp / name, data)
+                    if name == MARKER:  # whole or absent, never torn: written aside, then renamed
+                        _write_file(tmp / f"{MARKER}.part", data)
+                        os.replace(tmp / f"{MARKER}.part", tmp / MARKER)
+                    else:
+                        _write_file(tmp / name, data)
                 _fsync_dir(tmp)
                 old = aside_path(target)
                 if target.exists():
