@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # torch-side types: this module imports torch only where a co
     from charnn.corpora import CorpusEntry
     from charnn.distributed import Group
     from charnn.model import CharRNN
+    from charnn.sampling import Sample
     from charnn.scoring import EvalResult
     from charnn.surprisal_page import ModelReport
     from charnn.train_records import Reporter
@@ -379,6 +380,20 @@ def encode_prime(tokenizer: Tokenizer, text: str, what: str = "--prime") -> np.n
         raise located(exc, what) from None
 
 
+def _sample_row(sample: Sample, index: int, seed: int, prime: str, line: int | None = None) -> SampleRow:
+    """The ``--json`` row of one sample (``line``: its --prompts line, from 1)."""
+    return SampleRow(
+        line=line,
+        sample=index,
+        seed=seed,
+        prime=prime,
+        text=sample.text,
+        logprob=sample.logprob,
+        chars=len(sample.text),
+        stopped_by=sample.stopped_by,
+    )
+
+
 def run_sampling(
     checkpoint: str,
     config: SampleConfig,
@@ -407,16 +422,7 @@ def run_sampling(
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, rng=rng, rules=rules, heal=heal)
         for i, s in enumerate(samples):
-            row = SampleRow(
-                sample=i,
-                seed=seed,
-                prime=prime,
-                text=s.text,
-                logprob=s.logprob,
-                chars=len(s.text),
-                stopped_by=s.stopped_by,
-            )
-            out.write(row.json_line() + "\n")
+            out.write(_sample_row(s, i, seed, prime).json_line() + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
@@ -493,17 +499,7 @@ def run_prompts(
             prompt = prompts[index]
             for j, s in enumerate(samples):
                 if as_json:
-                    row = SampleRow(
-                        line=index + 1,
-                        sample=j,
-                        seed=prompt_seed_,
-                        prime=prompt,
-                        text=s.text,
-                        logprob=s.logprob,
-                        chars=len(s.text),
-                        stopped_by=s.stopped_by,
-                    )
-                    out.write(row.json_line() + "\n")
+                    out.write(_sample_row(s, j, prompt_seed_, prompt, line=index + 1).json_line() + "\n")
                 else:
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False
