@@ -115,31 +115,12 @@ def test_score_and_evaluate_give_the_cli_numbers(trained_run: Path, run_cli: Run
 
 
 def test_train_takes_the_cli_options_by_flag_name(corpus_file: Path, tmp_path: Path) -> None:
-    run = charnn.train(
-        corpus_file,
-        out=tmp_path / "run",
-        hidden=16,
-        layers=1,
-        embed=8,
-        steps=12,
-        seq_len=16,
-        batch_size=4,
-        seed=3,
-    )
+    options = dict(hidden=16, layers=1, embed=8, steps=12, seq_len=16, batch_size=4, seed=3)
+    run = charnn.train(corpus_file, out=tmp_path / "run", **options)
     assert run.best.checkpoint.config.hidden == 16
     kinds = [row.KIND for row in run.history]
     assert kinds[0] == "start" and "end" in kinds
-    again = charnn.train(
-        corpus_file,
-        out=tmp_path / "again",
-        hidden=16,
-        layers=1,
-        embed=8,
-        steps=12,
-        seq_len=16,
-        batch_size=4,
-        seed=3,
-    )
+    again = charnn.train(corpus_file, out=tmp_path / "again", **options)
     assert again.latest.sample("a", length=40, seed=1) == run.latest.sample("a", length=40, seed=1)
 
 
