@@ -865,7 +865,7 @@ class _GuardedStdout:
     one-line data error; a closed pipe stays a BrokenPipeError (exit 0, like ``| head``)."""
 
     def __init__(self, stream: Any) -> None:
-        self._stream = stream
+        self._out = stream
         self.failed = False
 
     def _failed(self, exc: OSError) -> DataError:
@@ -874,7 +874,7 @@ class _GuardedStdout:
 
     def write(self, text: str) -> int:
         try:
-            return int(self._stream.write(text))
+            return int(self._out.write(text))
         except BrokenPipeError:
             raise
         except OSError as exc:
@@ -882,14 +882,14 @@ class _GuardedStdout:
 
     def flush(self) -> None:
         try:
-            self._stream.flush()
+            self._out.flush()
         except BrokenPipeError:
             raise
         except OSError as exc:
             raise self._failed(exc) from None
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+        return getattr(self._out, name)
 
 
 def _is_terminal(stream: Any) -> bool:

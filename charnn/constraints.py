@@ -1,4 +1,4 @@
-"""Which tokens may come next in a generated stream, so samples are exact and clean.
+"""Which tokens may come next in a generated sample, so samples are exact and clean.
 
 * ``--length`` counts characters for every tokenizer: a token that would overshoot the
   characters left is masked, so a sample ends at exactly ``length`` characters.
@@ -38,8 +38,8 @@ _LEADS: dict[int, tuple[int, tuple[int, int]]] = {
 
 
 @dataclass
-class StreamState:
-    """Where one generated stream stands."""
+class SampleState:
+    """Where one generated sample stands."""
 
     chars: int = 0  # characters written so far (a multi-byte character counts at its lead byte)
     need: int = 0  # continuation bytes still owed to the current character
@@ -47,8 +47,8 @@ class StreamState:
     hi: int = 0xBF
     heal: str = ""  # text of the prime's backed-off token still to be spelled
 
-    def copy(self) -> StreamState:
-        return StreamState(self.chars, self.need, self.lo, self.hi, self.heal)
+    def copy(self) -> SampleState:
+        return SampleState(self.chars, self.need, self.lo, self.hi, self.heal)
 
 
 class TokenRules:
@@ -84,7 +84,7 @@ class TokenRules:
 
     # ------------------------------------------------------------------ masks
 
-    def mask(self, state: StreamState, remaining: int) -> np.ndarray:
+    def mask(self, state: SampleState, remaining: int) -> np.ndarray:
         """(V,) bool: the tokens allowed next with ``remaining`` characters left to write."""
         cut = min(max(remaining, 0), self.max_len)
         key = (state.need, state.lo, state.hi, cut, state.heal)
@@ -93,7 +93,7 @@ class TokenRules:
             found = self._cache[key] = self._build(state, cut)
         return found
 
-    def _build(self, state: StreamState, cut: int) -> np.ndarray:
+    def _build(self, state: SampleState, cut: int) -> np.ndarray:
         lengths = self.lengths
         if state.heal:
             return self._heal_mask(state.heal, cut)
@@ -124,7 +124,7 @@ class TokenRules:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def advance(self, state: StreamState, token: int, text: str) -> str:
+    def advance(self, state: SampleState, token: int, text: str) -> str:
         """Update ``state`` for ``token`` (which decoded to ``text``); returns the text to show."""
         if state.heal:  # healing pieces are whole text pieces (see _heal_mask)
             if text.startswith(state.heal):
@@ -144,7 +144,7 @@ class TokenRules:
         return text
 
     @staticmethod
-    def finished(state: StreamState, length: int) -> bool:
+    def finished(state: SampleState, length: int) -> bool:
         return state.chars >= length and state.need == 0 and not state.heal
 
     def heal_prime(self, prime_ids: Sequence[int]) -> tuple[list[int], str]:

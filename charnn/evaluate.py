@@ -177,7 +177,7 @@ def char_surprisal(tokenizer: Tokenizer, ids: np.ndarray, tokens: TokenSurprisal
     if tokenizer.kind == "char":
         text = tokenizer.decode(ids)
         return CharSurprisal(text, bits_per_token.copy(), np.arange(len(ids), dtype=np.int64), tokens)
-    decoder = tokenizer.stream_decoder()
+    decoder = tokenizer.incremental_decoder()
     pieces: list[str] = []
     bits: list[np.ndarray] = []
     owner: list[np.ndarray] = []

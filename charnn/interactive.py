@@ -32,7 +32,7 @@ import numpy as np
 
 from charnn.config import SampleConfig
 from charnn.console import shown
-from charnn.constraints import StreamState, TokenRules
+from charnn.constraints import SampleState, TokenRules
 from charnn.errors import CharnnError, ConfigError
 from charnn.sampling import filter_logits, generate
 
@@ -117,7 +117,7 @@ class Writer:
         """The ``n`` likeliest next tokens the tokenizer's rules allow, with raw probabilities."""
         logits, _ = self.stepper.prime(self._context()[None, :])  # (1, V)
         row = logits[0].astype(np.float64)
-        allowed = self.rules.mask(StreamState(), 1 << 30)
+        allowed = self.rules.mask(SampleState(), 1 << 30)
         probs = np.exp(row - row.max())
         probs /= probs.sum()
         order = [int(i) for i in np.argsort(-np.where(allowed, probs, -1.0)) if allowed[i]][:n]
@@ -126,7 +126,7 @@ class Writer:
     def model_choice(self) -> Choice:
         """One token drawn with the session's temperature, top-k and top-p (greedy at 0)."""
         logits, _ = self.stepper.prime(self._context()[None, :])
-        row = np.where(self.rules.mask(StreamState(), 1 << 30), logits[0], -np.inf)
+        row = np.where(self.rules.mask(SampleState(), 1 << 30), logits[0], -np.inf)
         c = self.config
         if c.temp == 0:
             token = int(row.argmax())
@@ -141,7 +141,7 @@ class Writer:
         self._write(choice.text, self.echo)
 
     def _piece(self, token: int) -> str:
-        decoder = self.tokenizer.stream_decoder()
+        decoder = self.tokenizer.incremental_decoder()
         return decoder.feed(token) + decoder.flush()
 
 

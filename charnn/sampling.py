@@ -17,20 +17,20 @@ from typing import Protocol
 import numpy as np
 
 from charnn.config import SampleConfig
-from charnn.constraints import StreamState, TokenRules
+from charnn.constraints import SampleState, TokenRules
 from charnn.errors import ConfigError
 from charnn.repetition import History, Repetition
 from charnn.stepper import State, Stepper
-from charnn.tokenizer import StreamDecoder
+from charnn.tokenizer import IncrementalDecoder
 
 OnText = Callable[[int, str], None]
 
 
-class StreamDecoding(Protocol):
-    """What decoding needs of a tokenizer: a fresh incremental decoder per stream, which holds
+class IncrementalDecoding(Protocol):
+    """What decoding needs of a tokenizer: a fresh incremental decoder per sample, which holds
     back the bytes of a partial UTF-8 character (every :class:`~charnn.tokenizer.Tokenizer` has one)."""
 
-    def stream_decoder(self) -> StreamDecoder: ...
+    def incremental_decoder(self) -> IncrementalDecoder: ...
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _draw(cumulative: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 class _Uniforms:
     """Uniforms in [0, 1) from a numpy Generator, drawn in blocks (one call per block). The
-    stream of numbers does not depend on how they are taken, so a seed fixes the output."""
+    sequence of numbers does not depend on how they are taken, so a seed fixes the output."""
 
     def __init__(self, rng: np.random.Generator, block: int = 4096) -> None:
         self.rng, self.block = rng, block
@@ -147,7 +147,7 @@ class _Uniforms:
 
 
 class _StopMatcher:
-    """Detects stop strings in streamed text by keeping only a short tail of each stream."""
+    """Detects stop strings in streamed text by keeping only a short tail of each sample."""
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(stops)
@@ -170,7 +170,7 @@ def generate(
     stepper: Stepper,
     prime_ids: Sequence[int] | np.ndarray,
     config: SampleConfig,
-    decode: StreamDecoding,
+    decode: IncrementalDecoding,
     on_text: OnText | None = None,
     rng: np.random.Generator | None = None,
     keep: Sequence[bool] | None = None,
@@ -179,34 +179,34 @@ def generate(
 ) -> list[Sample]:
     """Continue ``prime_ids``: ``num_samples`` samples, or the best beam-search hypotheses.
 
-    ``decode`` (a tokenizer) turns ids into text through per-stream decoders, which hold back
+    ``decode`` (a tokenizer) turns ids into text through per-sample decoders, which hold back
     partial UTF-8 characters of byte-fallback pieces. ``rules`` (the tokenizer's, see
     :mod:`charnn.constraints`) make ``config.length`` count characters and keep samples valid
     text; with ``heal`` the prime's last subword token is regenerated so the seam is tokenized
     as in training. Without rules every token is one character and every id may be drawn.
-    Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
+    Sampling/greedy call ``on_text(i, piece)`` per token; beam search calls it once per
     result with the whole text. Beam search takes no temperature, top-k or top-p
     (:class:`~charnn.config.SampleConfig` refuses those combinations). Draws use uniforms
     from ``rng``: same seed, same output.
     ``keep[i]`` False: sample i is only streamed, its ids and text are not collected, so an
-    endless stream runs in constant memory (default: keep all).
+    endless sample runs in constant memory (default: keep all).
     """
     if len(prime_ids) == 0:
         raise ConfigError("the prime text must not be empty")
     rules = rules or plain_rules(stepper.vocab_size)
     prime, healing = heal_prime(rules, prime_ids) if heal else (np.asarray(prime_ids), "")
-    start = StreamState(heal=healing)
+    start = SampleState(heal=healing)
     logits, state = stepper.prime(prime[None, :])  # (1, V); ids keep their compact dtype
     if config.length == 0:
         return [Sample([], "", 0.0, "length") for _ in range(config.num_samples)]
     if config.beam is None:
         keep = [True] * config.num_samples if keep is None else list(keep)
-        streams = _Streams(config, decode, rules, [start] * config.num_samples, on_text, keep)
+        book = _SampleBook(config, decode, rules, [start] * config.num_samples, on_text, keep)
         # Shifted logits times a huge 1/T overflow to -inf (weight 0) by design: no warning.
         n, picker = config.num_samples, _Picker(config, _Uniforms(rng or np.random.default_rng()))
         expand = np.zeros(n, dtype=np.intp)  # every sample starts from the prime's state
         with np.errstate(over="ignore"):
-            return sample_rows(stepper, logits[expand], stepper.reorder(state, expand), picker, streams)
+            return sample_rows(stepper, logits[expand], stepper.reorder(state, expand), picker, book)
     results = _beam_search(stepper, logits, state, config, decode, rules, start)
     if on_text is not None:
         for i, sample in enumerate(results):
@@ -240,8 +240,8 @@ class _Picker:
     weight 0), so tiny temperatures tend to greedy and never produce NaN."""
 
     def __init__(self, config: SampleConfig, uniforms: _Uniforms | None) -> None:
-        """``uniforms``: the stream draws come from; None when the caller always passes its own
-        to :meth:`many` (batched prompts, one stream per prompt)."""
+        """``uniforms``: the uniforms draws come from; None when the caller always passes its own
+        to :meth:`many` (batched prompts, each prompt its own)."""
         t = config.temp
         self.greedy = t == 0 or 1.0 / t > _F32_MAX
         self.inv_temp = 0.0 if self.greedy else 1.0 / t
@@ -249,13 +249,13 @@ class _Picker:
         # Temperature alone is done inline; top-k/top-p go through filter_logits.
         self.filtered = not self.greedy and (config.top_k is not None or config.top_p is not None)
 
-    def _stream(self) -> _Uniforms:
+    def _given_uniforms(self) -> _Uniforms:
         if self.uniforms is None:
             raise ValueError("this picker draws only from uniforms passed to many()")
         return self.uniforms
 
     def one(self, row: np.ndarray, allowed: np.ndarray | None = None) -> tuple[int, float]:
-        """A single stream (V,): scalar bookkeeping, as few numpy calls as possible."""
+        """A single sample's logits (V,): scalar bookkeeping, as few numpy calls as possible."""
         if self.filtered:
             tokens, logprobs = self.many(row[None, :], allowed=None if allowed is None else allowed[None, :])
             return int(tokens[0]), float(logprobs[0])
@@ -270,17 +270,17 @@ class _Picker:
             token = int(shifted.argmax())
         elif self.inv_temp == 1.0:
             weights = numerators if allowed is None else np.exp(shifted)
-            token = _draw_one(weights.cumsum(dtype=np.float64), self._stream().one())
+            token = _draw_one(weights.cumsum(dtype=np.float64), self._given_uniforms().one())
         else:
             shifted = shifted * self.inv_temp
-            token = _draw_one(np.exp(shifted).cumsum(dtype=np.float64), self._stream().one())
+            token = _draw_one(np.exp(shifted).cumsum(dtype=np.float64), self._given_uniforms().one())
         return token, float(row[token] - top) - math.log(total)
 
     def many(
         self, logits: np.ndarray, uniforms: np.ndarray | None = None, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows (N, V) -> tokens (N,) and their raw log-probabilities (N,). ``uniforms`` (N,):
-        the draws to use (default: the next N of this picker's stream); ``allowed`` (N, V)."""
+        the draws to use (default: the next N of this picker's uniforms); ``allowed`` (N, V)."""
         tops = logits.max(axis=1, keepdims=True)
         shifted = logits - tops
         totals = np.exp(shifted).sum(axis=1, dtype=np.float64)
@@ -296,28 +296,28 @@ class _Picker:
                 weights = np.exp(filter_logits(draw, cfg.temp, cfg.top_k, cfg.top_p))
             else:
                 weights = np.exp(draw * np.float32(self.inv_temp))
-            u = self._stream().take(len(logits)) if uniforms is None else uniforms
+            u = self._given_uniforms().take(len(logits)) if uniforms is None else uniforms
             tokens = _draw(weights.cumsum(axis=1, dtype=np.float64), u)
         chosen = shifted[np.arange(len(logits)), tokens].astype(np.float64)
         return tokens, chosen - np.log(totals)
 
 
-class _Streams:
+class _SampleBook:
     """Per-sample bookkeeping: decoding, the rules' state, stop strings, streaming, what is kept."""
 
     def __init__(
         self,
         config: SampleConfig,
-        decode: StreamDecoding,
+        decode: IncrementalDecoding,
         rules: TokenRules,
-        starts: Sequence[StreamState],
+        starts: Sequence[SampleState],
         on_text: OnText | None = None,
         keep: Sequence[bool] | None = None,
     ) -> None:
-        """One stream per entry of ``starts`` (its rules' state at the start: a healed prime)."""
+        """One sample per entry of ``starts`` (its rules' state at the start: a healed prime)."""
         n = len(starts)
         self.rules, self.length = rules, config.length
-        self.decoders = [decode.stream_decoder() for _ in range(n)]
+        self.decoders = [decode.incremental_decoder() for _ in range(n)]
         self.feeds = [d.feed for d in self.decoders]
         self.states = [s.copy() for s in starts]
         self.matcher = _StopMatcher(config.stops) if config.stops else None
@@ -331,7 +331,7 @@ class _Streams:
         self.histories = [self.repetition.start() for _ in range(n)] if self.repetition else []
 
     def draw_from(self, logits: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The logits to draw from and what each live stream may draw: the tokenizer's rules,
+        """The logits to draw from and what each live sample may draw: the tokenizer's rules,
         then the repetition rules (which never touch the reported, raw log-probabilities)."""
         masks = self.masks(rows)
         if self.repetition is None:
@@ -339,14 +339,14 @@ class _Streams:
         return self.repetition.apply(logits, [self.histories[i] for i in rows], masks)
 
     def masks(self, rows: Sequence[int]) -> np.ndarray | None:
-        """(rows, V) bool: what each live stream may draw next; None when anything goes."""
+        """(rows, V) bool: what each live sample may draw next; None when anything goes."""
         if self.rules.trivial:
             return None
         states, rules = self.states, self.rules
         return np.stack([rules.mask(states[i], self.length - states[i].chars) for i in rows])
 
     def emit(self, i: int, token: int) -> bool:
-        """Sample i produced ``token``: stream and record its text; True when the sample ended
+        """Sample i produced ``token``: write it out and record its text; True when the sample ended
         (``length`` characters written, or a stop string, after which the piece is cut)."""
         piece = self.feeds[i](token)
         state = self.states[i]
@@ -382,7 +382,7 @@ class _Streams:
         ]
 
 
-Draws = Callable[[list[int]], np.ndarray]  # live rows (stream indices) -> one uniform per row
+Draws = Callable[[list[int]], np.ndarray]  # live rows (sample indices) -> one uniform per row
 
 
 def sample_rows(
@@ -390,28 +390,28 @@ def sample_rows(
     logits: np.ndarray,
     state: State,
     picker: _Picker,
-    streams: _Streams,
+    book: _SampleBook,
     draws: Draws | None = None,
 ) -> list[Sample]:
     """The sampling loop, once for every caller: row i of ``logits`` (N, V) and ``state`` is
-    stream i of ``streams``, and all live rows advance as one batch; finished rows are dropped.
+    sample i of ``book``, and all live rows advance as one batch; finished rows are dropped.
 
-    Each stream ends at ``config.length`` characters or a stop string; tokens the rules forbid
+    Each sample ends at ``config.length`` characters or a stop string; tokens the rules forbid
     are masked out of the draw, while logprobs stay those of the raw model. Uniforms come from
-    the picker's own stream, or from ``draws`` (batched prompts: each prompt its own stream). With
-    the picker's stream a lone live row runs on Python scalars (:meth:`_Picker.one`).
+    the picker's own uniforms, or from ``draws`` (batched prompts: each prompt its own generator). With
+    the picker's uniforms a lone live row runs on Python scalars (:meth:`_Picker.one`).
     """
     n = len(logits)
     rows = list(range(n))  # batch row -> sample index
     logprob = [0.0] * n
     single_logprob = 0.0
     while True:
-        draw, masks = streams.draw_from(logits, rows)  # (rows, V), and (rows, V) or None
+        draw, masks = book.draw_from(logits, rows)  # (rows, V), and (rows, V) or None
         penalised = draw is not logits  # the picker's log-probabilities are then not the raw ones
-        if len(rows) == 1 and draws is None:  # single stream: Python scalars, no per-token arrays
+        if len(rows) == 1 and draws is None:  # single sample: Python scalars, no per-token arrays
             token, lp = picker.one(draw[0], None if masks is None else masks[0])
             single_logprob += float(raw_logprobs(logits, np.array([token]))[0]) if penalised else lp
-            if streams.emit(rows[0], token):
+            if book.emit(rows[0], token):
                 break
             nxt = np.array([token])
         else:
@@ -421,7 +421,7 @@ def sample_rows(
                 lps = raw_logprobs(logits, nxt)
             for row, i in enumerate(rows):
                 logprob[i] += float(lps[row])
-            done = {row for row, token in enumerate(nxt.tolist()) if streams.emit(rows[row], token)}
+            done = {row for row, token in enumerate(nxt.tolist()) if book.emit(rows[row], token)}
             if done:
                 keep_rows = [row for row in range(len(rows)) if row not in done]
                 rows = [rows[row] for row in keep_rows]
@@ -431,7 +431,7 @@ def sample_rows(
         logits, state = stepper.step(nxt, state)
     if draws is None and len(rows) == 1:
         logprob[rows[0]] += single_logprob
-    return streams.finish(logprob)
+    return book.finish(logprob)
 
 
 @dataclass
@@ -444,8 +444,8 @@ class _Hyp:
     text: str  # the text shown so far (healed prefix removed, cut after a stop string)
     tail: str  # the stop matcher's tail
     ended: str | None  # None while live, else "stop" or "length"
-    rule: StreamState
-    pending: object = None  # a StreamDecoder's state (bytes of an unfinished character)
+    rule: SampleState
+    pending: object = None  # a IncrementalDecoder's state (bytes of an unfinished character)
     raw: float = 0.0  # cumulative raw log-prob (``score`` ranks: penalised when a penalty is set)
     history: History | None = None  # for the repetition rules
 
@@ -468,13 +468,13 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 class _Extender:
     """Extends beam hypotheses by one token: decoding, the rules' state, stop strings."""
 
-    def __init__(self, config: SampleConfig, decode: StreamDecoding, rules: TokenRules) -> None:
+    def __init__(self, config: SampleConfig, decode: IncrementalDecoding, rules: TokenRules) -> None:
         self.config, self.rules = config, rules
         self.matcher = _StopMatcher(config.stops) if config.stops else None
-        self.scratch = decode.stream_decoder()
+        self.scratch = decode.incremental_decoder()
         self.repetition = Repetition.from_config(config)
 
-    def root(self, start: StreamState) -> _Hyp:
+    def root(self, start: SampleState) -> _Hyp:
         history = self.repetition.start() if self.repetition else None
         return _Hyp(None, 0, 0.0, "", "", None, start.copy(), self.scratch.getstate(), history=history)
 
@@ -520,9 +520,9 @@ def _beam_search(
     logits: np.ndarray,
     state: np.ndarray,
     config: SampleConfig,
-    decode: StreamDecoding,
+    decode: IncrementalDecoding,
     rules: TokenRules,
-    start: StreamState,
+    start: SampleState,
 ) -> list[Sample]:
     """Width-W beam search over tokens; finished hypotheses keep their slot and compete by
     normalised score.

@@ -79,8 +79,8 @@ def normalize_text(text: str, form: str | None) -> str:
     return unicodedata.normalize(forms[form], text) if form else text
 
 
-class StreamDecoder(Protocol):
-    """Incremental decoding of one stream of generated ids (beam search forks its state)."""
+class IncrementalDecoder(Protocol):
+    """Incremental decoding of one sequence of generated ids (beam search forks its state)."""
 
     def feed(self, token_id: int) -> str: ...
     def flush(self) -> str: ...
@@ -99,7 +99,7 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> np.ndarray: ...
     def decode(self, ids: Iterable[int]) -> str: ...
     def token_text(self, token_id: int) -> str: ...
-    def stream_decoder(self) -> StreamDecoder: ...
+    def incremental_decoder(self) -> IncrementalDecoder: ...
     def byte_value(self, token_id: int) -> int | None: ...
     def start_ids(self) -> list[int]: ...
     def char_lengths(self) -> np.ndarray: ...
@@ -234,8 +234,8 @@ class CharTokenizer:
             out[self.unk_id] = math.log(max(self.unk or 0, 1))
         return out
 
-    def stream_decoder(self) -> CharDecoder:
-        """Every token is a whole character: decoding a stream is a table lookup."""
+    def incremental_decoder(self) -> CharDecoder:
+        """Every token is a whole character: decoding is a table lookup."""
         return CharDecoder(self._table)
 
     def byte_value(self, token_id: int) -> int | None:
@@ -382,8 +382,8 @@ class SentencePieceTokenizer:
     def token_text(self, token_id: int) -> str:
         return self.decode([token_id])
 
-    def stream_decoder(self) -> PieceDecoder:
-        """A fresh incremental decoder for one stream of generated ids (see :class:`PieceDecoder`)."""
+    def incremental_decoder(self) -> PieceDecoder:
+        """A fresh incremental decoder for one sequence of generated ids (see :class:`PieceDecoder`)."""
         return PieceDecoder(self.pieces)
 
     def byte_value(self, token_id: int) -> int | None:
@@ -429,7 +429,7 @@ def _sentences(text: str, max_chars: int = 4000) -> Iterator[str]:
 
 
 class CharDecoder:
-    """The stream decoder of :class:`CharTokenizer`: stateless, each id is one character."""
+    """The incremental decoder of :class:`CharTokenizer`: stateless, each id is one character."""
 
     def __init__(self, chars: Sequence[str]) -> None:
         self._chars = chars
@@ -453,7 +453,7 @@ class PieceDecoder:
     ``feed(id)`` returns the text completed by that token: a byte piece is buffered until its
     character is whole, so ``<0xE2> <0x82> <0xAC>`` yields "", "", "€". A sequence cut short
     (by an ordinary piece, or by ``flush()`` at the end) becomes U+FFFD, as in a full decode.
-    ``getstate``/``setstate`` save and restore the pending bytes (beam search forks streams).
+    ``getstate``/``setstate`` save and restore the pending bytes (beam search forks hypotheses).
     """
 
     def __init__(self, pieces: Sequence[str | bytes]) -> None:

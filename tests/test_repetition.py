@@ -45,7 +45,7 @@ class _Decoder:
         def setstate(self, state: object) -> None:
             pass
 
-    def stream_decoder(self) -> _D:
+    def incremental_decoder(self) -> _D:
         return self._D()
 
 

@@ -32,7 +32,7 @@ class Decoding:
     def __init__(self, fn: Callable[[int], str]) -> None:
         self.fn = fn
 
-    def stream_decoder(self) -> Decoding:
+    def incremental_decoder(self) -> Decoding:
         return self
 
     def feed(self, token_id: int) -> str:
