@@ -49,7 +49,7 @@ TLS_HINT = (
     "'Install Certificates.command' (in /Applications/Python 3.x), or set SSL_CERT_FILE"
 )
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
+OnBytes = Callable[[int, "int | None"], None]  # download progress: (bytes so far, total bytes or None)
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class _TooSlow(Exception):
 
 
 def _download(
-    url: str, part: Path, timeout: float, progress: Progress | None, limit: int = MAX_UNSIZED
+    url: str, part: Path, timeout: float, progress: OnBytes | None, limit: int = MAX_UNSIZED
 ) -> None:
     """Append the rest of ``url`` to ``part`` (or rewrite it when the server ignores Range),
     never past ``limit`` bytes in all."""
@@ -211,7 +211,7 @@ def _receive(
     total: int | None,
     limit: int,
     timeout: float,
-    progress: Progress | None,
+    progress: OnBytes | None,
 ) -> int:
     """Write the body to ``part`` as it arrives; the bytes in ``part`` at the end. A dropped
     chunked transfer keeps what arrived; a server slower than MIN_RATE raises _TooSlow."""
@@ -271,7 +271,7 @@ def fetch(
     cache: Path,
     verify: bool = True,
     timeout: float = 60.0,
-    progress: Progress | None = None,
+    progress: OnBytes | None = None,
 ) -> Path:
     """Download ``entry`` into ``cache`` (a no-op when it is already there) and return its path."""
     final = cached_path(entry, cache)

@@ -61,7 +61,7 @@ class Bar(Protocol):
     def close(self) -> None: ...
 
 
-Progress = Callable[[str, int], Bar]  # (label, total bytes) -> a started bar
+BarFactory = Callable[[str, int], Bar]  # (label, total bytes) -> a started bar
 
 
 def default_cache_dir() -> Path:
@@ -186,7 +186,7 @@ def _key(*parts: Any) -> str:
 class CorpusCache:
     """One cache directory of encoded corpora (see the module docstring for its layout)."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, progress: Progress | None = None):
+    def __init__(self, directory: str | os.PathLike[str] | None = None, progress: BarFactory | None = None):
         self.dir = Path(directory) if directory else default_cache_dir()
         self.progress = progress
         self._bars: list[Bar] = []
@@ -518,7 +518,7 @@ def load_corpus_cached(
     tokenizer: TokenizerConfig | Tokenizer | None = None,
     encoding_errors: str = "strict",
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: Progress | None = None,
+    progress: BarFactory | None = None,
     val_fraction: float = 0.0,
 ) -> Corpus:
     """:func:`charnn.data.load_corpus` through the corpus cache in ``cache_dir`` (default:
