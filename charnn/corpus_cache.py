@@ -203,17 +203,26 @@ class CorpusCache:
         tokenizer: TokenizerConfig | Tokenizer | None = None,
         encoding_errors: str = "strict",
         val_fraction: float = 0.0,
+        grow_vocab: bool = False,
     ) -> Corpus:
         """Like :func:`charnn.data.load_corpus`, with the ids memory-mapped from the cache.
         stdin, the built-in corpus, a new SentencePiece vocabulary (which trains on the text in
         memory), a capped character vocabulary and Unicode normalisation take the in-memory path
-        (``val_fraction`` is only for those)."""
+        (``val_fraction`` is only for those). ``grow_vocab``: a given character tokenizer gains
+        the characters of this text it lacks (fine-tuning), as :func:`~charnn.data.load_corpus`
+        grows it."""
         sources, notes = resolve_sources(paths)
         if "-" in sources or BUILTIN_CORPUS in sources or not _streamable(tokenizer):
-            return load_corpus(paths, tokenizer, encoding_errors=encoding_errors, val_fraction=val_fraction)
+            return load_corpus(
+                paths,
+                tokenizer,
+                encoding_errors=encoding_errors,
+                val_fraction=val_fraction,
+                grow_vocab=grow_vocab,
+            )
         self._ensure_dir()
         try:
-            return self._load(sources, notes, paths, tokenizer, encoding_errors)
+            return self._load(sources, notes, paths, tokenizer, encoding_errors, grow_vocab)
         finally:
             for bar in self._bars:
                 bar.close()
@@ -226,11 +235,17 @@ class CorpusCache:
         paths: Sequence[str],
         tokenizer: TokenizerConfig | Tokenizer | None,
         encoding_errors: str,
+        grow_vocab: bool = False,
     ) -> Corpus:
         files = self._hash_sources(sources, paths, notes)
         content_key = _key("content", encoding_errors, [f.sha256 for f in files])
         if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
             tokenizer = self._vocabulary(content_key, files, encoding_errors)
+        elif grow_vocab and isinstance(tokenizer, CharTokenizer):
+            # The text's characters from the cached first pass; extended() appends the missing
+            # ones in code-point order, exactly as it does from the text in memory.
+            seen = self._vocabulary(content_key, files, encoding_errors)
+            tokenizer = tokenizer.extended(["".join(seen.chars)])
         ids_key = _key("ids", content_key, tokenizer.to_dict())
         ids, record = self._ids(ids_key, files, encoding_errors, tokenizer)
         return Corpus(
@@ -276,7 +291,7 @@ class CorpusCache:
 
     # ------------------------------------------------------------------ pass 1: the vocabulary
 
-    def _vocabulary(self, key: str, files: list[_Source], errors: str) -> Tokenizer:
+    def _vocabulary(self, key: str, files: list[_Source], errors: str) -> CharTokenizer:
         """The character vocabulary of the sources (a streaming first pass, cached)."""
         path = self.dir / f"src-{key}.json"
         tokenizer = _char_tokenizer(_read_json(path), key)
@@ -454,7 +469,8 @@ def load_corpus_cached(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     val_fraction: float = 0.0,
+    grow_vocab: bool = False,
 ) -> Corpus:
     """:func:`charnn.data.load_corpus` through the corpus cache in ``cache_dir`` (default:
     :func:`default_cache_dir`)."""
-    return CorpusCache(cache_dir, progress).load(paths, tokenizer, encoding_errors, val_fraction)
+    return CorpusCache(cache_dir, progress).load(paths, tokenizer, encoding_errors, val_fraction, grow_vocab)

@@ -26,8 +26,10 @@ def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from charnn.checkpoint import load_checkpoint
-    from charnn.rundir import RunDir
-    from charnn.runs import TrainRequest, _fine_tune_trainer
+    from charnn.reporting import NullReporter
+    from charnn.run_plan import planned_run
+    from charnn.runs import TrainRequest
+    from charnn.train import Trainer
 
     parent = load_checkpoint(trained_run)  # best/
     old_chars = parent.tokenizer.chars
@@ -37,7 +39,8 @@ def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
         init_from=str(trained_run),
         train={"steps": 5, "device": "cpu", "seq_len": 16},
     )
-    trainer = _fine_tune_trainer(request, RunDir(tmp_path / "child"))  # step 0: nothing trained yet
+    with planned_run(request) as plan:
+        trainer = Trainer(plan, NullReporter())  # step 0: nothing trained yet
     tok = trainer.corpus.tokenizer
     assert tok.chars[: len(old_chars)] == old_chars and sorted(tok.chars[len(old_chars) :]) == sorted(NEW)
     for i, char in enumerate(tok.chars):  # appended ids encode and decode like the old ones
