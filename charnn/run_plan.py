@@ -71,7 +71,9 @@ class RunPlan:
         return self.rundir.path
 
     @classmethod
-    def fresh(cls, corpus: Corpus, model: ModelConfig, train: TrainConfig, out: str | os.PathLike[str]) -> RunPlan:
+    def fresh(
+        cls, corpus: Corpus, model: ModelConfig, train: TrainConfig, out: str | os.PathLike[str]
+    ) -> RunPlan:
         """A new run on a corpus already in memory, in one process (library callers, tests,
         benchmarks): no options to read, no lock taken beyond each save's."""
         return cls(corpus, model, train, RunDir(out))

@@ -162,6 +162,48 @@ class ThroughputMeter:
         return rate
 
 
+class StepLog:
+    """What a progress line says about the steps: characters per second over a recent window
+    (every rank's streams), and the loss per character of the batch's text, whatever the
+    tokenizer, beside the loss per token."""
+
+    def __init__(self, char_lengths: np.ndarray, tokens_per_step: int, world_size: int) -> None:
+        self.char_lengths, self.tokens_per_step, self.world_size = char_lengths, tokens_per_step, world_size
+        self.meter = ThroughputMeter()
+        self.last_chars = 0  # characters the last step's targets spell
+
+    def count(self, progress: Progress, targets: np.ndarray) -> None:
+        """One step's targets (B, T): into the progress counters and the throughput."""
+        chars = int(self.char_lengths[targets].sum())  # the text the targets spell
+        self.last_chars = chars
+        progress.tokens += int(targets.size)
+        progress.chars += chars
+        self.meter.add(chars * self.world_size)  # every rank's streams (theirs read alike)
+
+    def report(
+        self, progress: Progress, loss: float, total: int | None, fraction: float, lr: float, elapsed: float
+    ) -> StepReport:
+        """A finite step's report; its loss joins the moving average kept in the progress."""
+        ema = progress.train_loss
+        progress.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
+        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
+        return StepReport(
+            step=progress.step,
+            total=total,
+            fraction=fraction,
+            loss=loss,
+            bpc=loss * self.tokens_per_step / max(self.last_chars, 1) / math.log(2),
+            bpt=loss / math.log(2),
+            tok_per_s=chars_per_s * progress.tokens / max(1, progress.chars),
+            lr=lr,
+            skipped=progress.skipped_steps,
+            elapsed=elapsed,
+            tokens=progress.tokens,
+            chars=progress.chars,
+            chars_per_s=chars_per_s,
+        )
+
+
 class DivergenceGuard:
     """What non-finite steps mean.
 
@@ -248,6 +290,27 @@ class EarlyStop:
                 f"without an improvement{delta}{ref} (--patience {self.patience})"
             )
         return None
+
+
+def record_validation(progress: Progress, result: EvalResult, clock: RunClock) -> EvalReport:
+    """Note a validation in the progress (its numbers, and the best bpc when it improves on it)
+    and say so."""
+    progress.val = {**result.to_dict(), "step": progress.step}
+    # NaN is never "best" (and a NaN best would make every later comparison false).
+    best = progress.best_val_bpc
+    is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
+    if is_best:
+        progress.best_val_bpc = result.bpc
+    return EvalReport(
+        progress.step,
+        result.loss,
+        result.bpc,
+        is_best,
+        bpt=result.bpt,
+        tokens=result.tokens,
+        elapsed=clock.tick(progress),
+        best_bpc=progress.best_val_bpc,
+    )
 
 
 class TrainingSampler:
@@ -454,8 +517,8 @@ class Trainer:
         self.corpus, self.out = plan.corpus, plan.out
         self.device = setup_device(config, group, reporter.message)
         self.data = TrainingData.of(plan.corpus, config, group, reporter.message)
-        self.last_chars = 0  # characters the last step's targets spell (for the bpc in the log)
-        self.meter_tokens = self.data.batcher.batch_size * config.seq_len  # targets per step
+        tokens_per_step = self.data.batcher.batch_size * config.seq_len
+        self.steps = StepLog(self.data.char_lengths, tokens_per_step, group.world_size)
         self.model = build_model(plan, self.device)
         group.init(self.device)
         self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
@@ -468,7 +531,6 @@ class Trainer:
         self.stopper = EarlyStop(config.patience, config.min_delta)
         every = config.sample_every if group.is_writer else 0  # samples are rank 0's output
         self.sampler = TrainingSampler(every, plan.corpus.tokenizer, config.seed)
-        self.meter = ThroughputMeter()
         self.keeper = Checkpointer(
             plan, self.model, self.optimizer, self.device, self.data.batcher.batch_size
         )
@@ -559,11 +621,7 @@ class Trainer:
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
         x_np, y_np, reset = self.data.batcher.batch(self.progress.step)
-        chars = int(self.data.char_lengths[y_np].sum())  # the text the targets spell
-        self.last_chars = chars
-        self.progress.tokens += int(y_np.size)
-        self.progress.chars += chars
-        self.meter.add(chars * self.group.world_size)  # every rank's streams (theirs read alike)
+        self.steps.count(self.progress, y_np)
         x = to_device(x_np, self.device)  # (B, T)
         y = to_device(y_np, self.device)  # (B, T)
         if reset or self.hidden is None:
@@ -600,27 +658,9 @@ class Trainer:
 
     def _report_step(self, loss: float) -> None:
         prog = self.progress
-        ema = prog.train_loss
-        prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
-        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
-        self.reporter.progress(
-            StepReport(
-                step=prog.step,
-                total=self.length.steps,
-                fraction=self.length.fraction(prog.step, prog.elapsed),
-                loss=loss,
-                # Per character of the batch's text, whatever the tokenizer; per token beside it.
-                bpc=loss * self.meter_tokens / max(self.last_chars, 1) / math.log(2),
-                bpt=loss / math.log(2),
-                tok_per_s=chars_per_s * prog.tokens / max(1, prog.chars),
-                lr=self.lr_at(prog.step),
-                skipped=prog.skipped_steps,
-                elapsed=self.clock.tick(prog),
-                tokens=prog.tokens,
-                chars=prog.chars,
-                chars_per_s=chars_per_s,
-            )
-        )
+        fraction, lr = self.length.fraction(prog.step, prog.elapsed), self.lr_at(prog.step)
+        report = self.steps.report(prog, loss, self.length.steps, fraction, lr, self.clock.tick(prog))
+        self.reporter.progress(report)
 
     def evaluate(self) -> EvalResult | None:
         """Validation on rank 0 (exactly a single process's result), shared with the other ranks."""
@@ -648,22 +688,8 @@ class Trainer:
         result = self.evaluate()
         is_best = False
         if result is not None:
-            prog.val = {**result.to_dict(), "step": prog.step}
-            # NaN is never "best" (and a NaN best would make every later comparison false).
-            best = prog.best_val_bpc
-            is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
-            if is_best:
-                prog.best_val_bpc = result.bpc
-            report = EvalReport(
-                prog.step,
-                result.loss,
-                result.bpc,
-                is_best,
-                bpt=result.bpt,
-                tokens=result.tokens,
-                elapsed=self.clock.tick(prog),
-                best_bpc=prog.best_val_bpc,
-            )
+            report = record_validation(prog, result, self.clock)
+            is_best = report.is_best
             self.reporter.evaluated(report)
             reason = None if final else self.stopper.observe(prog, result.bpc)
             if reason:

@@ -9,9 +9,9 @@ import torch
 
 from charnn import hardware, train
 from charnn.config import ModelConfig, TrainConfig
-from charnn.run_plan import RunPlan
 from charnn.data import load_corpus
 from charnn.reporting import NullReporter
+from charnn.run_plan import RunPlan
 
 
 def test_default_threads_leave_a_core_and_follow_omp(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +34,9 @@ def test_physical_cores_counts_something() -> None:
 def _trainer(tmp_path: Path, corpus_file: Path, **options: object) -> train.Trainer:
     corpus = load_corpus([str(corpus_file)])
     model = ModelConfig(corpus.tokenizer.vocab_size, hidden=8, embed=4, layers=1)
-    return train.Trainer(RunPlan.fresh(corpus, model, TrainConfig(steps=1, **options), tmp_path), NullReporter())  # type: ignore[arg-type]
+    return train.Trainer(
+        RunPlan.fresh(corpus, model, TrainConfig(steps=1, **options), tmp_path), NullReporter()
+    )  # type: ignore[arg-type]
 
 
 def test_threads_option_sets_torch_threads(tmp_path: Path, corpus_file: Path) -> None:

@@ -150,11 +150,11 @@ def _poisoned_trainer(
     import torch
 
     import charnn.train as train_mod
-    from charnn.run_plan import RunPlan
     from charnn.checkpoint import load_checkpoint
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
     from charnn.reporting import NullReporter
+    from charnn.run_plan import RunPlan
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])

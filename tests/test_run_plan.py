@@ -1,0 +1,89 @@
+"""Planning a run (charnn.run_plan): a new, a resumed and a fine-tuned run each become one
+RunPlan, whose one RunDir is held through one lock path while the run lasts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_text
+
+from charnn.checkpoint import load_checkpoint
+from charnn.errors import RunBusyError
+from charnn.run_plan import planned_run
+from charnn.rundir import RunDir
+from charnn.runs import TrainRequest
+
+TINY = {"hidden": 8, "embed": 4, "layers": 1}
+
+
+def test_a_new_run_is_planned_from_its_options_and_holds_its_directory(
+    corpus_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    request = TrainRequest(files=[str(corpus_file)], out=str(out), model=TINY, train={"steps": 3, "seed": 4})
+    with planned_run(request) as plan:
+        assert plan.resume is None and plan.init_from is None and plan.parent is None
+        assert plan.model.vocab_size == plan.corpus.tokenizer.vocab_size and plan.model.hidden == 8
+        assert plan.train.steps == 3 and plan.out == out
+        assert plan.invocation is not None and "argv" in plan.invocation
+        with plan.rundir.lock():  # re-entrant for the run's own RunDir: each save takes it again
+            pass
+        with pytest.raises(RunBusyError), RunDir(out).lock():  # any other holder is another writer
+            pass
+    with RunDir(out).lock():  # released when the run ends
+        pass
+
+
+def test_a_resumed_run_is_locked_before_anything_is_read(trained_run_copy: Path, tmp_path: Path) -> None:
+    request = TrainRequest(
+        files=[str(tmp_path / "missing.txt")], resume=str(trained_run_copy), train={"steps": 40}
+    )
+    with RunDir(trained_run_copy).lock(), pytest.raises(RunBusyError):
+        with planned_run(request):
+            pass
+    request = TrainRequest(files=[], resume=str(trained_run_copy), train={"steps": 40})
+    with planned_run(request) as plan:
+        ckpt = load_checkpoint(trained_run_copy, prefer="latest")
+        assert plan.resume is not None and plan.resume.step == ckpt.step == 30
+        assert plan.model == ckpt.config and plan.train.steps == 40 and plan.init_from is None
+        assert plan.corpus.sha256 == ckpt.meta["corpus"]["sha256"]
+
+
+def test_a_fine_tuned_run_starts_from_the_parents_weights_and_grown_vocabulary(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    text = tmp_path / "new.txt"
+    text.write_text("жЖ€\n" + make_text(lines=20, seed=3), encoding="utf-8")
+    request = TrainRequest(files=[str(text)], out=str(tmp_path / "child"), init_from=str(trained_run))
+    with planned_run(request) as plan:
+        parent = load_checkpoint(trained_run)
+        assert plan.init_from is not None and plan.init_from.path == parent.path and plan.resume is None
+        assert plan.parent is not None and plan.parent["path"] == str(parent.path.resolve())
+        assert plan.model == parent.config.replace(vocab_size=parent.config.vocab_size + 3)
+        assert plan.corpus.tokenizer.chars[-3:] == sorted("жЖ€")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "new_text",
+    ["abc\n", "Zürich, naïve café ~ \x01\n", "жЖ€ and \U0001f600 too\nand more ab"],
+)
+def test_growing_the_vocabulary_through_the_cache_matches_growing_it_in_memory(
+    new_text: str, tmp_path: Path
+) -> None:
+    """Fine-tuning reads its corpus through the cache like every run; the grown vocabulary and
+    the ids are the in-memory reader's, new characters after the old in code-point order."""
+    from charnn.corpus_cache import load_corpus_cached
+    from charnn.data import load_corpus
+    from charnn.tokenizer import CharTokenizer
+
+    parent = CharTokenizer(list("mab\n ,"))
+    path = tmp_path / "new.txt"
+    path.write_text(new_text, encoding="utf-8")
+    cached = load_corpus_cached([str(path)], parent, cache_dir=tmp_path / "cache", grow_vocab=True)
+    memory = load_corpus([str(path)], tokenizer=parent, grow_vocab=True)
+    assert cached.tokenizer.chars == memory.tokenizer.chars  # type: ignore[attr-defined]
+    assert cached.tokenizer.chars[:6] == parent.chars  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(np.asarray(cached.ids), memory.ids)
+    assert cached.sha256 == memory.sha256
