@@ -30,9 +30,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check charnn tests benchmarks
 	$(VENV)/bin/mypy
 
-# The README's option tables are generated from the commands (see charnn/docs.py).
+# The option tables of docs/usage.md are generated from the commands (see charnn/docs.py).
 readme: $(STAMP)
-	$(PY) -m charnn.docs README.md
+	$(PY) -m charnn.docs docs/usage.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/sample_speed.py

@@ -7,7 +7,7 @@ its own process with a private cache directory:
 - ``charnn train`` for a few steps on a tiny corpus (64 KB) and on the big one, first and second
   run; peak resident memory (ru_maxrss of the child) of the big runs minus the tiny run's,
   divided by the corpus bytes, is the cost per byte of text;
-- the corpus preparation ``charnn train`` does (``charnn.runs.read_corpus``), timed alone, cold
+- the corpus preparation ``charnn train`` does (``charnn.app.read_corpus``), timed alone, cold
   and with the cache warm.
 
 Goal (issue 11): at most 1.5 bytes per corpus byte; under a second of preparation on the second run.
@@ -29,7 +29,7 @@ from pathlib import Path
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "tinyshakespeare.txt"
 TRAIN = ("--steps", "3", "--eval-every", "1000", "--eval-chars", "20000", "--device", "cpu", "--seed", "1")
 PREPARE = (
-    "import sys, time; from charnn.runs import read_corpus; t = time.perf_counter(); "
+    "import sys, time; from charnn.app import read_corpus; t = time.perf_counter(); "
     "c = read_corpus([sys.argv[1]], None, 'strict', sys.argv[2]); "
     "print(time.perf_counter() - t, len(c.ids))"
 )

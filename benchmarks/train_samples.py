@@ -16,9 +16,9 @@ import time
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
-from charnn.reporting import NullReporter
 from charnn.run_plan import RunPlan
 from charnn.train import Trainer
+from charnn.train_records import NullReporter
 
 
 def main() -> None:

@@ -339,7 +339,7 @@ def train(
     With no FILES, trains on Python's documentation topics that ship with CPython. A FILE that
     is not a path but a name from 'charnn corpora' is fetched into the cache when needed.
     """
-    from charnn.runs import TrainRequest, start_training
+    from charnn.app import TrainRequest, start_training
 
     request = TrainRequest(
         files=list(files),
@@ -380,6 +380,12 @@ def train(
 )
 @click.option("--separator", default="\n\n", help="printed between samples  [default: '\\n\\n']")
 @_json_option("one JSON object per sample per line")
+@click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="write with the model at the keyboard: continue, change settings, pick the next character (:help)",
+)
 @click.pass_context
 def sample(
     ctx: click.Context,
@@ -390,11 +396,18 @@ def sample(
     prompts: str | None,
     separator: str,
     as_json: bool,
+    interactive: bool,
     **options: Any,
 ) -> None:
     """Generate text from a trained model; only the text goes to stdout."""
     given = take_config(ctx, options, SampleConfig)
     _no_leftovers(options)
+    if interactive:
+        _refuse_with_interactive(given, {"--prime-file": prime_file, "--prompts": prompts, "--json": as_json})
+        from charnn.interactive import run_interactive
+
+        run_interactive(checkpoint, SampleConfig(**given), prime or "")
+        return
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
     if given.get("beam") is not None and (
@@ -409,7 +422,7 @@ def sample(
         )
     config = SampleConfig(**given)
     if prompts is not None:
-        from charnn.runs import read_prompts, run_prompts
+        from charnn.app import read_prompts, run_prompts
 
         run_prompts(checkpoint, config, read_prompts(prompts), separator, as_json)
         return
@@ -419,9 +432,19 @@ def sample(
 
         prime = read_prime_file(prime_file, encoding_errors)
         prime_name = f"--prime-file {'<stdin>' if prime_file == '-' else prime_file}"
-    from charnn.runs import run_sampling
+    from charnn.app import run_sampling
 
     run_sampling(checkpoint, config, prime or "", separator, as_json, prime_name=prime_name)
+
+
+def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -> None:
+    """Options that make no sense in a keyboard session are usage errors, not silently ignored."""
+    clashes = [flag for flag, value in others.items() if value]
+    clashes += [
+        flag for name, flag in (("beam", "--beam"), ("num_samples", "--num-samples")) if name in given
+    ]
+    if clashes:
+        raise ConfigError(f"--interactive cannot be combined with {', '.join(clashes)}")
 
 
 # ---------------------------------------------------------------------------- eval / score / info
@@ -465,7 +488,7 @@ def eval_(
     top_k: int,
 ) -> None:
     """Loss and bits per character of the model(s) on FILES (- = stdin)."""
-    from charnn.runs import run_eval
+    from charnn.app import run_eval
 
     rows = run_eval(
         list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
@@ -497,7 +520,7 @@ def score(
     encoding_errors: str,
 ) -> None:
     """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates."""
-    from charnn.runs import run_score
+    from charnn.app import run_score
 
     for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
         if as_json:
@@ -511,8 +534,8 @@ def score(
 @_json_option("the metadata as JSON, one object per checkpoint per line")
 def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     """Show what a checkpoint holds: model, vocabulary, progress, validation, how it was trained."""
-    from charnn.history import info_lines
-    from charnn.runs import checkpoint_info
+    from charnn.app import checkpoint_info
+    from charnn.run_catalog import info_lines
 
     for i, checkpoint in enumerate(checkpoints):
         data = checkpoint_info(checkpoint)
@@ -534,7 +557,7 @@ def runs(directory: str, as_json: bool) -> None:
     from pathlib import Path
 
     from charnn.console import note
-    from charnn.history import list_runs, runs_table
+    from charnn.run_catalog import list_runs, runs_table
 
     rows = list_runs(Path(directory), warn=note)
     if as_json:
@@ -620,7 +643,7 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from charnn.runs import list_corpora
+    from charnn.app import list_corpora
 
     for row in list_corpora(cache_dir):
         if as_json:
@@ -649,7 +672,7 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
 )
 def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> None:
     """Download corpus NAME into the cache (resumable, sha256-checked); print its path."""
-    from charnn.runs import fetch_corpus
+    from charnn.app import fetch_corpus
 
     click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from charnn.reporting import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
+from charnn.train_records import EvalReport, RunInfo, RunSummary, SampleReport, StepReport
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -1,9 +1,9 @@
-"""The README's option tables, derived from the click commands (themselves derived from the
-config dataclasses), so the README cannot drift from ``--help``.
+"""The option tables of the docs, derived from the click commands (themselves derived from the
+config dataclasses), so the docs cannot drift from ``--help``.
 
-``python -m charnn.docs README.md`` rewrites every block between
-``<!-- options: COMMAND -->`` and ``<!-- /options -->``; ``make readme`` runs it and a test
-checks that the README is up to date.
+``python -m charnn.docs docs/usage.md`` rewrites every block between
+``<!-- options: COMMAND -->`` and ``<!-- /options -->`` in the files named; ``make readme`` runs it
+on ``USAGE`` and a test checks that it is up to date.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+USAGE = Path(__file__).resolve().parent.parent / "docs" / "usage.md"
 _BLOCK = re.compile(r"(<!-- options: ([\w-]+) -->\n)(.*?)(<!-- /options -->)", re.S)
 _DEFAULT = re.compile(r"\s*\[default: (.*?)\]$")
 
@@ -50,12 +51,12 @@ def render(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0] if argv else "README.md")
-    text = path.read_text(encoding="utf-8")
-    new = render(text)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-        print(f"{path}: option tables updated", file=sys.stderr)
+    for path in [Path(name) for name in argv] or [USAGE]:
+        text = path.read_text(encoding="utf-8")
+        new = render(text)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"{path}: option tables updated", file=sys.stderr)
     return 0
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
+from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 METRICS = "metrics.jsonl"
 MIN_INTERVAL = 1.0  # seconds between progress rows, at least
@@ -98,7 +98,7 @@ class MetricsLog:
 
 
 class MetricsReporter:
-    """A :class:`~charnn.reporting.Reporter` that writes the history and forwards everything to
+    """A :class:`~charnn.train_records.Reporter` that writes the history and forwards everything to
     ``inner`` (the console), so the trainer reports once and both see it."""
 
     def __init__(self, log: MetricsLog, inner: Reporter, start_row: dict[str, Any] | None = None) -> None:

@@ -44,9 +44,20 @@ from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from charnn.runs import TrainRequest
+    from charnn.app import TrainRequest
 
 __all__ = ["RunPlan", "choose_shape", "load_training_corpus", "planned_run"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What taking the run directory involves beyond its lock. A new run (fresh or fine-tuned)
+    refuses a directory that holds a run unless ``force``, which removes the old run's best/.
+    A resumed run's planning already holds the lock, and a plan built in code checks nothing."""
+
+    new: bool = False
+    force: bool = False
+    fine_tune: bool = False  # only changes the refusal's advice
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class RunPlan:
     init_from: Checkpoint | None = None  # fine-tuning: this parent's weights, everything else fresh
     parent: dict[str, Any] | None = None  # where the weights came from (--init-from), in every checkpoint
     invocation: dict[str, Any] | None = None  # command line and versions, for the metadata
+    claim: Claim = Claim()
 
     @property
     def out(self) -> Path:
@@ -75,8 +87,24 @@ class RunPlan:
         cls, corpus: Corpus, model: ModelConfig, train: TrainConfig, out: str | os.PathLike[str]
     ) -> RunPlan:
         """A new run on a corpus already in memory, in one process (library callers, tests,
-        benchmarks): no options to read, no lock taken beyond each save's."""
+        benchmarks): no options to read and no checks of the directory beyond its lock."""
         return cls(corpus, model, train, RunDir(out))
+
+    @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the run directory while the run writes to it (the trainer's first step): rank 0
+        takes the lock (re-entering it when planning took it), then checks the directory again,
+        as another process may have started a run there since it was planned."""
+        claim = self.claim
+
+        def check() -> None:
+            if claim.new:
+                _refuse_existing(self.rundir, claim.force, claim.fine_tune)
+                if claim.force:
+                    self.rundir.remove(BEST)  # the old run's best must not outlive it
+
+        with holding(self.rundir, self.group, check):
+            yield
 
 
 def check_request(request: TrainRequest) -> None:
@@ -89,14 +117,15 @@ def check_request(request: TrainRequest) -> None:
 
 @contextmanager
 def planned_run(request: TrainRequest, group: Group = SOLO) -> Iterator[RunPlan]:
-    """The plan of the run ``request`` asks for, with its run directory held until the block ends.
+    """The plan of the run ``request`` asks for, valid until the block ends.
 
-    One lock path for all three starts. A resumed run is locked before its checkpoint is read.
-    A new or fine-tuned run reads and encodes its corpus first, writing nothing (an error in it
-    leaves no directory behind), then is locked and checked again (another process may have
-    started a run there meanwhile); ``--force`` then removes the old run's best/. Under torchrun
-    rank 0 alone locks, checks and writes; the other ranks plan the same run without touching
-    the directory."""
+    Planning writes nothing. A resumed run's directory is locked before its checkpoint is read and
+    stays locked until the block ends. A new or fine-tuned run reads and encodes its corpus
+    unlocked (after a first check that the directory may take it), and :meth:`RunPlan.claimed`
+    locks and checks it again only once the run is ready to write: a bad corpus, a corpus too
+    short for one window or a missing device never leaves a directory behind, nor costs the run
+    that ``--force`` would replace. Under torchrun rank 0 alone locks, checks and writes; the
+    other ranks plan the same run without touching the directory."""
     check_request(request)
     from charnn.metrics import invocation
 
@@ -105,28 +134,21 @@ def planned_run(request: TrainRequest, group: Group = SOLO) -> Iterator[RunPlan]
         run = _run_to_resume(Path(request.resume or request.out))
         if group.is_writer:
             resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
-        with _claim(run, group, run.refuse_foreign):
+        with holding(run, group, run.refuse_foreign):
             yield _resume_plan(request, run, group, inv)
         return
     run = RunDir(request.out)
-    fine_tune = request.init_from is not None
-
-    def claim() -> None:
-        _refuse_existing(run, request.force, fine_tune)
-        if request.force:
-            run.remove(BEST)  # the old run's best must not outlive it
-
+    claim = Claim(new=True, force=request.force, fine_tune=request.init_from is not None)
     if group.is_writer:
-        _refuse_existing(run, request.force, fine_tune)  # before reading the corpus: fail fast
-    plan = (_fine_tune_plan if fine_tune else _new_plan)(request, run, group, inv)
-    with _claim(run, group, claim):
-        yield plan
+        _refuse_existing(run, claim.force, claim.fine_tune)  # before reading the corpus: fail fast
+    plan = (_fine_tune_plan if claim.fine_tune else _new_plan)(request, run, group, inv)
+    yield dataclasses.replace(plan, claim=claim)
 
 
 @contextmanager
-def _claim(run: RunDir, group: Group, check: Callable[[], None]) -> Iterator[None]:
-    """Rank 0 holds the run directory's lock and runs ``check`` under it; the other ranks never
-    write there, so they neither lock nor check."""
+def holding(run: RunDir, group: Group, check: Callable[[], None]) -> Iterator[None]:
+    """The one lock path: rank 0 holds the run directory's lock and runs ``check`` under it; the
+    other ranks never write there, so they neither lock nor check."""
     if not group.is_writer:
         yield
         return

@@ -1,6 +1,6 @@
 """The training loop: teacher forcing with truncated BPTT, AdamW, warm-up + cosine decay,
 gradient clipping, periodic validation, atomic checkpoints, exact resume, and recovery
-from non-finite steps. Reports progress through a :class:`~charnn.reporting.Reporter`; never prints.
+from non-finite steps. Reports progress through a :class:`~charnn.train_records.Reporter`; never prints.
 
 A run is planned first (:mod:`charnn.run_plan`: configs, corpus, where the weights start, the run
 directory), then :class:`Trainer` runs the plan. The loop (:meth:`Trainer.run`) reads top to
@@ -37,8 +37,8 @@ from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, CharnnError, ConfigError, D
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
 from charnn.hardware import threads_for
 from charnn.model import CharRNN, detach_hidden
-from charnn.reporting import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 from charnn.tokenizer import Tokenizer
+from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 if TYPE_CHECKING:
     from charnn.run_plan import RunPlan
@@ -545,6 +545,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
+        with self.plan.claimed():  # rank 0 holds the run directory from before its first write
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self.reporter.start(self._info())
         flags: dict[str, int] = {}
         # Signals become flags before the first save, so Ctrl-C can never land inside one.

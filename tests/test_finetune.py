@@ -25,11 +25,11 @@ def _new_text(tmp_path: Path) -> Path:
 def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from charnn.app import TrainRequest
     from charnn.checkpoint import load_checkpoint
-    from charnn.reporting import NullReporter
     from charnn.run_plan import planned_run
-    from charnn.runs import TrainRequest
     from charnn.train import Trainer
+    from charnn.train_records import NullReporter
 
     parent = load_checkpoint(trained_run)  # best/
     old_chars = parent.tokenizer.chars

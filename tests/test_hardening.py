@@ -186,9 +186,9 @@ def test_a_closed_stdout_is_no_traceback(
 def _trainer(tmp_path: Path, corpus_file: Path, **train: Any):  # type: ignore[no-untyped-def]
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
-    from charnn.reporting import NullReporter
     from charnn.run_plan import RunPlan
     from charnn.train import Trainer
+    from charnn.train_records import NullReporter
 
     corpus = load_corpus([str(corpus_file)])
     config = TrainConfig(
@@ -246,7 +246,7 @@ def test_allocation_failures_get_the_out_of_memory_line(
     def boom(*args: object, **kwargs: object) -> None:
         raise failure
 
-    monkeypatch.setattr("charnn.runs.start_training", boom)
+    monkeypatch.setattr("charnn.app.start_training", boom)
     proc = cli_inprocess("train", corpus_file, "--out", tmp_path / "run")
     one_error(proc, 1, "out of memory")
     assert "internal error" not in proc.stderr

@@ -10,8 +10,8 @@ import torch
 from charnn import hardware, train
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
-from charnn.reporting import NullReporter
 from charnn.run_plan import RunPlan
+from charnn.train_records import NullReporter
 
 
 def test_default_threads_leave_a_core_and_follow_omp(monkeypatch: pytest.MonkeyPatch) -> None:

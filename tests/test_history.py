@@ -270,7 +270,7 @@ def test_plot_of_a_directory_without_history(tmp_path: Path, cli_inprocess) -> N
 
 
 def _report(step: int, fraction: float):
-    from charnn.reporting import StepReport
+    from charnn.train_records import StepReport
 
     return StepReport(
         step=step,
@@ -290,7 +290,7 @@ def test_non_tty_progress_has_elapsed_and_eta(monkeypatch) -> None:
     from rich.console import Console
 
     from charnn import console as console_module
-    from charnn.reporting import RunInfo
+    from charnn.train_records import RunInfo
 
     now = [1000.0]
     monkeypatch.setattr(console_module.time, "monotonic", lambda: now[0])
@@ -313,7 +313,7 @@ def test_live_bar_shows_validating_instead_of_a_frozen_bar(monkeypatch) -> None:
     from rich.console import Console
 
     from charnn.console import TrainReporter
-    from charnn.reporting import RunInfo
+    from charnn.train_records import RunInfo
 
     monkeypatch.setenv("TERM", "xterm")
     buf = io.StringIO()

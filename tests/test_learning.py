@@ -13,9 +13,9 @@ import torch
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
-from charnn.reporting import EvalReport, NullReporter
 from charnn.run_plan import RunPlan
 from charnn.train import Trainer
+from charnn.train_records import EvalReport, NullReporter
 
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog.",

@@ -32,8 +32,8 @@ def test_drawn_seed_is_shown_on_a_terminal(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from charnn import console
+    from charnn.app import sampling_seed
     from charnn.config import SampleConfig
-    from charnn.runs import sampling_seed
 
     monkeypatch.setattr(type(console.err), "is_terminal", property(lambda self: True))
     monkeypatch.setattr(console, "stderr_is_terminal", lambda: True)  # capsys's stderr is no TTY

@@ -1,4 +1,4 @@
-"""The surprisal computation (evaluate.py) and the page built from it (report.py), without a browser.
+"""The surprisal computation (evaluate.py) and the page built from it (surprisal_page.py), without a browser.
 
 The browser checks are in ``test_report_browser.py``.
 """
@@ -28,7 +28,7 @@ from charnn.evaluate import (
     token_surprisal,
 )
 from charnn.model import CharRNN
-from charnn.report import ModelReport, build_report
+from charnn.surprisal_page import ModelReport, build_report
 from charnn.tokenizer import CharTokenizer, codepoints
 from tests.test_evaluate import TEXT, small_gru, sp_and_text
 

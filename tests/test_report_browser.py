@@ -189,7 +189,7 @@ def test_screenshot_is_not_blank(page: tuple[Path, Path], tmp_path: Path) -> Non
 
 def test_page_total_matches_score_whole(page: tuple[Path, Path]) -> None:
     html_file, run = page
-    from charnn.runs import run_score
+    from charnn.app import run_score
 
     (row,) = list(run_score(str(run), [str(html_file.parent / "held-out.txt")], None, whole=True))
     text = html_file.read_text(encoding="utf-8")

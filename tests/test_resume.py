@@ -153,8 +153,8 @@ def _poisoned_trainer(
     from charnn.checkpoint import load_checkpoint
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
-    from charnn.reporting import NullReporter
     from charnn.run_plan import RunPlan
+    from charnn.train_records import NullReporter
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])

@@ -3,17 +3,19 @@ RunPlan, whose one RunDir is held through one lock path while the run lasts."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import make_text
 
+from charnn.app import TrainRequest
 from charnn.checkpoint import load_checkpoint
-from charnn.errors import RunBusyError
+from charnn.errors import ConfigError, RunBusyError
 from charnn.run_plan import planned_run
 from charnn.rundir import RunDir
-from charnn.runs import TrainRequest
 
 TINY = {"hidden": 8, "embed": 4, "layers": 1}
 
@@ -28,12 +30,29 @@ def test_a_new_run_is_planned_from_its_options_and_holds_its_directory(
         assert plan.model.vocab_size == plan.corpus.tokenizer.vocab_size and plan.model.hidden == 8
         assert plan.train.steps == 3 and plan.out == out
         assert plan.invocation is not None and "argv" in plan.invocation
-        with plan.rundir.lock():  # re-entrant for the run's own RunDir: each save takes it again
+        assert not out.exists()  # planning writes nothing: the run claims the directory
+        with plan.claimed():
+            with plan.rundir.lock():  # re-entrant for the run's own RunDir: each save takes it again
+                pass
+            with pytest.raises(RunBusyError), RunDir(out).lock():  # any other holder is another writer
+                pass
+        with RunDir(out).lock():  # released when the run ends
             pass
-        with pytest.raises(RunBusyError), RunDir(out).lock():  # any other holder is another writer
+
+
+def test_a_new_run_checks_its_directory_again_when_it_claims_it(
+    trained_run: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    request = TrainRequest(files=[str(corpus_file)], out=str(out), model=TINY)
+    with planned_run(request) as plan:
+        shutil.copytree(trained_run, out)  # another process started a run there meanwhile
+        with pytest.raises(ConfigError, match="already holds a run"), plan.claimed():
             pass
-    with RunDir(out).lock():  # released when the run ends
-        pass
+    with planned_run(dataclasses.replace(request, force=True)) as plan:
+        assert (out / "best").is_dir()  # planning writes nothing, --force included
+        with plan.claimed():  # the old run's best/ goes once the new run holds the directory
+            assert not (out / "best").exists() and (out / "latest").is_dir()
 
 
 def test_a_resumed_run_is_locked_before_anything_is_read(trained_run_copy: Path, tmp_path: Path) -> None:

@@ -1,12 +1,11 @@
 """The option schema: each option is declared once, on a config dataclass, and everything else
-(the click option, its default in --help, validation, the README tables) follows from it."""
+(the click option, its default in --help, validation, the option tables of docs/usage.md) follows from it."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +13,9 @@ from click.testing import CliRunner
 
 from charnn import cli as cli_mod
 from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, cli_opt, flag_of
-from charnn.docs import options_table, render
+from charnn.docs import USAGE, options_table, render
 from charnn.errors import ConfigError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 TRAIN_CONFIGS = (ModelConfig, TokenizerConfig, TrainConfig)
 
 # A valid, non-default command-line value for every declared field.
@@ -84,7 +82,7 @@ def _argv(classes: tuple[type, ...], skip: tuple[str, ...] = ()) -> list[str]:
 
 def test_every_train_option_reaches_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[Any] = []
-    monkeypatch.setattr("charnn.runs.start_training", got.append)
+    monkeypatch.setattr("charnn.app.start_training", got.append)
     result = CliRunner().invoke(cli_mod.cli, ["train", "x.txt", *_argv(TRAIN_CONFIGS, skip=("steps",))])
     assert result.exit_code == 0, result.output
     (request,) = got
@@ -96,7 +94,7 @@ def test_every_train_option_reaches_its_config(monkeypatch: pytest.MonkeyPatch) 
 
 def test_options_left_at_their_default_are_not_reported_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[Any] = []
-    monkeypatch.setattr("charnn.runs.start_training", got.append)
+    monkeypatch.setattr("charnn.app.start_training", got.append)
     result = CliRunner().invoke(cli_mod.cli, ["train", "--resume", "--steps", "5"])
     assert result.exit_code == 0, result.output
     assert got[0].train == {"steps": 5} and got[0].model == {} and got[0].tokenizer == {}
@@ -104,7 +102,7 @@ def test_options_left_at_their_default_are_not_reported_as_given(monkeypatch: py
 
 def test_every_sample_option_reaches_the_sample_config(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[SampleConfig] = []
-    monkeypatch.setattr("charnn.runs.run_sampling", lambda ckpt, config, *rest, **kw: got.append(config))
+    monkeypatch.setattr("charnn.app.run_sampling", lambda ckpt, config, *rest, **kw: got.append(config))
     argv = _argv((SampleConfig,), skip=("temperature", "top_k", "top_p"))  # those contradict --beam
     result = CliRunner().invoke(cli_mod.cli, ["sample", *argv])
     assert result.exit_code == 0, result.output
@@ -146,11 +144,11 @@ def test_help_shows_the_dataclass_defaults() -> None:
                 )
 
 
-def test_readme_option_tables_match_help() -> None:
-    """`make readme` regenerates them; this fails when --help and the README disagree."""
-    text = README.read_text(encoding="utf-8")
+def test_usage_option_tables_match_help() -> None:
+    """`make readme` regenerates them; this fails when --help and docs/usage.md disagree."""
+    text = USAGE.read_text(encoding="utf-8")
     assert "<!-- options: train -->" in text and "<!-- options: sample -->" in text
-    assert render(text) == text, "README option tables are stale: run `make readme`"
+    assert render(text) == text, "docs/usage.md option tables are stale: run `make readme`"
 
 
 @pytest.mark.parametrize(

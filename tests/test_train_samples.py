@@ -14,9 +14,9 @@ HEADER = re.compile(r"^=== step (\d+) \(seed (\d+)\) ===$", re.MULTILINE)
 def _trainer(tmp_path: Path, corpus_text: str, out: str = "run", **train: object):
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
-    from charnn.reporting import NullReporter
     from charnn.run_plan import RunPlan
     from charnn.train import Trainer
+    from charnn.train_records import NullReporter
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])
@@ -103,7 +103,7 @@ def test_sample_text_is_printed_literally(tmp_path: Path) -> None:
     from rich.console import Console
 
     from charnn.console import TrainReporter
-    from charnn.reporting import SampleReport
+    from charnn.train_records import SampleReport
 
     console = Console(record=True, width=80, force_terminal=False)
     TrainReporter(console).sampled(SampleReport(7, "[bold]x[/] \x1b[31m", 0.01))

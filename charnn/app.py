@@ -26,8 +26,8 @@ from charnn.errors import CharnnError, ConfigError, DataError
 
 if TYPE_CHECKING:
     from charnn.metrics import MetricsReporter
-    from charnn.reporting import NullReporter
     from charnn.run_plan import RunPlan
+    from charnn.train_records import NullReporter
 
 # ---------------------------------------------------------------------------- train
 
@@ -96,7 +96,7 @@ def _reporter(plan: RunPlan, quiet: bool) -> MetricsReporter | NullReporter:
     """The console, teed into the run's metrics.jsonl. Ranks other than 0 of a torchrun run
     report nothing."""
     from charnn.metrics import MetricsReporter
-    from charnn.reporting import NullReporter
+    from charnn.train_records import NullReporter
 
     if not plan.group.is_writer:
         return NullReporter()
@@ -359,7 +359,7 @@ def run_eval(
         if html is not None:
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
     if html is not None:
-        from charnn.report import build_report, write_report
+        from charnn.surprisal_page import build_report, write_report
 
         if len(reports) == 2 and reports[0].surprisal.text != reports[1].surprisal.text:
             raise DataError("the two checkpoints' tokenizers spell the text differently; cannot compare")
@@ -375,7 +375,7 @@ def run_eval(
 def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
-    from charnn.report import ModelReport
+    from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
@@ -463,8 +463,8 @@ def run_score(
 
 
 def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.history.describe`)."""
-    from charnn.history import describe
+    """Structured metadata of a fully validated checkpoint (see :func:`charnn.run_catalog.describe`)."""
+    from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
     info = describe(ckpt.meta, ckpt.path)
