@@ -487,6 +487,19 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def summarise(progress: Progress, result: EvalResult | None, out: Path) -> RunSummary:
+    """How a run ended: where it stands, its last validation and its best."""
+    return RunSummary(
+        step=progress.step,
+        elapsed=progress.elapsed,
+        skipped_steps=progress.skipped_steps,
+        val=result.to_dict() if result else None,
+        best_val_bpc=progress.best_val_bpc,
+        out=str(out),
+        stopped_reason=progress.stopped_reason,
+    )
+
+
 def interrupted(progress: Progress, out: Path, signum: int) -> Interrupted:
     """A stop the user asked for: where the run stands and the command that continues it."""
     import shlex
@@ -562,16 +575,7 @@ class Trainer:
                 raise
         if flags.get("signal"):  # arrived during the final validation, which has just saved
             raise interrupted(self.progress, self.out, flags["signal"])
-        prog = self.progress
-        summary = RunSummary(
-            step=prog.step,
-            elapsed=prog.elapsed,
-            skipped_steps=prog.skipped_steps,
-            val=result.to_dict() if result else None,
-            best_val_bpc=prog.best_val_bpc,
-            out=str(self.out),
-            stopped_reason=prog.stopped_reason,
-        )
+        summary = summarise(self.progress, result, self.out)
         self.reporter.finish(summary)
         return summary.to_dict()
 
