@@ -4,13 +4,13 @@
 ``--init-from`` (fine-tune: a new run from another run's weights). :func:`planned_run` turns each
 into one :class:`RunPlan`: the configs, the corpus (read by :func:`load_training_corpus`, the one
 loader), where the weights and state start, the parent run, and the one
-:class:`~charnn.rundir.RunDir` whose lock rank 0 holds while the run lasts. The
-:class:`~charnn.train.Trainer` runs the plan and never reads options, checkpoints or the
-directory's layout itself::
+:class:`~charnn.rundir.RunDir` whose lock rank 0 holds while the run writes
+(:meth:`RunPlan.claimed`). The :class:`~charnn.train.Trainer` runs the plan and never reads
+options, checkpoints or the directory's layout itself::
 
-    TrainRequest ──planned_run──▶ RunPlan ──Trainer(plan)──▶ steps ──Checkpointer──▶ RUN/latest, RUN/best
-    (options)      (lock held)   (configs, corpus,            (loop)    (save, restore,
-                                  start, parent, RunDir)                  recover)
+    TrainRequest ──planned_run──▶ RunPlan ──Trainer(plan).run()──▶ claim RUN/, loop ──Checkpointer──▶ RUN/
+    (the options)                 (configs, corpus, start,                    (save, restore,   latest/
+                                   parent, RunDir, claim)                      recover)         best/
 
 Torch-free: planning reads checkpoints as numpy and never builds a model; the model's shape is
 chosen here (:func:`choose_shape`) and built by the trainer.
