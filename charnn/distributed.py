@@ -164,9 +164,11 @@ class Group:
             )
 
     def close(self) -> None:
+        if not self.active:
+            return  # nothing joined (and no torch import for a single process)
         import torch.distributed as dist
 
-        if self.active and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
