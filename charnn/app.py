@@ -75,14 +75,15 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
     and trains; rank 0 alone holds the lock and writes."""
     from charnn.distributed import from_env
     from charnn.run_plan import check_request, planned_run
-    from charnn.train import Trainer
 
     check_request(request)
     group = from_env()
     try:
         if not group.active:  # under torchrun every rank would download: give paths there
             request = replace(request, files=resolve_corpus_names(list(request.files)))
-        with planned_run(request, group) as plan:
+        with planned_run(request, group) as plan:  # torch-free: a refused run exits fast
+            from charnn.train import Trainer
+
             reporter = _reporter(plan, request.quiet)
             try:
                 return Trainer(plan, reporter).run()
