@@ -106,3 +106,26 @@ def test_growing_the_vocabulary_through_the_cache_matches_growing_it_in_memory(
     assert cached.tokenizer.chars[:6] == parent.chars  # type: ignore[attr-defined]
     np.testing.assert_array_equal(np.asarray(cached.ids), memory.ids)
     assert cached.sha256 == memory.sha256
+
+
+def test_planning_never_imports_torch(trained_run: Path, tmp_path: Path) -> None:
+    """Planning reads options, corpora and checkpoints as numpy: a run refused while it is
+    planned exits without loading torch, which only the trainer needs."""
+    import subprocess
+    import sys
+
+    text = tmp_path / "new.txt"
+    text.write_text("жЖ€\n" + make_text(lines=20, seed=3), encoding="utf-8")
+    code = (
+        "import sys\n"
+        "from charnn.app import TrainRequest\n"
+        "from charnn.run_plan import planned_run\n"
+        f"request = TrainRequest(files=[{str(text)!r}], out={str(tmp_path / 'child')!r}, "
+        f"init_from={str(trained_run)!r})\n"
+        "with planned_run(request) as plan:\n"
+        "    assert plan.model.vocab_size > plan.init_from.config.vocab_size\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
