@@ -1,6 +1,6 @@
 """What ``--sample-every`` costs: one training sample against the training steps between two.
 
-Times the trainer's own step and its :class:`~charnn.train.TrainingSampler` (200 characters
+Times the trainer's own step and its :class:`~charnn.trainer.TrainingSampler` (200 characters
 through the fast CPU stepper, including the weight snapshot) on the same model, and prints
 the share of training time that sampling takes at the default interval and at a few others.
 Run:
@@ -17,8 +17,8 @@ import time
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
 from charnn.run_plan import RunPlan
-from charnn.train import Trainer
 from charnn.train_records import NullReporter
+from charnn.trainer import Trainer
 
 
 def main() -> None:

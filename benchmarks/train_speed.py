@@ -21,8 +21,8 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
 from charnn.model import CharRNN, detach_hidden
 from charnn.run_plan import RunPlan
-from charnn.train import Trainer
 from charnn.train_records import NullReporter
+from charnn.trainer import Trainer
 
 
 def bare_loop(model: CharRNN, data: torch.Tensor, batch: int, seq_len: int, steps: int) -> float:

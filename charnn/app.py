@@ -70,7 +70,7 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
     """Start a new run in ``request.out``, continue one (``--resume``) or fine-tune one
     (``--init-from``): plan it (:func:`charnn.run_plan.planned_run`, which holds the run
     directory's lock from before anything in it is read or written until the run ends), then
-    run the plan (:class:`charnn.train.Trainer`). FILES that name registry corpora (and are not
+    run the plan (:class:`charnn.trainer.Trainer`). FILES that name registry corpora (and are not
     paths) are fetched first. Under torchrun (see :mod:`charnn.distributed`) every rank plans
     and trains; rank 0 alone holds the lock and writes."""
     from charnn.distributed import from_env
@@ -82,7 +82,7 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
         if not group.active:  # under torchrun every rank would download: give paths there
             request = replace(request, files=resolve_corpus_names(list(request.files)))
         with planned_run(request, group) as plan:  # torch-free: a refused run exits fast
-            from charnn.train import Trainer
+            from charnn.trainer import Trainer
 
             reporter = _reporter(plan, request.quiet)
             try:

@@ -5,7 +5,7 @@
 into one :class:`RunPlan`: the configs, the corpus (read by :func:`load_training_corpus`, the one
 loader), where the weights and state start, the parent run, and the one
 :class:`~charnn.rundir.RunDir` whose lock rank 0 holds while the run writes
-(:meth:`RunPlan.claimed`). The :class:`~charnn.train.Trainer` runs the plan and never reads
+(:meth:`RunPlan.claimed`). The :class:`~charnn.trainer.Trainer` runs the plan and never reads
 options, checkpoints or the directory's layout itself::
 
     TrainRequest ──planned_run──▶ RunPlan ──Trainer(plan).run()──▶ claim RUN/, loop ──Checkpointer──▶ RUN/
@@ -62,7 +62,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run, decided: what :class:`~charnn.train.Trainer` needs and nothing it must work out.
+    """A run, decided: what :class:`~charnn.trainer.Trainer` needs and nothing it must work out.
 
     A new run has neither ``resume`` nor ``init_from``: its model starts from ``--seed``.
     """

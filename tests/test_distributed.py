@@ -1,5 +1,6 @@
-"""Data-parallel training (charnn.distributed): 2 CPU ranks with gloo under torchrun train like
-one process with twice the batch, write one run directory, fine-tune like one process, and resume only with the same world."""
+"""Data-parallel training (charnn.distributed): 2 CPU ranks with gloo under torchrun train (and
+fine-tune) like one process with twice the batch, write one run directory, and resume only with
+the same world."""
 
 from __future__ import annotations
 

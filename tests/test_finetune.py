@@ -28,8 +28,8 @@ def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
     from charnn.app import TrainRequest
     from charnn.checkpoint import load_checkpoint
     from charnn.run_plan import planned_run
-    from charnn.train import Trainer
     from charnn.train_records import NullReporter
+    from charnn.trainer import Trainer
 
     parent = load_checkpoint(trained_run)  # best/
     old_chars = parent.tokenizer.chars

@@ -187,8 +187,8 @@ def _trainer(tmp_path: Path, corpus_file: Path, **train: Any):  # type: ignore[n
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
     from charnn.run_plan import RunPlan
-    from charnn.train import Trainer
     from charnn.train_records import NullReporter
+    from charnn.trainer import Trainer
 
     corpus = load_corpus([str(corpus_file)])
     config = TrainConfig(

@@ -169,7 +169,7 @@ def test_patience_stops_a_run_whose_validation_stalls(tmp_path: Path, cli_inproc
 
 def test_early_stop_counter_survives_resume() -> None:
     from charnn.checkpoint import Progress
-    from charnn.train import EarlyStop
+    from charnn.trainer import EarlyStop
 
     stop = EarlyStop(patience=3, min_delta=0.1)
     prog = Progress()

@@ -33,7 +33,7 @@ class Terminal:
             os.execv(sys.executable, [sys.executable, "-m", "charnn", *map(str, args)])
         self.screen = ""
 
-    def expect(self, text: str, timeout: float = 60) -> str:
+    def expect(self, text: str, timeout: float = 120) -> str:
         """Read until ``text`` is on the screen (after what was already matched)."""
         end = time.monotonic() + timeout
         while text not in self.screen:

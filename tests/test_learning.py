@@ -14,8 +14,8 @@ import torch
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
 from charnn.run_plan import RunPlan
-from charnn.train import Trainer
 from charnn.train_records import EvalReport, NullReporter
+from charnn.trainer import Trainer
 
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog.",

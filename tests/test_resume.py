@@ -149,7 +149,7 @@ def _poisoned_trainer(
     Every checkpoint written is checked finite as it is saved."""
     import torch
 
-    import charnn.train as train_mod
+    import charnn.trainer as train_mod
     from charnn.checkpoint import load_checkpoint
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus

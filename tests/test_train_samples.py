@@ -15,8 +15,8 @@ def _trainer(tmp_path: Path, corpus_text: str, out: str = "run", **train: object
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
     from charnn.run_plan import RunPlan
-    from charnn.train import Trainer
     from charnn.train_records import NullReporter
+    from charnn.trainer import Trainer
 
     (tmp_path / "c.txt").write_text(corpus_text)
     corpus = load_corpus([str(tmp_path / "c.txt")])
