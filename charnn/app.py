@@ -64,6 +64,7 @@ class TrainRequest:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    vocabulary: Any = None  # a ready tokenizer for a new run (classify's members share one)
 
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
@@ -333,6 +334,7 @@ def run_eval(
     html: str | None = None,
     top_k: int = 3,
     cache_dir: str | None = None,
+    adapt: Any = None,
 ) -> list[dict[str, Any]]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
     Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
@@ -341,8 +343,12 @@ def run_eval(
 
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
-    if html is not None and len(checkpoints) > 2:
+    if html is not None and adapt is None and len(checkpoints) > 2:
         raise ConfigError("--html shows one checkpoint or compares two; got " + str(len(checkpoints)))
+    if html is not None and adapt is not None and len(checkpoints) > 1:
+        raise ConfigError(
+            "--html with --adapt compares one checkpoint with its adaptive self; got " + str(len(checkpoints))
+        )
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
     texts = None if streamed else read_corpus(files, encoding_errors)
@@ -359,6 +365,18 @@ def run_eval(
         rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
         if html is not None:
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+        if adapt is not None:  # a different measurement: its own row, after the static one
+            from charnn import adapt as dyn
+            from charnn.scoring import token_char_lengths, token_extra_nats
+
+            tok = ckpt.tokenizer
+            lengths, extra = token_char_lengths(tok), token_extra_nats(tok)
+            adaptive = dyn.adaptive_eval(
+                ckpt.build_model(), corpus.ids, tok.start_ids(), lengths, extra, adapt
+            )
+            rows.append({**rows[-1], **adaptive.to_dict(), "adaptive": True})
+            if html is not None:
+                reports.append(_adaptive_report(ckpt, corpus.ids, top_k, adapt))
     if html is not None:
         from charnn.surprisal_page import build_report, write_report
 
@@ -382,6 +400,19 @@ def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
     tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
     vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
+
+
+def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
+    """The page's data for the adapting model: it shows what the model learns as it reads."""
+    from charnn.adapt import Adapter
+    from charnn.evaluate import char_surprisal
+    from charnn.surprisal_page import ModelReport
+
+    tokenizer = ckpt.tokenizer
+    tokens = Adapter(ckpt.build_model(), settings).read(ids, tokenizer.start_ids(), top_k=top_k)
+    vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+    name = f"{ckpt.path} (adaptive)"
+    return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
 def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
@@ -410,6 +441,7 @@ def run_score(
     context: str | None,
     encoding_errors: str = "strict",
     whole: bool = False,
+    adapt: Any = None,
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
@@ -439,7 +471,12 @@ def run_score(
             raise DataError(f"{where}: {exc}") from None
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
-    if len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
+    if adapt is not None:  # the model learns from each line after scoring it (charnn.adapt)
+        from charnn.adapt import adaptive_scores
+
+        start = context_ids or tokenizer.start_ids()
+        scores = adaptive_scores(ckpt.build_model(), start, encoded, lengths, extra, adapt)
+    elif len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
         from charnn.stepper import FastStepper
 
         stepper = FastStepper(ckpt.config, ckpt.weights)
@@ -460,6 +497,7 @@ def run_score(
             "bpt": sc.bpt,
             "chars": sc.chars,
             "tokens": sc.tokens,
+            **({"adaptive": True} if adapt is not None else {}),
         }
 
 

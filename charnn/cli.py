@@ -27,6 +27,7 @@ import click
 from charnn import __version__
 from charnn.config import (
     ENCODING_ERRORS,
+    AdaptConfig,
     ModelConfig,
     Opt,
     SampleConfig,
@@ -478,7 +479,10 @@ def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -
     show_default=True,
     help="predictions shown per character on the --html page",
 )
+@config_options(AdaptConfig)
+@click.pass_context
 def eval_(
+    ctx: click.Context,
     files: tuple[str, ...],
     checkpoints: tuple[str, ...],
     as_json: bool,
@@ -486,22 +490,46 @@ def eval_(
     cache_dir: str | None,
     html: str | None,
     top_k: int,
+    **options: Any,
 ) -> None:
-    """Loss and bits per character of the model(s) on FILES (- = stdin)."""
+    """Loss and bits per character of the model(s) on FILES (- = stdin); --adapt adds the
+    figures of a model that keeps learning from the text as it reads it."""
     from charnn.app import run_eval
 
+    adapt = _adapt_config(ctx, options)
     rows = run_eval(
-        list(checkpoints), list(files), encoding_errors, html=html, top_k=top_k, cache_dir=cache_dir
+        list(checkpoints),
+        list(files),
+        encoding_errors,
+        html=html,
+        top_k=top_k,
+        cache_dir=cache_dir,
+        adapt=adapt,
     )
+    several = len(checkpoints) > 1
     for row in rows:
         if as_json:
             click.echo(json.dumps(row))
         else:
-            where = f"  checkpoint {row['checkpoint']}" if len(rows) > 1 else ""
+            where = f"  checkpoint {row['checkpoint']}" if several else ""
+            mode = "  (adaptive)" if row.get("adaptive") else ""
             click.echo(
                 f"bpc {row['bpc']:.4f}  bpt {row['bpt']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
-                f"tokens {row['tokens']}{where}"
+                f"tokens {row['tokens']}{where}{mode}"
             )
+
+
+def _adapt_config(ctx: click.Context, options: dict[str, Any]) -> AdaptConfig | None:
+    """--adapt and its settings; the settings alone are a usage error (they would do nothing)."""
+    given = take_config(ctx, options, AdaptConfig)
+    _no_leftovers(options)
+    config = AdaptConfig(**given)
+    if not config.adapt:
+        if given:
+            flags = [flag_of(f) for f in dataclasses.fields(AdaptConfig) if f.name in given]
+            raise ConfigError(f"{', '.join(flags)} only make(s) sense with --adapt")
+        return None
+    return config
 
 
 @cli.command()
@@ -511,18 +539,24 @@ def eval_(
 @click.option("--whole", is_flag=True, help="score each input as one text instead of line by line")
 @_json_option("one JSON object per input line")
 @_encoding_errors_option
+@config_options(AdaptConfig)
+@click.pass_context
 def score(
+    ctx: click.Context,
     files: tuple[str, ...],
     checkpoint: str,
     context: str | None,
     whole: bool,
     as_json: bool,
     encoding_errors: str,
+    **options: Any,
 ) -> None:
-    """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates."""
+    """Log-probability and bpc of each line of FILES (default: stdin), e.g. to rank candidates;
+    with --adapt the model learns from each line after scoring it."""
     from charnn.app import run_score
 
-    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole):
+    adapt = _adapt_config(ctx, options)
+    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, adapt=adapt):
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False))
         else:
@@ -675,6 +709,127 @@ def fetch(name: str, cache_dir: str | None, no_verify: bool, timeout: float) -> 
     from charnn.app import fetch_corpus
 
     click.echo(fetch_corpus(name, cache_dir, verify=not no_verify, timeout=timeout))
+
+
+# ---------------------------------------------------------------------------- classify
+
+
+class _ClassifyGroup(click.Group):
+    """``charnn classify -m CLS FILES`` classifies; ``charnn classify train ...`` trains."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["apply", *args]  # the default subcommand: classifying is what classify does
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_ClassifyGroup)
+def classify() -> None:
+    """Tell texts apart with one character model per class (authorship, language, ...).
+
+    \b
+      charnn classify train DATA_DIR -o CLS       one model per subdirectory (the class is its name)
+      charnn classify -m CLS [FILES|-]            the label and posteriors of each line
+      charnn classify -m CLS --by file a.txt b.txt    ... of each file
+      charnn classify -m CLS --eval LABELLED      accuracy, precision/recall, confusion matrix
+      charnn classify -c en=runs/en -c fr=runs/fr -   members trained elsewhere
+    """
+
+
+@classify.command(name="train")
+@click.argument("data_dir", type=click.Path())
+@click.option("-o", "--out", required=True, metavar="DIR", help="the classifier directory to write")
+@click.option("--force", is_flag=True, help="replace a classifier already in --out")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
+@_encoding_errors_option
+@config_options(ModelConfig)
+@config_options(TrainConfig)
+@click.pass_context
+def classify_train(
+    ctx: click.Context,
+    data_dir: str,
+    out: str,
+    force: bool,
+    quiet: bool,
+    encoding_errors: str,
+    **options: Any,
+) -> None:
+    """Train one model per subdirectory of DATA_DIR (they share --time and one vocabulary)."""
+    from charnn.classify import train_classifier
+    from charnn.console import note, shown
+
+    model, train = take_config(ctx, options, ModelConfig), take_config(ctx, options, TrainConfig)
+    _no_leftovers(options)
+    classes = train_classifier(data_dir, out, model, train, force, quiet, encoding_errors)
+    note(f"classifier of {len(classes)} classes in {shown(out)}: charnn classify -m {_shell_word(out)} FILE")
+
+
+@classify.command(name="apply", hidden=True)
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option("-m", "--model", "classifier", metavar="DIR", help="a classifier from 'charnn classify train'")
+@click.option(
+    "-c",
+    "--checkpoint",
+    "members",
+    multiple=True,
+    metavar="LABEL=RUN",
+    help="a member trained elsewhere; repeatable",
+)
+@click.option(
+    "--by",
+    type=click.Choice(["line", "file"]),
+    default="line",
+    show_default=True,
+    help="classify each line or each file",
+)
+@click.option(
+    "--prior",
+    type=click.Choice(["uniform", "trained"]),
+    default="uniform",
+    show_default=True,
+    help="class priors: equal, or from the training data",
+)
+@click.option(
+    "--eval",
+    "labelled",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="score against a directory laid out like DATA_DIR",
+)
+@_json_option("one JSON object per input (or the evaluation) on stdout")
+@_encoding_errors_option
+def classify_apply(
+    files: tuple[str, ...],
+    classifier: str | None,
+    members: tuple[str, ...],
+    by: str,
+    prior: str,
+    labelled: str | None,
+    as_json: bool,
+    encoding_errors: str,
+) -> None:
+    """Label each line (or file) of FILES (- = stdin) with the likeliest class."""
+    from charnn import classify as cl
+
+    if (classifier is None) == (not members):
+        raise ConfigError("give a classifier with -m DIR, or its members with -c LABEL=RUN (at least 2)")
+    model = cl.load_classifier(classifier) if classifier else cl.members_from_runs(members)
+    log_prior = model.log_priors(prior, by)
+    if labelled is not None:
+        if files:
+            raise ConfigError("--eval reads the labelled directory: give no FILES")
+        result = cl.evaluate(model, labelled, by, log_prior, encoding_errors)
+        click.echo(json.dumps(result.to_json()) if as_json else result.table())
+        return
+    for batch in cl.batches(cl.items(files, by, encoding_errors)):
+        for verdict in model.classify(batch, log_prior):
+            click.echo(cl.verdict_json(verdict) if as_json else cl.verdict_line(verdict))
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 # ---------------------------------------------------------------------------- entry point

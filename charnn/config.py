@@ -435,6 +435,27 @@ class TrainConfig(_Validated):
 
 
 @dataclass(frozen=True)
+class AdaptConfig(_Validated):
+    """Dynamic evaluation for ``eval`` and ``score`` (:mod:`charnn.adapt`): the model keeps
+    learning, by SGD on its recurrent and output weights, from the text it has just scored."""
+
+    adapt: bool = field(
+        default=False,
+        metadata=opt("keep learning from the text as it is scored (dynamic evaluation); reported separately"),
+    )
+    adapt_lr: float = field(
+        default=0.02, metadata=opt("--adapt: SGD step size", min=0, min_open=True, max=10, metavar="F")
+    )
+    adapt_decay: float = field(
+        default=0.0,
+        metadata=opt("--adapt: pull toward the checkpoint's weights at each step", min=0, max=1, metavar="F"),
+    )
+    adapt_segment: int = field(
+        default=50, metadata=opt("--adapt: tokens scored between two updates", min=1, max=1_000_000)
+    )
+
+
+@dataclass(frozen=True)
 class SampleConfig(_Validated):
     """How to decode: one of sampling (temperature/top-k/top-p), greedy, or beam search."""
 

@@ -172,6 +172,8 @@ def _new_plan(request: TrainRequest, run: RunDir, group: Group, inv: dict[str, A
             flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
             raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
         source = load_checkpoint(tokenizer.source).tokenizer
+    if request.vocabulary is not None:  # a ready tokenizer (classify's members share one)
+        source = request.vocabulary
     # subwords learn from the training split only (val_fraction)
     corpus = load_training_corpus(request, group, source, val_fraction=config.val_fraction)
     _notes(group, corpus.notes)

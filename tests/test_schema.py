@@ -12,7 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from charnn import cli as cli_mod
-from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, cli_opt, flag_of
+from charnn.config import (
+    AdaptConfig,
+    ModelConfig,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+    cli_opt,
+    flag_of,
+)
 from charnn.docs import USAGE, options_table, render
 from charnn.errors import ConfigError
 
@@ -62,6 +70,10 @@ VALUES: dict[str, tuple[str, Any]] = {
     "length_penalty": ("0.5", 0.5),
     "num_samples": ("2", 2),
     "stops": ("xy", ("xy",)),
+    "adapt": ("", True),
+    "adapt_lr": ("0.5", 0.5),
+    "adapt_decay": ("0.1", 0.1),
+    "adapt_segment": ("7", 7),
 }
 
 
@@ -111,6 +123,19 @@ def test_every_sample_option_reaches_the_sample_config(monkeypatch: pytest.Monke
     assert dataclasses.asdict(got[0]) == {**expected, "seed": 5}
 
 
+@pytest.mark.parametrize("command", ["eval", "score"])
+def test_every_adapt_option_reaches_the_adapt_config(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    got: list[Any] = []
+    target = "charnn.app.run_eval" if command == "eval" else "charnn.app.run_score"
+    monkeypatch.setattr(target, lambda *args, **kw: got.append(kw["adapt"]) or [])
+    result = CliRunner().invoke(cli_mod.cli, [command, "-", *_argv((AdaptConfig,))])
+    assert result.exit_code == 0, result.output
+    assert dataclasses.asdict(got[0]) == {f.name: VALUES[f.name][1] for f in _declared(AdaptConfig)}
+    alone = CliRunner().invoke(cli_mod.cli, [command, "-", "--adapt-lr", "0.1"])
+    assert isinstance(alone.exception, ConfigError)  # exit 2 through charnn's entry point
+    assert "--adapt-lr only make(s) sense with --adapt" in str(alone.exception)
+
+
 @pytest.mark.parametrize("command", sorted(cli_mod.cli.commands))
 def test_every_option_has_a_home(command: str) -> None:
     """Each click parameter is a named argument of the command or a field of a config it takes:
@@ -120,7 +145,9 @@ def test_every_option_has_a_home(command: str) -> None:
     explicit = {name for name, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD}
     takes_options = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     fields = (
-        {f.name for cls in (*TRAIN_CONFIGS, SampleConfig) for f in _declared(cls)} if takes_options else set()
+        {f.name for cls in (*TRAIN_CONFIGS, SampleConfig, AdaptConfig) for f in _declared(cls)}
+        if takes_options
+        else set()
     )
     homeless = {p.name for p in cmd.params} - explicit - fields
     assert not homeless
