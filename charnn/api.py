@@ -186,14 +186,12 @@ class _Stopped(Exception):
 
 
 def _line_score(ckpt: Checkpoint, stepper: Any, context_ids: list[int], ids: np.ndarray) -> LineScore:
-    from charnn.scoring import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
+    from charnn.routing import score_stepper
+    from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
 
     lengths, extra = token_char_lengths(ckpt.tokenizer), token_extra_nats(ckpt.tokenizer)
-    if len(context_ids) + len(ids) + 1 <= NUMPY_MAX_TOKENS:
-        return score_lines_numpy(stepper, context_ids, [ids], lengths, extra_nats=extra)[0]
-    from charnn.evaluate import score_lines
-
-    return score_lines(ckpt.build_model(), context_ids, [ids], lengths, extra_nats=extra)[0]
+    routed, batch = score_stepper(ckpt, len(context_ids) + len(ids) + 1, fast=stepper)
+    return score_lines(routed, context_ids, [ids], lengths, batch_size=batch, extra_nats=extra)[0]
 
 
 def load(path: str | Path = "checkpoints") -> Model:

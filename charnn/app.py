@@ -157,19 +157,6 @@ def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> np.ndarray
         raise DataError(f"{what}: {exc}") from None
 
 
-def sampling_stepper(ckpt: Any, prime_tokens: int) -> Any:
-    """The numpy stepper, or (a prime of TORCH_PRIME_MIN tokens or more) one that primes in torch."""
-    from charnn.stepper import FastStepper
-    from charnn.torch_prime import TORCH_PRIME_MIN
-
-    stepper = FastStepper(ckpt.config, ckpt.weights)
-    if prime_tokens < TORCH_PRIME_MIN:
-        return stepper
-    from charnn.torch_prime import TorchPrimedStepper
-
-    return TorchPrimedStepper(stepper, ckpt)
-
-
 def run_sampling(
     checkpoint: str,
     config: SampleConfig,
@@ -184,6 +171,7 @@ def run_sampling(
     import json
 
     from charnn.constraints import TokenRules
+    from charnn.routing import sampling_stepper
     from charnn.sampling import generate
 
     out = out or sys.stdout
@@ -256,13 +244,13 @@ def run_prompts(
     import json
 
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
-    from charnn.stepper import FastStepper
+    from charnn.routing import sampling_stepper
 
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
-    stepper = FastStepper(ckpt.config, ckpt.weights)
+    stepper = sampling_stepper(ckpt, max((len(p) for p in primes), default=0))
     seed = sampling_seed(config)
     first = True
     for start in range(0, len(prompts), BATCH_PROMPTS):
@@ -339,8 +327,6 @@ def run_eval(
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
     Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
     stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
-    from charnn.scoring import NUMPY_MAX_TOKENS
-
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
     if html is not None and adapt is None and len(checkpoints) > 2:
@@ -360,7 +346,7 @@ def run_eval(
             corpus = load_corpus(texts, tokenizer=ckpt.tokenizer)
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
-        model = ckpt.build_model() if html is not None or len(corpus.ids) > NUMPY_MAX_TOKENS else None
+        model = ckpt.build_model() if html is not None else None  # the page needs torch anyway
         result = _evaluate(ckpt, model, corpus.ids)
         rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
         if html is not None:
@@ -416,23 +402,19 @@ def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
 
 
 def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
-    """eval's numbers for one checkpoint: through ``model`` (torch) if given, else in numpy.
+    """eval's numbers for one checkpoint, through ``model`` (torch) if given, else the stepper
+    charnn.routing picks for the text's length.
 
     Every token is predicted, the first from the start context (a newline), so bpc is the
     total over the whole text divided by its characters, whatever the tokenizer."""
-    from charnn.scoring import evaluate_stream_numpy, token_char_lengths, token_extra_nats
+    from charnn.routing import eval_stepper
+    from charnn.scoring import evaluate_text, token_char_lengths, token_extra_nats
 
     tokenizer = ckpt.tokenizer
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     context = tokenizer.start_ids()[-1]
-    if model is None:
-        from charnn.stepper import FastStepper
-
-        stepper = FastStepper(ckpt.config, ckpt.weights)
-        return evaluate_stream_numpy(stepper, ids, lengths, context=context, extra_nats=extra)
-    from charnn.evaluate import evaluate_stream
-
-    return evaluate_stream(model, ids, lengths, context=context, extra_nats=extra)
+    stepper = eval_stepper(ckpt, len(ids), model)
+    return evaluate_text(stepper, ids, lengths, context=context, extra_nats=extra)
 
 
 def run_score(
@@ -445,7 +427,8 @@ def run_score(
 ) -> Iterator[dict[str, Any]]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
-    from charnn.scoring import NUMPY_MAX_TOKENS, score_lines_numpy, token_char_lengths, token_extra_nats
+    from charnn.routing import score_stepper
+    from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
@@ -476,15 +459,9 @@ def run_score(
 
         start = context_ids or tokenizer.start_ids()
         scores = adaptive_scores(ckpt.build_model(), start, encoded, lengths, extra, adapt)
-    elif len(context_ids) + sum(len(e) + 1 for e in encoded) <= NUMPY_MAX_TOKENS:
-        from charnn.stepper import FastStepper
-
-        stepper = FastStepper(ckpt.config, ckpt.weights)
-        scores = score_lines_numpy(stepper, context_ids, encoded, lengths, extra_nats=extra)
     else:
-        from charnn.evaluate import score_lines
-
-        scores = score_lines(ckpt.build_model(), context_ids, encoded, lengths, extra_nats=extra)
+        stepper, batch = score_stepper(ckpt, len(context_ids) + sum(len(e) + 1 for e in encoded))
+        scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
         row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
         if not whole:

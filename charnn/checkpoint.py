@@ -34,7 +34,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
 from charnn import __version__
-from charnn.config import GATES, ModelConfig, TrainConfig
+from charnn.arch import TENSORS_PER_LAYER, hidden_shape, parameter_count, parameter_shapes, state_parts
+from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
 from charnn.rundir import BEST, FORMAT, LATEST, RunDir, resolve_checkpoint
 from charnn.rundir import MARKER as META
@@ -205,13 +206,6 @@ def _read_verified(directory: Path, name: str, meta: dict[str, Any], limit: int 
     return data
 
 
-def parameter_count(config: ModelConfig) -> int:
-    """Parameters stored for ``config`` (closed form: a forged layer count costs no loop)."""
-    gh, h, v = GATES[config.cell] * config.hidden, config.hidden, config.vocab_size
-    rnn = gh * (config.embed + h + 2) + (config.layers - 1) * gh * (2 * h + 2)
-    return v * config.embed + rnn + (0 if config.tie_weights else v * h) + v
-
-
 def _parse_safetensors(data: bytes, where: Path) -> dict[str, np.ndarray]:
     try:
         return st_load(data)
@@ -280,23 +274,6 @@ def _model_config(data: Any) -> ModelConfig:
     return ModelConfig.from_dict(data, stored_as="model")  # type: ignore[no-any-return]
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the stored tensors for ``config`` (as ``model_tensors`` gives them),
-    computed without building the model: a forged config cannot make loading allocate."""
-    gates = GATES[config.cell]
-    v, e, h = config.vocab_size, config.embed, config.hidden
-    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (v, e)}
-    for layer in range(config.layers):
-        shapes[f"rnn.weight_ih_l{layer}"] = (gates * h, e if layer == 0 else h)
-        shapes[f"rnn.weight_hh_l{layer}"] = (gates * h, h)
-        shapes[f"rnn.bias_ih_l{layer}"] = (gates * h,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (gates * h,)
-    if not config.tie_weights:
-        shapes["head.weight"] = (v, h)
-    shapes["head.bias"] = (v,)
-    return shapes
-
-
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
     """Load and fully validate a checkpoint onto the CPU, whatever device trained it.
 
@@ -359,12 +336,14 @@ def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
     limit = min(4 * parameter_count(config) + (1 << 20), MAX_TENSOR_FILE)  # float32 weights + header
     weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta, limit), directory / MODEL_FILE)
     rnn_tensors = sum(1 for name in weights if name.startswith("rnn."))
-    if rnn_tensors != 4 * config.layers:  # first, so a forged layer count cannot make us loop for ages
+    if (
+        rnn_tensors != TENSORS_PER_LAYER * config.layers
+    ):  # first, so a forged layer count cannot make us loop for ages
         raise CheckpointError(
             f"{directory}: tensors do not match the model config ({config.layers} layers, "
             f"{rnn_tensors} recurrent tensors)"
         )
-    expected = expected_shapes(config)
+    expected = parameter_shapes(config)
     got = {k: tuple(v.shape) for k, v in weights.items()}
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:3]
@@ -597,7 +576,6 @@ def _check_train_state(
     where = ckpt.path / STATE_FILE
     config = ckpt.config
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    layers, hidden = config.layers, config.hidden
     for name, tensor in tensors.items():
         kind, _, rest = name.partition(".")
         problem = None
@@ -610,12 +588,9 @@ def _check_train_state(
                 problem = "not a generator state"
         elif kind == "hidden":
             shape = tuple(tensor.shape)
-            if (
-                rest not in (("h", "c") if config.cell == "lstm" else ("h",))
-                or len(shape) != 3
-                or (shape[0], shape[2]) != (layers, hidden)
-            ):
-                problem = f"shape {shape} is not ({layers}, batch, {hidden})"
+            expected = hidden_shape(config, shape[1] if len(shape) == 3 else 0)  # (L, N, H)
+            if rest not in state_parts(config.cell) or shape != expected:
+                problem = f"shape {shape} is not ({expected[0]}, batch, {expected[2]})"
         elif kind == "optim":
             idx, _, key = rest.partition(".")
             if not idx.isdigit() or int(idx) >= len(params) or key not in ("exp_avg", "exp_avg_sq", "step"):

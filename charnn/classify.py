@@ -124,7 +124,7 @@ class Classifier:
         return verdicts
 
     def _member_logprobs(self, index: int, items: Sequence[Item]) -> np.ndarray:
-        from charnn.scoring import score_lines_numpy, token_char_lengths, token_extra_nats
+        from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
 
         member = self.members[index]
         tokenizer = member.tokenizer
@@ -134,7 +134,7 @@ class Classifier:
                 encoded.append(tokenizer.encode(item.text) if item.text else np.zeros(0, dtype=np.int64))
             except DataError as exc:
                 raise DataError(f"{_where(item)}: class {self.labels[index]!r}: {exc}") from None
-        scores = score_lines_numpy(
+        scores = score_lines(
             self.steppers[index],
             tokenizer.start_ids(),
             encoded,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from charnn.arch import PER_TOKEN
 from charnn.checkpoint import MODEL_FILE, Checkpoint
 from charnn.config import ModelConfig
 from charnn.errors import ConfigError
@@ -25,8 +26,6 @@ if TYPE_CHECKING:  # torch only to copy weights: planning a fine-tuned run (char
 # Model options that may differ from the parent's: they change how the weights are trained,
 # not their shape.
 ADJUSTABLE = ("dropout",)
-# Parameters with one row per token: rows of tokens the parent knew are copied, new rows stay fresh.
-PER_TOKEN = ("embed.weight", "head.weight", "head.bias")
 
 
 def child_model_config(parent: Checkpoint, given: dict[str, Any], vocab_size: int) -> ModelConfig:
@@ -72,7 +71,7 @@ def adopt_weights(model: CharRNN, parent: Checkpoint) -> None:
     with torch.no_grad():
         for name, tensor in parent.torch_weights().items():
             target = params[name]
-            if name in PER_TOKEN:
+            if name in PER_TOKEN:  # rows of tokens the parent knew are copied, new rows stay fresh
                 target[:known].copy_(tensor)  # (V_parent, ...) of (V, ...)
             else:
                 target.copy_(tensor)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from charnn import arch
 from charnn.config import ModelConfig
 
 # Hidden state: an (h, c) pair for LSTM, a single tensor for GRU/RNN; each (layers, B, H).
@@ -61,11 +62,10 @@ class CharRNN(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def init_hidden(self, batch_size: int, device: torch.device | str = "cpu") -> Hidden:
-        shape = (self.config.layers, batch_size, self.config.hidden)
-        zeros = torch.zeros(shape, device=device)
-        if self.config.cell == "lstm":
-            return (zeros, torch.zeros(shape, device=device))
-        return zeros
+        """Zeros in torch.nn's form: one (L, B, H) tensor per state part (see charnn.arch)."""
+        shape = arch.hidden_shape(self.config, batch_size)
+        parts = [torch.zeros(shape, device=device) for _ in arch.state_parts(self.config.cell)]
+        return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
     def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the final hidden state."""
@@ -86,13 +86,11 @@ def detach_hidden(hidden: Hidden) -> Hidden:
 
 
 def hidden_tensors(hidden: Hidden) -> dict[str, torch.Tensor]:
-    """Name the parts of a hidden state (for checkpoints)."""
-    if isinstance(hidden, tuple):
-        return {"h": hidden[0], "c": hidden[1]}
-    return {"h": hidden}
+    """Name the parts of a hidden state (for checkpoints): ``h``, and ``c`` for LSTM."""
+    parts = hidden if isinstance(hidden, tuple) else (hidden,)
+    return dict(zip(arch.PART_NAMES, parts, strict=False))  # a cell's parts are a prefix of them
 
 
 def hidden_from_tensors(cell: str, tensors: dict[str, torch.Tensor]) -> Hidden:
-    if cell == "lstm":
-        return (tensors["h"], tensors["c"])
-    return tensors["h"]
+    parts = [tensors[name] for name in arch.state_parts(cell)]
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])

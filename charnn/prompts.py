@@ -16,8 +16,8 @@ import numpy as np
 
 from charnn.config import MAX_SEED, SampleConfig
 from charnn.constraints import StreamState, TokenRules
-from charnn.sampling import Sample, _Picker, _Streams, _Uniforms, generate, heal_prime
-from charnn.stepper import FastStepper
+from charnn.sampling import Sample, _Picker, _Streams, _Uniforms, generate, heal_prime, sample_rows
+from charnn.stepper import Stepper
 from charnn.tokenizer import Tokenizer
 
 BATCH_PROMPTS = 64  # prompts advanced together: a batch this wide costs a few single-row steps
@@ -29,7 +29,7 @@ def prompt_seed(seed: int, index: int) -> int:
 
 
 def sample_prompts(
-    stepper: FastStepper,
+    stepper: Stepper,
     primes: Sequence[Sequence[int] | np.ndarray],
     config: SampleConfig,
     tokenizer: Tokenizer,
@@ -56,7 +56,7 @@ def sample_prompts(
 
 
 def _sample_batch(
-    stepper: FastStepper,
+    stepper: Stepper,
     primes: Sequence[Sequence[int] | np.ndarray],
     config: SampleConfig,
     decode: Tokenizer,
@@ -72,25 +72,11 @@ def _sample_batch(
     streams = [_Uniforms(np.random.default_rng(seed)) for seed in seeds]
     picker = _Picker(config, None)  # the single-run rules (greedy for tiny temperatures too)
     decoding = _Streams(config, decode, rules, [starts[int(p)] for p in expand])  # text, chars, stops
-    n = len(expand)
-    rows = list(range(n))  # live batch row -> stream index
-    logprob = np.zeros(n)
-    while rows:
-        u = (
-            None
-            if picker.greedy
-            else _uniforms_for(streams, [int(expand[i]) for i in rows], not picker.filtered)
-        )
-        nxt, lps = picker.many(logits, u, allowed=decoding.masks(rows))
-        logprob[rows] += lps
-        keep = [row for row, token in enumerate(nxt.tolist()) if not decoding.emit(rows[row], token)]
-        if len(keep) < len(rows):
-            rows, nxt, state = [rows[r] for r in keep], nxt[keep], stepper.reorder(state, np.array(keep))
-        if not rows:
-            break
-        step_logits, state = stepper.step(nxt, state)  # numpy ids in, numpy logits (rows, V) out
-        logits = np.asarray(step_logits)
-    samples = decoding.finish(logprob.tolist())
+
+    def draws(rows: list[int]) -> np.ndarray:
+        return _uniforms_for(streams, [int(expand[i]) for i in rows], not picker.filtered)
+
+    samples = sample_rows(stepper, logits, state, picker, decoding, draws)
     return [samples[p * k : (p + 1) * k] for p in range(len(primes))]
 
 

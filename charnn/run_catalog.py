@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from charnn.config import GATES
+from charnn.arch import parameter_count
+from charnn.config import ModelConfig
 from charnn.rundir import LATEST, MARKER, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
@@ -22,14 +23,7 @@ SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv"}  # besides 
 
 def count_parameters(model: dict[str, Any]) -> int:
     """Parameters of a model config (as stored in meta.json), without building the model."""
-    gates = GATES[model["cell"]]
-    v, e, h, layers = model["vocab_size"], model["embed"], model["hidden"], model["layers"]
-    total = v * e + v  # embedding, output bias
-    for layer in range(layers):
-        total += gates * h * ((e if layer == 0 else h) + h + 2)
-    if not model.get("tie_weights"):
-        total += v * h
-    return int(total)
+    return parameter_count(ModelConfig.from_dict(model, stored_as="model"))
 
 
 def describe(meta: dict[str, Any], path: Path | str) -> dict[str, Any]:

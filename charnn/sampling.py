@@ -1,6 +1,6 @@
 """Decoding: temperature / top-k / top-p sampling, greedy, and beam search.
 
-Pure functions over a :class:`~charnn.stepper.FastStepper`, in numpy (no torch import):
+Pure functions over any :class:`~charnn.stepper.Stepper`, in numpy (no torch import):
 nothing here prints or touches files. Text reaches the caller through ``on_text`` as it is
 generated. Random draws come from a seeded ``numpy.random.Generator``: same seed, same text.
 A tokenizer's :class:`~charnn.constraints.TokenRules` say what may be drawn next (lengths in
@@ -19,7 +19,7 @@ import numpy as np
 from charnn.config import SampleConfig
 from charnn.constraints import StreamState, TokenRules
 from charnn.errors import ConfigError
-from charnn.stepper import FastStepper
+from charnn.stepper import State, Stepper
 from charnn.tokenizer import StreamDecoder
 
 OnText = Callable[[int, str], None]
@@ -161,7 +161,7 @@ class _StopMatcher:
 
 
 def generate(
-    stepper: FastStepper,
+    stepper: Stepper,
     prime_ids: Sequence[int] | np.ndarray,
     config: SampleConfig,
     decode: StreamDecoding,
@@ -196,8 +196,10 @@ def generate(
         keep = [True] * config.num_samples if keep is None else list(keep)
         streams = _Streams(config, decode, rules, [start] * config.num_samples, on_text, keep)
         # Shifted logits times a huge 1/T overflow to -inf (weight 0) by design: no warning.
+        n, picker = config.num_samples, _Picker(config, _Uniforms(rng or np.random.default_rng()))
+        expand = np.zeros(n, dtype=np.intp)  # every sample starts from the prime's state
         with np.errstate(over="ignore"):
-            return _sample(stepper, logits, state, config, streams, rng or np.random.default_rng())
+            return sample_rows(stepper, logits[expand], stepper.reorder(state, expand), picker, streams)
     results = _beam_search(stepper, logits, state, config, decode, rules, start)
     if on_text is not None:
         for i, sample in enumerate(results):
@@ -361,36 +363,40 @@ class _Streams:
         ]
 
 
-def _sample(
-    stepper: FastStepper,
+Draws = Callable[[list[int]], np.ndarray]  # live rows (stream indices) -> one uniform per row
+
+
+def sample_rows(
+    stepper: Stepper,
     logits: np.ndarray,
-    state: np.ndarray,
-    config: SampleConfig,
+    state: State,
+    picker: _Picker,
     streams: _Streams,
-    rng: np.random.Generator,
+    draws: Draws | None = None,
 ) -> list[Sample]:
-    """All num_samples streams as one batch; finished rows are dropped from the batch.
+    """The sampling loop, once for every caller: row i of ``logits`` (N, V) and ``state`` is
+    stream i of ``streams``, and all live rows advance as one batch; finished rows are dropped.
 
     Each stream ends at ``config.length`` characters or a stop string; tokens the rules forbid
-    are masked out of the draw, while logprobs stay those of the raw model.
+    are masked out of the draw, while logprobs stay those of the raw model. Uniforms come from
+    the picker's own stream, or from ``draws`` (batched prompts: each prompt its own stream). With
+    the picker's stream a lone live row runs on Python scalars (:meth:`_Picker.one`).
     """
-    n = config.num_samples
-    expand = np.zeros(n, dtype=np.intp)
-    logits, state = logits[expand], stepper.reorder(state, expand)  # (n, V)
-    picker = _Picker(config, _Uniforms(rng))
+    n = len(logits)
     rows = list(range(n))  # batch row -> sample index
     logprob = [0.0] * n
     single_logprob = 0.0
     while True:
         masks = streams.masks(rows)  # (rows, V) or None
-        if len(rows) == 1:  # single stream: Python scalars, no per-token arrays
+        if len(rows) == 1 and draws is None:  # single stream: Python scalars, no per-token arrays
             token, lp = picker.one(logits[0], None if masks is None else masks[0])
             single_logprob += lp
             if streams.emit(rows[0], token):
                 break
             nxt = np.array([token])
         else:
-            nxt, lps = picker.many(logits, allowed=masks)
+            u = None if draws is None or picker.greedy else draws(rows)
+            nxt, lps = picker.many(logits, u, allowed=masks)
             for row, i in enumerate(rows):
                 logprob[i] += float(lps[row])
             done = {row for row, token in enumerate(nxt.tolist()) if streams.emit(rows[row], token)}
@@ -401,7 +407,7 @@ def _sample(
                     break
                 nxt, state = nxt[keep_rows], stepper.reorder(state, np.array(keep_rows, dtype=np.intp))
         logits, state = stepper.step(nxt, state)
-    if len(rows) == 1:
+    if draws is None and len(rows) == 1:
         logprob[rows[0]] += single_logprob
     return streams.finish(logprob)
 
@@ -469,7 +475,7 @@ class _Extender:
 
 
 def _beam_search(
-    stepper: FastStepper,
+    stepper: Stepper,
     logits: np.ndarray,
     state: np.ndarray,
     config: SampleConfig,

@@ -1,11 +1,11 @@
-"""Loss, bits per character and per-line scores, without torch: the numbers ``eval`` and
-``score`` report, and their numpy implementation for short inputs.
+"""Loss, bits per character and per-line scores: the numbers ``eval`` and ``score`` report,
+computed once over any :class:`~charnn.stepper.Stepper` (``charnn.routing`` picks numpy for
+short inputs, torch for long ones). No torch import here.
 
-For a short text, importing torch costs more than the whole computation, so ``charnn eval``
-and ``charnn score`` run inputs of at most ``NUMPY_MAX_TOKENS`` tokens through the numpy
-stepper (the same recurrence ``sample`` uses) and longer ones through torch
-(``charnn.evaluate``). Both read the text the same way (``stream_layout``) and agree to
-float32 rounding; windows with the carried state keep memory bounded.
+Windows with the state carried keep memory bounded for any input: eval reads the text as
+parallel streams (``stream_layout``), score feeds each line after a context primed once.
+Validation during training runs the same layout through the torch model directly
+(``charnn.evaluate.evaluate_stream``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charnn.sampling import log_softmax
-from charnn.stepper import FastStepper
+from charnn.stepper import Stepper
 from charnn.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
-# Tokens (the lines, plus the context once). Measured on a 2-core EPYC with a 2x256 LSTM:
-# torch's import and model build cost 1.4-2.5 s on a quiet machine (10 s under heavy load),
-# the numpy recurrence runs ~9k tokens/s (~4.5k under load): numpy wins up to 13k-45k tokens.
-NUMPY_MAX_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
@@ -113,13 +108,8 @@ def layout_result(
     return EvalResult(loss=total / m, bpc=total / LN2 / max(chars, 1), tokens=m, chars=chars)
 
 
-def _target_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """logits (N, T, V), targets (N, T) -> log p(target) (N, T) in float64."""
-    return np.take_along_axis(log_softmax(logits), targets[..., None].astype(np.intp), axis=-1)[..., 0]
-
-
-def evaluate_stream_numpy(
-    stepper: FastStepper,
+def evaluate_text(
+    stepper: Stepper,
     ids: np.ndarray,
     char_lengths: np.ndarray,
     batch_size: int = 16,
@@ -127,42 +117,85 @@ def evaluate_stream_numpy(
     context: int | None = None,
     extra_nats: np.ndarray | None = None,
 ) -> EvalResult:
-    """:func:`charnn.evaluate.evaluate_stream` in numpy: same streams, windows and state."""
+    """Loss over every token of ``ids``, read as ``batch_size`` parallel streams.
+
+    With ``context`` (e.g. a newline) the first token is predicted too, so the loss covers the
+    whole text; without it, all tokens after the first. The streams are :func:`stream_layout`'s,
+    each carrying its state across windows of ``seq_len``. ``extra_nats`` (V,) is added per target.
+    """
     layout = stream_layout(ids, batch_size, seq_len, context)
     length = layout.inputs.shape[1]
     state = None
     total = 0.0
     for start in range(0, length, seq_len):
-        x, y = layout.inputs[:, start : start + seq_len], layout.targets[:, start : start + seq_len]
-        logits, state = stepper.forward(x, state)  # (B, t, V)
-        logp = _target_logprobs(logits, np.maximum(y, 0))  # (B, t)
+        x, y = layout.inputs[:, start : start + seq_len], layout.targets[:, start : start + seq_len]  # (B, t)
+        logp, state = stepper.target_logprobs(x, np.maximum(y, 0), state)  # (B, t)
         total -= float(logp[y >= 0].sum())  # padding targets do not count
     return layout_result(total, layout, char_lengths, extra_nats)
 
 
-def score_lines_numpy(
-    stepper: FastStepper,
+def score_lines(
+    stepper: Stepper,
     context: Sequence[int],
     lines: Sequence[np.ndarray],
     char_lengths: np.ndarray,
+    batch_size: int = 1,
     extra_nats: np.ndarray | None = None,
+    budget: int = 1 << 22,
+    max_logits: int = 1 << 23,
 ) -> list[LineScore]:
-    """:func:`charnn.evaluate.score_lines` in numpy: log p(line | context) for each line."""
+    """log p(line | context) for each line.
+
+    The context's state is computed once (all but its last token); each line is then fed after
+    the context's last token, ``batch_size`` lines at a time (sorted by length to limit padding).
+    Memory is bounded for any input: a batch holds at most ``budget`` padded tokens (a very long
+    line goes alone), and runs in windows whose logits hold at most ``max_logits`` numbers.
+    """
     if len(context) == 0:
         raise ValueError("score_lines needs a non-empty context")
     ctx = np.asarray(context, dtype=np.intp)
-    # The context's state is shared: feed all but its last token once.
     start = stepper.prime(ctx[None, :-1])[1] if len(ctx) > 1 else stepper.initial_state(1)
-    scores = []
-    for line in lines:
-        n = len(line)
-        if not n:
-            scores.append(LineScore(logprob=0.0, tokens=0, chars=0))
-            continue
-        seq = np.concatenate([ctx[-1:], np.asarray(line, dtype=np.intp)])  # (n + 1,)
-        logits, _ = stepper.forward(seq[None, :-1], start)  # (1, n, V): predicts line[0..n-1]
-        logprob = float(_target_logprobs(logits, seq[None, 1:]).sum())
-        if extra_nats is not None:  # the unknown symbol's share, as in evaluate_stream
-            logprob -= float(extra_nats[line].sum())
-        scores.append(LineScore(logprob=logprob, tokens=n, chars=int(char_lengths[line].sum())))
+    scores: list[LineScore] = [LineScore(logprob=0.0, tokens=0, chars=0)] * len(lines)  # empty lines stay
+    order = sorted((i for i in range(len(lines)) if len(lines[i])), key=lambda i: len(lines[i]))
+    for group in _batches(order, [len(line) + 1 for line in lines], batch_size, budget):
+        width = max(len(lines[i]) for i in group)
+        seqs = np.zeros(
+            (len(group), width + 1), dtype=np.intp
+        )  # (B, 1 + Lmax): context's last, line, padding
+        seqs[:, 0] = ctx[-1]
+        for row, i in enumerate(group):
+            seqs[row, 1 : 1 + len(lines[i])] = lines[i]
+        logp = _sequence_logprobs(stepper, seqs, stepper.reorder(start, np.zeros(len(group))), max_logits)
+        for row, i in enumerate(group):
+            line = lines[i]
+            logprob = float(logp[row, : len(line)].sum())  # positions 0..n-1 predict line[0..n-1]
+            if extra_nats is not None:  # the unknown symbol's share, as in evaluate_text
+                logprob -= float(extra_nats[line].sum())
+            scores[i] = LineScore(logprob=logprob, tokens=len(line), chars=int(char_lengths[line].sum()))
     return scores
+
+
+def _batches(order: list[int], widths: list[int], size: int, budget: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` (sorted by width) of at most ``size`` items whose padded
+    area (items x widest) stays within ``budget``; an item wider than the budget goes alone."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < size and (len(groups[-1]) + 1) * widths[i] <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _sequence_logprobs(stepper: Stepper, seqs: np.ndarray, state: np.ndarray, max_logits: int) -> np.ndarray:
+    """(B, W) ids from ``state`` -> (B, W-1) float64 log p(seqs[:, t+1] | seqs[:, :t+1]), in
+    windows small enough that one window's logits (B, t, V) hold at most ``max_logits`` numbers."""
+    b, w = seqs.shape
+    window = max(1, min(w - 1, max_logits // max(1, b * stepper.vocab_size)))
+    out = np.empty((b, w - 1), dtype=np.float64)
+    for start in range(0, w - 1, window):
+        end = min(start + window, w - 1)
+        out[:, start:end], state = stepper.target_logprobs(
+            seqs[:, start:end], seqs[:, start + 1 : end + 1], state
+        )
+    return out

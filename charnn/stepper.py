@@ -32,19 +32,61 @@ spin-waiting collapses throughput whenever other processes keep the cores busy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from charnn.config import GATES, ModelConfig
+from charnn import arch
+from charnn.config import ModelConfig
 
 if TYPE_CHECKING:
     from charnn.model import CharRNN
 
-# One float32 array (N, S) per state: per-layer hidden states h_0..h_{L-1} side by side, then
-# (LSTM only) the cell states c_0..c_{L-1}; each block H wide. step() always returns a fresh
-# array and never writes to its input, so a caller may keep old states (beams do).
+# One float32 array (N, S) per state, a row per stream, laid out as charnn.arch draws it:
+# per-layer hidden states h_0..h_{L-1} side by side, then (LSTM only) the cell states
+# c_0..c_{L-1}; each block H wide. No method writes to a state it is given, so a caller may
+# keep old states (beams do).
 State = np.ndarray
+
+
+class Stepper(Protocol):
+    """Inference over one model's weights, one implementation per engine: :class:`FastStepper`
+    (numpy) and :class:`~charnn.torch_stepper.TorchStepper` (torch's fused modules). Both
+    behave like eval mode (no dropout), take ids as integer arrays, return float32 logits, and
+    share one state layout (:mod:`charnn.arch`), so a state from one continues in the other.
+    Sampling, beam search, eval and score are written once, over this protocol."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def initial_state(self, n: int) -> State:
+        """The zero state of ``n`` streams: (n, S)."""
+        ...
+
+    def step(self, ids: Any, state: State) -> tuple[np.ndarray, State]:
+        """One token per stream: ids (N,) -> logits (N, V) and the new state."""
+        ...
+
+    def prime(self, ids: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Feed ids (N, T >= 1) of any length (in bounded windows) from ``state`` (default
+        zeros) -> the logits (N, V) after the last position and the new state."""
+        ...
+
+    def forward(self, ids: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Logits after every position: ids (N, T) -> (N, T, V) and the new state; one window,
+        so the caller bounds T."""
+        ...
+
+    def target_logprobs(self, ids: Any, targets: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """log p(targets[n, t] | ids[n, :t+1]) as float64 (N, T), and the new state: what eval
+        and score need of :meth:`forward`, computed where the logits live (no (N, T, V)
+        float64 copy of a torch model's logits)."""
+        ...
+
+    def reorder(self, state: State, index: Any) -> State:
+        """Rows ``index`` of the state (a new array): selects, drops or duplicates streams."""
+        ...
+
 
 PRIME_WINDOW = 2048  # positions per prime window: bounds the (T, N, G*H) projections
 
@@ -64,6 +106,17 @@ def _matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     for r in range(n):
         np.dot(a[r], w, out=out[r])
     return out
+
+
+def _packing(cell: arch.Cell, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row order and scale of the packed gate blocks: the sigmoid gates first and pre-scaled by
+    1/2 (exact in binary floating point), so ``sigmoid(x) = (tanh(x/2) + 1) / 2`` lets one tanh
+    call cover them all. LSTM (i, f, g, o) becomes (i, f, o, g); GRU (r, z, n) stays."""
+    packed = cell.sigmoid + tuple(g for g in cell.gates if g not in cell.sigmoid)
+    order = np.concatenate([np.arange(hidden * cell.gate_count)[cell.gate_rows(g, hidden)] for g in packed])
+    scale = np.ones(cell.gate_count * hidden)
+    scale[: len(cell.sigmoid) * hidden] = 0.5
+    return order, scale
 
 
 def _lstm_cell(gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
@@ -101,7 +154,7 @@ def _gru_cell(x: np.ndarray, gh: np.ndarray, h: np.ndarray) -> None:
 
 
 class FastStepper:
-    """Single-step (and primed) inference over a snapshot of a model's weights."""
+    """The :class:`Stepper` protocol in numpy, over a snapshot of a model's weights."""
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:
         """``weights``: arrays named as in ``CharRNN.state_dict()`` (``head.weight`` may be absent
@@ -112,27 +165,16 @@ class FastStepper:
         # Derive in float64 and round once, so the folded table is as exact as the unfolded maths.
         sd = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
         H = config.hidden
-        gates = GATES[config.cell]
-        # Columns fed to a sigmoid, pre-scaled by 1/2: LSTM (i, f, o) after reordering, GRU (r, z).
-        scale = np.ones(gates * H)
-        order: np.ndarray | None = None
-        if config.cell == "lstm":
-            # PyTorch gate order is (i, f, g, o); (i, f, o, g) makes the sigmoid gates contiguous.
-            order = np.arange(4 * H).reshape(4, H)[[0, 1, 3, 2]].ravel()
-            scale[: 3 * H] = 0.5
-        elif config.cell == "gru":
-            scale[: 2 * H] = 0.5
-
+        order, scale = _packing(arch.CELLS[config.cell], H)
         self._w: list[np.ndarray] = []  # (H, G*H) for layer 0; [W_ih | W_hh].T (2H, G*H) above (LSTM/RNN)
         self._w_x: list[np.ndarray | None] = []  # GRU layers > 0: input weights (H, 3H)
         self._b: list[np.ndarray] = []  # (G*H,) bias on the input side (layer 0's lives in the table)
         self._b_h: list[np.ndarray | None] = []  # GRU only: (3H,) = [b_hr, b_hz, b_hn] on the hidden side
         table = np.empty(0)
         for layer in range(config.layers):
-            w_ih, w_hh = sd[f"rnn.weight_ih_l{layer}"], sd[f"rnn.weight_hh_l{layer}"]  # (G*H, in), (G*H, H)
-            b_ih, b_hh = sd[f"rnn.bias_ih_l{layer}"], sd[f"rnn.bias_hh_l{layer}"]  # (G*H,)
-            if order is not None:
-                w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
+            names = arch.layer_names(layer)
+            w_ih, w_hh = sd[names.w_ih][order], sd[names.w_hh][order]  # (G*H, in), (G*H, H)
+            b_ih, b_hh = sd[names.b_ih][order], sd[names.b_hh][order]  # (G*H,)
             b_h: np.ndarray | None = None
             if config.cell == "gru":
                 b_x = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])
@@ -142,7 +184,7 @@ class FastStepper:
             w_ih, w_hh, b_x = w_ih * scale[:, None], w_hh * scale[:, None], b_x * scale
             self._b_h.append(None if b_h is None else _f32(b_h * scale))
             if layer == 0:
-                table = sd["embed.weight"] @ w_ih.T + b_x  # (V, G*H)
+                table = sd[arch.EMBED] @ w_ih.T + b_x  # (V, G*H)
                 self._w.append(_f32(w_hh.T))
                 self._w_x.append(None)
             elif config.cell == "gru":
@@ -153,10 +195,19 @@ class FastStepper:
                 self._w_x.append(None)
             self._b.append(_f32(b_x))
         self._table = _f32(table)
-        head = sd.get("head.weight", sd["embed.weight"])  # tied weights share the embedding
+        head = sd.get(arch.HEAD_WEIGHT, sd[arch.EMBED])  # tied weights share the embedding
         self._w_head = _f32(head.T)  # (H, V)
-        self._b_head = _f32(sd["head.bias"])
-        self._width = config.layers * H * (2 if config.cell == "lstm" else 1)  # S, the state's row width
+        self._b_head = _f32(sd[arch.HEAD_BIAS])
+        # Where each layer's blocks sit in a state row (arch's layout): h_l, c_l (LSTM), and
+        # [h_{l-1}, h_l], the fused input of layer l > 0 (adjacent blocks).
+        self._h = [arch.block(config, "h", layer) for layer in range(config.layers)]
+        self._c = [
+            arch.block(config, "c", layer) if config.cell == "lstm" else None
+            for layer in range(config.layers)
+        ]
+        self._xh = [
+            slice(self._h[max(layer - 1, 0)].start, self._h[layer].stop) for layer in range(config.layers)
+        ]
         self._cell_step = {"lstm": self._step_lstm, "gru": self._step_gru, "rnn": self._step_rnn}[config.cell]
 
     @classmethod
@@ -168,11 +219,11 @@ class FastStepper:
     # -- state handling ---------------------------------------------------------------------------
 
     def initial_state(self, n: int) -> State:
-        return np.zeros((n, self._width), dtype=np.float32)
+        return arch.initial_state(self.config, n)
 
     def reorder(self, state: State, index: Any) -> State:
         """Rows ``index`` of the state (a new array): selects, drops or duplicates streams."""
-        return state[np.asarray(index, dtype=np.intp)]
+        return arch.reorder_state(state, index)
 
     # -- inference --------------------------------------------------------------------------------
 
@@ -200,12 +251,17 @@ class FastStepper:
         logits += self._b_head
         return logits.transpose(1, 0, 2), state
 
+    def target_logprobs(self, ids: Any, targets: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """log p(targets | ids so far) (N, T) float64 from :meth:`forward`'s logits, and the state."""
+        logits, state = self.forward(ids, state)
+        return gather_logprobs(logits, np.asarray(targets)), state
+
     def _prime_window(self, ids: np.ndarray, state: State) -> np.ndarray:
         """ids (T, N): advance ``state`` in place layer by layer; return the top layer's h (T, N, H)."""
-        L, H, T, N = self.layers, self.hidden, ids.shape[0], ids.shape[1]
+        H, T, N = self.hidden, ids.shape[0], ids.shape[1]
         seq = np.empty((T, N, H), dtype=np.float32)  # one layer's outputs, the next layer's inputs
-        for layer in range(L):
-            h = state[:, layer * H : (layer + 1) * H]
+        for layer in range(self.layers):
+            h = state[:, self._h[layer]]
             # Input projections of the whole window in one product (a table lookup for layer 0).
             if layer == 0:
                 xp = self._table[ids]  # (T, N, G*H)
@@ -215,7 +271,7 @@ class FastStepper:
                 xp = (seq.reshape(T * N, H) @ w_x).reshape(T, N, -1)
                 xp += self._b[layer]
             w_h = self._w[layer] if layer == 0 or self.cell == "gru" else self._w[layer][H:]
-            c = state[:, (L + layer) * H : (L + layer + 1) * H]  # LSTM cell state (unused otherwise)
+            c = state[:, self._c[layer] or slice(0)]  # LSTM cell state (unused otherwise)
             for t in range(T):
                 hidden_side = _matmul(h, w_h)
                 if self.cell == "lstm":
@@ -244,22 +300,20 @@ class FastStepper:
         return logits, new
 
     def _step_lstm(self, x: np.ndarray, new: State) -> np.ndarray:
-        L, H = self.layers, self.hidden
-        for layer in range(L):
+        for layer in range(self.layers):
             if layer == 0:
-                gates = _matmul(new[:, :H], self._w[0])
+                gates = _matmul(new[:, self._h[0]], self._w[0])
                 gates += x  # (N, 4H) as (i, f, o, g), the sigmoid ones halved
             else:
-                gates = _matmul(new[:, (layer - 1) * H : (layer + 1) * H], self._w[layer])
+                gates = _matmul(new[:, self._xh[layer]], self._w[layer])  # [h_{l-1} (new), h_l (old)]
                 gates += self._b[layer]
-            h = new[:, layer * H : (layer + 1) * H]
-            _lstm_cell(gates, h, new[:, (L + layer) * H : (L + layer + 1) * H])
+            h = new[:, self._h[layer]]
+            _lstm_cell(gates, h, new[:, self._c[layer]])
         return h
 
     def _step_gru(self, x: np.ndarray, new: State) -> np.ndarray:
-        H = self.hidden
         for layer in range(self.layers):
-            h = new[:, layer * H : (layer + 1) * H]
+            h = new[:, self._h[layer]]
             w_x = self._w_x[layer]
             if w_x is not None:
                 x = _matmul(x, w_x)
@@ -271,17 +325,35 @@ class FastStepper:
         return h
 
     def _step_rnn(self, x: np.ndarray, new: State) -> np.ndarray:
-        H = self.hidden
         for layer in range(self.layers):
-            h = new[:, layer * H : (layer + 1) * H]
+            h = new[:, self._h[layer]]
             if layer == 0:
                 np.add(_matmul(h, self._w[0]), x, out=h)
             else:
-                xh = new[:, (layer - 1) * H : (layer + 1) * H]
-                np.add(_matmul(xh, self._w[layer]), self._b[layer], out=h)
+                np.add(_matmul(new[:, self._xh[layer]], self._w[layer]), self._b[layer], out=h)
             np.tanh(h, out=h)
         return h
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+_LOGPROB_ROWS = 1 << 20  # logits per block in gather_logprobs: bounds its float64 temporaries
+
+
+def gather_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """logits (..., V), targets (...) -> log_softmax(logits)[target] (...) in float64, computed in
+    blocks of rows so the float64 temporaries stay small (per row, the same arithmetic as a
+    whole-array log-softmax: the reductions run along each row alone)."""
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    picked = np.asarray(targets).reshape(-1).astype(np.intp)
+    out = np.empty(len(flat), dtype=np.float64)
+    rows = max(1, _LOGPROB_ROWS // vocab)
+    for start in range(0, len(flat), rows):
+        x = flat[start : start + rows].astype(np.float64)
+        shifted = x - x.max(axis=-1, keepdims=True)
+        norm = np.log(np.exp(shifted).sum(axis=-1))
+        out[start : start + rows] = shifted[np.arange(len(x)), picked[start : start + rows]] - norm
+    return out.reshape(np.shape(targets))

@@ -14,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charnn.config import ModelConfig
-from charnn.evaluate import LN2, evaluate_stream, score_lines, token_char_lengths
+from charnn.evaluate import LN2, evaluate_stream, token_char_lengths
 from charnn.model import CharRNN
+from charnn.scoring import LineScore, score_lines
+from charnn.stepper import FastStepper
 from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, codepoints
+from charnn.torch_stepper import TorchStepper
 
 TEXT = "the cat sat on the mat.\nthe dog sat on the log!\n" * 6
 
@@ -205,13 +208,25 @@ def direct_logprob(model: CharRNN, context: list[int], line: np.ndarray) -> floa
     return float(sum(logp[c - 1 + i, seq[0, c + i]] for i in range(len(line))))
 
 
+def score_both(
+    model: CharRNN, context: list[int], lines: list[np.ndarray], lengths: np.ndarray, batch_size: int = 1
+) -> list[LineScore]:
+    """score_lines over the torch stepper (batched) and the numpy one (line by line): they agree."""
+    torch_scores = score_lines(TorchStepper(model), context, lines, lengths, batch_size=batch_size)
+    numpy_scores = score_lines(FastStepper.from_model(model), context, lines, lengths)
+    for a, b in zip(torch_scores, numpy_scores, strict=True):
+        assert (a.tokens, a.chars) == (b.tokens, b.chars)
+        assert a.logprob == pytest.approx(b.logprob, rel=1e-5, abs=1e-5)
+    return torch_scores
+
+
 def test_score_lines_equals_direct_computation(model: CharRNN, tok: CharTokenizer) -> None:
     rng = random.Random(3)
     alphabet = "".join(tok.chars)
     lines = [tok.encode("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))) for _ in range(9)]
     lines.insert(4, tok.encode(""))  # empty lines score 0
     context = tok.encode("the ").tolist()
-    scores = score_lines(model, context, lines, token_char_lengths(tok), batch_size=4)  # several batches
+    scores = score_both(model, context, lines, token_char_lengths(tok), batch_size=4)  # several batches
     assert len(scores) == len(lines)
     for line, sc in zip(lines, scores, strict=True):
         assert sc.tokens == sc.chars == len(line)
@@ -229,7 +244,7 @@ def test_score_lines_preserves_input_order(tok: CharTokenizer) -> None:
     m = CharRNN(ModelConfig(vocab_size=tok.vocab_size, layers=1, hidden=8, embed=8)).eval()
     lines = [tok.encode(s) for s in ("the cat", "a", "the dog sat on the mat", "cat")]
     context = tok.encode("\n").tolist()
-    scores = score_lines(m, context, lines, token_char_lengths(tok))
+    scores = score_both(m, context, lines, token_char_lengths(tok), batch_size=3)
     for line, sc in zip(lines, scores, strict=True):
         assert sc.tokens == len(line)
         assert sc.logprob == pytest.approx(direct_logprob(m, context, line), rel=1e-5, abs=1e-6)
@@ -240,17 +255,19 @@ def test_score_lines_only_empty_lines_with_one_token_context(model: CharRNN, tok
     used to run the RNN on a zero-length input and crash."""
     lines = [tok.encode(""), tok.encode(""), tok.encode("the"), tok.encode("")]
     context = tok.encode("\n").tolist()
-    scores = score_lines(model, context, lines, token_char_lengths(tok), batch_size=2)
+    scores = score_both(model, context, lines, token_char_lengths(tok), batch_size=2)
     assert [(s.logprob, s.tokens) for s in scores[:2]] == [(0.0, 0), (0.0, 0)]
     assert scores[3].logprob == 0.0
     assert scores[2].logprob == pytest.approx(direct_logprob(model, context, lines[2]), rel=1e-5)
-    assert score_lines(model, context, [tok.encode("")], token_char_lengths(tok))[0].logprob == 0.0
+    assert score_both(model, context, [tok.encode("")], token_char_lengths(tok))[0].logprob == 0.0
 
 
 def test_score_lines_restores_training_mode(model: CharRNN, tok: CharTokenizer) -> None:
     model.train()
     try:
-        score_lines(model, tok.encode("\n").tolist(), [tok.encode("the")], token_char_lengths(tok))
+        score_lines(
+            TorchStepper(model), tok.encode("\n").tolist(), [tok.encode("the")], token_char_lengths(tok)
+        )
         assert model.training
     finally:
         model.eval()
@@ -258,4 +275,4 @@ def test_score_lines_restores_training_mode(model: CharRNN, tok: CharTokenizer) 
 
 def test_score_lines_needs_context(model: CharRNN, tok: CharTokenizer) -> None:
     with pytest.raises(ValueError):
-        score_lines(model, [], [tok.encode("the")], token_char_lengths(tok))
+        score_lines(TorchStepper(model), [], [tok.encode("the")], token_char_lengths(tok))

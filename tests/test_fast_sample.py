@@ -118,7 +118,7 @@ def test_the_hook_sees_torch_when_it_is_imported(trained_run: Path) -> None:
     threshold is lowered here to keep the test fast), and samples the same text."""
     text = ("The river " * 30).encode()
     args = ("-c", trained_run, "--prime-file", "-", "--length", "30", "--seed", "1", "--json")
-    big = sample_process(*args, stdin=text, setup="import charnn.torch_prime as t; t.TORCH_PRIME_MIN = 100\n")
+    big = sample_process(*args, stdin=text, setup="import charnn.routing as t; t.TORCH_PRIME_MIN = 100\n")
     assert big.returncode == 0, big.stderr
     assert torch_imported(big)
     small = sample_process(*args, stdin=text)
@@ -222,34 +222,37 @@ def test_same_seed_same_text_in_separate_processes(trained_run: Path) -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_numpy_eval_and_score_equal_the_torch_ones(cell: str) -> None:
+    """eval and score over the numpy stepper, over the torch one, and training's validation
+    (charnn.evaluate, torch directly) agree to float32 rounding."""
     import numpy as np
     import torch
 
     from charnn.config import ModelConfig
-    from charnn.evaluate import evaluate_stream, score_lines
+    from charnn.evaluate import evaluate_stream
     from charnn.model import CharRNN
-    from charnn.scoring import evaluate_stream_numpy, score_lines_numpy
+    from charnn.scoring import evaluate_text, score_lines
     from charnn.stepper import FastStepper
+    from charnn.torch_stepper import TorchStepper
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=9, cell=cell, layers=2, hidden=16, embed=8)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    stepper = FastStepper.from_model(model)
+    fast, slow = FastStepper.from_model(model), TorchStepper(model)
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 3, 9)  # tokens spelling 1 or 2 characters
     ids = rng.integers(0, 9, 700).astype(np.uint8)
     for seq_len in (32, 256):  # several windows with the state carried, and one
         a = evaluate_stream(model, ids, lengths, batch_size=4, seq_len=seq_len)
-        b = evaluate_stream_numpy(stepper, ids, lengths, batch_size=4, seq_len=seq_len)
-        assert (a.tokens, a.chars) == (b.tokens, b.chars)
-        assert b.loss == pytest.approx(a.loss, abs=1e-5) and b.bpc == pytest.approx(a.bpc, abs=1e-5)
+        for b in (evaluate_text(s, ids, lengths, batch_size=4, seq_len=seq_len) for s in (fast, slow)):
+            assert (a.tokens, a.chars) == (b.tokens, b.chars)
+            assert b.loss == pytest.approx(a.loss, abs=1e-5) and b.bpc == pytest.approx(a.bpc, abs=1e-5)
     lines = [rng.integers(0, 9, n).astype(np.uint8) for n in (5, 0, 1, 40)]
     for context in ([3], [1, 2, 3, 4]):
         for x, y in zip(
-            score_lines(model, context, lines, lengths),
-            score_lines_numpy(stepper, context, lines, lengths),
+            score_lines(slow, context, lines, lengths, batch_size=3),
+            score_lines(fast, context, lines, lengths),
             strict=True,
         ):
             assert (x.tokens, x.chars) == (y.tokens, y.chars)
@@ -272,9 +275,9 @@ def test_short_score_and_eval_skip_torch_and_agree_with_the_torch_path(
         assert proc.returncode == 0, proc.stderr
         assert not torch_imported(proc)
         fast = cli_inprocess(*command, "-c", trained_run, text)
-        import charnn.scoring
+        import charnn.routing
 
-        monkeypatch.setattr(charnn.scoring, "NUMPY_MAX_TOKENS", 0)  # force the torch path
+        monkeypatch.setattr(charnn.routing, "NUMPY_MAX_TOKENS", 0)  # force the torch path
         slow = cli_inprocess(*command, "-c", trained_run, text)
         monkeypatch.undo()
         for a, b in zip(fast.stdout.splitlines(), slow.stdout.splitlines(), strict=True):

@@ -317,16 +317,24 @@ def test_score_of_empty_input_is_bad_input_like_eval(
 
 
 def test_score_of_a_long_line_runs_in_windows(trained_run: Path) -> None:
-    """The window loop gives the same numbers as one pass, with logits for one window at a time."""
-    from charnn.evaluate import _target_logprobs
+    """The window loop gives the same numbers as one pass, with logits for one window at a time,
+    over either stepper."""
+    from charnn.scoring import _sequence_logprobs
+    from charnn.stepper import FastStepper
+    from charnn.torch_stepper import TorchStepper
 
-    model = load_checkpoint(trained_run).build_model()
+    ckpt = load_checkpoint(trained_run)
+    model = ckpt.build_model()
     seqs = torch.randint(0, model.config.vocab_size, (2, 300))
     with torch.no_grad():
         whole = torch.log_softmax(model(seqs[:, :-1])[0].float(), -1).gather(2, seqs[:, 1:, None]).squeeze(2)
-    windowed = _target_logprobs(model, seqs, max_logits=2 * 7 * model.config.vocab_size)  # windows of 7
-    assert windowed.shape == (2, 299)
-    assert torch.allclose(torch.from_numpy(windowed).float(), whole, atol=1e-5)
+    for stepper in (TorchStepper(model), FastStepper(ckpt.config, ckpt.weights)):
+        state = stepper.initial_state(2)
+        windowed = _sequence_logprobs(
+            stepper, seqs.numpy(), state, max_logits=2 * 7 * model.config.vocab_size
+        )
+        assert windowed.shape == (2, 299)  # windows of 7
+        assert torch.allclose(torch.from_numpy(windowed).float(), whole, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- checkpoints validated whole

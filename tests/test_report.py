@@ -22,14 +22,15 @@ from charnn.evaluate import (
     LN2,
     char_surprisal,
     line_bpc,
-    score_lines,
     surprising_passages,
     token_char_lengths,
     token_surprisal,
 )
 from charnn.model import CharRNN
+from charnn.scoring import score_lines
 from charnn.surprisal_page import ModelReport, build_report
 from charnn.tokenizer import CharTokenizer, codepoints
+from charnn.torch_stepper import TorchStepper
 from tests.test_evaluate import TEXT, small_gru, sp_and_text
 
 
@@ -61,7 +62,7 @@ def test_token_surprisal_sums_to_the_score_of_the_whole_text() -> None:
     ids = tok.encode(TEXT)
     model = small_gru(tok.vocab_size)
     got = token_surprisal(model, ids, tok.start_ids(), seq_len=17)
-    (whole,) = score_lines(model, tok.start_ids(), [ids], token_char_lengths(tok))
+    (whole,) = score_lines(TorchStepper(model), tok.start_ids(), [ids], token_char_lengths(tok))
     assert got.logprob.sum() == pytest.approx(whole.logprob, rel=1e-5)
 
 
