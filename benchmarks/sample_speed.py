@@ -132,7 +132,7 @@ def compare_cli(model: CharRNN, stepper: FastStepper, chars: int, repeats: int) 
     """The CLI (a fresh process, from outside) against generate()'s one stream, same weights."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
-        save_checkpoint(ckpt, model, DIGITS, {})
+        save_checkpoint(ckpt, model, DIGITS)
         step = cli = 0.0
         for _ in range(repeats):  # interleaved, best of each
             step = max(step, fast(stepper, SampleConfig(length=chars)))

@@ -57,7 +57,7 @@ def make_checkpoint(directory: Path) -> Path:
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=65, cell="lstm", layers=2, hidden=256, embed=64))
-    save_checkpoint(directory, model, CharTokenizer([chr(48 + i) for i in range(65)]), {})
+    save_checkpoint(directory, model, CharTokenizer([chr(48 + i) for i in range(65)]))
     return directory
 
 

@@ -35,6 +35,8 @@ from charnn.errors import CharnnError, ConfigError
 
 if TYPE_CHECKING:
     from charnn.checkpoint import Checkpoint
+    from charnn.metrics_rows import MetricsRow
+    from charnn.results import EvalRow
     from charnn.scoring import LineScore
 
 __all__ = ["Model", "Run", "load", "train"]
@@ -172,7 +174,7 @@ class Model:
         )
         return Score(line.logprob, line.bpc, line.bpt, line.chars, line.tokens)
 
-    def evaluate(self, *files: str | Path, encoding_errors: str = "strict") -> Any:
+    def evaluate(self, *files: str | Path, encoding_errors: str = "strict") -> EvalRow:
         """What ``charnn eval FILES`` prints for this model: loss, bpc, bpt, tokens, chars."""
         from charnn.app import run_eval
 
@@ -222,7 +224,7 @@ class Run:
         return Model(load_checkpoint(str(self.path), prefer=LATEST))
 
     @property
-    def history(self) -> list[Any]:
+    def history(self) -> list[MetricsRow]:
         """The rows of the run's metrics.jsonl, oldest first."""
         from charnn.metrics import read_metrics
         from charnn.rundir import METRICS

@@ -18,15 +18,25 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from charnn.checkpoint import load_checkpoint
-from charnn.config import SampleConfig
+from charnn.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+)
+from charnn.config import SampleConfig, TokenizerConfig
 from charnn.console import TrainReporter, note
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
-from charnn.errors import CharnnError, ConfigError, DataError
+from charnn.errors import CharnnError, ConfigError, DataError, located
+from charnn.results import EvalRow, InfoRow, SampleRow, ScoreRow
+from charnn.tokenizer import Tokenizer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-side types: this module imports torch only where a command needs it
+    from charnn.config import AdaptConfig
+    from charnn.corpora import CorpusEntry
     from charnn.metrics import MetricsReporter
+    from charnn.model import CharRNN
     from charnn.run_plan import RunPlan
+    from charnn.scoring import EvalResult
+    from charnn.surprisal_page import ModelReport
     from charnn.train_records import NullReporter
 
 # ---------------------------------------------------------------------------- train
@@ -34,7 +44,7 @@ if TYPE_CHECKING:
 
 def cached_corpus(
     files: Sequence[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer | TokenizerConfig,
     encoding_errors: str,
     cache_dir: str | None,
     val_fraction: float = 0.0,
@@ -147,14 +157,14 @@ class _SampleWriter:
         self.out.flush()
 
 
-def encode_prime(tokenizer: Any, text: str, what: str = "--prime") -> np.ndarray:
+def encode_prime(tokenizer: Tokenizer, text: str, what: str = "--prime") -> np.ndarray:
     """Token ids of ``text`` (the tokenizer's start context when empty), as a compact array."""
     if not text:
         return np.asarray(tokenizer.start_ids())
     try:
         return tokenizer.encode(text)
     except DataError as exc:
-        raise DataError(f"{what}: {exc}") from None
+        raise located(exc, what) from None
 
 
 def run_sampling(
@@ -168,8 +178,6 @@ def run_sampling(
 ) -> None:
     """Sample from a checkpoint to ``out`` (stdout). Torch is imported only for a huge prime.
     ``prime_name`` says where the prime came from, for errors."""
-    import json
-
     from charnn.constraints import TokenRules
     from charnn.routing import sampling_stepper
     from charnn.sampling import generate
@@ -187,16 +195,16 @@ def run_sampling(
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, rng=rng, rules=rules, heal=heal)
         for i, s in enumerate(samples):
-            row = {
-                "sample": i,
-                "seed": seed,
-                "prime": prime,
-                "text": s.text,
-                "logprob": s.logprob,
-                "chars": len(s.text),
-                "stopped_by": s.stopped_by,
-            }
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            row = SampleRow(
+                sample=i,
+                seed=seed,
+                prime=prime,
+                text=s.text,
+                logprob=s.logprob,
+                chars=len(s.text),
+                stopped_by=s.stopped_by,
+            )
+            out.write(row.json_line() + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
@@ -241,8 +249,6 @@ def run_prompts(
 ) -> None:
     """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
     are written in prompt order as each batch of prompts finishes."""
-    import json
-
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
     from charnn.routing import sampling_stepper
 
@@ -261,17 +267,17 @@ def run_prompts(
             prompt = prompts[start + offset]
             for j, s in enumerate(samples):
                 if as_json:
-                    row = {
-                        "line": start + offset + 1,
-                        "sample": j,
-                        "seed": prompt_seed_,
-                        "prime": prompt,
-                        "text": s.text,
-                        "logprob": s.logprob,
-                        "chars": len(s.text),
-                        "stopped_by": s.stopped_by,
-                    }
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    row = SampleRow(
+                        line=start + offset + 1,
+                        sample=j,
+                        seed=prompt_seed_,
+                        prime=prompt,
+                        text=s.text,
+                        logprob=s.logprob,
+                        chars=len(s.text),
+                        stopped_by=s.stopped_by,
+                    )
+                    out.write(row.json_line() + "\n")
                 else:
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False
@@ -322,8 +328,8 @@ def run_eval(
     html: str | None = None,
     top_k: int = 3,
     cache_dir: str | None = None,
-    adapt: Any = None,
-) -> list[dict[str, Any]]:
+    adapt: AdaptConfig | None = None,
+) -> list[EvalRow]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
     Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
     stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
@@ -338,7 +344,8 @@ def run_eval(
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
     texts = None if streamed else read_corpus(files, encoding_errors)
-    rows, reports = [], []
+    rows: list[EvalRow] = []
+    reports: list[ModelReport] = []
     for ckpt in loaded:
         if texts is None:
             corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
@@ -348,8 +355,9 @@ def run_eval(
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None else None  # the page needs torch anyway
         result = _evaluate(ckpt, model, corpus.ids)
-        rows.append({**result.to_dict(), "tokenizer": ckpt.tokenizer.kind, "checkpoint": str(ckpt.path)})
+        rows.append(_eval_row(ckpt, result))
         if html is not None:
+            assert model is not None  # built above: the page needs torch's per-token numbers
             reports.append(_model_report(ckpt, model, corpus.ids, top_k))
         if adapt is not None:  # a different measurement: its own row, after the static one
             from charnn import adapt as dyn
@@ -360,7 +368,7 @@ def run_eval(
             adaptive = dyn.adaptive_eval(
                 ckpt.build_model(), corpus.ids, tok.start_ids(), lengths, extra, adapt
             )
-            rows.append({**rows[-1], **adaptive.to_dict(), "adaptive": True})
+            rows.append(_eval_row(ckpt, adaptive, adaptive=True))
             if html is not None:
                 reports.append(_adaptive_report(ckpt, corpus.ids, top_k, adapt))
     if html is not None:
@@ -377,7 +385,20 @@ def run_eval(
     return rows
 
 
-def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
+def _eval_row(ckpt: Checkpoint, result: EvalResult, adaptive: bool | None = None) -> EvalRow:
+    return EvalRow(
+        loss=result.loss,
+        bpc=result.bpc,
+        bpt=result.bpt,
+        tokens=result.tokens,
+        chars=result.chars,
+        tokenizer=ckpt.tokenizer.kind,
+        checkpoint=str(ckpt.path),
+        adaptive=adaptive,
+    )
+
+
+def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int) -> ModelReport:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
     from charnn.surprisal_page import ModelReport
@@ -388,7 +409,7 @@ def _model_report(ckpt: Any, model: Any, ids: Any, top_k: int) -> Any:
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
+def _adaptive_report(ckpt: Checkpoint, ids: np.ndarray, top_k: int, settings: AdaptConfig) -> ModelReport:
     """The page's data for the adapting model: it shows what the model learns as it reads."""
     from charnn.adapt import Adapter
     from charnn.evaluate import char_surprisal
@@ -401,7 +422,7 @@ def _adaptive_report(ckpt: Any, ids: Any, top_k: int, settings: Any) -> Any:
     return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _evaluate(ckpt: Any, model: Any, ids: np.ndarray) -> Any:
+def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray) -> EvalResult:
     """eval's numbers for one checkpoint, through ``model`` (torch) if given, else the stepper
     charnn.routing picks for the text's length.
 
@@ -423,8 +444,8 @@ def run_score(
     context: str | None,
     encoding_errors: str = "strict",
     whole: bool = False,
-    adapt: Any = None,
-) -> Iterator[dict[str, Any]]:
+    adapt: AdaptConfig | None = None,
+) -> Iterator[ScoreRow]:
     """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
 
     from charnn.routing import score_stepper
@@ -451,7 +472,7 @@ def run_score(
             encoded.append(tokenizer.encode(text) if text else np.zeros(0, dtype=np.int64))
         except DataError as exc:
             where = f"{source}:{n}" if n else source
-            raise DataError(f"{where}: {exc}") from None
+            raise located(exc, where) from None
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     # Short inputs in numpy (torch's import would cost more than the work), long ones in torch.
     if adapt is not None:  # the model learns from each line after scoring it (charnn.adapt)
@@ -463,33 +484,26 @@ def run_score(
         stepper, batch = score_stepper(ckpt, len(context_ids) + sum(len(e) + 1 for e in encoded))
         scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
-        row: dict[str, Any] = {"source": "<stdin>" if source == "-" else printable_path(source)}
-        if not whole:
-            row["line"] = n
-        yield {
-            **row,
-            "text": text,
-            "logprob": sc.logprob,
-            "bpc": sc.bpc,
-            "bpt": sc.bpt,
-            "chars": sc.chars,
-            "tokens": sc.tokens,
-            **({"adaptive": True} if adapt is not None else {}),
-        }
+        yield ScoreRow(
+            source="<stdin>" if source == "-" else printable_path(source),
+            line=None if whole else n,
+            text=text,
+            logprob=sc.logprob,
+            bpc=sc.bpc,
+            bpt=sc.bpt,
+            chars=sc.chars,
+            tokens=sc.tokens,
+            adaptive=True if adapt is not None else None,
+        )
 
 
-def checkpoint_info(checkpoint: str) -> dict[str, Any]:
-    """Structured metadata of a fully validated checkpoint (see :func:`charnn.run_catalog.describe`)."""
+def checkpoint_info(checkpoint: str) -> InfoRow:
+    """What a fully validated checkpoint holds (see :func:`charnn.run_catalog.describe`)."""
     from charnn.run_catalog import describe
 
     ckpt = load_checkpoint(checkpoint)
-    info = describe(ckpt.meta, ckpt.path)
-    info["parameters"] = sum(t.size for t in ckpt.weights.values())  # counted, not derived
-    tokenizer = ckpt.tokenizer
-    extras = {"unk": getattr(tokenizer, "unk", None), "normalize": tokenizer.normalize}
-    info["tokenizer"].update({k: v for k, v in extras.items() if v})  # only what is set: UNK, NFC/NFKC
-    info["val_bpt"] = (info["val"] or {}).get("bpt")  # bits per token beside bits per character
-    return info
+    counted = sum(t.size for t in ckpt.weights.values())  # counted, not derived
+    return describe(ckpt.meta, ckpt.path, parameters=int(counted))
 
 
 # ---------------------------------------------------------------------------- corpora
@@ -518,7 +532,7 @@ def fetch_corpus(name: str, cache: str | None = None, verify: bool = True, timeo
     return _fetch_with_progress(entry, cache_dir(cache), verify, timeout)
 
 
-def _fetch_with_progress(entry: Any, directory: Path, verify: bool, timeout: float) -> str:
+def _fetch_with_progress(entry: CorpusEntry, directory: Path, verify: bool, timeout: float) -> str:
     from charnn.console import download_progress
     from charnn.corpora import cached_path, fetch, refuse_unverifiable
 

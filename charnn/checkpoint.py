@@ -8,8 +8,9 @@ A checkpoint is a directory::
     train_state.safetensors   optimizer moments, RNG states, carried hidden state (resume only)
 
 This module owns the format: what the files hold, how training state is packed into
-them and unpacked, and the validation of every field on load. Where checkpoints live and
-how one is replaced atomically is :mod:`charnn.rundir`'s job. Nothing is ever unpickled.
+them and unpacked, and the validation of every tensor on load. meta.json's fields are typed
+records with one validating reader in :mod:`charnn.checkpoint_meta`. Where checkpoints live
+and how one is replaced atomically is :mod:`charnn.rundir`'s job. Nothing is ever unpickled.
 
 Loading and validation work on numpy arrays and never import torch, so ``charnn sample``
 starts fast; the torch side (saving, building a model, resuming) converts validated arrays
@@ -18,14 +19,11 @@ to tensors and imports torch only there. Every path validates through ``load_che
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import math
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,33 +33,55 @@ from safetensors.numpy import load as st_load
 
 from charnn import __version__
 from charnn.arch import TENSORS_PER_LAYER, hidden_shape, parameter_count, parameter_shapes, state_parts
+from charnn.checkpoint_meta import (
+    CheckpointMeta,
+    CorpusRecord,
+    Lineage,
+    OptimizerRecord,
+    Progress,
+    ResumeMeta,
+    RunRecord,
+    TrainingMeta,
+    encode_meta,
+    meta_checksum,
+    parse_meta,
+    resume_meta,
+)
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
-from charnn.rundir import BEST, FORMAT, LATEST, RunDir, resolve_checkpoint
+from charnn.jsonrecord import clip as _clip
+from charnn.jsonrecord import is_real as _is_real
+from charnn.rundir import BEST, LATEST, RunDir, resolve_checkpoint
 from charnn.rundir import MARKER as META
-from charnn.tokenizer import Tokenizer, tokenizer_from_dict
+from charnn.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # torch only where tensors are made: loading for sampling never imports it
     import torch
 
     from charnn.model import CharRNN, Hidden
 
-__all__ = ["BEST", "LATEST", "META", "Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "BEST",
+    "LATEST",
+    "META",
+    "Checkpoint",
+    "CheckpointMeta",
+    "Progress",
+    "TrainingMeta",
+    "load_checkpoint",
+    "load_meta",
+    "save_checkpoint",
+]
 
-VERSION = 1
 MAX_META_FILE = 64 << 20  # metadata is small JSON; a SentencePiece model inside it is well under this
 MAX_TENSOR_FILE = 64 << 30  # bounds a forged size; real checkpoints of RNNs are far smaller
+_meta_checksum = meta_checksum  # the name tests forge metadata with
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _meta_checksum(meta: dict[str, Any]) -> str:
-    body = {k: v for k, v in meta.items() if k != "checksum"}
-    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def model_tensors(model: CharRNN) -> dict[str, torch.Tensor]:
@@ -93,10 +113,11 @@ def _refuse_non_finite(tensors: dict[str, torch.Tensor]) -> None:
 def encode_checkpoint(
     model: CharRNN,
     tokenizer: Tokenizer,
-    meta: dict[str, Any],
+    meta: TrainingMeta | None = None,
     train_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, bytes]:
-    """The files of a checkpoint, by name: weights, optional training state, checksummed metadata."""
+    """The files of a checkpoint, by name: weights, optional training state, checksummed metadata
+    (``meta``: what a training checkpoint carries besides the model and tokenizer)."""
     from safetensors.torch import save as st_save
 
     tensors = model_tensors(model)
@@ -106,16 +127,10 @@ def encode_checkpoint(
         state = {k: v.detach().to("cpu").contiguous() for k, v in train_state.items()}
         _refuse_non_finite(state)  # NaN optimizer moments or hidden state would poison a resume
         files[STATE_FILE] = st_save(state)
-    meta = dict(meta)
-    meta.update(
-        format=FORMAT,
-        version=VERSION,
-        model=model.config.to_dict(),
-        tokenizer=tokenizer.to_dict(),
-        files={name: _sha256(data) for name, data in files.items()},
-    )
-    meta["checksum"] = _meta_checksum(meta)
-    files[META] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+    hashes = {name: _sha256(data) for name, data in files.items()}
+    training = {n: getattr(meta, n) for n in TrainingMeta.__dataclass_fields__} if meta is not None else {}
+    whole = CheckpointMeta(model=model.config, tokenizer=tokenizer, files=hashes, **training)
+    files[META] = encode_meta(whole)
     return files
 
 
@@ -123,7 +138,7 @@ def save_checkpoint(
     target: Path,
     model: CharRNN,
     tokenizer: Tokenizer,
-    meta: dict[str, Any],
+    meta: TrainingMeta | None = None,
     train_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Atomically write a checkpoint directory at ``target`` (replacing the checkpoint there)."""
@@ -140,10 +155,16 @@ class Checkpoint:
     """A validated checkpoint: metadata plus numpy arrays (float32, finite, shapes checked)."""
 
     path: Path
-    meta: dict[str, Any]
-    config: ModelConfig
-    tokenizer: Tokenizer
+    meta: CheckpointMeta
     weights: dict[str, np.ndarray]
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.meta.model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.meta.tokenizer
 
     def torch_weights(self) -> dict[str, torch.Tensor]:
         """The validated weights as CPU tensors (sharing memory with the arrays)."""
@@ -173,15 +194,13 @@ class Checkpoint:
 
         # Optimizer moments (2 per parameter), RNG and carried hidden state: bounded by the model.
         limit = 4 * 4 * parameter_count(self.config) + (64 << 20)
-        data = _read_verified(self.path, STATE_FILE, self.meta, limit)
+        data = _read_verified(self.path, STATE_FILE, self.meta.files, limit)
         arrays = _parse_safetensors(data, self.path / STATE_FILE)
         return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     @property
     def step(self) -> int:
-        progress = self.meta.get("progress")
-        step = progress.get("step", 0) if isinstance(progress, dict) else 0
-        return step if isinstance(step, int) else 0
+        return self.meta.step
 
 
 def _refuse_non_directory(path: Path) -> None:
@@ -195,10 +214,9 @@ def _refuse_non_directory(path: Path) -> None:
     raise CheckpointError(f"{path}: not a charnn checkpoint (expected a checkpoint or run directory)")
 
 
-def _read_verified(directory: Path, name: str, meta: dict[str, Any], limit: int = MAX_TENSOR_FILE) -> bytes:
-    files = meta.get("files")
-    expected = files.get(name) if isinstance(files, dict) else None
-    if not isinstance(expected, str):
+def _read_verified(directory: Path, name: str, files: dict[str, str], limit: int = MAX_TENSOR_FILE) -> bytes:
+    expected = files.get(name)
+    if expected is None:
         raise CheckpointError(f"{directory}: metadata lists no {name}")
     data = read_bounded(directory / name, limit)
     if _sha256(data) != expected:
@@ -229,49 +247,13 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_meta(directory: Path) -> dict[str, Any]:
+def load_meta(path: str | Path, prefer: str = LATEST) -> CheckpointMeta:
+    """The validated metadata of a checkpoint (or a run's ``prefer`` checkpoint) without its
+    weights: what ``charnn runs`` lists. Every field is checked as :func:`load_checkpoint` does."""
+    directory = resolve_checkpoint(path, prefer)
+    if directory.is_file():
+        _refuse_non_directory(directory)
     return parse_meta(read_bounded(directory / META, MAX_META_FILE), directory)
-
-
-def parse_meta(raw: bytes, directory: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{directory / META}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise CheckpointError(f"{directory / META}: not valid JSON (nested too deeply)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{directory}: not a charnn checkpoint (format is not {FORMAT!r})")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(
-            f"{directory}: checkpoint format version {meta.get('version')!r}; "
-            f"this charnn reads version {VERSION}"
-        )
-    if meta.get("checksum") != _meta_checksum(meta):
-        raise CheckpointError(f"{directory / META}: checksum mismatch (the metadata was edited or corrupted)")
-    return meta
-
-
-_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "vocab_size": (int,),
-    "cell": (str,),
-    "layers": (int,),
-    "hidden": (int,),
-    "embed": (int,),
-    "dropout": (int, float),
-    "tie_weights": (bool,),
-}
-
-
-def _model_config(data: Any) -> ModelConfig:
-    """ModelConfig from metadata, with types checked (the metadata is data, not trusted code)."""
-    if not isinstance(data, dict):
-        raise ConfigError("not a mapping")
-    for key, types in _CONFIG_TYPES.items():
-        value = data.get(key)
-        if key in data and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
-            raise ConfigError(f"{key} is {value!r}")
-    return ModelConfig.from_dict(data, stored_as="model")  # type: ignore[no-any-return]
 
 
 def load_checkpoint(path: str | Path, prefer: str = BEST) -> Checkpoint:
@@ -323,18 +305,12 @@ def _load_once(path: str | Path, prefer: str) -> Checkpoint:
         raise
 
 
-def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
-    try:
-        config = _model_config(meta.get("model"))
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise CheckpointError(f"{directory}: bad model config ({exc})") from None
-    tokenizer = tokenizer_from_dict(meta.get("tokenizer"))
-    if tokenizer.vocab_size != config.vocab_size:
-        raise CheckpointError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}"
-        )
+def _validated(directory: Path, meta: CheckpointMeta) -> Checkpoint:
+    config = meta.model
     limit = min(4 * parameter_count(config) + (1 << 20), MAX_TENSOR_FILE)  # float32 weights + header
-    weights = _parse_safetensors(_read_verified(directory, MODEL_FILE, meta, limit), directory / MODEL_FILE)
+    weights = _parse_safetensors(
+        _read_verified(directory, MODEL_FILE, meta.files, limit), directory / MODEL_FILE
+    )
     rnn_tensors = sum(1 for name in weights if name.startswith("rnn."))
     if (
         rnn_tensors != TENSORS_PER_LAYER * config.layers
@@ -351,7 +327,7 @@ def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
     bad = next((n for n, t in weights.items() if t.dtype != np.float32), None) or _non_finite(weights)
     if bad is not None:
         raise CheckpointError(f"{directory}: tensor {bad} is not finite float32")
-    return Checkpoint(path=directory, meta=meta, config=config, tokenizer=tokenizer, weights=weights)
+    return Checkpoint(path=directory, meta=meta, weights=weights)
 
 
 # ---------------------------------------------------------------------------- training state
@@ -365,122 +341,47 @@ def _validated(directory: Path, meta: dict[str, Any]) -> Checkpoint:
 #               rng.cpu, rng.cuda.{i}                            generator states
 
 
-@dataclass
-class Progress:
-    """Counters saved in every checkpoint."""
-
-    step: int = 0  # batches consumed (including skipped ones)
-    optimizer_steps: int = 0
-    skipped_steps: int = 0
-    elapsed: float = 0.0  # seconds of training, summed over resumes
-    lr_scale: float = 1.0  # halved at each recovery from divergence
-    best_val_bpc: float | None = None
-    val: dict[str, Any] = field(default_factory=dict)
-    train_loss: float | None = None
-    tokens: int = 0  # tokens trained on (all steps, skipped ones included)
-    chars: int = 0  # characters those tokens spell
-    stale_evals: int = 0  # validations since the last improvement by --min-delta (early stopping)
-    patience_best: float | None = None  # the val bpc that improvement is measured against
-    stopped_reason: str | None = None  # why the run ended early, when it did
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_meta(cls, data: Any) -> Progress:
-        """Progress from checkpoint metadata, every field checked (raises ValueError naming it)."""
-        if not isinstance(data, dict):
-            raise ValueError(f"progress is {type(data).__name__}, not a mapping")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"progress has unknown fields {sorted(set(data) - known)}")
-        for name in ("step", "optimizer_steps", "skipped_steps", "tokens", "chars", "stale_evals"):
-            _want(data, name, lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-        _want(data, "elapsed", lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
-        _want(data, "lr_scale", lambda v: _is_real(v) and v > 0, "a finite number > 0")
-        _want(data, "stopped_reason", lambda v: v is None or isinstance(v, str), "null or text")
-        for name in ("best_val_bpc", "train_loss", "patience_best"):
-            _want(data, name, lambda v: v is None or _is_real(v), "null or a finite number")
-        _want(
-            data,
-            "val",
-            lambda v: isinstance(v, dict) and all(_is_real(x) for x in v.values()),
-            "a mapping of numbers",
-        )
-        return cls(**data)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _want(data: dict[str, Any], name: str, ok: Any, what: str) -> None:
-    if name in data and not ok(data[name]):
-        raise ValueError(f"progress.{name} is {data[name]!r}, not {what}")
-
-
 def train_config(ckpt: Checkpoint) -> TrainConfig:
-    """The run's TrainConfig from a checkpoint; a bad one is the checkpoint's fault, not the user's."""
-    try:
-        return TrainConfig.from_dict(ckpt.meta.get("train"), stored_as="train")  # type: ignore[arg-type]
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt.path / META}: bad train config ({exc})") from None
+    """The run's TrainConfig from a checkpoint (validated on load; refused here when absent)."""
+    return check_training_meta(ckpt).train
 
 
-def check_training_meta(ckpt: Checkpoint) -> None:
-    """The metadata fields resuming reads, beyond the model: corpus, progress, optimizer."""
-    meta = ckpt.meta
-    corpus = meta.get("corpus")
-    problems = []
-    if not (
-        isinstance(corpus, dict)
-        and isinstance(corpus.get("sources"), list)
-        and all(isinstance(x, str) for x in corpus["sources"])
-        and isinstance(corpus.get("sha256"), str)
-    ):
-        problems.append(f"corpus is {_clip(corpus)}")
-    try:
-        Progress.from_meta(meta.get("progress"))
-    except (ValueError, TypeError) as exc:
-        problems.append(str(exc))
-    groups = (
-        meta.get("optimizer", {}).get("param_groups") if isinstance(meta.get("optimizer"), dict) else None
-    )
-    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups)):
-        problems.append(f"optimizer.param_groups is {_clip(groups)}")
-    if problems:
-        raise CheckpointError(f"{ckpt.path / META}: cannot resume: {problems[0]}")
-
-
-def _clip(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def check_training_meta(ckpt: Checkpoint) -> ResumeMeta:
+    """The metadata records resuming reads beyond the model (train, progress, corpus, optimizer):
+    validated on load, and refused here when a checkpoint lacks one."""
+    return resume_meta(ckpt.meta, ckpt.path / META)
 
 
 def training_meta(
     config: TrainConfig,
     progress: Progress,
-    corpus: dict[str, Any],
+    corpus: CorpusRecord,
     optimizer: torch.optim.Optimizer,
-    run: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    run: RunRecord | None = None,
+    world_size: int = 1,
+    parent: Lineage | None = None,
+) -> TrainingMeta:
     """The metadata a training checkpoint carries beyond the model and tokenizer. ``run`` says how
     the run (or its latest resumption) was started: argv, charnn and torch versions, device."""
     groups = optimizer.state_dict()["param_groups"]
-    extra = {"run": run} if run is not None else {}
-    return {
-        **extra,
-        "charnn_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "train": config.to_dict(),
-        "progress": progress.to_dict(),
-        "corpus": corpus,
-        "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in groups]},
-    }
+    return TrainingMeta(
+        charnn_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        train=config,
+        progress=Progress.from_json(progress.to_json()),  # a snapshot: the trainer goes on counting
+        corpus=corpus,
+        optimizer=OptimizerRecord(
+            [{k: _json_value(v) for k, v in g.items() if k != "params"} for g in groups]
+        ),
+        world_size=world_size,
+        run=run,
+        parent=parent,
+    )
+
+
+def _json_value(value: Any) -> Any:
+    """A hyperparameter as JSON holds it (AdamW's betas tuple as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) -> dict[str, torch.Tensor]:
@@ -508,22 +409,25 @@ def restore_train_state(
     A checkpoint whose checksums pass but whose state does not fit is refused as a bad checkpoint."""
     if ckpt.config != model.config:
         raise ConfigError("checkpoint model config differs from this run's")
-    check_training_meta(ckpt)
+    records = check_training_meta(ckpt)
     _check_train_state(ckpt, ckpt.train_state(), optimizer)
     try:
-        return _restore(ckpt, model, optimizer, device)
+        return _restore(ckpt, records, model, optimizer, device)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{ckpt.path}: training state cannot be resumed ({exc})") from None
 
 
 def _restore(
-    ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
+    ckpt: Checkpoint,
+    records: ResumeMeta,
+    model: CharRNN,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
 ) -> tuple[Progress, Hidden | None]:
     import torch
 
     from charnn.model import hidden_from_tensors
 
-    meta = ckpt.meta
     model.load_state_dict(ckpt.torch_weights(), strict=False)  # tied head.weight is not stored
     tensors = ckpt.train_state()  # checked by _check_train_state
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
@@ -536,8 +440,9 @@ def _restore(
         elif kind == "hidden":
             hidden[rest] = tensor.to(device)
     groups = optimizer.state_dict()["param_groups"]
-    for group, saved in zip(groups, meta["optimizer"]["param_groups"], strict=True):
-        for key, value in saved.items():  # only the hyperparameters this optimizer has, of their kinds
+    for group, stored in zip(groups, records.optimizer.param_groups, strict=True):
+        saved = dict(stored)  # the checkpoint's record stays as read
+        for key, value in stored.items():  # only the hyperparameters this optimizer has, of their kinds
             if key not in group or not _same_kind(value, group[key]):
                 raise ValueError(f"optimizer.param_groups.{key} is {_clip(value)}")
             saved[key] = tuple(value) if isinstance(group[key], tuple) else value  # JSON made it a list
@@ -549,7 +454,7 @@ def _restore(
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
     carried = hidden_from_tensors(model.config.cell, hidden) if hidden else None
-    return Progress.from_meta(meta["progress"]), carried
+    return records.progress, carried
 
 
 def _same_kind(value: Any, like: Any) -> bool:

@@ -10,7 +10,7 @@ a save (the carried hidden state is gathered from all of them), rank 0 alone wri
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +24,7 @@ from charnn.checkpoint import (
     restore_train_state,
     training_meta,
 )
+from charnn.checkpoint_meta import CorpusRecord, RunRecord
 
 if TYPE_CHECKING:
     from charnn.model import CharRNN, Hidden
@@ -57,7 +58,7 @@ class Checkpointer:
         from charnn.metrics import invocation
 
         # How this run (or its latest resumption) was started: command line, versions, device.
-        self.run_meta = {**(plan.invocation or invocation()), "device": str(device)}
+        self.run_meta = RunRecord(**(plan.invocation or invocation()).to_fields(), device=str(device))
 
     def start(self) -> tuple[Progress, Hidden | None]:
         """Where the run starts: the plan's checkpoint when resuming, else step 0."""
@@ -74,23 +75,19 @@ class Checkpointer:
         if not self.group.is_writer:
             return
         plan = self.plan
-        corpus = {
-            "sources": plan.corpus.sources,
-            "sha256": plan.corpus.sha256,
-            "tokens": int(len(plan.corpus.ids)),
-            "chars": plan.corpus.chars,
-        }
-        meta: dict[str, Any] = training_meta(plan.train, progress, corpus, self.optimizer, self.run_meta)
-        meta["world_size"] = self.group.world_size
-        if plan.parent is not None:
-            meta["parent"] = plan.parent
+        corpus = CorpusRecord(
+            plan.corpus.sources, plan.corpus.sha256, int(len(plan.corpus.ids)), plan.corpus.chars
+        )
+        meta = training_meta(
+            plan.train, progress, corpus, self.optimizer, self.run_meta, self.group.world_size, plan.parent
+        )
         state = pack_train_state(self.optimizer, hidden)
         self.rundir.write(which, encode_checkpoint(self.model, plan.corpus.tokenizer, meta, state))
 
     def restore(self, ckpt: Checkpoint) -> tuple[Progress, Hidden | None]:
         """Load a checkpoint's state into the model and optimizer; its progress and this rank's
         streams of its hidden state. Samples of later steps are dropped: they will be taken again."""
-        self.group.check_resume(ckpt.meta.get("world_size", 1))
+        self.group.check_resume(ckpt.meta.processes)
         progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
         self.saved_step = progress.step
         self.forget_samples_after(progress.step)

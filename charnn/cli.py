@@ -85,7 +85,7 @@ def _describe(rng: click.IntRange | click.FloatRange) -> str:
     if shown == [None, None]:
         return ""
     saved = rng.min, rng.max
-    rng.min, rng.max = shown  # type: ignore[assignment]
+    rng.min, rng.max = shown
     try:
         return click.FloatRange._describe_range(rng)  # type: ignore[arg-type]
     finally:
@@ -508,15 +508,7 @@ def eval_(
     )
     several = len(checkpoints) > 1
     for row in rows:
-        if as_json:
-            click.echo(json.dumps(row))
-        else:
-            where = f"  checkpoint {row['checkpoint']}" if several else ""
-            mode = "  (adaptive)" if row.get("adaptive") else ""
-            click.echo(
-                f"bpc {row['bpc']:.4f}  bpt {row['bpt']:.4f}  loss {row['loss']:.4f}  chars {row['chars']}  "
-                f"tokens {row['tokens']}{where}{mode}"
-            )
+        click.echo(json.dumps(row.to_json()) if as_json else row.text(with_checkpoint=several))
 
 
 def _adapt_config(ctx: click.Context, options: dict[str, Any]) -> AdaptConfig | None:
@@ -557,10 +549,7 @@ def score(
 
     adapt = _adapt_config(ctx, options)
     for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, adapt=adapt):
-        if as_json:
-            click.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            click.echo(f"{row['logprob']:.4f}\t{row['bpc']:.4f}\t{row['text']}")
+        click.echo(json.dumps(row.to_json(), ensure_ascii=False) if as_json else row.text_line())
 
 
 @cli.command()
@@ -574,7 +563,7 @@ def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     for i, checkpoint in enumerate(checkpoints):
         data = checkpoint_info(checkpoint)
         if as_json:
-            click.echo(json.dumps(data, ensure_ascii=False))
+            click.echo(json.dumps(data.to_json(), ensure_ascii=False))
         else:
             click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
 
@@ -596,7 +585,7 @@ def runs(directory: str, as_json: bool) -> None:
     rows = list_runs(Path(directory), warn=note)
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json.dumps(row.to_json(), ensure_ascii=False))
     elif rows:
         click.echo(runs_table(rows))
     else:

@@ -118,11 +118,21 @@ def _check_field(f: dataclasses.Field[Any], kind: Any, value: Any) -> None:
         raise ConfigError(f"{name} must be {_range_text(o)}, got {value}")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A config class's resolved annotations, resolved once (it was most of a config's validation cost)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 class _Validated:
     """Mixin: check every field against its declaration, then the class's own cross-field rules."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             _check_field(f, hints[f.name], getattr(self, f.name))
         self.check()
@@ -131,7 +141,7 @@ class _Validated:
         """Rules that involve several fields (override)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> Any:

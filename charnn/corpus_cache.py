@@ -36,8 +36,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from charnn.config import TokenizerConfig
-from charnn.data import BUILTIN_CORPUS, Corpus, load_corpus, resolve_sources
-from charnn.errors import CharnnError, DataError
+from charnn.data import BUILTIN_CORPUS, BinaryData, Corpus, load_corpus, resolve_sources
+from charnn.errors import CharnnError, DataError, located
 from charnn.tokenizer import CharTokenizer, Tokenizer, id_dtype, unique_codepoints
 
 FORMAT = 1  # bump when the layout or the meaning of a key changes
@@ -93,7 +93,7 @@ def _hash_file(path: Path, advance: Callable[[int], None]) -> tuple[str, int, bo
             while block := fh.read(CHUNK_BYTES):
                 nul = block.find(b"\x00")
                 if nul >= 0:  # binary (or an endless device like /dev/zero): refuse at once
-                    raise DataError(
+                    raise BinaryData(
                         f"{path}: looks binary (NUL byte at offset {size + nul}); charnn trains on text"
                     )
                 h.update(block)
@@ -123,7 +123,7 @@ def _text_pieces(src: _Source, errors: str, split_lines: bool) -> Iterator[tuple
                     block, offset = block[3:], 3  # a byte-order mark is not part of the text
                 nul = block.find(b"\x00")
                 if nul >= 0:
-                    raise DataError(
+                    raise BinaryData(
                         f"{src.name}: looks binary (NUL byte at offset {offset + nul}); charnn trains on text"
                     )
                 pending = len(decoder.getstate()[0])
@@ -266,8 +266,8 @@ class CorpusCache:
         for source in sources:
             try:
                 digest, size, empty = _hash_file(Path(source), advance)
-            except DataError as exc:
-                if source in paths or "looks binary" not in str(exc):
+            except BinaryData as exc:
+                if source in paths:
                     raise
                 notes.append(f"{exc}: skipped")  # a file of a directory: binary past the first sniff
                 continue
@@ -368,7 +368,7 @@ class CorpusCache:
                     try:
                         ids = tokenizer.encode(piece)
                     except DataError as exc:  # characters the tokenizer lacks: say where
-                        raise DataError(f"{name}: {exc}") from None
+                        raise located(exc, name) from None
                     data = ids.astype(dtype, copy=False).tobytes()
                     digest.update(data)
                     out.write(data)

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from charnn.config import TokenizerConfig
-from charnn.errors import DataError
+from charnn.errors import DataError, located
 from charnn.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, normalize_text
 
 BUILTIN_CORPUS = "builtin:pydoc"
@@ -64,7 +64,7 @@ def decode_bytes(raw: bytes, name: str, errors: str = "strict") -> str:
     """UTF-8 bytes -> text, refusing binary data and naming the byte offset of bad UTF-8."""
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise DataError(f"{name}: looks binary (NUL byte at offset {nul}); charnn trains on text")
+        raise BinaryData(f"{name}: looks binary (NUL byte at offset {nul}); charnn trains on text")
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
     try:
@@ -248,7 +248,7 @@ def load_corpus(
         try:
             parts.append(tokenizer.encode(text))
         except DataError as exc:  # e.g. characters a checkpoint's vocabulary lacks: say where
-            raise DataError(f"{name}: {exc}") from None
+            raise located(exc, name) from None
     ids = np.concatenate(parts)
     return Corpus(
         tokenizer=tokenizer, ids=ids, chars=chars, sources=list(read.sources), notes=list(read.notes)

@@ -35,6 +35,15 @@ class DataError(CharnnError):
     exit_code = EXIT_BAD_INPUT
 
 
+class VocabularyError(DataError):
+    """Text holding characters a checkpoint's vocabulary lacks (resume suggests ``--init-from``)."""
+
+
+def located(exc: CharnnError, where: str) -> CharnnError:
+    """The same kind of error with ``where`` (a file, a line) in front of its message."""
+    return type(exc)(f"{where}: {exc}")
+
+
 class CheckpointError(CharnnError):
     """A checkpoint that is missing, corrupt, foreign, or not charnn's format."""
 

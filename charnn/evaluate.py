@@ -173,7 +173,7 @@ def char_surprisal(tokenizer: Tokenizer, ids: np.ndarray, tokens: TokenSurprisal
     if tokenizer.kind == "char":
         text = tokenizer.decode(ids)
         return CharSurprisal(text, bits_per_token.copy(), np.arange(len(ids), dtype=np.int64), tokens)
-    decoder = tokenizer.stream_decoder()  # type: ignore[attr-defined]
+    decoder = tokenizer.stream_decoder()
     pieces: list[str] = []
     bits: list[np.ndarray] = []
     owner: list[np.ndarray] = []

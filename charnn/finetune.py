@@ -16,6 +16,7 @@ import numpy as np
 
 from charnn.arch import PER_TOKEN
 from charnn.checkpoint import MODEL_FILE, Checkpoint
+from charnn.checkpoint_meta import Lineage
 from charnn.config import ModelConfig
 from charnn.errors import ConfigError
 from charnn.tokenizer import Tokenizer
@@ -42,7 +43,7 @@ def child_model_config(parent: Checkpoint, given: dict[str, Any], vocab_size: in
             + "; ".join(clashes)
         )
     adjusted = {k: v for k, v in given.items() if k in ADJUSTABLE}
-    return saved.replace(vocab_size=vocab_size, **adjusted)  # type: ignore[no-any-return]
+    return saved.replace(vocab_size=vocab_size, **adjusted)
 
 
 def check_tokenizer_options(parent: Checkpoint, given: dict[str, Any]) -> None:
@@ -77,17 +78,16 @@ def adopt_weights(model: CharRNN, parent: Checkpoint) -> None:
                 target.copy_(tensor)
 
 
-def lineage(parent: Checkpoint) -> dict[str, Any]:
+def lineage(parent: Checkpoint) -> Lineage:
     """What the child's metadata records about where its weights came from."""
-    files = parent.meta.get("files", {})
-    corpus = parent.meta.get("corpus", {})
-    return {
-        "path": str(parent.path.resolve()),
-        "step": parent.step,
-        "model_sha256": files.get(MODEL_FILE) if isinstance(files, dict) else None,
-        "corpus_sha256": corpus.get("sha256") if isinstance(corpus, dict) else None,
-        "vocab_size": parent.config.vocab_size,
-    }
+    corpus = parent.meta.corpus
+    return Lineage(
+        path=str(parent.path.resolve()),
+        step=parent.step,
+        model_sha256=parent.meta.files.get(MODEL_FILE),
+        corpus_sha256=corpus.sha256 if corpus is not None else None,
+        vocab_size=parent.config.vocab_size,
+    )
 
 
 def describe_growth(parent: Tokenizer, child: Tokenizer, ids: np.ndarray) -> str | None:

@@ -11,6 +11,8 @@ summed over resumes)::
     {"kind": "stop", "step": 1500, "elapsed": 380.1, "reason": "early stopping: ..."}
     {"kind": "end", "step": 1500, "elapsed": 381.0, "best_bpc": 1.98}
 
+Each kind is a typed record in :mod:`charnn.metrics_rows`, shared with the readers.
+
 ``loss``/``bpc`` of a progress row are the mean over the steps since the previous row (not one
 noisy batch). Progress rows are written at most once a second, and ever more sparsely as the run
 grows (at most one per ``elapsed / 2000`` seconds), so a day-long run writes ~10k rows, not 10M;
@@ -30,8 +32,20 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from charnn.metrics_rows import (
+    EndRow,
+    Invocation,
+    MetricsRow,
+    ProgressRow,
+    StartRow,
+    StopRow,
+    ValRow,
+    parse_row,
+    row_step,
+    to_line,
+)
 from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
 METRICS = "metrics.jsonl"
@@ -39,28 +53,23 @@ MIN_INTERVAL = 1.0  # seconds between progress rows, at least
 SPARSITY = 2000.0  # ... and at least elapsed / SPARSITY: rows grow with log(time), not time
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The valid rows of a metrics file; torn or foreign lines are skipped, never fatal."""
+def read_metrics(path: str | os.PathLike[str]) -> list[MetricsRow]:
+    """The valid rows of a metrics file, typed; torn, foreign or unknown lines are skipped, never fatal."""
     rows = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line after a crash
-                if isinstance(row, dict) and isinstance(row.get("step"), int) and "kind" in row:
-                    rows.append(row)
-    except FileNotFoundError:
-        return []
+    for _, data in _raw_rows(path):
+        row = parse_row(data)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so every line stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _raw_rows(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, object]]]:
+    """(step, object) of every line that is a row of some kind, this charnn's or a newer one's."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return [parsed for line in fh if (parsed := row_step(line)) is not None]
+    except FileNotFoundError:
+        return []
 
 
 class MetricsLog:
@@ -75,20 +84,19 @@ class MetricsLog:
         self.close()
         if not self.path.exists():
             return
-        keep = [row for row in read_metrics(self.path) if row["step"] <= step]
+        keep = [data for row_step_, data in _raw_rows(self.path) if row_step_ <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
-            for row in keep:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            for data in keep:
+                fh.write(json.dumps(data, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: MetricsRow) -> None:
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")
-        line = json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=False)
-        self._fh.write(line + "\n")
+        self._fh.write(to_line(row) + "\n")
         self._fh.flush()  # whole rows reach the OS at once: a killed process loses at most this row
 
     def close(self) -> None:
@@ -101,8 +109,8 @@ class MetricsReporter:
     """A :class:`~charnn.train_records.Reporter` that writes the history and forwards everything to
     ``inner`` (the console), so the trainer reports once and both see it."""
 
-    def __init__(self, log: MetricsLog, inner: Reporter, start_row: dict[str, Any] | None = None) -> None:
-        self.log, self.inner, self.start_row = log, inner, start_row or {}
+    def __init__(self, log: MetricsLog, inner: Reporter, start_row: Invocation | None = None) -> None:
+        self.log, self.inner, self.start_row = log, inner, start_row or Invocation()
         self.last_step = -1
         self.last_time = -math.inf
         self._losses: list[float] = []
@@ -115,15 +123,14 @@ class MetricsReporter:
         self.log.rewind(info.start_step if info.start_step > 0 else -1)
         self.last_step = info.start_step
         self.log.append(
-            {
-                "kind": "start",
-                "step": info.start_step,
-                "elapsed": info.elapsed,
-                **self.start_row,
-                "device": info.device,
-                "parameters": info.parameters,
-                "time": _now(),
-            }
+            StartRow(
+                step=info.start_step,
+                elapsed=info.elapsed,
+                **self.start_row.to_fields(),
+                device=info.device,
+                parameters=info.parameters,
+                time=_now(),
+            )
         )
         self.inner.start(info)
 
@@ -146,17 +153,16 @@ class MetricsReporter:
             return
         loss = sum(losses) / len(losses)
         self.log.append(
-            {
-                "kind": "progress",
-                "step": report.step,
-                "elapsed": round(report.elapsed, 3),
-                "tokens": report.tokens,
-                "chars": report.chars,
-                "loss": loss,
-                "bpc": loss / math.log(2),
-                "lr": report.lr,
-                "chars_per_s": round(report.chars_per_s, 1),
-            }
+            ProgressRow(
+                step=report.step,
+                elapsed=round(report.elapsed, 3),
+                tokens=report.tokens,
+                chars=report.chars,
+                loss=loss,
+                bpc=loss / math.log(2),
+                lr=report.lr,
+                chars_per_s=round(report.chars_per_s, 1),
+            )
         )
         self.last_time = report.elapsed
         self._losses, self._pending = [], None
@@ -167,17 +173,16 @@ class MetricsReporter:
 
     def evaluated(self, report: EvalReport) -> None:
         self.log.append(
-            {
-                "kind": "val",
-                "step": report.step,
-                "elapsed": round(report.elapsed, 3),
-                "tokens": self._seen[0],
-                "chars": self._seen[1],
-                "loss": report.loss,
-                "bpc": report.bpc,
-                "best_bpc": report.best_bpc,
-                "is_best": report.is_best,
-            }
+            ValRow(
+                step=report.step,
+                elapsed=round(report.elapsed, 3),
+                tokens=self._seen[0],
+                chars=self._seen[1],
+                loss=report.loss,
+                bpc=report.bpc,
+                best_bpc=report.best_bpc,
+                is_best=report.is_best,
+            )
         )
         self.inner.evaluated(report)
 
@@ -189,32 +194,29 @@ class MetricsReporter:
 
     def stopped(self, step: int, elapsed: float, reason: str) -> None:
         self._flush_progress()
-        self.log.append({"kind": "stop", "step": step, "elapsed": round(elapsed, 3), "reason": reason})
+        self.log.append(StopRow(step=step, elapsed=round(elapsed, 3), reason=reason))
         self.inner.stopped(step, elapsed, reason)
 
     def finish(self, summary: RunSummary) -> None:
         self._flush_progress()
         self.log.append(
-            {
-                "kind": "end",
-                "step": summary.step,
-                "elapsed": round(summary.elapsed, 3),
-                "best_bpc": summary.best_val_bpc,
-                "stopped_reason": summary.stopped_reason,
-                "time": _now(),
-            }
+            EndRow(
+                step=summary.step,
+                elapsed=round(summary.elapsed, 3),
+                best_bpc=summary.best_val_bpc,
+                stopped_reason=summary.stopped_reason,
+                time=_now(),
+            )
         )
         self.inner.finish(summary)
 
     def close(self) -> None:
         self._flush_progress()
         self.log.close()
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
+        self.inner.close()
 
 
-def invocation(argv: list[str] | None = None) -> dict[str, Any]:
+def invocation(argv: list[str] | None = None) -> Invocation:
     """The command line (``argv``, else this process's) and versions (torch's from its metadata:
     no import)."""
     import platform
@@ -227,13 +229,13 @@ def invocation(argv: list[str] | None = None) -> dict[str, Any]:
         torch_version = version("torch")
     except PackageNotFoundError:
         torch_version = None
-    return {
-        "argv": list(argv if argv is not None else sys.argv),
-        "charnn": __version__,
-        "torch": torch_version,
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-    }
+    return Invocation(
+        argv=list(argv if argv is not None else sys.argv),
+        charnn=__version__,
+        torch=torch_version,
+        python=platform.python_version(),
+        platform=platform.platform(terse=True),
+    )
 
 
 def _now() -> str:

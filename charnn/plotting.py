@@ -15,6 +15,7 @@ from typing import Any
 
 from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.metrics import METRICS, read_metrics
+from charnn.metrics_rows import ProgressRow, ValRow
 
 X_AXES = ("steps", "time", "chars")
 _X_FIELD = {"steps": "step", "time": "elapsed", "chars": "chars"}
@@ -53,12 +54,8 @@ def load_series(runs: list[str], x: str) -> list[Series]:
         name = path.parent.resolve().name if path.name == METRICS else path.name
         rows = read_metrics(path)
         for kind in ("train", "val"):
-            wanted = "progress" if kind == "train" else "val"
-            points = [
-                (float(r[key]), float(r["bpc"]))
-                for r in rows
-                if r["kind"] == wanted and _number(r.get(key)) and _number(r.get("bpc"))
-            ]
+            wanted = ProgressRow if kind == "train" else ValRow
+            points = [p for r in rows if isinstance(r, wanted) and (p := _point(r, key)) is not None]
             if points:
                 out.append(Series(name, kind, [p[0] for p in points], [p[1] for p in points]))
         if not any(s.run == name for s in out):
@@ -66,8 +63,12 @@ def load_series(runs: list[str], x: str) -> list[Series]:
     return out
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _point(row: ProgressRow | ValRow, key: str) -> tuple[float, float] | None:
+    """(x, bpc) of a training or validation row; None where a measurement is missing (NaN)."""
+    x: Any = getattr(row, key)
+    if row.bpc is None or not math.isfinite(row.bpc) or x is None or not math.isfinite(x):
+        return None
+    return float(x), float(row.bpc)
 
 
 def y_range(series: list[Series]) -> tuple[float, float]:

@@ -1,21 +1,22 @@
 """Looking back at runs: what a checkpoint says about itself, and every run under a directory.
 
 No torch import: ``charnn runs`` reads only each run's ``meta.json`` (the weights are not
-loaded), so listing a directory of big runs is instant. ``charnn info`` validates the whole
-checkpoint first and then describes it with the same :func:`describe`.
+loaded, every field is validated), so listing a directory of big runs is instant. ``charnn info``
+validates the whole checkpoint first and then describes it with the same :func:`describe`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from charnn.arch import parameter_count
+from charnn.checkpoint_meta import CheckpointMeta, Progress
 from charnn.config import ModelConfig
-from charnn.rundir import LATEST, MARKER, RunDir, resolve_checkpoint
+from charnn.results import InfoRow, RunRow, TokenizerSummary
+from charnn.rundir import LATEST, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv"}  # besides hidden ones (.git, .venv)
@@ -26,37 +27,43 @@ def count_parameters(model: dict[str, Any]) -> int:
     return parameter_count(ModelConfig.from_dict(model, stored_as="model"))
 
 
-def describe(meta: dict[str, Any], path: Path | str) -> dict[str, Any]:
-    """A checkpoint's metadata as structured data: numbers as numbers, the model config as an
-    object, the tokenizer's kind and size (never its vocabulary blob)."""
-    model = dict(meta.get("model") or {})
-    progress = meta.get("progress") or {}
-    tokenizer = meta.get("tokenizer") or {}
-    val = progress.get("val") or None
-    return {
-        "path": str(path),
-        "format": meta.get("format"),
-        "version": meta.get("version"),
-        "model": model,
-        "parameters": count_parameters(model) if model else None,
-        "tokenizer": {"kind": tokenizer.get("kind"), "vocab_size": model.get("vocab_size")},
-        "step": progress.get("step"),
-        "optimizer_steps": progress.get("optimizer_steps"),
-        "skipped_steps": progress.get("skipped_steps"),
-        "trained_seconds": progress.get("elapsed"),
-        "tokens_seen": progress.get("tokens"),
-        "chars_seen": progress.get("chars"),
-        "val": val,
-        "val_bpc": val.get("bpc") if val else None,
-        "best_val_bpc": progress.get("best_val_bpc"),
-        "stopped_reason": progress.get("stopped_reason"),
-        "train": meta.get("train"),
-        "corpus": meta.get("corpus"),
-        "run": meta.get("run"),
-        "parent": meta.get("parent"),  # a fine-tuned run (--init-from): where its weights came from
-        "charnn_version": meta.get("charnn_version"),
-        "created": meta.get("created"),
-    }
+def describe(meta: CheckpointMeta, path: Path | str, parameters: int | None = None) -> InfoRow:
+    """A checkpoint's validated metadata as ``info`` shows it; ``parameters`` when counted from the
+    weights (else derived from the model config)."""
+    from charnn.checkpoint_meta import FORMAT, VERSION
+
+    tokenizer = meta.tokenizer
+    unk = getattr(tokenizer, "unk", None)
+    progress = meta.progress or Progress()
+    val = progress.val or None
+    trained = meta.progress is not None  # a checkpoint saved outside training has no counters
+    return InfoRow(
+        path=str(path),
+        format=FORMAT,
+        version=VERSION,
+        model=meta.model,
+        parameters=parameters if parameters is not None else count_parameters(meta.model.to_dict()),
+        tokenizer=TokenizerSummary(
+            tokenizer.kind, meta.model.vocab_size, unk or None, tokenizer.normalize or None
+        ),
+        step=progress.step if trained else None,
+        optimizer_steps=progress.optimizer_steps if trained else None,
+        skipped_steps=progress.skipped_steps if trained else None,
+        trained_seconds=progress.elapsed if trained else None,
+        tokens_seen=progress.tokens if trained else None,
+        chars_seen=progress.chars if trained else None,
+        val=val,
+        val_bpc=val.get("bpc") if val else None,
+        best_val_bpc=progress.best_val_bpc,
+        stopped_reason=progress.stopped_reason,
+        train=meta.train,
+        corpus=meta.corpus,
+        run=meta.run,
+        parent=meta.parent,
+        charnn_version=meta.charnn_version,
+        created=meta.created,
+        val_bpt=val.get("bpt") if val else None,
+    )
 
 
 def duration_text(seconds: float | None) -> str:
@@ -68,50 +75,43 @@ def duration_text(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def model_text(model: dict[str, Any]) -> str:
-    if not model:
-        return "-"
-    text = f"{model.get('cell')} {model.get('layers')}x{model.get('hidden')}"
-    return text + (", tied" if model.get("tie_weights") else "")
-
-
-def info_lines(info: dict[str, Any]) -> list[str]:
+def info_lines(info: InfoRow) -> list[str]:
     """``charnn info``'s text: one ``key value`` line per fact people look for."""
-    model = info["model"]
-    corpus = info.get("corpus") or {}
-    run = info.get("run") or {}
-    rows = {
-        "path": info["path"],
-        "format": f"{info['format']} v{info['version']}",
-        "model": f"{model_text(model)}, embed {model.get('embed')}, dropout {model.get('dropout')}",
-        "parameters": f"{info['parameters']:,}" if info["parameters"] is not None else "-",
-        "tokenizer": _tokenizer_text(info["tokenizer"]),
-        "step": info["step"],
-        "val_bpc": _bpc(info["val_bpc"]),
-        "val_bpt": _bpc(info.get("val_bpt")),
-        "best_val_bpc": _bpc(info["best_val_bpc"]),
-        "skipped_steps": info["skipped_steps"],
-        "trained": duration_text(info["trained_seconds"]),
-        "corpus": ", ".join(corpus.get("sources", [])),
-        "created": info["created"],
+    model = info.model
+    tied = ", tied" if model.tie_weights else ""
+    rows: dict[str, object] = {
+        "path": info.path,
+        "format": f"{info.format} v{info.version}",
+        "model": f"{model.cell} {model.layers}x{model.hidden}{tied}, embed {model.embed}, "
+        f"dropout {model.dropout}",
+        "parameters": f"{info.parameters:,}",
+        "tokenizer": _tokenizer_text(info.tokenizer),
+        "step": info.step,
+        "val_bpc": _bpc(info.val_bpc),
+        "val_bpt": _bpc(info.val_bpt),
+        "best_val_bpc": _bpc(info.best_val_bpc),
+        "skipped_steps": info.skipped_steps,
+        "trained": duration_text(info.trained_seconds),
+        "corpus": ", ".join(info.corpus.sources if info.corpus is not None else []),
+        "created": info.created,
     }
-    if run:
-        rows["command"] = " ".join(run.get("argv") or [])
-        rows["versions"] = f"charnn {run.get('charnn')}, torch {run.get('torch')}, device {run.get('device')}"
-    parent = info.get("parent")
-    if isinstance(parent, dict):
-        rows["parent"] = f"{parent.get('path')} (step {parent.get('step')})"
-    if info.get("stopped_reason"):
-        rows["stopped"] = info["stopped_reason"]
+    if info.run is not None:
+        run = info.run
+        rows["command"] = " ".join(run.argv)
+        rows["versions"] = f"charnn {run.charnn}, torch {run.torch}, device {run.device}"
+    if info.parent is not None:
+        rows["parent"] = f"{info.parent.path} (step {info.parent.step})"
+    if info.stopped_reason:
+        rows["stopped"] = info.stopped_reason
     return [f"{key:16} {value}" for key, value in rows.items()]
 
 
-def _tokenizer_text(tokenizer: dict[str, Any]) -> str:
-    text = f"{tokenizer['kind']}, {tokenizer['vocab_size']} tokens"
-    if tokenizer.get("unk") is not None:
-        text += f" (one stands for {tokenizer['unk']} rare characters)"
-    if tokenizer.get("normalize"):
-        text += f", {tokenizer['normalize'].upper()}-normalised"
+def _tokenizer_text(tokenizer: TokenizerSummary) -> str:
+    text = f"{tokenizer.kind}, {tokenizer.vocab_size} tokens"
+    if tokenizer.unk is not None:
+        text += f" (one stands for {tokenizer.unk} rare characters)"
+    if tokenizer.normalize:
+        text += f", {tokenizer.normalize.upper()}-normalised"
     return text
 
 
@@ -137,69 +137,68 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         yield from find_runs(child, max_depth - 1)
 
 
-def run_row(run: Path, root: Path) -> dict[str, Any]:
+def run_row(run: Path, root: Path) -> RunRow:
     """One row of ``charnn runs``: the run's latest checkpoint metadata (steps, time) and best bpc."""
-    ckpt = resolve_checkpoint(run, prefer=LATEST)
-    with open(ckpt / MARKER, encoding="utf-8") as fh:
-        meta = json.load(fh)
-    info = describe(meta, ckpt)
-    name = os.path.relpath(run, root) if run != root else run.resolve().name or str(run)
-    corpus = info.get("corpus") or {}
-    model = info["model"]
-    return {
-        "name": name,
-        "path": str(run),
-        "best_val_bpc": info["best_val_bpc"],
-        "steps": info["step"],
-        "trained_seconds": info["trained_seconds"],
-        "cell": model.get("cell"),
-        "layers": model.get("layers"),
-        "hidden": model.get("hidden"),
-        "parameters": info["parameters"],
-        "tokenizer": info["tokenizer"],
-        "corpus": corpus.get("sources", []),
-        "date": info["created"],
-        "stopped_reason": info["stopped_reason"],
-    }
+    from charnn.checkpoint import load_meta
+
+    meta = load_meta(resolve_checkpoint(run, prefer=LATEST))
+    progress, model = meta.progress, meta.model
+    return RunRow(
+        name=os.path.relpath(run, root) if run != root else run.resolve().name or str(run),
+        path=str(run),
+        best_val_bpc=progress.best_val_bpc if progress is not None else None,
+        steps=progress.step if progress is not None else None,
+        trained_seconds=progress.elapsed if progress is not None else None,
+        cell=model.cell,
+        layers=model.layers,
+        hidden=model.hidden,
+        parameters=count_parameters(model.to_dict()),
+        tokenizer=TokenizerSummary(meta.tokenizer.kind, model.vocab_size),
+        corpus=meta.corpus.sources if meta.corpus is not None else [],
+        date=meta.created,
+        stopped_reason=progress.stopped_reason if progress is not None else None,
+    )
 
 
-def list_runs(root: Path, warn: Any = None) -> list[dict[str, Any]]:
-    """Rows for every run under ``root``, best validation bpc first, runs never validated last."""
+def list_runs(root: Path, warn: Callable[[str], None] | None = None) -> list[RunRow]:
+    """Rows for every run under ``root``, best validation bpc first, runs never validated last.
+    A run whose metadata does not validate is skipped with a warning (``warn``)."""
+    from charnn.errors import CharnnError
+
     rows = []
     for run in find_runs(root):
         try:
             rows.append(run_row(run, root))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except OSError as exc:
             if warn is not None:
-                warn(f"{run}: skipped, unreadable metadata ({exc})")
-        except Exception as exc:  # e.g. CheckpointError from a half-deleted run
+                warn(f"{run}: skipped, unreadable metadata ({exc.strerror or exc})")
+        except CharnnError as exc:  # a forged or damaged meta.json, a half-deleted run
             if warn is not None:
                 warn(f"{run}: skipped ({exc})")
-    rows.sort(key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0, r["name"]))
+    rows.sort(key=lambda r: (r.best_val_bpc is None, r.best_val_bpc or 0.0, r.name))
     return rows
 
 
-def runs_table(rows: list[dict[str, Any]]) -> str:
+def runs_table(rows: list[RunRow]) -> str:
     """Plain aligned columns (stdout: the table is what `charnn runs` is asked for, like ls)."""
     header = ["run", "best bpc", "steps", "time", "model", "params", "tokenizer", "corpus", "date"]
     body = []
     for r in rows:
-        bpc = r["best_val_bpc"]
-        corpus = ", ".join(Path(s).name if s != "-" else "<stdin>" for s in r["corpus"]) or "-"
+        bpc = r.best_val_bpc
+        corpus = ", ".join(Path(s).name if s != "-" else "<stdin>" for s in r.corpus) or "-"
         if len(corpus) > 32:
             corpus = corpus[:31] + "…"
-        tok = r["tokenizer"]
         body.append(
             [
-                r["name"],
+                r.name,
                 f"{bpc:.4f}" if bpc is not None else "-",
-                str(r["steps"]),
-                duration_text(r["trained_seconds"]),
-                f"{r['cell']} {r['layers']}x{r['hidden']}",
-                _compact(r["parameters"]),
-                f"{tok['kind']} {tok['vocab_size']}",
+                str(r.steps),
+                duration_text(r.trained_seconds),
+                f"{r.cell} {r.layers}x{r.hidden}",
+                _compact(r.parameters),
+                f"{r.tokenizer.kind} {r.tokenizer.vocab_size}",
                 corpus,
-                (r["date"] or "-").replace("T", " ").rstrip("Z")[:16],
+                (r.date or "-").replace("T", " ").rstrip("Z")[:16],
             ]
         )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

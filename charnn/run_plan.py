@@ -36,10 +36,12 @@ from charnn.checkpoint import (
     load_checkpoint,
     train_config,
 )
+from charnn.checkpoint_meta import Lineage
 from charnn.config import ModelConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.data import Corpus
 from charnn.distributed import SOLO, Group
-from charnn.errors import ConfigError, DataError
+from charnn.errors import ConfigError, DataError, VocabularyError
+from charnn.metrics_rows import Invocation
 from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
 
@@ -74,8 +76,8 @@ class RunPlan:
     group: Group = SOLO  # this process's place among torchrun's ranks
     resume: Checkpoint | None = None  # continue this checkpoint: weights, optimizer, progress, hidden state
     init_from: Checkpoint | None = None  # fine-tuning: this parent's weights, everything else fresh
-    parent: dict[str, Any] | None = None  # where the weights came from (--init-from), in every checkpoint
-    invocation: dict[str, Any] | None = None  # command line and versions, for the metadata
+    parent: Lineage | None = None  # where the weights came from (--init-from), in every checkpoint
+    invocation: Invocation | None = None  # command line and versions, for the metadata
     claim: Claim = Claim()
 
     @property
@@ -160,7 +162,7 @@ def holding(run: RunDir, group: Group, check: Callable[[], None]) -> Iterator[No
 # ---------------------------------------------------------------------------- the three starts
 
 
-def _new_plan(request: TrainRequest, run: RunDir, group: Group, inv: dict[str, Any]) -> RunPlan:
+def _new_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation) -> RunPlan:
     config = TrainConfig(**request.train)
     tokenizer = TokenizerConfig(**request.tokenizer)
     source: TokenizerConfig | Tokenizer = tokenizer.replace(
@@ -191,10 +193,10 @@ def choose_shape(request: TrainRequest, corpus: Corpus, config: TrainConfig) -> 
     return ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
 
 
-def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: dict[str, Any]) -> RunPlan:
+def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation) -> RunPlan:
     ckpt = load_checkpoint(run.path, prefer=LATEST)
-    check_training_meta(ckpt)
-    group.check_resume(ckpt.meta.get("world_size", 1))  # before reading the corpus
+    records = check_training_meta(ckpt)
+    group.check_resume(ckpt.meta.processes)  # before reading the corpus
     refuse_contradictions(ckpt.config, request.model, request.model)
     kind = TokenizerConfig(kind=request.tokenizer.get("kind", ckpt.tokenizer.kind)).kind  # sentencepiece
     if kind != ckpt.tokenizer.kind:
@@ -202,20 +204,20 @@ def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: dict[str
             f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
         )
     config = merge_resume(train_config(ckpt), request.train)
-    sources = list(request.files) or ckpt.meta["corpus"]["sources"]
+    sources = list(request.files) or records.corpus.sources
     try:
         corpus = load_training_corpus(request, group, ckpt.tokenizer, files=sources)
-    except DataError as exc:
-        if not request.files or "vocabulary" not in str(exc):
+    except VocabularyError as exc:
+        if not request.files:
             raise
-        raise DataError(f"{exc}; {init_from_hint(run.path)}") from None
+        raise VocabularyError(f"{exc}; {init_from_hint(run.path)}") from None
     check_resume_corpus(ckpt, corpus)
     _notes(group, corpus.notes)
-    parent = ckpt.meta.get("parent")
+    parent = ckpt.meta.parent
     return RunPlan(corpus, ckpt.config, config, run, group, resume=ckpt, parent=parent, invocation=inv)
 
 
-def _fine_tune_plan(request: TrainRequest, run: RunDir, group: Group, inv: dict[str, Any]) -> RunPlan:
+def _fine_tune_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation) -> RunPlan:
     """A new run from the weights of ``request.init_from`` (its best/ for a run directory): the
     parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
     assert request.init_from is not None
@@ -328,11 +330,11 @@ def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     if {"steps", "epochs", "time_limit"} & changes.keys():
         # A new length replaces the old one (lengths are totals for the whole run).
         changes = {"steps": None, "epochs": None, "time_limit": None, **changes}
-    return saved.replace(**changes)  # type: ignore[no-any-return]
+    return saved.replace(**changes)
 
 
 def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
-    saved = ckpt.meta.get("corpus", {}).get("sha256")
+    saved = ckpt.meta.corpus.sha256 if ckpt.meta.corpus is not None else None
     if saved and saved != corpus.sha256:
         raise DataError(
             "the corpus differs from the one this run trained on (sha256 mismatch); "

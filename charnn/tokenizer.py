@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from charnn.errors import CheckpointError, DataError
+from charnn.errors import CheckpointError, DataError, VocabularyError
 
 # Lone surrogates can appear in Python strings (e.g. from surrogateescape); keep them round-trippable.
 _UTF32 = "utf-32-le"
@@ -211,11 +211,11 @@ class CharTokenizer:
             out[start : start + len(cps)] = ids
         return out
 
-    def _unknown_error(self, text: str) -> DataError:
+    def _unknown_error(self, text: str) -> VocabularyError:
         """Name the unknown characters of all of ``text`` (not just the chunk that hit one)."""
         missing = [chr(int(c)) for c in np.setdiff1d(unique_codepoints(text), self._sorted_cps)]
         shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        return DataError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
+        return VocabularyError(f"{len(missing)} character(s) not in the model's vocabulary: {shown}")
 
     def decode(self, ids: Iterable[int]) -> str:
         table = self._table

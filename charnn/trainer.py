@@ -683,10 +683,11 @@ class Trainer:
         """The end of the run validates, unless this very step was just validated (early stop,
         or a run resumed after it had finished): a step is never validated twice."""
         prog = self.progress
-        if prog.val.get("step") == prog.step and len(self.data.val_ids) >= 2:
+        saved = [prog.val.get(k) for k in ("loss", "bpc", "tokens", "chars")]  # None: missing or NaN
+        if prog.val.get("step") == prog.step and len(self.data.val_ids) >= 2 and None not in saved:
             self.save(LATEST)
-            keys = ("loss", "bpc", "tokens", "chars")
-            return EvalResult(**{k: prog.val[k] for k in keys})
+            loss, bpc, tokens, chars = (float(v or 0.0) for v in saved)
+            return EvalResult(loss=loss, bpc=bpc, tokens=int(tokens), chars=int(chars))
         return self._eval_and_save(force_latest=True, final=True)
 
     def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:

@@ -111,7 +111,7 @@ def test_score_and_evaluate_give_the_cli_numbers(trained_run: Path, run_cli: Run
     assert score.logprob == pytest.approx(cli["logprob"], abs=1e-9) and score.bpc == pytest.approx(cli["bpc"])
     row = json.loads(run_cli("eval", "-c", trained_run, "--json", path).stdout)
     got = model.evaluate(path)
-    assert {k: got[k] for k in ("bpc", "loss", "chars")} == {k: row[k] for k in ("bpc", "loss", "chars")}
+    assert (got.bpc, got.loss, got.chars) == (row["bpc"], row["loss"], row["chars"])
 
 
 def test_train_takes_the_cli_options_by_flag_name(corpus_file: Path, tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ def test_train_takes_the_cli_options_by_flag_name(corpus_file: Path, tmp_path: P
         seed=3,
     )
     assert run.best.checkpoint.config.hidden == 16
-    kinds = [row["kind"] for row in run.history]
+    kinds = [row.KIND for row in run.history]
     assert kinds[0] == "start" and "end" in kinds
     again = charnn.train(
         corpus_file,
@@ -184,5 +184,5 @@ def test_ctrl_c_stops_training_from_python_and_keeps_the_run(
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=90)
     assert stdout.split() == ["interrupted", "130"], stderr
-    assert charnn.Run(out).latest.checkpoint.meta["progress"]["step"] > 0
+    assert charnn.Run(out).latest.checkpoint.meta.step > 0
     assert Interrupted.__mro__[1].__name__ == "CharnnError"

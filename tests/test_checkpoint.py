@@ -20,6 +20,8 @@ from charnn import checkpoint as ck
 from charnn.checkpoint import (
     LATEST,
     CheckpointError,
+    Progress,
+    TrainingMeta,
     load_checkpoint,
     model_tensors,
     save_checkpoint,
@@ -49,7 +51,9 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model = tiny_model(tie_weights=True, embed=8)
-    save_checkpoint(tmp_path / "ck", model, TOKENIZER, {"progress": {"step": 3}}, {"x": torch.ones(2)})
+    save_checkpoint(
+        tmp_path / "ck", model, TOKENIZER, TrainingMeta(progress=Progress(step=3)), {"x": torch.ones(2)}
+    )
     loaded = load_checkpoint(tmp_path / "ck")
     assert loaded.config == model.config and loaded.step == 3
     assert loaded.tokenizer.to_dict() == TOKENIZER.to_dict()
@@ -60,14 +64,14 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 def test_saving_non_finite_weights_raises_and_keeps_the_old_checkpoint(tmp_path: Path) -> None:
     good = tiny_model()
-    save_checkpoint(tmp_path / "ck", good, TOKENIZER, {})
+    save_checkpoint(tmp_path / "ck", good, TOKENIZER)
     bad = tiny_model(seed=1)
     with torch.no_grad():
         bad.head.bias[0] = float("nan")
     with pytest.raises(CharnnError, match="non-finite"):
-        save_checkpoint(tmp_path / "ck", bad, TOKENIZER, {})
+        save_checkpoint(tmp_path / "ck", bad, TOKENIZER)
     with pytest.raises(CharnnError, match="non-finite"):
-        save_checkpoint(tmp_path / "ck", good, TOKENIZER, {}, {"optim.0.m": torch.tensor([float("inf")])})
+        save_checkpoint(tmp_path / "ck", good, TOKENIZER, None, {"optim.0.m": torch.tensor([float("inf")])})
     assert_same_weights(load_checkpoint(tmp_path / "ck").weights, model_tensors(good))
     # No temporary leftovers (the run directory's lock file stays: see charnn.rundir).
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == ["ck"]
@@ -86,7 +90,7 @@ def _forge(directory: Path, tensors: dict[str, torch.Tensor], model_changes: dic
 
 def test_loading_refuses_non_finite_weights_even_with_valid_checksums(tmp_path: Path) -> None:
     model = tiny_model()
-    save_checkpoint(tmp_path / "ck", model, TOKENIZER, {})
+    save_checkpoint(tmp_path / "ck", model, TOKENIZER)
     tensors = model_tensors(model)
     tensors["head.bias"][1] = float("inf")
     _forge(tmp_path / "ck", tensors)
@@ -96,7 +100,7 @@ def test_loading_refuses_non_finite_weights_even_with_valid_checksums(tmp_path: 
 
 def test_loading_checks_tensor_names_and_shapes_against_the_config(tmp_path: Path) -> None:
     model = tiny_model()
-    save_checkpoint(tmp_path / "ck", model, TOKENIZER, {})
+    save_checkpoint(tmp_path / "ck", model, TOKENIZER)
     tensors = model_tensors(model)
     _forge(tmp_path / "ck", {**tensors, "extra.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match="do not match"):
@@ -117,12 +121,12 @@ def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
     """State after a kill between 'rename old aside' and 'rename new into place'."""
     run = tmp_path / "run"
     model = tiny_model()
-    save_checkpoint(run / LATEST, model, TOKENIZER, {"progress": {"step": 5}})
+    save_checkpoint(run / LATEST, model, TOKENIZER, TrainingMeta(progress=Progress(step=5)))
     (run / LATEST).rename(run / ".latest.old")
     (run / ".latest.tmp-999999999").mkdir()  # a save killed while writing (its pid is gone)
     assert load_checkpoint(run).step == 5  # run directory
     assert load_checkpoint(run / LATEST).step == 5  # the checkpoint's own (missing) path
-    save_checkpoint(run / LATEST, tiny_model(seed=2), TOKENIZER, {"progress": {"step": 6}})
+    save_checkpoint(run / LATEST, tiny_model(seed=2), TOKENIZER, TrainingMeta(progress=Progress(step=6)))
     assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == [LATEST]
     assert load_checkpoint(run).step == 6
 
@@ -130,7 +134,7 @@ def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
 _SAVE_LOOP = r"""
 import sys, torch
 from pathlib import Path
-from charnn.checkpoint import save_checkpoint
+from charnn.checkpoint import Progress, TrainingMeta, save_checkpoint
 from charnn.config import ModelConfig
 from charnn.model import CharRNN
 from charnn.tokenizer import CharTokenizer
@@ -141,7 +145,8 @@ while True:
     with torch.no_grad():  # every save has distinct contents that must match its own metadata
         for p in model.parameters():
             p.fill_(step % 7)
-    save_checkpoint(target, model, tok, {"progress": {"step": step}}, {"state": torch.full((5000,), step)})
+    meta = TrainingMeta(progress=Progress(step=step))
+    save_checkpoint(target, model, tok, meta, {"state": torch.full((5000,), step)})
     if step == 0:
         print("ready", flush=True)
     step += 1

@@ -371,7 +371,7 @@ def _first_moment(tensors: dict[str, torch.Tensor]) -> str:
     ("forge", "needle"),
     [
         (lambda run: _forge_meta(run, ("progress", "step"), "abc"), "progress.step is 'abc'"),
-        (lambda run: _forge_meta(run, ("progress",), []), "progress is list"),
+        (lambda run: _forge_meta(run, ("progress",), []), "progress is [], not a mapping"),
         (lambda run: _forge_meta(run, ("progress", "elapsed"), -5), "progress.elapsed"),
         (lambda run: _forge_meta(run, ("corpus",), 5), "corpus is 5"),
         (lambda run: _forge_meta(run, ("train", "batch_size"), 0), "bad train config"),
@@ -437,7 +437,7 @@ print("ok")
 def test_reading_a_checkpoint_while_it_is_saved_never_reports_corruption(tmp_path: Path, cli_env) -> None:
     """A save swaps whole directories; a reader that straddles the swap retries instead of
     calling the checkpoint corrupt (it once did in about 1 of 2,000 loads)."""
-    from charnn.checkpoint import save_checkpoint
+    from charnn.checkpoint import Progress, TrainingMeta, save_checkpoint
     from charnn.config import ModelConfig
     from charnn.model import CharRNN
     from charnn.tokenizer import CharTokenizer
@@ -445,7 +445,7 @@ def test_reading_a_checkpoint_while_it_is_saved_never_reports_corruption(tmp_pat
     tok = CharTokenizer(list("\n abcdefgh"))
     model = CharRNN(ModelConfig(vocab_size=tok.vocab_size, hidden=32, embed=8, layers=1))
     target = tmp_path / "run" / "latest"
-    save_checkpoint(target, model, tok, {"progress": {"step": 0}})
+    save_checkpoint(target, model, tok, TrainingMeta(progress=Progress(step=0)))
     reader = subprocess.Popen(
         [sys.executable, "-c", _READ_WHILE_SAVING, str(target), "400"],
         stdout=subprocess.PIPE,
@@ -459,7 +459,7 @@ def test_reading_a_checkpoint_while_it_is_saved_never_reports_corruption(tmp_pat
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(step % 5)
-        save_checkpoint(target, model, tok, {"progress": {"step": step}})
+        save_checkpoint(target, model, tok, TrainingMeta(progress=Progress(step=step)))
     out, err = reader.communicate()
     assert reader.returncode == 0 and out.strip() == "ok", err
     assert step > 10
@@ -491,7 +491,7 @@ def test_resume_of_a_directory_with_a_skipped_binary_file_reads_what_it_trained_
     (data / "a.txt").write_text(corpus_text)
     (data / "b.log").write_bytes(b"x" * 20_000 + b"\x00")
     assert cli_inprocess("train", data, "--out", tmp_path / "run", *SHORT_RUN).returncode == 0
-    assert load_checkpoint(tmp_path / "run").meta["corpus"]["sources"] == [str(data / "a.txt")]
+    assert load_checkpoint(tmp_path / "run").meta.corpus.sources == [str(data / "a.txt")]
     proc = cli_inprocess("train", "--resume", "--out", tmp_path / "run", "--steps", "5")
     assert proc.returncode == 0, proc.stderr
 

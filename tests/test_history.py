@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY_MODEL_ARGS, make_text
 
+from charnn.checkpoint_meta import meta_checksum
 from charnn.metrics import METRICS, MetricsLog, read_metrics
+from charnn.metrics_rows import ProgressRow, ValRow
 
 TINY = (*TINY_MODEL_ARGS, "--seq-len", "16", "--batch-size", "4", "--device", "cpu", "--seed", "1")
 
@@ -49,7 +51,7 @@ def test_metrics_rows_continue_across_resume(tmp_path: Path, corpus_file: Path, 
     with open(out / METRICS, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"kind": "progress", "step": 27, "elapsed": 9.0, "bpc": 1.0}) + "\n")
         fh.write('{"kind": "progress", "st')
-    assert read_metrics(out / METRICS)[-1]["step"] == 27  # the torn line is skipped when read
+    assert read_metrics(out / METRICS)[-1].step == 27  # the torn line is skipped when read
     second = cli_inprocess("train", "--resume", out, "--steps", "40")
     assert second.returncode == 0, second.stderr
     rows = _rows(out)
@@ -82,8 +84,8 @@ def test_metrics_survive_sigkill(
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            vals = [r for r in read_metrics(out / METRICS) if r["kind"] == "val"]
-            if vals and vals[-1]["step"] >= 30:
+            vals = [r for r in read_metrics(out / METRICS) if isinstance(r, ValRow)]
+            if vals and vals[-1].step >= 30:
                 break
             time.sleep(0.05)
         else:
@@ -96,7 +98,7 @@ def test_metrics_survive_sigkill(
             proc.wait()
     saved = json.loads((out / "latest" / "meta.json").read_text())["progress"]["step"]
     # Rows past the last save (if the kill came after some) are the abandoned tail; resume drops them.
-    assert read_metrics(out / METRICS)[-1]["step"] >= saved
+    assert read_metrics(out / METRICS)[-1].step >= saved
     resumed = cli_inprocess("train", "--resume", out, "--steps", str(saved + 20))
     assert resumed.returncode == 0, resumed.stderr
     rows = _rows(out)
@@ -110,12 +112,12 @@ def test_metrics_survive_sigkill(
 def test_metrics_log_rewind_is_atomic_and_drops_torn_lines(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path / METRICS)
     for step in range(1, 6):
-        log.append({"kind": "progress", "step": step, "bpc": float("nan") if step == 3 else 1.0})
+        log.append(ProgressRow(step=step, bpc=float("nan") if step == 3 else 1.0))
     log.close()
     with open(tmp_path / METRICS, "a", encoding="utf-8") as fh:
         fh.write('{"kind": "pro')
     log.rewind(4)
-    assert [r["step"] for r in read_metrics(tmp_path / METRICS)] == [1, 2, 3, 4]
+    assert [r.step for r in read_metrics(tmp_path / METRICS)] == [1, 2, 3, 4]
     assert _rows(tmp_path, "progress")[2]["bpc"] is None  # NaN written as null: still valid JSON
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -194,6 +196,7 @@ def test_runs_json_sorts_by_best_bpc(tmp_path: Path, trained_run: Path, cli_inpr
             meta_file = dest / which / "meta.json"
             meta = json.loads(meta_file.read_text())
             meta["progress"]["best_val_bpc"] = bpc
+            meta["checksum"] = meta_checksum(meta)  # runs validates metadata as every command does
             meta_file.write_text(json.dumps(meta))
     shutil.copytree(trained_run, root / ".hidden" / "run")  # hidden directories are skipped
     proc = cli_inprocess("runs", root, "--json")

@@ -60,11 +60,12 @@ class Terminal:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
-            try:
-                os.read(self.fd, 65536)  # drain, so the child never blocks on a full terminal
-            except OSError:
-                pass
-            time.sleep(0.05)
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:  # drain, so the child never blocks on a full terminal (never block here)
+                try:
+                    os.read(self.fd, 65536)
+                except OSError:
+                    pass
         os.kill(self.pid, 9)
         raise AssertionError("the session did not end")
 

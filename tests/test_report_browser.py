@@ -193,5 +193,5 @@ def test_page_total_matches_score_whole(page: tuple[Path, Path]) -> None:
 
     (row,) = list(run_score(str(run), [str(html_file.parent / "held-out.txt")], None, whole=True))
     text = html_file.read_text(encoding="utf-8")
-    assert f"<td class=num>{row['bpc']:.4f}</td>" in text
+    assert f"<td class=num>{row.bpc:.4f}</td>" in text
     assert json.loads(re.search(r'id="meta">(.*?)</script>', text, re.S)[1])["chars"] == len(EVAL_TEXT)

@@ -193,7 +193,7 @@ def _poisoned_trainer(
         real_save(which, progress, hidden)
         ckpt = load_checkpoint(tmp_path / "run" / which)  # validates every weight is finite
         assert all(torch.isfinite(t).all() for t in ckpt.train_state().values() if t.is_floating_point())
-        saved.append((ckpt.step, ckpt.meta["progress"]["skipped_steps"]))
+        saved.append((ckpt.step, ckpt.meta.progress.skipped_steps))
 
     monkeypatch.setattr(trainer.keeper, "save", checked_save)
     return trainer, saved
@@ -221,8 +221,8 @@ def test_non_finite_steps_are_skipped_then_recovered_with_a_lower_lr(
     # Nothing was checkpointed in the middle of the bad steps (that would have become the recovery base).
     assert [skipped for _, skipped in saved] == [0, 0, 0] + [3] * (len(saved) - 3)
     meta = load_checkpoint(tmp_path / "run", prefer="latest").meta
-    assert meta["progress"]["skipped_steps"] == 3
-    assert meta["progress"]["lr_scale"] == 0.5
+    assert meta.progress.skipped_steps == 3
+    assert meta.progress.lr_scale == 0.5
     assert trainer.lr_at(11) < trainer.config.lr * 0.5 + 1e-12
 
 

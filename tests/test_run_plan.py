@@ -29,7 +29,7 @@ def test_a_new_run_is_planned_from_its_options_and_holds_its_directory(
         assert plan.resume is None and plan.init_from is None and plan.parent is None
         assert plan.model.vocab_size == plan.corpus.tokenizer.vocab_size and plan.model.hidden == 8
         assert plan.train.steps == 3 and plan.out == out
-        assert plan.invocation is not None and "argv" in plan.invocation
+        assert plan.invocation is not None and plan.invocation.argv
         assert not out.exists()  # planning writes nothing: the run claims the directory
         with plan.claimed():
             with plan.rundir.lock():  # re-entrant for the run's own RunDir: each save takes it again
@@ -67,7 +67,7 @@ def test_a_resumed_run_is_locked_before_anything_is_read(trained_run_copy: Path,
         ckpt = load_checkpoint(trained_run_copy, prefer="latest")
         assert plan.resume is not None and plan.resume.step == ckpt.step == 30
         assert plan.model == ckpt.config and plan.train.steps == 40 and plan.init_from is None
-        assert plan.corpus.sha256 == ckpt.meta["corpus"]["sha256"]
+        assert ckpt.meta.corpus is not None and plan.corpus.sha256 == ckpt.meta.corpus.sha256
 
 
 def test_a_fine_tuned_run_starts_from_the_parents_weights_and_grown_vocabulary(
@@ -79,7 +79,7 @@ def test_a_fine_tuned_run_starts_from_the_parents_weights_and_grown_vocabulary(
     with planned_run(request) as plan:
         parent = load_checkpoint(trained_run)
         assert plan.init_from is not None and plan.init_from.path == parent.path and plan.resume is None
-        assert plan.parent is not None and plan.parent["path"] == str(parent.path.resolve())
+        assert plan.parent is not None and plan.parent.path == str(parent.path.resolve())
         assert plan.model == parent.config.replace(vocab_size=parent.config.vocab_size + 3)
         assert plan.corpus.tokenizer.chars[-3:] == sorted("жЖ€")  # type: ignore[attr-defined]
 

@@ -216,7 +216,7 @@ def test_stepper_built_from_checkpoint_arrays_equals_the_model(tmp_path) -> None
     from charnn.tokenizer import CharTokenizer
 
     model = make_model("lstm", 2, hidden=12, embed=12, tie_weights=True)
-    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")), {})
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")))
     ckpt = load_checkpoint(tmp_path / "ck")
     ids = torch.randint(0, VOCAB, (1, 9))
     logits, _ = FastStepper(ckpt.config, ckpt.weights).prime(ids.numpy())
@@ -253,7 +253,7 @@ def test_huge_primes_go_through_torch_and_steps_stay_in_numpy(
     monkeypatch.setattr(charnn.torch_stepper, "PRIME_WINDOW", 7)
     monkeypatch.setattr(charnn.routing, "TORCH_PRIME_MIN", 20)
     model = make_model(cell, layers)
-    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")), {})
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer(list("abcdefghijk")))
     ckpt = load_checkpoint(tmp_path / "ck")
     fast = sampling_stepper(ckpt, 19)
     big = sampling_stepper(ckpt, 20)
@@ -286,7 +286,7 @@ def test_sample_json_logprob_equals_the_torch_model(cell: str, layers: int, tmp_
 
     model = make_model(cell, layers)
     tokenizer = CharTokenizer(list("abcdefghijk"))
-    save_checkpoint(tmp_path / "ck", model, tokenizer, {})
+    save_checkpoint(tmp_path / "ck", model, tokenizer)
     res = cli_inprocess(
         "sample",
         "-c",
