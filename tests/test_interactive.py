@@ -89,6 +89,7 @@ def test_a_session_continues_typed_text_as_sample_would(
     assert expected in term.expect("\n> ")
     term.type(":show\r")
     term.expect("document 34 characters")  # what was typed plus the 30 continued
+    term.expect("> ")  # readline drops a Ctrl-D typed before it reads: wait for the prompt
     term.type(b"\x04")  # Ctrl-D ends the session
     assert term.wait() == 0
     # Line history is kept in the cache directory for the next session (readline's up-arrow).
@@ -120,6 +121,7 @@ def test_pick_mode_offers_the_likeliest_and_takes_the_one_chosen(terminal: Calla
     term.type(":show\r")
     term.expect("document 1 characters")
     assert first.startswith("'")
+    term.expect("pick> ")
     term.type(b"\x04")
     assert term.wait() == 0
 
