@@ -318,7 +318,7 @@ def test_routing_sends_short_inputs_to_numpy_and_long_ones_to_torch(tmp_path) ->
     from charnn.routing import NUMPY_MAX_TOKENS, SCORE_BATCH, eval_stepper, score_stepper
     from charnn.tokenizer import CharTokenizer
 
-    save_checkpoint(tmp_path / "ck", make_model("gru", 1), CharTokenizer(list("abcdefghijk")), {})
+    save_checkpoint(tmp_path / "ck", make_model("gru", 1), CharTokenizer(list("abcdefghijk")))
     ckpt = load_checkpoint(tmp_path / "ck")
     assert isinstance(eval_stepper(ckpt, NUMPY_MAX_TOKENS), FastStepper)
     assert isinstance(eval_stepper(ckpt, NUMPY_MAX_TOKENS + 1), TorchStepper)
