@@ -11,13 +11,17 @@ preparation not counted), and is scored in bits per character on the last 10 %:
   batch 12, no dropout, AdamW lr 1e-3 -> 1e-4 cosine, betas (0.9, 0.99), weight decay 0.1, 100
   warm-up steps, clipping 1.0), written compactly here; its cosine runs over the budget's time;
   scored on non-overlapping 64-character windows, as it is trained;
-- ``bare-lstm``: a bare PyTorch 2x256 LSTM (embedding 64), 16 parallel streams of 128 characters
+- ``bare-lstm``: a bare PyTorch 2x256 LSTM (embedding 64), 32 parallel streams of 128 characters
   with the hidden state carried, Adam lr 2e-3, clipping 1.0; scored as one stream with its state.
 
-All run with the same number of torch threads (charnn's default on this machine unless
-``--threads``). Prints a table per budget and writes JSON::
+Each contender runs with its own default threads (charnn its --threads default, the others
+torch's), unless ``--threads N`` pins them all. Every budget runs each contender ``--reps`` times
+(default 2) in interleaved order (reversed every other repetition) and reports the median, with
+the 1-minute load average before and after each run beside it. Wall-clock quality needs an idle
+machine: the script refuses to start when the load average is above 0.5, unless ``--force``.
+Prints a table and writes JSON::
 
-    .venv/bin/python benchmarks/quality.py --budgets 85s,5m,20m [--json quality.json]
+    .venv/bin/python benchmarks/quality.py --budgets 85s,5m,20m [--reps 2] [--json quality.json]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,10 +43,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from charnn.config import parse_duration
-from charnn.hardware import default_threads
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "tinyshakespeare.txt"
+CORPUS = next(
+    (
+        p / "shared" / "corpora" / "tinyshakespeare.txt"
+        for p in Path(__file__).resolve().parents
+        if (p / "shared" / "corpora" / "tinyshakespeare.txt").is_file()
+    ),
+    Path("tinyshakespeare.txt"),
+)
 LN2 = math.log(2)
+IDLE_LOAD = 0.5  # 1-minute load average above which the machine counts as busy
 
 
 def split(text: str) -> tuple[str, str]:
@@ -52,7 +64,7 @@ def split(text: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------- charnn
 
 
-def run_charnn(train: Path, held: Path, budget: float, threads: int, work: Path) -> dict[str, float]:
+def run_charnn(train: Path, held: Path, budget: float, threads: int | None, work: Path) -> dict[str, float]:
     env = dict(os.environ, NO_COLOR="1")
     out = work / f"charnn-{budget:g}"
     argv = [sys.executable, "-m", "charnn"]
@@ -67,8 +79,7 @@ def run_charnn(train: Path, held: Path, budget: float, threads: int, work: Path)
         f"{budget}s",
         "--val-fraction",
         "0",
-        "--threads",
-        str(threads),
+        *(["--threads", str(threads)] if threads else []),
         "--cache-dir",
         str(work / "cache"),
     ]
@@ -85,7 +96,8 @@ def run_charnn(train: Path, held: Path, budget: float, threads: int, work: Path)
             [*argv, "info", "-c", str(out), "--json"], env=env, capture_output=True, text=True
         ).stdout
     )
-    return {"val_bpc": json.loads(ev.stdout)["bpc"], "steps": info["step"]}
+    chosen = ((info.get("run") or {}).get("budget") or {}).get("reason")
+    return {"val_bpc": json.loads(ev.stdout)["bpc"], "steps": info["step"], "chosen": chosen}
 
 
 # ---------------------------------------------------------------------------- baby GPT (nanoGPT recipe)
@@ -193,7 +205,7 @@ class LSTMLM(nn.Module):
 
 def run_lstm(train: torch.Tensor, held: torch.Tensor, vocab: int, budget: float) -> dict[str, float]:
     torch.manual_seed(1337)
-    batch, seq = 16, 128
+    batch, seq = 32, 128
     model = LSTMLM(vocab)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     length = (len(train) - 1) // batch
@@ -227,16 +239,81 @@ def run_lstm(train: torch.Tensor, held: torch.Tensor, vocab: int, budget: float)
 # ---------------------------------------------------------------------------- main
 
 
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def idle_check(force: bool) -> None:
+    """Wall-clock quality needs the machine to itself: refuse (or, with --force, warn) when the
+    1-minute load average says another process is running."""
+    busy = load()
+    if busy <= IDLE_LOAD:
+        return
+    message = (
+        f"the machine is not idle (load average {busy:g} > {IDLE_LOAD:g}): figures will be low and noisy"
+    )
+    if not force:
+        sys.exit(f"{message}; run again when it is idle, or give --force to measure anyway")
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def order(names: list[str], rep: int) -> list[str]:
+    """Interleaved: every other repetition runs the contenders in reverse, so none always goes
+    first (on a warm cache) or last (after the others heated the machine)."""
+    return names if rep % 2 == 0 else names[::-1]
+
+
+def summarise(
+    runs: list[dict[str, object]], names: list[str], budgets: list[float]
+) -> list[dict[str, object]]:
+    rows = []
+    for budget in budgets:
+        row: dict[str, object] = {"budget_s": budget}
+        for name in names:
+            mine = [r for r in runs if r["budget_s"] == budget and r["contender"] == name]
+            if mine:
+                row[name] = {
+                    "val_bpc": statistics.median(float(r["val_bpc"]) for r in mine),  # type: ignore[arg-type]
+                    "runs": [r["val_bpc"] for r in mine],
+                    "load": [r["load_before"] for r in mine] + [mine[-1]["load_after"]],
+                }
+        rows.append(row)
+    return rows
+
+
+def report(rows: list[dict[str, object]], names: list[str], corpus: str, threads: str) -> None:
+    print(f"\nval bpc on the last 10 % of {corpus} ({threads}); median of the repetitions; lower is better")
+    print(f"{'budget':>8} " + " ".join(f"{n:>22}" for n in names) + "   charnn - best other")
+    for row in rows:
+        cells, bpcs = [], {}
+        for n in names:
+            r = row.get(n)
+            if not isinstance(r, dict):
+                cells.append(f"{'-':>22}")
+                continue
+            bpcs[n] = r["val_bpc"]
+            cells.append(f"{r['val_bpc']:7.3f} (load {max(r['load']):4.1f})".rjust(22))
+        others = [v for n, v in bpcs.items() if n != "charnn"]
+        margin = f"{bpcs['charnn'] - min(others):+.3f}" if "charnn" in bpcs and others else ""
+        print(f"{row['budget_s']:>7g}s " + " ".join(cells) + f"   {margin}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", default="85s,5m,20m", help="comma-separated training times")
     ap.add_argument("--corpus", default=str(CORPUS))
-    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--reps", type=int, default=2, help="repetitions of each contender (median reported)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="pin every contender to N threads (default: each its own)"
+    )
     ap.add_argument("--only", default="charnn,baby-gpt,bare-lstm", help="contenders to run")
+    ap.add_argument("--force", action="store_true", help="measure even when the machine is not idle")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    idle_check(args.force)
     budgets = [parse_duration(b) for b in args.budgets.split(",")]
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     text = Path(args.corpus).read_text(encoding="utf-8")
     train_text, held_text = split(text)
     chars = sorted(set(train_text))
@@ -250,30 +327,38 @@ def main() -> None:
         "baby-gpt": lambda b, w: run_gpt(train_ids, held_ids, len(chars), b),
         "bare-lstm": lambda b, w: run_lstm(train_ids, held_ids, len(chars), b),
     }
-    chosen = [c for c in args.only.split(",") if c]
-    results: list[dict[str, object]] = []
+    names = [c for c in args.only.split(",") if c]
+    runs: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="charnn-quality-") as tmp:
         work = Path(tmp)
         (work / "train.txt").write_text(train_text, encoding="utf-8")
         (work / "held.txt").write_text(held_text, encoding="utf-8")
         for budget in budgets:
-            row: dict[str, object] = {"budget_s": budget}
-            for name in chosen:
-                row[name] = contenders[name](budget, work)
-                print(f"  {budget:g}s {name}: {row[name]}", file=sys.stderr, flush=True)
-            results.append(row)
-    print(
-        f"\nval bpc on the last 10 % of {Path(args.corpus).name} ({args.threads} thread(s)); lower is better"
-    )
-    print(f"{'budget':>8} " + " ".join(f"{n:>10}" for n in chosen) + "   charnn - best other")
-    for row in results:
-        bpcs = {n: row[n]["val_bpc"] for n in chosen}  # type: ignore[index]
-        others = [v for n, v in bpcs.items() if n != "charnn"]
-        margin = f"{bpcs['charnn'] - min(others):+.3f}" if "charnn" in bpcs and others else ""
-        print(f"{row['budget_s']:>7g}s " + " ".join(f"{v:10.3f}" for v in bpcs.values()) + f"   {margin}")
-    print(json.dumps(results))
+            for rep in range(args.reps):
+                for name in order(names, rep):
+                    before = load()
+                    result = contenders[name](budget, work)
+                    run = {
+                        "budget_s": budget,
+                        "rep": rep,
+                        "contender": name,
+                        **result,
+                        "load_before": before,
+                        "load_after": load(),
+                    }
+                    runs.append(run)
+                    print(f"  {json.dumps(run)}", file=sys.stderr, flush=True)
+    rows = summarise(runs, names, budgets)
+    threads = f"{args.threads} thread(s)" if args.threads else "each contender's default threads"
+    report(rows, names, Path(args.corpus).name, threads)
+    stamp = {
+        "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps({**stamp, "results": rows, "runs": runs}))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({**stamp, "results": rows, "runs": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from charnn.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-)
+from charnn.checkpoint import Checkpoint, load_checkpoint
 from charnn.config import SampleConfig, TokenizerConfig
 from charnn.console import TrainReporter, note
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources

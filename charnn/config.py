@@ -26,6 +26,7 @@ from charnn.errors import ConfigError
 CELLS = tuple(CELL_SPECS)  # the cells are described in charnn.arch
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("linear", "cosine")
 TOKENIZERS = ("char", "bpe", "unigram", "sentencepiece")  # sentencepiece: the old name for unigram
 NORMALIZE = ("none", "nfc", "nfkc")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
@@ -175,12 +176,25 @@ class ModelConfig(_Validated):
             choices=CELLS,
         ),
     )
-    layers: int = field(default=2, metadata=opt("recurrent layers", min=1, max=MAX_COUNT))
-    hidden: int = field(default=256, metadata=opt("hidden units per layer", min=1, max=MAX_COUNT))
-    embed: int = field(default=64, metadata=opt("embedding size", min=1, max=MAX_COUNT))
+    layers: int = field(
+        default=2, metadata=opt("recurrent layers", min=1, max=MAX_COUNT, default_text="by budget, else 2")
+    )
+    hidden: int = field(
+        default=256,
+        metadata=opt("hidden units per layer", min=1, max=MAX_COUNT, default_text="by budget, else 256"),
+    )
+    embed: int = field(
+        default=64, metadata=opt("embedding size", min=1, max=MAX_COUNT, default_text="by budget, else 64")
+    )
     dropout: float = field(
         default=0.0,
-        metadata=opt("dropout between layers and before the output layer", min=0, max=1, max_open=True),
+        metadata=opt(
+            "dropout between layers and before the output layer",
+            min=0,
+            max=1,
+            max_open=True,
+            default_text="by budget, else 0",
+        ),
     )
     tie_weights: bool = field(
         default=False, metadata=opt("share embedding and output weights (needs --embed = --hidden)")
@@ -303,20 +317,50 @@ class TrainConfig(_Validated):
     """Everything about how a run trains; stored in checkpoints for exact resume."""
 
     batch_size: int = field(
-        default=16, metadata=opt("parallel streams per batch", min=1, max=1 << 20, locked=True)
+        default=16,
+        metadata=opt(
+            "parallel streams per batch", min=1, max=1 << 20, locked=True, default_text="by budget, else 16"
+        ),
     )
     seq_len: int = field(
-        default=128, metadata=opt("truncated-BPTT window length", min=1, max=1 << 20, locked=True)
+        default=128,
+        metadata=opt(
+            "truncated-BPTT window length",
+            min=1,
+            max=1 << 20,
+            locked=True,
+            default_text="by budget, else 128",
+        ),
     )
     lr: float = field(
-        default=5e-3, metadata=opt("peak learning rate (AdamW)", min=0, min_open=True, locked=True)
+        default=5e-3,
+        metadata=opt(
+            "peak learning rate (AdamW)",
+            min=0,
+            min_open=True,
+            locked=True,
+            default_text="by budget, else 0.005",
+        ),
     )
-    min_lr_ratio: float = field(default=0.1, metadata={"cli": None, "locked": True})
+    schedule: str = field(
+        default="cosine",
+        metadata=opt(
+            "learning rate after the warm-up: linear to zero, or cosine to 10 %, ending exactly when "
+            "the run's length (steps, epochs or time) ends",
+            choices=SCHEDULES,
+            locked=True,
+        ),
+    )
+    min_lr_ratio: float = field(default=0.1, metadata={"cli": None, "locked": True})  # cosine's floor
+    beta2: float = field(
+        default=0.99,
+        metadata=opt("Adam's second-moment decay", min=0, max=1, max_open=True, locked=True),
+    )
     weight_decay: float = field(default=0.01, metadata=opt("AdamW weight decay", min=0, locked=True))
     warmup_steps: int = field(
         default=50,
         metadata=opt(
-            "linear warm-up steps, then cosine decay to 10 %",
+            "linear warm-up steps, then the --schedule's decay",
             flag="--warmup",
             min=0,
             max=MAX_COUNT,
@@ -338,7 +382,8 @@ class TrainConfig(_Validated):
     time_limit: float | None = field(
         default=None,
         metadata=opt(
-            "train for a time: 90s, 5m, 2h",
+            "train for a time: 90s, 5m, 2h; with no --layers/--hidden/--embed/--cell, the length "
+            "picks the model's shape (docs/budget.md)",
             flag="--time",
             metavar="DURATION",
             parse=parse_duration,
@@ -350,7 +395,7 @@ class TrainConfig(_Validated):
     )
     decay_steps: int | None = field(
         default=None,
-        metadata=opt("cosine decay horizon in steps", min=1, max=MAX_COUNT, default_text="run length"),
+        metadata=opt("decay horizon in steps", min=1, max=MAX_COUNT, default_text="run length"),
     )
     eval_every: int = field(default=250, metadata=opt("validate every N steps", min=1, max=MAX_COUNT))
     eval_chars: int = field(
@@ -431,6 +476,8 @@ class TrainConfig(_Validated):
     def from_dict(cls, data: dict[str, Any], stored_as: str | None = None) -> TrainConfig:
         if isinstance(data, dict) and data.get("extra") == {}:
             data = {k: v for k, v in data.items() if k != "extra"}  # written by charnn 0.1.0, always empty
+        if isinstance(data, dict) and "schedule" not in data:
+            data = {**data, "schedule": "cosine"}  # written before --schedule: those runs decayed by cosine
         return typing.cast(TrainConfig, super().from_dict(data, stored_as))
 
     @classmethod

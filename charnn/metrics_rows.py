@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from charnn.jsonrecord import (
     FLAG,
+    SCALAR,
     TEXT,
     JsonRecord,
     Kind,
@@ -26,8 +27,10 @@ from charnn.jsonrecord import (
     is_whole,
     item,
     list_of,
+    mapping_of,
     optional,
     real,
+    record,
     whole,
 )
 
@@ -41,6 +44,20 @@ MEASURE = optional(NUMBER)
 
 
 @dataclass(frozen=True, kw_only=True)
+class BudgetRecord(JsonRecord):
+    """The shape the budget chose for a new run (:class:`charnn.budget.Choice`), and why."""
+
+    shape: str = item(TEXT)
+    model: dict[str, Any] = item(mapping_of(SCALAR), default_factory=dict)  # ModelConfig fields set
+    train: dict[str, Any] = item(mapping_of(SCALAR), default_factory=dict)  # TrainConfig fields set
+    tokens: int = item(whole(0), default=0)  # training tokens the budget buys
+    chars_per_s: float | None = item(MEASURE, default=None)  # the speed assumed (None: a token budget)
+    predicted_bpc: float | None = item(MEASURE, default=None)
+    extrapolated: bool = item(FLAG, default=False)
+    reason: str = item(TEXT, default="")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Invocation(JsonRecord):
     """How a charnn process was started: command line and versions (also metrics' start row)."""
 
@@ -49,6 +66,7 @@ class Invocation(JsonRecord):
     torch: str | None = item(optional(TEXT), default=None)  # from its metadata: torch is not imported
     python: str | None = item(optional(TEXT), default=None)
     platform: str | None = item(optional(TEXT), default=None)
+    budget: BudgetRecord | None = item(optional(record(BudgetRecord)), default=None)  # charnn.budget
 
     def to_fields(self) -> dict[str, Any]:
         """The invocation's fields by name, to build a record that extends it (RunRecord, StartRow)."""

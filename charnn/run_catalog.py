@@ -99,6 +99,8 @@ def info_lines(info: InfoRow) -> list[str]:
         run = info.run
         rows["command"] = " ".join(run.argv)
         rows["versions"] = f"charnn {run.charnn}, torch {run.torch}, device {run.device}"
+        if run.budget is not None:  # the shape the budget chose (charnn.budget)
+            rows["chosen"] = run.budget.reason
     if info.parent is not None:
         rows["parent"] = f"{info.parent.path} (step {info.parent.step})"
     if info.stopped_reason:

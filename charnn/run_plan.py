@@ -12,8 +12,9 @@ options, checkpoints or the directory's layout itself::
     (the options)                 (configs, corpus, start,                    (save, restore,   latest/
                                    parent, RunDir, claim)                      recover)         best/
 
-Torch-free: planning reads checkpoints as numpy and never builds a model; the model's shape is
-chosen here (:func:`choose_shape`) and built by the trainer.
+Planning reads checkpoints as numpy and never builds the run's model: the model's shape is
+chosen here (:func:`choose_shape`) and built by the trainer. It imports torch only when the time
+budget probes the machine to choose a shape.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from charnn.config import ModelConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.data import Corpus
 from charnn.distributed import SOLO, Group
 from charnn.errors import ConfigError, DataError, VocabularyError
-from charnn.metrics_rows import Invocation
+from charnn.metrics_rows import BudgetRecord, Invocation
 from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
 
@@ -179,18 +180,38 @@ def _new_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation)
     # subwords learn from the training split only (val_fraction)
     corpus = load_training_corpus(request, group, source, val_fraction=config.val_fraction)
     _notes(group, corpus.notes)
-    model = choose_shape(request, corpus, config)
+    model, config, choice = choose_shape(request, corpus, config, group)
+    if choice is not None:  # recorded with the invocation: a resumed run keeps the budget's choice
+        inv = dataclasses.replace(inv, budget=choice)
     return RunPlan(corpus, model, config, run, group, invocation=inv)
 
 
-def choose_shape(request: TrainRequest, corpus: Corpus, config: TrainConfig) -> ModelConfig:
-    """The model's shape for a new run: the options given, over the corpus' vocabulary.
+def choose_shape(
+    request: TrainRequest, corpus: Corpus, config: TrainConfig, group: Group
+) -> tuple[ModelConfig, TrainConfig, BudgetRecord | None]:
+    """The model's shape for a new run, over the corpus' vocabulary, and the settings that go
+    with it.
 
     The one place a new run's shape is decided: after the corpus is read (its vocabulary and size
-    are known, and so is the run's length in ``config``) and before any model is built. A shape
-    chosen to fit a time budget is decided here. Resumed and fine-tuned runs take their shape
-    from their checkpoint."""
-    return ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **request.model)
+    are known, and so is the run's length in ``config``) and before any model is built. The shape
+    options given are taken as they are; with none typed, the time budget picks the shape (and
+    the settings it was fitted with) from a token-fitted table and a short live probe of this
+    machine (:mod:`charnn.budget`; the probe is the one part of planning that runs torch).
+    Resumed and fine-tuned runs take their shape from their checkpoint."""
+    from charnn.budget import applies
+
+    vocab = corpus.tokenizer.vocab_size
+    if applies(request.model, corpus.tokenizer.kind, False, group.active) is not None:
+        return ModelConfig(vocab_size=vocab, **request.model), config, None
+    from charnn.budget_probe import apply_choice
+    from charnn.trainer import select_device
+
+    train_tokens = int(len(corpus.ids) * (1 - config.val_fraction))
+    applied = apply_choice(request.model, request.train, config, train_tokens, select_device(config.device))
+    if not request.quiet:
+        _notes(group, [applied.choice.reason])
+    choice = BudgetRecord.from_json(applied.choice.as_dict())
+    return ModelConfig(vocab_size=vocab, **applied.model), applied.config, choice
 
 
 def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation) -> RunPlan:
@@ -214,6 +235,8 @@ def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocati
     check_resume_corpus(ckpt, corpus)
     _notes(group, corpus.notes)
     parent = ckpt.meta.parent
+    if ckpt.meta.run is not None and ckpt.meta.run.budget is not None:
+        inv = dataclasses.replace(inv, budget=ckpt.meta.run.budget)  # the budget's choice stays the run's
     return RunPlan(corpus, ckpt.config, config, run, group, resume=ckpt, parent=parent, invocation=inv)
 
 

@@ -1,4 +1,4 @@
-"""The training loop: teacher forcing with truncated BPTT, AdamW, warm-up + cosine decay,
+"""The training loop: teacher forcing with truncated BPTT, AdamW, warm-up then linear or cosine decay,
 gradient clipping, periodic validation, atomic checkpoints, exact resume, and recovery
 from non-finite steps. Reports progress through a :class:`~charnn.train_records.Reporter`; never prints.
 
@@ -83,7 +83,7 @@ def build_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2))
 
 
 def autocast(precision: str) -> Any:
@@ -95,24 +95,31 @@ def autocast(precision: str) -> Any:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the decay horizon:
-    ``--decay-steps`` if given, else the run's length in steps, else its length in time."""
+    """Linear warm-up over ``--warmup`` steps, then the ``--schedule``'s decay: linear to zero, or
+    cosine to ``min_lr_ratio * lr``. The decay ends exactly when the run does: at ``--decay-steps``
+    if given, else at whichever of the run's step count and time limit comes first."""
 
     config: TrainConfig
     total_steps: int | None
     time_limit: float | None
+
+    def fraction(self, step: int, elapsed: float) -> float:
+        """How far the decay has gone, 0 to 1."""
+        cfg = self.config
+        horizon = cfg.decay_steps or self.total_steps
+        parts = [(step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)] if horizon else []
+        if not cfg.decay_steps and (self.time_limit or not horizon):
+            parts.append(elapsed / (self.time_limit or DEFAULT_TIME))
+        return min(1.0, max([0.0, *parts]))
 
     def lr(self, step: int, elapsed: float, scale: float) -> float:
         cfg = self.config
         base = cfg.lr * scale
         if step < cfg.warmup_steps:
             return base * (step + 1) / cfg.warmup_steps
-        horizon = cfg.decay_steps or self.total_steps
-        if horizon:
-            frac = (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
-        else:
-            frac = elapsed / (self.time_limit or DEFAULT_TIME)
-        frac = min(1.0, max(0.0, frac))
+        frac = self.fraction(step, elapsed)
+        if cfg.schedule == "linear":
+            return base * (1 - frac)
         return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
