@@ -45,13 +45,15 @@ def cached_corpus(
     encoding_errors: str,
     cache_dir: str | None,
     val_fraction: float = 0.0,
+    quiet: bool = False,
 ) -> Corpus:
     """The corpus through the on-disk cache of encoded corpora (memory-mapped ids), with a
-    progress bar on stderr for big ones."""
+    progress bar on stderr for big ones (none with ``quiet``: ``train -q``)."""
     from charnn.console import ByteBar
     from charnn.corpus_cache import load_corpus_cached
 
-    return load_corpus_cached(files, tokenizer, encoding_errors, cache_dir, ByteBar, val_fraction)
+    bar = None if quiet else ByteBar
+    return load_corpus_cached(files, tokenizer, encoding_errors, cache_dir, bar, val_fraction)
 
 
 @dataclass(frozen=True)
@@ -283,8 +285,9 @@ def run_prompts(
         out.write("\n")
 
 
-def read_prompts(source: str) -> list[str]:
-    """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size."""
+def read_prompts(source: str, errors: str = "strict") -> list[str]:
+    """The lines of a prompts file (``-`` = stdin), without line ends; bounded in size; invalid
+    UTF-8 handled as ``--encoding-errors`` says, as for a corpus or ``--prime-file``."""
     limit = 64 << 20
     name = "<stdin>" if source == "-" else source
     try:
@@ -298,9 +301,12 @@ def read_prompts(source: str) -> list[str]:
     if len(raw) > limit:
         raise DataError(f"--prompts {name}: larger than {limit >> 20} MiB")
     try:
-        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a byte-order mark is not a prompt
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors)  # a byte-order mark is not a prompt
     except UnicodeDecodeError as exc:
-        raise DataError(f"--prompts {name}: not valid UTF-8 at byte offset {exc.start}") from None
+        raise DataError(
+            f"--prompts {name}: not valid UTF-8 at byte offset {exc.start} "
+            "(use --encoding-errors replace or ignore to go on)"
+        ) from None
     if not text:
         raise DataError(f"--prompts {name}: no prompts (the file is empty)")
     lines = [line.removesuffix("\r") for line in text.split("\n")]

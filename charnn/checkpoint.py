@@ -235,6 +235,8 @@ def read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes. A device, FIFO or link to one
     (``/dev/zero``) or an oversized file is refused before anything is read into memory."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: opening a FIFO waits for a writer
+            raise CheckpointError(f"{path}: not a regular file")
         with open(path, "rb") as fh:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode):
@@ -287,7 +289,7 @@ class _Torn(CheckpointError):
 def _metadata_unchanged(path: str | Path, prefer: str, before: bytes | None) -> bool:
     """Whether the metadata that the failed attempt read is still the metadata on disk."""
     try:
-        now = (resolve_checkpoint(path, prefer) / META).read_bytes()
+        now = read_bounded(resolve_checkpoint(path, prefer) / META, MAX_META_FILE)
     except (OSError, CheckpointError):
         return False
     return now == before
@@ -403,14 +405,19 @@ def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) ->
 
 
 def restore_train_state(
-    ckpt: Checkpoint, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device
+    ckpt: Checkpoint,
+    model: CharRNN,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    batch: int | None = None,
 ) -> tuple[Progress, Hidden | None]:
     """Load weights, optimizer, RNG states into the given objects; return progress and hidden state.
-    A checkpoint whose checksums pass but whose state does not fit is refused as a bad checkpoint."""
+    A checkpoint whose checksums pass but whose state does not fit (``batch``: the streams a
+    carried hidden state must have, all ranks together) is refused as a bad checkpoint."""
     if ckpt.config != model.config:
         raise ConfigError("checkpoint model config differs from this run's")
     records = check_training_meta(ckpt)
-    _check_train_state(ckpt, ckpt.train_state(), optimizer)
+    _check_train_state(ckpt, ckpt.train_state(), optimizer, batch)
     try:
         return _restore(ckpt, records, model, optimizer, device)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
@@ -472,7 +479,10 @@ def _same_kind(value: Any, like: Any) -> bool:
 
 
 def _check_train_state(
-    ckpt: Checkpoint, tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    ckpt: Checkpoint,
+    tensors: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    batch: int | None = None,
 ) -> None:
     """Every tensor of train_state.safetensors is one resuming expects, of the right shape,
     dtype and finiteness: a forged file with valid checksums is a bad checkpoint (exit 3)."""
@@ -493,15 +503,21 @@ def _check_train_state(
                 problem = "not a generator state"
         elif kind == "hidden":
             shape = tuple(tensor.shape)
-            expected = hidden_shape(config, shape[1] if len(shape) == 3 else 0)  # (L, N, H)
+            expected = hidden_shape(
+                config, batch if batch is not None else (shape[1] if len(shape) == 3 else 0)
+            )
             if rest not in state_parts(config.cell) or shape != expected:
-                problem = f"shape {shape} is not ({expected[0]}, batch, {expected[2]})"
+                problem = f"shape {shape} is not ({expected[0]}, {batch or 'batch'}, {expected[2]})"
         elif kind == "optim":
             idx, _, key = rest.partition(".")
             if not idx.isdigit() or int(idx) >= len(params) or key not in ("exp_avg", "exp_avg_sq", "step"):
                 problem = "not a parameter's optimizer state"
             elif key == "step" and tensor.numel() != 1:
                 problem = "not a scalar"
+            elif key == "step" and not (tensor.float() >= 0).all():
+                problem = "a negative step count"
+            elif key == "exp_avg_sq" and tensor.is_floating_point() and (tensor < 0).any():
+                problem = "negative (a mean of squares)"
             elif key != "step" and tuple(tensor.shape) != tuple(params[int(idx)].shape):
                 problem = f"shape {tuple(tensor.shape)}, the parameter's is {tuple(params[int(idx)].shape)}"
         else:

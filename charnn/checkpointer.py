@@ -9,6 +9,7 @@ a save (the carried hidden state is gathered from all of them), rank 0 alone wri
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -64,9 +65,7 @@ class Checkpointer:
         """Where the run starts: the plan's checkpoint when resuming, else step 0."""
         if self.plan.resume is None:
             return Progress(), None
-        progress, hidden = self.restore(self.plan.resume)
-        progress.stopped_reason = None  # a resumed run goes on until its (new) end
-        return progress, hidden
+        return self.restore(self.plan.resume)
 
     def save(self, which: str, progress: Progress, hidden: Hidden | None) -> None:
         """Write ``which`` (latest/ or best/) atomically. Every rank calls it; rank 0 writes."""
@@ -88,7 +87,8 @@ class Checkpointer:
         """Load a checkpoint's state into the model and optimizer; its progress and this rank's
         streams of its hidden state. Samples of later steps are dropped: they will be taken again."""
         self.group.check_resume(ckpt.meta.processes)
-        progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device)
+        streams = self.batch_size * self.group.world_size  # a saved hidden state holds every rank's
+        progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device, streams)
         self.saved_step = progress.step
         self.forget_samples_after(progress.step)
         return progress, self.group.own_hidden(hidden, self.batch_size)
@@ -114,6 +114,26 @@ class Checkpointer:
                 say(f"saved {self.rundir.path / LATEST} at step {progress.step} before stopping")
         except Exception:  # the original failure is what the user must see
             pass
+
+    def after_lost_peer(self, progress: Progress, between_steps: bool) -> str:
+        """After another rank died: keep this step when the loss came between steps (rank 0's
+        weights and optimizer are every rank's; the other ranks' carried hidden states are
+        gone, so the resumed run starts its streams afresh), and say how to go on."""
+        saved = ""
+        if self.group.is_writer and between_steps and progress.step != self.saved_step:
+            try:
+                if all_finite(self.model):
+                    self.save(LATEST, progress, None)  # gathering the hidden state would need the lost rank
+                    saved = " (saved now, without the ranks' carried hidden state)"
+            except Exception:  # the lost rank is what the user must hear about
+                pass
+        out = self.rundir.path
+        return (
+            f"another process of this torchrun run stopped (killed, or failed: see its output); "
+            f"{out / LATEST} holds step {self.saved_step}{saved}; continue with "
+            f"torchrun ... charnn train --resume {shlex.quote(str(out))} "
+            f"(the same number of processes)"
+        )
 
     def forget_samples_after(self, step: int) -> None:
         """Drop training samples of steps after ``step`` from samples.txt (rank 0 writes it)."""

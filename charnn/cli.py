@@ -36,6 +36,7 @@ from charnn.config import (
     cli_opt,
     flag_of,
 )
+from charnn.console import json_line
 from charnn.errors import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
@@ -43,6 +44,7 @@ from charnn.errors import (
     EXIT_USAGE,
     CharnnError,
     ConfigError,
+    DataError,
     Interrupted,
 )
 
@@ -425,7 +427,7 @@ def sample(
     if prompts is not None:
         from charnn.app import read_prompts, run_prompts
 
-        run_prompts(checkpoint, config, read_prompts(prompts), separator, as_json)
+        run_prompts(checkpoint, config, read_prompts(prompts, encoding_errors), separator, as_json)
         return
     prime_name = "--prime"
     if prime_file is not None:
@@ -549,7 +551,7 @@ def score(
 
     adapt = _adapt_config(ctx, options)
     for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, adapt=adapt):
-        click.echo(json.dumps(row.to_json(), ensure_ascii=False) if as_json else row.text_line())
+        click.echo(json_line(row.to_json()) if as_json else row.text_line())
 
 
 @cli.command()
@@ -563,7 +565,7 @@ def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     for i, checkpoint in enumerate(checkpoints):
         data = checkpoint_info(checkpoint)
         if as_json:
-            click.echo(json.dumps(data.to_json(), ensure_ascii=False))
+            click.echo(json_line(data.to_json()))
         else:
             click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
 
@@ -585,7 +587,7 @@ def runs(directory: str, as_json: bool) -> None:
     rows = list_runs(Path(directory), warn=note)
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row.to_json(), ensure_ascii=False))
+            click.echo(json_line(row.to_json()))
     elif rows:
         click.echo(runs_table(rows))
     else:
@@ -670,7 +672,7 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
 
     for row in list_corpora(cache_dir):
         if as_json:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json_line(row))
         else:
             size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
             builtin = row["url"].startswith("builtin:")
@@ -824,6 +826,45 @@ def _shell_word(text: str) -> str:
 # ---------------------------------------------------------------------------- entry point
 
 
+class _GuardedStdout:
+    """stdout that turns a failed write (``> /dev/full``, a full disk, a file-size limit) into a
+    one-line data error; a closed pipe stays a BrokenPipeError (exit 0, like ``| head``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.failed = False
+
+    def _failed(self, exc: OSError) -> DataError:
+        self.failed = True
+        return DataError(f"stdout: cannot write the output ({exc.strerror or exc})")
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _quiet_stdout() -> None:
     """After a closed pipe, point stdout at /dev/null so the final flush cannot fail again."""
     try:
@@ -869,6 +910,16 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if sys.stdout is None:  # started with stdout closed (>&-): like a reader that went away
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    real_stdout, guarded = sys.stdout, _GuardedStdout(sys.stdout)
+    if not _is_terminal(real_stdout):  # a terminal is never full; and input() needs the real one
+        sys.stdout = guarded
+    try:
+        _main(argv, guarded)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
     from charnn.console import error, stopped
 
     debug = os.environ.get("CHARNN_DEBUG") == "1"
@@ -920,4 +971,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):
         _quiet_stdout()
+    except DataError as exc:  # the output could not be written (if not said already, say it)
+        if code == 0:
+            error(str(exc))
+            code = exc.exit_code
+    if guarded.failed:
+        _quiet_stdout()  # what is still buffered must not fail again at exit
     sys.exit(code)

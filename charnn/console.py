@@ -85,6 +85,20 @@ def shown(text: str) -> str:
     return text
 
 
+def json_line(data: object) -> str:
+    """``data`` as one line of JSON that is valid UTF-8: non-ASCII text kept readable, but a
+    string that cannot be UTF-8 (a lone surrogate from an undecodable file name) makes the
+    line escape it (``\\udcff``) instead of writing invalid bytes or failing."""
+    import json
+
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True)
+    return text
+
+
 def error(message: str) -> None:
     from rich.text import Text
 
@@ -270,6 +284,7 @@ class TrainReporter:
             )
             + star,
             markup=True,
+            soft_wrap=True,  # one line per validation in logs, whatever its length
         )
 
     def sampled(self, report: SampleReport) -> None:

@@ -5,6 +5,13 @@ each corpus with its URL, size, sha256 and licence. ``fetch`` downloads into the
 temporary name, resumes it with an HTTP Range request (or starts over when the server ignores
 Range), checks the size and sha256, and only then renames it into place: the final name only ever
 holds a complete, verified file. urllib only; no new dependency.
+
+Every download is bounded: by the registry's size, else by :data:`MAX_UNSIZED`. A server that
+announces more is refused before anything is written, one that sends more is cut off (and the
+part discarded), and the free space of the cache is checked first. What arrived before a
+dropped connection (a plain or a chunked transfer), a timeout or a stall is kept and the next
+fetch resumes it; only a complete download whose sha256 differs is discarded. A server slower
+than :data:`MIN_RATE` bytes/s over a ``--timeout`` window is given up on, like a silent one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import http.client
 import json
 import os
 import re
+import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,6 +35,8 @@ from charnn.errors import CharnnError, ConfigError, DataError
 
 BUILTIN_PREFIX = "builtin:"
 _CHUNK = 1 << 16
+MAX_UNSIZED = 1 << 30  # bytes: the bound of a download whose size the registry does not give
+MIN_RATE = 1024  # bytes/s over each --timeout window: slower is a stalled server
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
 
@@ -139,38 +150,102 @@ def _resumed(response: Any, offset: int) -> bool:
     return bool(re.match(rf"bytes {offset}-\d+/", response.headers.get("Content-Range", "")))
 
 
-def _download(url: str, part: Path, timeout: float, progress: Progress | None) -> None:
-    """Append the rest of ``url`` to ``part`` (or rewrite it when the server ignores Range)."""
+class _TooMuch(Exception):
+    """The server sent more than the download's bound."""
+
+
+class _TooSlow(Exception):
+    """The server sent less than MIN_RATE bytes/s over a --timeout window."""
+
+
+def _download(
+    url: str, part: Path, timeout: float, progress: Progress | None, limit: int = MAX_UNSIZED
+) -> None:
+    """Append the rest of ``url`` to ``part`` (or rewrite it when the server ignores Range),
+    never past ``limit`` bytes in all."""
     offset = part.stat().st_size if part.exists() else 0
     try:
         response = _open(url, offset, timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # our partial file is not a prefix of this one: start over
             part.unlink()
-            return _download(url, part, timeout, progress)
+            return _download(url, part, timeout, progress, limit)
         raise CharnnError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     with response:
         if not _resumed(response, offset):
             offset = 0  # a full response: start the temporary file over
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
-        done = offset
-        with open(part, "ab" if offset else "wb") as f:
-            try:
-                while chunk := response.read(_CHUNK):
-                    f.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-            except http.client.IncompleteRead as exc:
-                f.write(exc.partial)
-                done += len(exc.partial)
+        if total is not None and total > limit:
+            raise DataError(f"{url}: the server announces {total:,} bytes, more than the {limit:,} expected")
+        _check_space(part.parent, (total if total is not None else 0) - offset)
+        try:
+            done = _receive(response, part, offset, total, limit, timeout, progress)
+        except _TooMuch:
+            part.unlink(missing_ok=True)
+            raise DataError(
+                f"{url}: the server sent more than the {limit:,} bytes expected; discarded"
+            ) from None
     if total is not None and done < total:
         raise CharnnError(
             f"{url}: connection closed after {done:,} of {total:,} bytes; "
             "run the same command again to resume"
         )
     return None
+
+
+def _receive(
+    response: Any,
+    part: Path,
+    offset: int,
+    total: int | None,
+    limit: int,
+    timeout: float,
+    progress: Progress | None,
+) -> int:
+    """Write the body to ``part`` as it arrives; the bytes in ``part`` at the end. A dropped
+    chunked transfer keeps what arrived; a server slower than MIN_RATE raises _TooSlow."""
+    done = offset
+    window = max(timeout, 1e-3)
+    since, arrived = time.monotonic(), 0
+    with open(part, "ab" if offset else "wb") as f:
+        try:
+            while chunk := response.read1(_CHUNK):  # what has arrived, not a full 64 KiB
+                if done + len(chunk) > limit:
+                    raise _TooMuch
+                f.write(chunk)
+                done += len(chunk)
+                arrived += len(chunk)
+                if progress:
+                    progress(done, total)
+                now = time.monotonic()
+                if now - since >= window:
+                    if arrived < MIN_RATE * (now - since):
+                        f.flush()
+                        raise _TooSlow(f"{arrived:,} bytes in {now - since:.1f}s")
+                    since, arrived = now, 0
+        except http.client.IncompleteRead as exc:  # a chunked transfer cut short
+            if done + len(exc.partial) > limit:
+                raise _TooMuch from None
+            f.write(exc.partial)
+            done += len(exc.partial)
+            raise CharnnError(
+                f"{response.url}: connection closed after {done:,} bytes; "
+                "run the same command again to resume"
+            ) from None
+    return done
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    """Refuse a download that cannot fit, before writing any of it."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # cannot tell: the write itself will say
+    if needed > free:
+        raise DataError(
+            f"{directory}: not enough free space for the download ({needed:,} bytes needed, {free:,} free)"
+        )
 
 
 def refuse_unverifiable(entry: CorpusEntry, verify: bool) -> None:
@@ -195,8 +270,14 @@ def fetch(
     refuse_unverifiable(entry, verify)
     cache.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
+    limit = entry.size if entry.size is not None else MAX_UNSIZED
     try:
-        _download(entry.url, part, timeout, progress)
+        _download(entry.url, part, timeout, progress, limit)
+    except _TooSlow as exc:
+        raise CharnnError(
+            f"{entry.url}: too slow ({exc}, under {MIN_RATE:,} bytes/s); "
+            "what arrived is kept: run the same command again to resume"
+        ) from None
     except TimeoutError:
         raise CharnnError(
             f"{entry.url}: timed out after {timeout:g}s without data; run the same command again to resume"
@@ -216,10 +297,20 @@ def fetch(
 
 
 def _check(entry: CorpusEntry, part: Path, verify: bool) -> None:
-    """Refuse (and discard) a download whose size or sha256 differs from the registry's."""
+    """Keep a download that is short of the registry's size (a dropped connection the server did
+    not announce: resumed next time); refuse an empty one; refuse (and discard) a whole one whose
+    sha256 differs from the registry's."""
+    size = part.stat().st_size
+    if entry.size is not None and size < entry.size:
+        raise CharnnError(
+            f"{entry.url}: connection closed after {size:,} of {entry.size:,} bytes; "
+            "run the same command again to resume"
+        )
+    if size == 0:
+        part.unlink()
+        raise DataError(f"{entry.url}: the server sent no data")
     if not verify:
         return
-    size = part.stat().st_size
     digest = _sha256(part)
     if (entry.size is not None and size != entry.size) or digest != entry.sha256:
         part.unlink()

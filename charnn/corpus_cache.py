@@ -13,11 +13,18 @@ that training then reads through ``np.memmap``. Layout of the cache directory::
 
 The content key hashes the bytes of every source file (streamed), their order and the
 ``--encoding-errors`` mode; the ids key adds the tokenizer (its ``to_dict``). A later run, a
-``--resume`` or an ``eval`` of the same text finds the entry and only hashes the files. Entries
-are written to a temporary name and renamed into place (atomic), records last; a record whose
-file size, dtype or length disagree is stale and rebuilt, and an id file whose modification time
-changed since its record is re-hashed before it is trusted. Concurrent runs take a file lock per
-entry, so one builds while the other waits and then reuses it.
+``--resume`` or an ``eval`` of the same text finds the entry, hashes the files and checks the
+entry. Entries are written to a temporary name and renamed into place (atomic), records last.
+
+Nothing read from the cache is trusted (:meth:`CorpusCache._open`): an entry is used only when
+its record's dtype is the tokenizer's, its file size matches, the sha256 of its ids (recorded
+when it was built) matches the ids read now, and every id is in the vocabulary's range; a
+vocabulary read from a record must be valid code points (no surrogates) and every one of them
+must occur in the ids. Anything else is rebuilt, never an error. While encoding, the bytes read
+are hashed again: a source that changed since it was hashed for the key is refused (no entry is
+written under the old text's key). Concurrent runs take a file lock per entry, so one builds
+while the other waits and then reuses it. A cache directory that cannot be written (read-only,
+full, a file-size limit) is not an error: the corpus is loaded in memory instead, with a note.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import codecs
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -109,7 +117,9 @@ def _hash_file(path: Path, advance: Callable[[int], None]) -> tuple[str, int, bo
     return h.hexdigest(), size, empty
 
 
-def _text_pieces(src: _Source, errors: str, split_lines: bool) -> Iterator[tuple[str, int]]:
+def _text_pieces(
+    src: _Source, errors: str, split_lines: bool, digest: Any = None
+) -> Iterator[tuple[str, int]]:
     """The file's text in pieces of about CHUNK_BYTES, with the bytes each consumed. A piece
     never ends inside a UTF-8 sequence; with ``split_lines`` it ends at a newline (for
     tokenizers whose encoding depends on the whole line)."""
@@ -119,6 +129,8 @@ def _text_pieces(src: _Source, errors: str, split_lines: bool) -> Iterator[tuple
         with src.path.open("rb") as fh:
             while True:
                 block = fh.read(CHUNK_BYTES)
+                if digest is not None:
+                    digest.update(block)  # the bytes as read, to re-check the source's hash
                 if offset == 0 and block.startswith(_BOM):
                     block, offset = block[3:], 3  # a byte-order mark is not part of the text
                 nul = block.find(b"\x00")
@@ -184,12 +196,6 @@ class CorpusCache:
         self.progress = progress
         self._bars: list[Bar] = []
 
-    def _ensure_dir(self) -> None:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CharnnError(f"{self.dir}: cannot create the corpus cache ({exc.strerror or exc})") from None
-
     def _lock(self, key: str) -> Any:
         from filelock import FileLock
 
@@ -220,9 +226,22 @@ class CorpusCache:
                 val_fraction=val_fraction,
                 grow_vocab=grow_vocab,
             )
-        self._ensure_dir()
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
             return self._load(sources, notes, paths, tokenizer, encoding_errors, grow_vocab)
+        except OSError as exc:  # reading sources is a DataError already: this is the cache itself
+            where = exc.filename or self.dir
+            corpus = load_corpus(
+                paths,
+                tokenizer,
+                encoding_errors=encoding_errors,
+                val_fraction=val_fraction,
+                grow_vocab=grow_vocab,
+            )
+            corpus.notes.append(
+                f"{where}: cannot use the corpus cache ({exc.strerror or exc}); the corpus is read in memory"
+            )
+            return corpus
         finally:
             for bar in self._bars:
                 bar.close()
@@ -240,14 +259,16 @@ class CorpusCache:
         files = self._hash_sources(sources, paths, notes)
         content_key = _key("content", encoding_errors, [f.sha256 for f in files])
         if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
-            tokenizer = self._vocabulary(content_key, files, encoding_errors)
-        elif grow_vocab and isinstance(tokenizer, CharTokenizer):
-            # The text's characters from the cached first pass; extended() appends the missing
-            # ones in code-point order, exactly as it does from the text in memory.
-            seen = self._vocabulary(content_key, files, encoding_errors)
-            tokenizer = tokenizer.extended(["".join(seen.chars)])
-        ids_key = _key("ids", content_key, tokenizer.to_dict())
-        ids, record = self._ids(ids_key, files, encoding_errors, tokenizer)
+            tokenizer, ids, record = self._own_vocabulary(content_key, files, encoding_errors)
+        else:
+            if grow_vocab and isinstance(tokenizer, CharTokenizer):
+                # The text's own characters (validated against its ids); extended() appends the
+                # missing ones in code-point order, exactly as it does from the text in memory.
+                own, _, _ = self._own_vocabulary(content_key, files, encoding_errors)
+                tokenizer = tokenizer.extended(["".join(own.token_text(i) for i in range(own.vocab_size))])
+            ids, record = self._ids(
+                _key("ids", content_key, tokenizer.to_dict()), files, encoding_errors, tokenizer
+            )
         return Corpus(
             tokenizer=tokenizer,
             ids=ids,
@@ -291,19 +312,42 @@ class CorpusCache:
 
     # ------------------------------------------------------------------ pass 1: the vocabulary
 
-    def _vocabulary(self, key: str, files: list[_Source], errors: str) -> CharTokenizer:
-        """The character vocabulary of the sources (a streaming first pass, cached)."""
+    def _own_vocabulary(
+        self, key: str, files: list[_Source], errors: str
+    ) -> tuple[Tokenizer, np.ndarray, dict[str, Any]]:
+        """The corpus's own character vocabulary and its ids. A cached vocabulary must match
+        the ids: every character of it occurs in them (an added one would give the model a
+        character the corpus lacks) and encoding finds none missing; else it is scanned again."""
+        tokenizer, cached = self._vocabulary(key, files, errors)
+        if cached:
+            try:
+                ids, record = self._ids(_key("ids", key, tokenizer.to_dict()), files, errors, tokenizer)
+                if _uses_every_id(ids, tokenizer.vocab_size):
+                    return tokenizer, ids, record
+            except DataError:
+                pass  # a character missing from the record (or a real error: the scan says which)
+            tokenizer, _ = self._vocabulary(key, files, errors, rescan=True)
+        ids, record = self._ids(_key("ids", key, tokenizer.to_dict()), files, errors, tokenizer)
+        return tokenizer, ids, record
+
+    def _vocabulary(
+        self, key: str, files: list[_Source], errors: str, rescan: bool = False
+    ) -> tuple[Tokenizer, bool]:
+        """The character vocabulary of the sources (a streaming first pass, cached), and
+        whether it came from the cache."""
         path = self.dir / f"src-{key}.json"
-        tokenizer = _char_tokenizer(_read_json(path), key)
-        if tokenizer is None:
-            with self._lock(f"src-{key}"):
-                record = _read_json(path)  # another process may have scanned while we waited
-                tokenizer = _char_tokenizer(record, key)
-                if tokenizer is None:
-                    record = self._scan(key, files, errors)
-                    tokenizer = CharTokenizer.from_codepoints(np.array(record["codepoints"], dtype=np.uint32))
-                    _write_atomic(path, json.dumps(record).encode())
-        return tokenizer
+        tokenizer = None if rescan else _char_tokenizer(_read_json(path), key)
+        if tokenizer is not None:
+            return tokenizer, True
+        with self._lock(f"src-{key}"):
+            record = None if rescan else _read_json(path)  # another process may have scanned meanwhile
+            tokenizer = _char_tokenizer(record, key)
+            if tokenizer is not None:
+                return tokenizer, True
+            record = self._scan(key, files, errors)
+            tokenizer = CharTokenizer.from_codepoints(np.array(record["codepoints"], dtype=np.uint32))
+            _write_atomic(path, json.dumps(record).encode())
+        return tokenizer, False
 
     def _scan(self, key: str, files: list[_Source], errors: str) -> dict[str, Any]:
         advance = self._bar("reading corpus", sum(f.size for f in files))
@@ -320,39 +364,47 @@ class CorpusCache:
     def _ids(
         self, key: str, files: list[_Source], errors: str, tokenizer: Tokenizer
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        found = self._open(key)
+        found = self._open(key, tokenizer.vocab_size)
         if found is not None:
             return found
         with self._lock(f"ids-{key}"):
-            found = self._open(key)  # another process may have built it while we waited
+            found = self._open(key, tokenizer.vocab_size)  # another process may have built it meanwhile
             if found is not None:
                 return found
             self._encode(key, files, errors, tokenizer)
-            found = self._open(key)
+            found = self._open(key, tokenizer.vocab_size, quiet=True)
         if found is None:
             raise CharnnError(f"{self.dir}: the corpus cache entry just written cannot be read back")
         return found
 
-    def _open(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """The cached ids, memory-mapped, or None when missing, torn or stale."""
-        bin_path, rec_path = self.dir / f"ids-{key}.bin", self.dir / f"ids-{key}.json"
-        record = _read_json(rec_path)
+    def _open(
+        self, key: str, vocab_size: int, quiet: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The cached ids, memory-mapped, or None when missing, torn, stale or forged: the
+        record's dtype must be the vocabulary's, the file's size its length, the ids' sha256
+        the recorded one and every id below ``vocab_size`` (one streaming pass)."""
+        bin_path = self.dir / f"ids-{key}.bin"
+        record = _read_json(self.dir / f"ids-{key}.json")
+        if record is None or record.get("key") != key:
+            return None
+        dtype = id_dtype(vocab_size)
+        tokens, chars = record.get("tokens"), record.get("chars")
+        if record.get("dtype") != dtype.str or not (
+            isinstance(tokens, int) and _count(tokens) and _count(chars)
+        ):
+            return None
         try:
             st = bin_path.stat()
-            dtype = np.dtype(record["dtype"]) if record else None
-            tokens = int(record["tokens"]) if record else -1
-        except (OSError, TypeError, KeyError, ValueError):
+            if not stat.S_ISREG(st.st_mode) or st.st_size != tokens * dtype.itemsize:
+                return None  # torn or foreign: rebuild
+            ids = np.memmap(bin_path, dtype=dtype, mode="r", shape=(tokens,))
+            advance = _NoBar().advance if quiet else self._bar("checking cached corpus", st.st_size)
+            digest, top = _check_ids(ids, advance)
+        except (OSError, ValueError):
             return None
-        if record is None or dtype is None or record.get("key") != key or tokens < 1:
-            return None
-        if st.st_size != tokens * dtype.itemsize:
-            return None  # torn or foreign: rebuild
-        if record.get("mtime_ns") != st.st_mtime_ns:
-            if _file_sha256(bin_path) != record.get("sha256"):
-                return None  # changed since it was written, and not back to the same ids
-            record["mtime_ns"] = st.st_mtime_ns  # the same ids (e.g. copied): trust them from now on
-            _write_atomic(rec_path, json.dumps(record).encode())
-        return np.memmap(bin_path, dtype=dtype, mode="r", shape=(tokens,)), record
+        if digest != record.get("sha256") or top >= vocab_size:
+            return None  # changed since it was built (mtime or not), or forged: rebuild
+        return ids, record
 
     def _encode(self, key: str, files: list[_Source], errors: str, tokenizer: Tokenizer) -> None:
         """Stream the sources through the tokenizer into ``ids-<key>.bin``, then its record."""
@@ -388,7 +440,6 @@ class CorpusCache:
             "tokens": tokens,
             "chars": chars,
             "sha256": digest.hexdigest(),
-            "mtime_ns": bin_path.stat().st_mtime_ns,
             "sources": [f.name for f in files],
         }
         _write_atomic(self.dir / f"ids-{key}.json", json.dumps(record).encode())
@@ -412,13 +463,44 @@ def _streamable(tokenizer: TokenizerConfig | Tokenizer | None) -> bool:
 
 
 def _char_tokenizer(record: dict[str, Any] | None, key: str) -> CharTokenizer | None:
-    """The vocabulary a record holds, or None when it is missing, foreign or damaged."""
+    """The vocabulary a record holds, or None when it is missing, foreign or damaged: code
+    points are unique, ascending, valid and not surrogates (UTF-8 text never decodes to one)."""
     if record is None or record.get("key") != key or not isinstance(record.get("codepoints"), list):
         return None
+    cps = record["codepoints"]
+    if not cps or not all(type(c) is int and 0 <= c <= 0x10FFFF and not 0xD800 <= c <= 0xDFFF for c in cps):
+        return None
+    if any(a >= b for a, b in zip(cps, cps[1:], strict=False)):
+        return None
     try:
-        return CharTokenizer.from_codepoints(np.array(record["codepoints"], dtype=np.uint32))
+        return CharTokenizer.from_codepoints(np.array(cps, dtype=np.uint32))
     except (ValueError, TypeError, OverflowError, CharnnError):
         return None
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 1
+
+
+def _check_ids(ids: np.ndarray, advance: Callable[[int], None]) -> tuple[str, int]:
+    """sha256 of the ids' bytes and the largest id, in slices (``ids`` may be a memmap)."""
+    h, top = hashlib.sha256(), 0
+    step = max(1, CHUNK_BYTES // ids.itemsize)
+    for start in range(0, len(ids), step):
+        part = np.asarray(ids[start : start + step])
+        h.update(part.tobytes())
+        top = max(top, int(part.max()))
+        advance(part.nbytes)
+    return h.hexdigest(), top
+
+
+def _uses_every_id(ids: np.ndarray, vocab_size: int) -> bool:
+    """Whether every id of the vocabulary occurs (a corpus's own vocabulary has no others)."""
+    seen = np.zeros(vocab_size, dtype=np.int64)
+    step = max(1, CHUNK_BYTES // ids.itemsize)
+    for start in range(0, len(ids), step):  # ids are in range (checked when opened): bincount fits
+        seen += np.bincount(np.asarray(ids[start : start + step]), minlength=vocab_size)[:vocab_size]
+    return bool(seen.all())
 
 
 def _size(path: Path) -> int:
@@ -426,14 +508,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK_BYTES):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _named_pieces(
@@ -446,11 +520,14 @@ def _named_pieces(
         if src.empty:
             continue
         tail = ""
-        for piece, consumed in _text_pieces(src, errors, split_lines):
+        digest = hashlib.sha256()
+        for piece, consumed in _text_pieces(src, errors, split_lines, digest):
             advance(consumed)
             if piece:
                 tail = piece[-1]
                 yield src.name, piece
+        if digest.hexdigest() != src.sha256:  # replaced or edited since it was hashed for the key
+            raise DataError(f"{src.name}: changed while charnn was reading it; run the command again")
         if tail and tail != "\n" and src.name != last:
             yield src.name, "\n"
 

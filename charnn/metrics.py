@@ -27,13 +27,14 @@ No torch import: ``charnn runs`` and ``charnn plot`` read these files cheaply.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import IO
 
+from charnn.console import json_line
+from charnn.errors import DataError
 from charnn.metrics_rows import (
     EndRow,
     Invocation,
@@ -84,20 +85,40 @@ class MetricsLog:
         self.close()
         if not self.path.exists():
             return
-        keep = [data for row_step_, data in _raw_rows(self.path) if row_step_ <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for data in keep:
-                fh.write(json.dumps(data, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            keep = [data for row_step_, data in _raw_rows(self.path) if row_step_ <= step]
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for data in keep:
+                    fh.write(json_line(data) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if tmp.is_file():
+                tmp.unlink()
+            raise self._error(exc) from None
 
     def append(self, row: MetricsRow) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(to_line(row) + "\n")
-        self._fh.flush()  # whole rows reach the OS at once: a killed process loses at most this row
+        line = to_line(row)
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(line + "\n")
+            self._fh.flush()  # whole rows reach the OS at once: a killed process loses at most this row
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> DataError:
+        """A history that cannot be written (a directory in its place, a full disk, a file-size
+        limit) is the user's to fix: one line naming the file."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        return DataError(f"{self.path}: cannot write the run's history ({exc.strerror or exc})")
 
     def close(self) -> None:
         if self._fh is not None:

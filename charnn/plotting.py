@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from charnn.console import shown
 from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.metrics import METRICS, read_metrics
 from charnn.metrics_rows import ProgressRow, ValRow
@@ -63,12 +64,28 @@ def load_series(runs: list[str], x: str) -> list[Series]:
     return out
 
 
+def _number(value: Any) -> bool:
+    """A value worth plotting: a finite, non-negative number of a sane size. Steps, seconds,
+    characters and bits per character are never negative, and a forged row's ±1e308 would
+    make the axis range itself infinite: such points are skipped."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= PLOT_MAX
+    )
+
+
+PLOT_MAX = 1e15  # above any real step, second or character count, and any bpc
+
+
 def _point(row: ProgressRow | ValRow, key: str) -> tuple[float, float] | None:
     """(x, bpc) of a training or validation row; None where a measurement is missing (NaN)."""
     x: Any = getattr(row, key)
-    if row.bpc is None or not math.isfinite(row.bpc) or x is None or not math.isfinite(x):
+    bpc = row.bpc
+    if bpc is None or not _number(bpc) or not _number(x):
         return None
-    return float(x), float(row.bpc)
+    return float(x), float(bpc)
 
 
 def y_range(series: list[Series]) -> tuple[float, float]:
@@ -139,14 +156,15 @@ def text_chart(series: list[Series], x: str, width: int = 80, height: int = 16, 
     legend = []
     for i, run in enumerate(runs):
         train_m, val_m = MARKERS[i % len(MARKERS)]
-        legend.append(f"{train_m} {run} train  {val_m} {run} val")
+        name = shown(run)  # a run directory's name may hold escape sequences or newlines
+        legend.append(f"{train_m} {name} train  {val_m} {name} val")
     lines.append(" " * (label_w + 2) + "bpc; " + "   ".join(legend))
     return "\n".join(lines) + "\n"
 
 
 def _literal(name: str) -> str:
     """A run name as matplotlib prints it: no mathtext ($), not hidden (a leading _ hides a label)."""
-    name = name.replace("$", r"\$")
+    name = shown(name).replace("$", r"\$")
     return "\u200b" + name if name.startswith("_") else name
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from charnn.arch import parameter_count
 from charnn.checkpoint_meta import CheckpointMeta, Progress
 from charnn.config import ModelConfig
+from charnn.console import shown
 from charnn.results import InfoRow, RunRow, TokenizerSummary
 from charnn.rundir import LATEST, RunDir, resolve_checkpoint
 
@@ -105,7 +106,7 @@ def info_lines(info: InfoRow) -> list[str]:
         rows["parent"] = f"{info.parent.path} (step {info.parent.step})"
     if info.stopped_reason:
         rows["stopped"] = info.stopped_reason
-    return [f"{key:16} {value}" for key, value in rows.items()]
+    return [f"{key:16} {shown(str(value))}" for key, value in rows.items()]  # names escaped
 
 
 def _tokenizer_text(tokenizer: TokenizerSummary) -> str:
@@ -187,20 +188,20 @@ def runs_table(rows: list[RunRow]) -> str:
     body = []
     for r in rows:
         bpc = r.best_val_bpc
-        corpus = ", ".join(Path(s).name if s != "-" else "<stdin>" for s in r.corpus) or "-"
+        corpus = shown(", ".join(Path(s).name if s != "-" else "<stdin>" for s in r.corpus)) or "-"
         if len(corpus) > 32:
             corpus = corpus[:31] + "…"
         body.append(
             [
-                r.name,
+                shown(r.name),
                 f"{bpc:.4f}" if bpc is not None else "-",
                 str(r.steps),
                 duration_text(r.trained_seconds),
                 f"{r.cell} {r.layers}x{r.hidden}",
                 _compact(r.parameters),
-                f"{r.tokenizer.kind} {r.tokenizer.vocab_size}",
+                shown(f"{r.tokenizer.kind} {r.tokenizer.vocab_size}"),
                 corpus,
-                (r.date or "-").replace("T", " ").rstrip("Z")[:16],
+                shown(r.date or "-").replace("T", " ").rstrip("Z")[:16],
             ]
         )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

@@ -14,9 +14,15 @@
 A save writes ``.NAME.tmp/`` (files fsynced), renames the current ``NAME/`` aside to
 ``.NAME.old/``, renames the new one into place and only then deletes the aside copy: a
 crash at any moment leaves a complete checkpoint under the final or the aside name, and
-:func:`resolve_checkpoint` finds either. Only a directory that holds a charnn checkpoint
-is ever renamed or deleted: a user's own file or folder under one of these names is
-refused, ``--force`` or not. This module knows names and atomic swaps, not the format.
+:func:`resolve_checkpoint` finds either.
+
+charnn touches only what it can prove is its own. ``latest/``/``best/`` are charnn's when they
+hold the marker; ``.NAME.old/``/``.NAME.tmp/`` when they hold nothing but checkpoint files
+(:func:`is_own_leftover`: a save killed while writing or deleting leaves a subset of them; a
+checkpoint is deleted marker last, so a partly deleted one is either still marked or empty);
+``metrics.jsonl``/``samples.txt`` when they begin the way charnn begins them. Anything else
+under these names is the user's and is refused, ``--force`` or not: never renamed, replaced,
+appended to or deleted. This module knows names and atomic swaps, not the format.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +62,8 @@ def is_checkpoint_dir(path: Path) -> bool:
     ``format`` entry is looked for (validation is the loader's job): the marker can be large
     (a corpus of many files, a SentencePiece model) and a torn one is still ours."""
     try:
+        if not stat.S_ISREG(os.stat(path / MARKER).st_mode):  # a FIFO would block the open
+            return False
         with open(path / MARKER, "rb") as fh:
             head = fh.read(_MARKER_LIMIT)
     except OSError:
@@ -64,6 +73,71 @@ def is_checkpoint_dir(path: Path) -> bool:
 
 _MARKER_LIMIT = 64 << 20
 _FORMAT_ENTRY = f'"format": "{FORMAT}"'.encode()
+_CHECKPOINT_FILE = re.compile(r"meta\.json|[A-Za-z0-9_]+\.safetensors")  # what a save writes
+
+
+def is_own_leftover(path: Path) -> bool:
+    """Whether ``path`` (an aside or temporary name) is what a killed save of charnn's left: a
+    real directory holding only regular files named like a checkpoint's (possibly none), its
+    marker, if any, charnn's."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    names_ok = all(e.is_file(follow_symlinks=False) and _CHECKPOINT_FILE.fullmatch(e.name) for e in entries)
+    # A marker there must be charnn's (a save writes it last and deletes it last).
+    return names_ok and (not any(e.name == MARKER for e in entries) or is_checkpoint_dir(path))
+
+
+def remove_checkpoint_dir(path: Path) -> None:
+    """Delete one of charnn's checkpoint directories, its marker last: killed at any moment,
+    what is left is still marked (whole or in part) or empty, and so still provably charnn's."""
+    entries = sorted(os.scandir(path), key=lambda e: e.name == MARKER)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Drop the aside copy after a save; one left behind is removed by the next lock holder."""
+    try:
+        if path.exists():
+            remove_checkpoint_dir(path)
+    except OSError:
+        pass
+
+
+def _is_own_metrics(path: Path) -> bool:
+    """A history charnn wrote: a regular file, empty or starting with a ``start`` row."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+    except OSError:
+        return False
+    if not first.strip():
+        return True
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and row.get("kind") == "start" and isinstance(row.get("step"), int)
+
+
+def _is_own_samples(path: Path) -> bool:
+    """Training samples charnn wrote: a regular file, empty or starting with a step header."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(4096)
+    except OSError:
+        return False
+    return not first or bool(_SAMPLE_HEADER.match(first.rstrip(b"\r\n")))
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -174,44 +248,63 @@ class RunDir:
             raise CharnnError(f"could not read {path}: {exc.strerror or exc}") from None
         cut = next((m.start() for m in _SAMPLE_HEADER.finditer(data) if int(m.group(1)) > after_step), None)
         if cut is not None:
-            with open(path, "r+b") as fh:
-                fh.truncate(cut)
+            try:
+                with open(path, "r+b") as fh:
+                    fh.truncate(cut)
+            except OSError as exc:
+                raise CharnnError(f"could not write {path}: {exc.strerror or exc}") from None
 
     # ------------------------------------------------------------------ atomic replacement
 
-    def _refuse_foreign(self, path: Path, aside: bool = False) -> None:
-        """Refuse ``path`` unless it is absent or charnn's own. An aside copy may be a checkpoint
-        that a save was deleting when it was killed (its marker already gone): any real directory
-        under that dot-name is charnn's. ``latest/``, ``best/`` are only ever whole checkpoints."""
+    def _refuse_foreign(self, path: Path, leftover: bool = False) -> None:
+        """Refuse ``path`` unless it is absent or charnn's own: a checkpoint (``latest/``,
+        ``best/`` are only ever whole ones), or for an aside or temporary name (``leftover``)
+        what a killed save leaves (:func:`is_own_leftover`)."""
         if not (path.exists() or path.is_symlink()):
             return
         real_dir = path.is_dir() and not path.is_symlink()
-        if not (real_dir and (aside or is_checkpoint_dir(path))):
+        if not (real_dir and (is_checkpoint_dir(path) or (leftover and is_own_leftover(path)))):
             raise ConfigError(
                 f"{path}: exists and is not a charnn checkpoint; charnn never replaces or removes it "
+                "(move it away or choose another --out)"
+            )
+
+    def _refuse_foreign_file(self, name: str) -> None:
+        path = self.path / name
+        own = _is_own_metrics if name == METRICS else _is_own_samples
+        if not (path.exists() or path.is_symlink()):
+            return
+        if path.is_symlink() or not path.is_file() or not own(path):
+            raise ConfigError(
+                f"{path}: exists and is not charnn's {name}; charnn never replaces or appends to it "
                 "(move it away or choose another --out)"
             )
 
     def refuse_foreign(self) -> None:
         """Refuse a run directory where a name charnn writes holds something of the user's."""
         for which in (LATEST, BEST):
-            self._refuse_foreign(self.path / which)
-            self._refuse_foreign(aside_path(self.path / which), aside=True)
+            target = self.path / which
+            self._refuse_foreign(target)
+            self._refuse_foreign(aside_path(target), leftover=True)
+            self._refuse_foreign(tmp_path(target), leftover=True)
+        for name in (METRICS, SAMPLES):
+            self._refuse_foreign_file(name)
 
     def recover(self, which: str) -> None:
         """Finish or undo a save interrupted between its renames, drop a stale temporary
         directory. Called with the lock held, so no live save of this run exists."""
         target = self.path / which
         old, tmp = aside_path(target), tmp_path(target)
-        self._refuse_foreign(old, aside=True)
+        self._refuse_foreign(old, leftover=True)
+        self._refuse_foreign(tmp, leftover=True)
         if old.exists():
-            if is_checkpoint_dir(target):
-                shutil.rmtree(old)
-            else:
-                self._refuse_foreign(target)
+            if is_checkpoint_dir(old) and not is_checkpoint_dir(target):
+                self._refuse_foreign(target)  # absent: the save was killed between its renames
                 os.replace(old, target)
+            else:  # the new copy is in place, or this is what a killed deletion left
+                remove_checkpoint_dir(old)
         for stale in [tmp, *self.path.glob(f".{which}.tmp-*")]:  # -PID: left by charnn 0.1.0
-            if stale.is_dir() and not stale.is_symlink():
+            if is_own_leftover(stale):
                 shutil.rmtree(stale, ignore_errors=True)
 
     def write(self, which: str, files: dict[str, bytes]) -> Path:
@@ -231,7 +324,7 @@ class RunDir:
                     os.replace(target, old)
                 os.replace(tmp, target)
                 _fsync_dir(self.path)
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_quietly(old)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise CharnnError(
@@ -246,7 +339,7 @@ class RunDir:
             for path, aside in ((self.path / which, False), (aside_path(self.path / which), True)):
                 self._refuse_foreign(path, aside)
                 if path.exists():
-                    shutil.rmtree(path)
+                    remove_checkpoint_dir(path)
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = BEST) -> Path:

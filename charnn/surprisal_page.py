@@ -121,24 +121,32 @@ def _model_sections(blob: _Blob, j: int, model: ModelReport) -> dict[str, object
     }
 
 
+# Characters a page must never show raw: C0/C1 controls (but newline and tab), DEL, and the
+# bidirectional formatting characters that reorder the text around them.
+_HIDDEN = [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F]
+_HIDDEN += [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_MARKS = {c: chr(0x2400 + c) if c < 0x20 else "\u2421" if c == 0x7F else f"[U+{c:04X}]" for c in _HIDDEN}
+
+
+def visible(text: str) -> str:
+    """``text`` with control and bidi characters as visible marks (``␛``, ``[U+202E]``), as the
+    page's script draws them too: a name or passage cannot reorder or hide what is around it."""
+    return text.translate(_MARKS)
+
+
 def _json_for_script(data: object) -> str:
-    """JSON that cannot end its <script> element or open a comment inside it."""
+    """JSON that cannot end its <script> element or open a comment inside it, and holds no raw
+    control or bidi character (escaped: the script reads the same string)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    for ch, escaped in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
+    for ch, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         text = text.replace(ch, escaped)
-    return text
+    return text.translate({c: f"\\u{c:04x}" for c in _HIDDEN})
 
 
 def _passages_html(text: str, bits: np.ndarray, count: int = 20) -> str:
     rows = []
     for start, end, total in surprising_passages(bits, width=40, count=count):
-        snippet = text[start:end].replace("\n", "\u21b5")
+        snippet = visible(text[start:end].replace("\n", "\u21b5"))
         rows.append(
             f'<li><a href="#c{start}">{total / (end - start):.2f} bpc</a> '
             f"<code>{html.escape(snippet)}</code></li>"
@@ -169,7 +177,7 @@ def _models_table(models: list[ModelReport]) -> str:
         cs = m.surprisal
         tag = f"<b>{'AB'[j]}</b> " if len(models) == 2 else ""
         rows.append(
-            f"<tr><td>{tag}<code>{html.escape(m.name)}</code></td><td class=num>{cs.bpc:.4f}</td>"
+            f"<tr><td>{tag}<code>{html.escape(visible(m.name))}</code></td><td class=num>{cs.bpc:.4f}</td>"
             f"<td class=num>{len(cs.text):,}</td><td class=num>{len(cs.tokens.logprob):,}</td>"
             f"<td>{html.escape(m.kind)}</td></tr>"
         )
@@ -239,7 +247,7 @@ def build_report(source_name: str, models: list[ModelReport]) -> str:
     assets = resources.files("charnn") / "assets"
     css = (assets / "report.css").read_text(encoding="utf-8")
     js = (assets / "report.js").read_text(encoding="utf-8")
-    title = f"surprisal: {source_name}" + (" (A vs B)" if len(models) == 2 else "")
+    title = visible(f"surprisal: {source_name}" + (" (A vs B)" if len(models) == 2 else ""))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -15,6 +15,7 @@ business, their place on disk :mod:`charnn.rundir`'s.
 from __future__ import annotations
 
 import math
+import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -280,6 +281,10 @@ class EarlyStop:
     def __init__(self, patience: int | None, min_delta: float) -> None:
         self.patience, self.min_delta = patience or 0, min_delta
 
+    def exhausted(self, progress: Progress) -> bool:
+        """Whether the validations without improvement already reach ``--patience``."""
+        return bool(self.patience) and progress.stale_evals >= self.patience
+
     def observe(self, progress: Progress, bpc: float) -> str | None:
         """Count one validation; the reason to stop now, or None."""
         if not math.isfinite(bpc):
@@ -360,14 +365,19 @@ class TrainingSampler:
 
 
 @contextmanager
-def _signal_flags(flags: dict[str, int]) -> Iterator[dict[str, int]]:
+def _signal_flags(flags: dict[str, int], last_words: str = "") -> Iterator[dict[str, int]]:
     """First SIGINT/SIGTERM sets a flag checked between steps; a second SIGINT exits at once
-    (saves are atomic, so that cannot leave a torn checkpoint)."""
+    (saves are atomic, so that cannot leave a torn checkpoint), saying so first in
+    ``last_words``: written straight to the file descriptor, as nothing else is safe here."""
 
     def handler(signum: int, frame: Any) -> None:
         if flags.get("signal") and signum == signal.SIGINT:
             import os
 
+            try:
+                os.write(2, last_words.encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass
             os._exit(EXIT_SIGINT)
         flags["signal"] = signum
 
@@ -507,14 +517,42 @@ def summarise(progress: Progress, result: EvalResult | None, out: Path) -> RunSu
     )
 
 
-def interrupted(progress: Progress, out: Path, signum: int) -> Interrupted:
+def interrupted(saved_step: int, out: Path, signum: int) -> Interrupted:
     """A stop the user asked for: where the run stands and the command that continues it."""
-    import shlex
-
     return Interrupted(
-        f"stopped at step {progress.step}; saved {out / LATEST}; "
+        f"stopped at step {saved_step}; saved {out / LATEST}; "
         f"continue with: charnn train --resume {shlex.quote(str(out))}",
         EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+    )
+
+
+def last_words(out: Path) -> str:
+    """What a second Ctrl-C says as it stops the process at once."""
+    from charnn.console import shown
+
+    shown_out = shown(str(out))
+    return (
+        f"charnn: stopped at once by a second Ctrl-C; {shown_out}/{LATEST} holds the last save; "
+        f"continue with: charnn train --resume {shlex.quote(shown_out)}\n"
+    )
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether a failure in a collective means another rank went away (gloo or NCCL)."""
+    text = str(exc)
+    dist_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
+    return dist_error or (
+        isinstance(exc, RuntimeError)
+        and any(
+            needle in text
+            for needle in (
+                "Connection reset by peer",
+                "Connection closed by peer",
+                "Broken pipe",
+                "gloo",
+                "NCCL",
+            )
+        )
     )
 
 
@@ -555,6 +593,11 @@ class Trainer:
             plan, self.model, self.optimizer, self.device, self.data.batcher.batch_size
         )
         self.progress, self.hidden = self.keeper.start()
+        # A resumed run goes on until its (new) end, unless --patience still says stop: a run
+        # interrupted as it stopped early resumes to the same stop, not past it.
+        if plan.resume is not None and not self.stopper.exhausted(self.progress):
+            self.progress.stopped_reason = None
+        self._between_steps = False  # in the per-step all-reduce (for a rank lost there)
 
     def lr_at(self, step: int) -> float:
         return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
@@ -572,16 +615,20 @@ class Trainer:
         self.reporter.start(self._info())
         flags: dict[str, int] = {}
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
-        with _signal_flags(flags):
+        with _signal_flags(flags, last_words(self.out) if self.group.is_writer else ""):
             try:
                 result = self._loop(flags)
             except CharnnError:
                 raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
-            except BaseException:
+            except BaseException as exc:
+                if self.group.active and lost_peer(exc):  # another rank died (killed, out of memory)
+                    raise CharnnError(
+                        self.keeper.after_lost_peer(self.progress, self._between_steps)
+                    ) from None
                 self.keeper.save_what_we_can(self.progress, self.hidden, self.reporter.message)
                 raise
         if flags.get("signal"):  # arrived during the final validation, which has just saved
-            raise interrupted(self.progress, self.out, flags["signal"])
+            raise interrupted(self.keeper.saved_step, self.out, flags["signal"])
         summary = summarise(self.progress, result, self.out)
         self.reporter.finish(summary)
         return summary.to_dict()
@@ -594,14 +641,24 @@ class Trainer:
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
             self.clock.tick(self.progress)
+            self._between_steps = True  # a rank lost in this all-reduce leaves this step whole
             signalled = self.clock.agree(self.progress, flags.get("signal", 0))
+            self._between_steps = False
             if self.done() or self.progress.stopped_reason:
                 break
+            # Signals: stop between steps, after the last step's validation, save and sample,
+            # so a resumed run goes on exactly as this one would have (never a step trained and
+            # saved without the validation and sample due at it). Weights that overflowed since
+            # the last check are not saved: latest/ stays the last good state.
+            if signalled:
+                if self.progress.step != self.keeper.saved_step and all_finite(self.model):
+                    self.save(LATEST)
+                raise interrupted(self.keeper.saved_step, self.out, signalled)
             # Step: one TBPTT window; None when it was skipped as non-finite.
             loss = self.train_step()
             save_due, eval_due = self.policy.due(self.progress.step, self.done())
             # Guard: a finite loss can still overflow the weights; check before anything is saved.
-            stopping = bool(signalled) or self.done()
+            stopping = self.done()
             overflowed = (save_due or eval_due or stopping) and not all_finite(self.model)
             if overflowed and loss is not None:
                 self.progress.skipped_steps += 1
@@ -614,10 +671,6 @@ class Trainer:
             else:
                 self.guard.finite()
                 self._report_step(loss)
-            # Signals: save what we have (weights checked finite above) and stop.
-            if signalled:
-                self.save(LATEST)
-                raise interrupted(self.progress, self.out, signalled)
             # Validate and save, or defer both while a run of bad steps lasts.
             if self.guard.in_bad_run:
                 self.policy.defer(save_due, eval_due)

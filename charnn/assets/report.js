@@ -38,11 +38,21 @@
   const N = chars.length;
   let current = 0;  // the character that has keyboard focus (roving tabindex)
 
+  // Control and bidirectional-formatting characters are drawn as visible marks (as charnn's
+  // report.visible does): raw, they would vanish or reorder the text around them.
+  const HIDDEN = /[\u0000-\u0008\u000B-\u001F\u007F-\u009F\u061C\u200E\u200F\u2028\u2029\u202A-\u202E\u2066-\u2069]/g;
+  function mark(c) {
+    const n = c.codePointAt(0);
+    if (n < 0x20) return String.fromCharCode(0x2400 + n);
+    if (n === 0x7f) return '\u2421';
+    return '[U+' + n.toString(16).toUpperCase().padStart(4, '0') + ']';
+  }
+  const vis = (t) => t.replace(HIDDEN, mark);
   function show(t) {
     if (t === '\n') return '\u21B5';
     if (t === ' ') return '\u2423';
     if (t === '\t') return '\u21E5';
-    return t.replace(/\n/g, '\u21B5').replace(/ /g, '\u2423');
+    return vis(t.replace(/\n/g, '\u21B5').replace(/ /g, '\u2423'));
   }
   const bitsOf = (m, i) => ((m.bh[i] << 8) | m.bl[i]) / meta.scale.bits;
   function bucket(v, th) {
@@ -91,7 +101,7 @@
     const d = document.createElement('div');
     d.className = 'chunk';
     d.dataset.c = c;
-    d.textContent = chars.slice(bounds[c], bounds[c + 1]).join('');
+    d.textContent = chars.slice(bounds[c], bounds[c + 1]).map(vis).join('');
     chunkDivs.push(d);
     frag.appendChild(d);
   }
@@ -117,7 +127,7 @@
       const s = document.createElement('span');
       s.id = 'c' + i;
       s.className = shadeClass(i) + (chars[i] === '\n' ? ' nl' : '');
-      s.textContent = chars[i];
+      s.textContent = vis(chars[i]);
       s.title = title(i);
       s.tabIndex = i === current ? 0 : -1;
       f.appendChild(s);
@@ -129,7 +139,7 @@
     const d = chunkDivs[c];
     if (!d.dataset.r || d.contains(document.activeElement)) return;
     delete d.dataset.r;
-    d.textContent = chars.slice(bounds[c], bounds[c + 1]).join('');
+    d.textContent = chars.slice(bounds[c], bounds[c + 1]).map(vis).join('');
   }
   function chunkOf(i) {
     let lo = 0, hi = bounds.length - 2;
