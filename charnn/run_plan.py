@@ -276,7 +276,7 @@ def load_training_corpus(
 ) -> Corpus:
     """The one way a run reads its corpus (``files``, default the request's): through the
     on-disk cache of encoded corpora (memory-mapped ids), with a progress bar for big ones on
-    rank 0's stderr. ``tokenizer`` is how to build one (a new run) or the
+    rank 0's stderr (none with ``train -q``). ``tokenizer`` is how to build one (a new run) or the
     checkpoint's (resume; fine-tuning with ``grow_vocab``, which adds the text's new characters)."""
     from charnn.console import ByteBar
     from charnn.corpus_cache import load_corpus_cached
@@ -286,7 +286,7 @@ def load_training_corpus(
         tokenizer,
         request.encoding_errors,
         request.cache_dir,
-        ByteBar if group.is_writer else None,
+        ByteBar if group.is_writer and not request.quiet else None,  # train -q: no bars
         val_fraction,
         grow_vocab,
     )
