@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint readme bench bench-quality clean
+.PHONY: setup demo test wheel-check lint readme bench bench-quality clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test: $(STAMP)
 	@sh tests/ensure_chromium.sh
 	$(PY) -m pytest -q
 
+# The wheel as users get it: built, installed (not editable) into a fresh venv, smoke-tested.
+wheel-check: $(STAMP)
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" BUILD_PY=$(PY) sh -c .ci/wheel-smoke
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check charnn tests benchmarks
 	$(VENV)/bin/ruff format --check charnn tests benchmarks
@@ -32,7 +36,7 @@ lint: $(STAMP)
 
 # The option tables of docs/usage.md are generated from the commands (see charnn/docs.py).
 readme: $(STAMP)
-	$(PY) -m charnn.docs docs/usage.md
+	$(PY) -m charnn.docs docs/usage.md docs/environment.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/sample_speed.py

@@ -132,11 +132,7 @@ class Model:
         config = SampleConfig(**options)  # validated like the command-line options
         if config.num_samples != 1:
             raise ConfigError("sample() and stream() make one text: call them once per sample")
-        if config.beam is not None and ("temperature" in options or "top_k" in options or "top_p" in options):
-            raise ConfigError(
-                "beam search is deterministic: it cannot be combined with temperature, top_k or top_p"
-            )
-        return config
+        return config  # beam search with a temperature, top-k or top-p: SampleConfig refuses it
 
     def _generate(self, prime: str, options: dict[str, Any] | SampleConfig, on_piece: Any) -> None:
         from charnn.app import encode_prime

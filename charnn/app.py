@@ -7,6 +7,7 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 
 from charnn.checkpoint import Checkpoint, load_checkpoint
 from charnn.config import SampleConfig, TokenizerConfig
-from charnn.console import TrainReporter, note
+from charnn.console import TrainReporter, note, shown, stdin_hint
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
 from charnn.errors import CharnnError, ConfigError, DataError, located
 from charnn.results import EvalRow, InfoRow, SampleRow, ScoreRow
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # torch-side types: this module imports torch only where a co
     from charnn.metrics import MetricsReporter
     from charnn.model import CharRNN
     from charnn.run_plan import RunPlan
+    from charnn.sampling import Sample
     from charnn.scoring import EvalResult
     from charnn.surprisal_page import ModelReport
     from charnn.train_records import NullReporter
@@ -90,7 +92,7 @@ def start_training(request: TrainRequest) -> dict[str, Any]:
     group = from_env()
     try:
         if not group.active:  # under torchrun every rank would download: give paths there
-            request = replace(request, files=resolve_corpus_names(list(request.files)))
+            request = replace(request, files=resolve_corpus_names(list(request.files), request.cache_dir))
         with planned_run(request, group) as plan:  # torch-free: a refused run exits fast
             from charnn.trainer import Trainer
 
@@ -166,6 +168,20 @@ def encode_prime(tokenizer: Tokenizer, text: str, what: str = "--prime") -> np.n
         raise located(exc, what) from None
 
 
+def _sample_row(sample: Sample, index: int, seed: int, prime: str, line: int | None = None) -> SampleRow:
+    """The ``--json`` row of one sample (``line``: its --prompts line, from 1)."""
+    return SampleRow(
+        line=line,
+        sample=index,
+        seed=seed,
+        prime=prime,
+        text=sample.text,
+        logprob=sample.logprob,
+        chars=len(sample.text),
+        stopped_by=sample.stopped_by,
+    )
+
+
 def run_sampling(
     checkpoint: str,
     config: SampleConfig,
@@ -194,16 +210,7 @@ def run_sampling(
     if as_json:
         samples = generate(stepper, prime_ids, config, tokenizer, rng=rng, rules=rules, heal=heal)
         for i, s in enumerate(samples):
-            row = SampleRow(
-                sample=i,
-                seed=seed,
-                prime=prime,
-                text=s.text,
-                logprob=s.logprob,
-                chars=len(s.text),
-                stopped_by=s.stopped_by,
-            )
-            out.write(row.json_line() + "\n")
+            out.write(_sample_row(s, i, seed, prime).json_line() + "\n")
         out.flush()
         return
     writer = _SampleWriter(out, prime, separator)
@@ -247,42 +254,52 @@ def run_prompts(
     out: TextIO | None = None,
 ) -> None:
     """Continue each prompt (``sample --prompts``): prompt ``i`` uses seed ``SEED + i``; results
-    are written in prompt order as each batch of prompts finishes."""
+    are written in prompt order as each batch of prompts finishes. A line that ``--prime`` would
+    refuse (a character the model does not know) is reported on stderr and skipped; the others
+    are continued, and the command then fails naming the lines (exit 3)."""
     from charnn.prompts import BATCH_PROMPTS, prompt_seed, sample_prompts
     from charnn.routing import sampling_stepper
 
     out = out or sys.stdout
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
-    primes = [encode_prime(tokenizer, p, f"--prompts line {n}") for n, p in enumerate(prompts, 1)]
-    stepper = sampling_stepper(ckpt, max((len(p) for p in primes), default=0))
+    encoded: dict[int, np.ndarray] = {}  # line index (from 0) -> prime ids, for the lines that encode
+    failed: list[int] = []
+    for i, text in enumerate(prompts):
+        try:
+            encoded[i] = encode_prime(tokenizer, text, f"--prompts line {i + 1}")
+        except DataError as exc:
+            from charnn.console import error
+
+            failed.append(i + 1)
+            if len(failed) <= 20:  # the summary at the end counts the rest
+                error(f"{exc}: skipped")
+    lines = sorted(encoded)
+    stepper = sampling_stepper(ckpt, max((len(p) for p in encoded.values()), default=0))
     seed = sampling_seed(config)
     first = True
-    for start in range(0, len(prompts), BATCH_PROMPTS):
-        seeds = [prompt_seed(seed, i) for i in range(start, min(start + BATCH_PROMPTS, len(prompts)))]
-        heal = [bool(p) for p in prompts[start : start + len(seeds)]]  # as --prime heals its text
-        batch = sample_prompts(stepper, primes[start : start + len(seeds)], config, tokenizer, seeds, heal)
-        for offset, (samples, prompt_seed_) in enumerate(zip(batch, seeds, strict=True)):
-            prompt = prompts[start + offset]
+    for start in range(0, len(lines), BATCH_PROMPTS):
+        chunk = lines[start : start + BATCH_PROMPTS]
+        seeds = [prompt_seed(seed, i) for i in chunk]  # a line's seed is fixed by its place in the file
+        heal = [bool(prompts[i]) for i in chunk]  # as --prime heals its text
+        batch = sample_prompts(stepper, [encoded[i] for i in chunk], config, tokenizer, seeds, heal)
+        for index, samples, prompt_seed_ in zip(chunk, batch, seeds, strict=True):
+            prompt = prompts[index]
             for j, s in enumerate(samples):
                 if as_json:
-                    row = SampleRow(
-                        line=start + offset + 1,
-                        sample=j,
-                        seed=prompt_seed_,
-                        prime=prompt,
-                        text=s.text,
-                        logprob=s.logprob,
-                        chars=len(s.text),
-                        stopped_by=s.stopped_by,
-                    )
-                    out.write(row.json_line() + "\n")
+                    out.write(_sample_row(s, j, prompt_seed_, prompt, line=index + 1).json_line() + "\n")
                 else:
                     out.write(("" if first else separator) + prompt + s.text)
                 first = False
         out.flush()
-    if not as_json and out.isatty():
+    if not as_json and out.isatty() and lines:
         out.write("\n")
+    if failed:
+        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        raise DataError(
+            f"--prompts: {len(failed)} of {len(prompts)} lines could not be continued (line {shown}); "
+            "the others were"
+        )
 
 
 def read_prompts(source: str, errors: str = "strict") -> list[str]:
@@ -318,6 +335,39 @@ def read_prompts(source: str, errors: str = "strict") -> list[str]:
 # ---------------------------------------------------------------------------- eval / score / info
 
 
+class TorchThreads:
+    """eval's and score's threads: settled once per command (on the first torch work), then kept."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self.tuner: Any = None
+        self.ready = False
+
+    @contextlib.contextmanager
+    def pace(self, label: str, torch_runs: bool, total: int = 0, unit: str = "tokens") -> Iterator[Any]:
+        """A :class:`charnn.threads.Pace` with a progress display for work labelled ``label``;
+        the do-nothing one when the work runs in numpy."""
+        from charnn.threads import NO_PACE, Pace
+
+        if not torch_runs:
+            yield NO_PACE
+            return
+        import torch
+
+        from charnn.console import WorkProgress
+        from charnn.torch_threads import eval_tuner
+
+        if not self.ready:
+            self.tuner, self.ready = eval_tuner(self.threads), True
+        progress = WorkProgress(shown(label), unit=unit)
+        pace = Pace(self.tuner, torch.set_num_threads, progress)
+        pace.begin(total)
+        try:
+            yield pace
+        finally:
+            progress.close()
+
+
 def printable_path(path: str) -> str:
     """A file name as valid Unicode: bytes that are not UTF-8 (kept by the OS as lone surrogates)
     become ``\\xNN`` escapes, so JSON and terminals can carry it."""
@@ -332,10 +382,13 @@ def run_eval(
     top_k: int = 3,
     cache_dir: str | None = None,
     adapt: AdaptConfig | None = None,
+    threads: int | None = None,
 ) -> list[EvalRow]:
     """One result row per checkpoint on the same text (read once); ``html`` also writes the surprisal page.
-    Short texts without ``html`` run in numpy (no torch import), the others in torch. Files (not
-    stdin) are read through the corpus cache, memory-mapped, when no page is asked for."""
+    Short texts without ``html`` run in numpy (no torch import), the others in torch, with
+    ``threads`` (None: measured on the first windows, see :mod:`charnn.threads`) and progress
+    on stderr. Files (not stdin) are read through the corpus cache, memory-mapped, when no page
+    is asked for."""
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
     if html is not None and adapt is None and len(checkpoints) > 2:
@@ -346,9 +399,12 @@ def run_eval(
         )
     loaded = [load_checkpoint(c) for c in checkpoints]  # a bad checkpoint fails before stdin is read
     streamed = html is None and "-" not in files
+    if "-" in files:
+        stdin_hint("the text")
     texts = None if streamed else read_corpus(files, encoding_errors)
     rows: list[EvalRow] = []
     reports: list[ModelReport] = []
+    tuning = TorchThreads(threads)
     for ckpt in loaded:
         if texts is None:
             corpus = cached_corpus(files, ckpt.tokenizer, encoding_errors, cache_dir)
@@ -357,11 +413,12 @@ def run_eval(
         if len(corpus.ids) < 2:
             raise DataError("need at least 2 tokens of text to evaluate")
         model = ckpt.build_model() if html is not None else None  # the page needs torch anyway
-        result = _evaluate(ckpt, model, corpus.ids)
+        result = _evaluate(ckpt, model, corpus.ids, tuning)
         rows.append(_eval_row(ckpt, result))
         if html is not None:
             assert model is not None  # built above: the page needs torch's per-token numbers
-            reports.append(_model_report(ckpt, model, corpus.ids, top_k))
+            with tuning.pace(f"surprisal {ckpt.path}", True) as pace:
+                reports.append(_model_report(ckpt, model, corpus.ids, top_k, pace))
         if adapt is not None:  # a different measurement: its own row, after the static one
             from charnn import adapt as dyn
             from charnn.scoring import token_char_lengths, token_extra_nats
@@ -401,13 +458,13 @@ def _eval_row(ckpt: Checkpoint, result: EvalResult, adaptive: bool | None = None
     )
 
 
-def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int) -> ModelReport:
+def _model_report(ckpt: Checkpoint, model: CharRNN, ids: np.ndarray, top_k: int, pace: Any) -> ModelReport:
     """Per-character surprisal of one checkpoint, ready for the page."""
     from charnn.evaluate import char_surprisal, token_surprisal
     from charnn.surprisal_page import ModelReport
 
     tokenizer = ckpt.tokenizer
-    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k)
+    tokens = token_surprisal(model, ids, tokenizer.start_ids(), top_k=top_k, pace=pace)
     vocab = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
     return ModelReport(str(ckpt.path), tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
@@ -425,20 +482,23 @@ def _adaptive_report(ckpt: Checkpoint, ids: np.ndarray, top_k: int, settings: Ad
     return ModelReport(name, tokenizer.kind, vocab, char_surprisal(tokenizer, ids, tokens))
 
 
-def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray) -> EvalResult:
+def _evaluate(ckpt: Checkpoint, model: CharRNN | None, ids: np.ndarray, tuning: TorchThreads) -> EvalResult:
     """eval's numbers for one checkpoint, through ``model`` (torch) if given, else the stepper
-    charnn.routing picks for the text's length.
+    charnn.routing picks for the text's length; torch runs with ``tuning``'s threads.
 
     Every token is predicted, the first from the start context (a newline), so bpc is the
     total over the whole text divided by its characters, whatever the tokenizer."""
     from charnn.routing import eval_stepper
     from charnn.scoring import evaluate_text, token_char_lengths, token_extra_nats
+    from charnn.stepper import FastStepper
+    from charnn.threads import paced
 
     tokenizer = ckpt.tokenizer
     lengths, extra = token_char_lengths(tokenizer), token_extra_nats(tokenizer)
     context = tokenizer.start_ids()[-1]
     stepper = eval_stepper(ckpt, len(ids), model)
-    return evaluate_text(stepper, ids, lengths, context=context, extra_nats=extra)
+    with tuning.pace(f"eval {ckpt.path}", not isinstance(stepper, FastStepper), len(ids)) as pace:
+        return evaluate_text(paced(stepper, pace), ids, lengths, context=context, extra_nats=extra)
 
 
 def run_score(
@@ -448,16 +508,22 @@ def run_score(
     encoding_errors: str = "strict",
     whole: bool = False,
     adapt: AdaptConfig | None = None,
+    threads: int | None = None,
 ) -> Iterator[ScoreRow]:
-    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars."""
+    """One row per input line (or per input with ``whole``): text, logprob (nats), bpc, chars.
+    Long inputs run in torch with ``threads`` (None: measured) and progress on stderr."""
 
     from charnn.routing import score_stepper
     from charnn.scoring import score_lines, token_char_lengths, token_extra_nats
+    from charnn.stepper import FastStepper
+    from charnn.threads import paced
 
     ckpt = load_checkpoint(checkpoint)
     tokenizer = ckpt.tokenizer
     context_ids = encode_prime(tokenizer, context or "", "--context").tolist()
     sources, _ = resolve_sources(files)
+    if "-" in sources:
+        stdin_hint("lines to score")
     items: list[tuple[str, int, str]] = []  # (source, line number, text)
     for source in sources:
         text = read_source(source, encoding_errors)
@@ -484,8 +550,12 @@ def run_score(
         start = context_ids or tokenizer.start_ids()
         scores = adaptive_scores(ckpt.build_model(), start, encoded, lengths, extra, adapt)
     else:
-        stepper, batch = score_stepper(ckpt, len(context_ids) + sum(len(e) + 1 for e in encoded))
-        scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
+        total = len(context_ids) + sum(len(e) + 1 for e in encoded)
+        stepper, batch = score_stepper(ckpt, total)
+        torch_runs = not isinstance(stepper, FastStepper)
+        with TorchThreads(threads).pace(f"score {ckpt.path}", torch_runs, total) as pace:
+            stepper = paced(stepper, pace)
+            scores = score_lines(stepper, context_ids, encoded, lengths, batch_size=batch, extra_nats=extra)
     for (source, n, text), sc in zip(items, scores, strict=True):
         yield ScoreRow(
             source="<stdin>" if source == "-" else printable_path(source),
@@ -548,8 +618,10 @@ def _fetch_with_progress(entry: CorpusEntry, directory: Path, verify: bool, time
     return str(path)
 
 
-def resolve_corpus_names(files: list[str]) -> list[str]:
-    """``charnn train NAME``: registry names (that are not paths) become their cached, verified files."""
+def resolve_corpus_names(files: list[str], cache: str | None = None) -> list[str]:
+    """``charnn train NAME``: registry names (that are not paths) become their cached, verified
+    files, downloaded into ``cache`` (``--cache-dir``) when needed."""
     from charnn.corpora import cache_dir, resolve_names
 
-    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, cache_dir(), True, 60.0)))
+    directory = cache_dir(cache)
+    return resolve_names(files, lambda entry: Path(_fetch_with_progress(entry, directory, True, 60.0)))

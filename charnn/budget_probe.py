@@ -27,7 +27,6 @@ from charnn.budget import (
     load_table,
 )
 from charnn.config import ModelConfig, TrainConfig
-from charnn.hardware import threads_for
 from charnn.model import CharRNN, detach_hidden
 
 PROBE_SECONDS = 0.6  # timed, after one untimed warm-up step
@@ -103,9 +102,10 @@ def apply_choice(
         device=device.type,
     )
     if rates is None and seconds is not None:
-        threads = threads_for(config.threads)
-        if threads is not None and device.type == "cpu":
-            torch.set_num_threads(threads)  # the count the run will use (Trainer sets it again)
+        if config.threads is not None and device.type == "cpu":
+            torch.set_num_threads(
+                config.threads
+            )  # a pinned count; else torch's own (the trainer then measures)
         rates = measure(table, device)
     choice = choose(table, budget, rates or Rates())
     model = {**{k: v for k, v in choice.model.items() if k in MODEL_FIELDS}, **typed_model}

@@ -49,7 +49,7 @@ from charnn.jsonrecord import (
     record,
     whole,
 )
-from charnn.metrics_rows import Invocation
+from charnn.metrics_rows import Invocation, ThreadsRecord
 from charnn.rundir import FORMAT
 from charnn.rundir import MARKER as META
 from charnn.tokenizer import Tokenizer, tokenizer_from_dict
@@ -144,6 +144,7 @@ class RunRecord(Invocation):
     """How a run (or its latest resumption) was started, and on which device."""
 
     device: str | None = item(optional(TEXT), default=None)
+    threads: ThreadsRecord | None = item(optional(record(ThreadsRecord)), default=None)  # charnn.threads
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ from charnn.checkpoint import (
     training_meta,
 )
 from charnn.checkpoint_meta import CorpusRecord, RunRecord
+from charnn.metrics_rows import ThreadsRecord
 
 if TYPE_CHECKING:
     from charnn.model import CharRNN, Hidden
@@ -58,8 +59,12 @@ class Checkpointer:
         self.saved_step = -1
         from charnn.metrics import invocation
 
-        # How this run (or its latest resumption) was started: command line, versions, device.
-        self.run_meta = RunRecord(**(plan.invocation or invocation()).to_fields(), device=str(device))
+        # How this run (or its latest resumption) was started: command line, versions, device,
+        # and torch's CPU threads with how they were chosen (charnn info shows them).
+        threads = ThreadsRecord(**plan.threads.to_dict()) if plan.threads is not None else None
+        self.run_meta = RunRecord(
+            **(plan.invocation or invocation()).to_fields(), device=str(device), threads=threads
+        )
 
     def start(self) -> tuple[Progress, Hidden | None]:
         """Where the run starts: the plan's checkpoint when resuming, else step 0."""

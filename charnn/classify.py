@@ -268,10 +268,10 @@ def read_class(label: str, path: Path, encoding_errors: str) -> tuple[list[str],
 
 
 def write_index(root: Path, classes: Sequence[ClassInfo]) -> None:
-    from charnn.corpus_cache import _write_atomic
+    from charnn.atomic import write_atomic
 
     data = {"format": FORMAT, "version": VERSION, "classes": [vars(c) for c in classes]}
-    _write_atomic(root / INDEX, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+    write_atomic(root / INDEX, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def train_classifier(

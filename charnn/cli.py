@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 import click
 
-from charnn import __version__
+from charnn import __version__, envvars
 from charnn.config import (
     ENCODING_ERRORS,
     AdaptConfig,
+    ComputeConfig,
     ModelConfig,
     Opt,
     SampleConfig,
@@ -50,7 +51,10 @@ from charnn.errors import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
-CKPT_HELP = "checkpoint: a run directory (uses best/, else latest/) or one checkpoint directory"
+CKPT_HELP = (
+    "a run directory (uses best/, else latest/) or one checkpoint directory (e.g. from charnn export); "
+    "by default ./checkpoints, else the newest run below it"
+)
 
 
 # ---------------------------------------------------------------------------- options from the schema
@@ -177,10 +181,22 @@ def _no_leftovers(options: dict[str, Any]) -> None:
         raise TypeError(f"options without a home: {', '.join(sorted(options))}")
 
 
-def checkpoint_option(multiple: bool = False) -> Callable[[F], F]:
-    """``-c/--checkpoint`` (env ``CHARNN_CHECKPOINT``). With ``multiple``, repeatable: the command
-    gives one block/row per checkpoint (the env value then splits on the path separator, ``:``)."""
-    help = CKPT_HELP + ("; repeatable  [default: checkpoints]" if multiple else "")
+def _checkpoint_default(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``-c`` left at its default: the newest run below ./checkpoints when that holds none
+    itself (see :mod:`charnn.locate`). A path the user gave is used as given."""
+    source = ctx.get_parameter_source(param.name or "")
+    if source is None or source.name != "DEFAULT" or ctx.resilient_parsing:
+        return value
+    from charnn.locate import default_checkpoint
+
+    return tuple(default_checkpoint(v) for v in value) if param.multiple else default_checkpoint(value)
+
+
+def checkpoint_option(multiple: bool = False, each: str = "") -> Callable[[F], F]:
+    """``-c/--checkpoint`` (env ``CHARNN_CHECKPOINT``), declared here once for every command.
+    With ``multiple``, repeatable: the command gives ``each`` (a block/row) per checkpoint (the
+    env value then splits on the path separator, ``:``)."""
+    help = CKPT_HELP + (f"; repeatable: {each}" if multiple else "")
     return click.option(
         "-c",
         "--checkpoint",
@@ -191,7 +207,8 @@ def checkpoint_option(multiple: bool = False) -> Callable[[F], F]:
         multiple=multiple,
         metavar="PATH",
         envvar="CHARNN_CHECKPOINT",
-        help=help,
+        callback=_checkpoint_default,
+        help=help + ("  [default: checkpoints]" if multiple else ""),
     )
 
 
@@ -209,11 +226,13 @@ def _encoding_errors_option(func: F) -> F:
 
 
 def _cache_dir_option(func: F) -> F:
+    """``--cache-dir``: one directory for downloaded corpora and encoded corpora alike."""
     return click.option(
         "--cache-dir",
+        type=click.Path(file_okay=False),
         default=None,
         metavar="DIR",
-        help="where encoded corpora are cached for later runs  "
+        help="cache for downloaded corpora (NAME.txt) and encoded corpora  "
         "[default: $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn]",
     )(func)
 
@@ -278,6 +297,7 @@ def cli() -> None:
       charnn eval held-out.txt --json    loss and bits per character
       charnn score lines.txt --json      per-line log-probabilities
       charnn info                        what a checkpoint holds
+      charnn export RUN OUT              the checkpoint to share (no optimizer state)
       charnn runs                        every run under this directory, best first
       charnn plot RUN... [-o curves.png] learning curves
       charnn corpora                     public-domain corpora to fetch and train on
@@ -413,12 +433,6 @@ def sample(
         return
     if prime is not None and prime_file is not None:
         raise ConfigError("--prime and --prime-file cannot be combined")
-    if given.get("beam") is not None and (
-        given.get("temperature", 0) > 0 or given.get("top_k") or given.get("top_p")
-    ):
-        raise ConfigError(
-            "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p"
-        )
     if prompts is not None and (prime is not None or prime_file is not None):
         raise ConfigError(
             "--prompts gives a prime per line: it cannot be combined with --prime or --prime-file"
@@ -455,16 +469,7 @@ def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -
 
 @cli.command(name="eval")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "-c",
-    "--checkpoint",
-    "checkpoints",
-    multiple=True,
-    default=("checkpoints",),
-    show_default=True,
-    metavar="PATH",
-    help=CKPT_HELP + "; repeatable: one result per checkpoint",
-)
+@checkpoint_option(multiple=True, each="one result per checkpoint")
 @_json_option("one JSON object per checkpoint per line")
 @_encoding_errors_option
 @_cache_dir_option
@@ -482,6 +487,7 @@ def _refuse_with_interactive(given: dict[str, Any], others: dict[str, object]) -
     help="predictions shown per character on the --html page",
 )
 @config_options(AdaptConfig)
+@config_options(ComputeConfig)
 @click.pass_context
 def eval_(
     ctx: click.Context,
@@ -498,6 +504,7 @@ def eval_(
     figures of a model that keeps learning from the text as it reads it."""
     from charnn.app import run_eval
 
+    compute = ComputeConfig(**take_config(ctx, options, ComputeConfig))
     adapt = _adapt_config(ctx, options)
     rows = run_eval(
         list(checkpoints),
@@ -507,6 +514,7 @@ def eval_(
         top_k=top_k,
         cache_dir=cache_dir,
         adapt=adapt,
+        threads=compute.threads,
     )
     several = len(checkpoints) > 1
     for row in rows:
@@ -534,6 +542,7 @@ def _adapt_config(ctx: click.Context, options: dict[str, Any]) -> AdaptConfig | 
 @_json_option("one JSON object per input line")
 @_encoding_errors_option
 @config_options(AdaptConfig)
+@config_options(ComputeConfig)
 @click.pass_context
 def score(
     ctx: click.Context,
@@ -549,13 +558,23 @@ def score(
     with --adapt the model learns from each line after scoring it."""
     from charnn.app import run_score
 
+    compute = ComputeConfig(**take_config(ctx, options, ComputeConfig))
     adapt = _adapt_config(ctx, options)
-    for row in run_score(checkpoint, list(files) or ["-"], context, encoding_errors, whole, adapt=adapt):
+    rows = run_score(
+        checkpoint,
+        list(files) or ["-"],
+        context,
+        encoding_errors,
+        whole,
+        adapt=adapt,
+        threads=compute.threads,
+    )
+    for row in rows:
         click.echo(json_line(row.to_json()) if as_json else row.text_line())
 
 
 @cli.command()
-@checkpoint_option(multiple=True)
+@checkpoint_option(multiple=True, each="one block per checkpoint")
 @_json_option("the metadata as JSON, one object per checkpoint per line")
 def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
     """Show what a checkpoint holds: model, vocabulary, progress, validation, how it was trained."""
@@ -568,6 +587,23 @@ def info(checkpoints: tuple[str, ...], as_json: bool) -> None:
             click.echo(json_line(data.to_json()))
         else:
             click.echo(("\n" if i else "") + "\n".join(info_lines(data)))
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="replace an earlier export at OUT")
+def export(run: str, out: str, force: bool) -> None:
+    """Write the checkpoint to share: RUN's weights and metadata (its best/ for a run directory)
+    without the optimizer state, as directory OUT. sample, eval, score, info and
+    train --init-from take it; it cannot be resumed."""
+    from charnn.console import note
+    from charnn.export import export_checkpoint
+
+    target = export_checkpoint(run, out, force=force)
+    size = sum(f.stat().st_size for f in target.iterdir())
+    shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} KB"
+    note(f"wrote {target} ({shown}): share it; sample with: charnn sample -c {target}")
 
 
 # ---------------------------------------------------------------------------- runs / plot
@@ -651,12 +687,10 @@ def plot(runs: tuple[str, ...], out: str | None, x_axis: str, width: int | None,
 
 # ---------------------------------------------------------------------------- corpora
 
-CACHE_HELP = "download directory  [default: $CHARNN_CACHE, $XDG_CACHE_HOME/charnn or ~/.cache/charnn]"
-
 
 @cli.group(invoke_without_command=True)
 @_json_option("one JSON object per corpus per line")
-@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@_cache_dir_option
 @click.pass_context
 def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
     """List known public-domain corpora (name, size, verified, cached, description).
@@ -670,23 +704,19 @@ def corpora(ctx: click.Context, as_json: bool, cache_dir: str | None) -> None:
         return
     from charnn.app import list_corpora
 
-    for row in list_corpora(cache_dir):
-        if as_json:
+    rows = list_corpora(cache_dir)
+    if as_json:
+        for row in rows:
             click.echo(json_line(row))
-        else:
-            size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
-            builtin = row["url"].startswith("builtin:")
-            verified = "sha256" if row["sha256"] else ("builtin" if builtin else "no")
-            cached = "cached" if row["cached"] else ""
-            click.echo(
-                f"{row['name']:20} {row['language']:3} {size:>8}  {verified:8} {cached:7} "
-                f"{row['description']}"
-            )
+    else:
+        from charnn.corpora import corpora_table
+
+        click.echo(corpora_table(rows))
 
 
 @corpora.command()
 @click.argument("name")
-@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR", help=CACHE_HELP)
+@_cache_dir_option
 @click.option("--no-verify", is_flag=True, help="fetch a corpus whose registry entry has no sha256")
 @click.option(
     "--timeout",
@@ -823,6 +853,10 @@ def _shell_word(text: str) -> str:
     return shlex.quote(text)
 
 
+# Every option reads CHARNN_<COMMAND>_<FLAG> (and its shared short name, if any): see charnn.envvars.
+envvars.assign(cli)
+
+
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -914,9 +948,15 @@ def main(argv: list[str] | None = None) -> None:
     if not _is_terminal(real_stdout):  # a terminal is never full; and input() needs the real one
         sys.stdout = guarded
     try:
-        _main(argv, guarded)
+        _main(argv, guarded)  # ends with sys.exit(code)
     finally:
         sys.stdout = real_stdout
+        if argv is None:  # a real process (not called in-process), about to exit: its outcome is
+            # reported, so a late Ctrl-C (two a few milliseconds apart) must not print a traceback
+            # from a finaliser while the interpreter shuts down. (SIG_IGN would outlive an exec.)
+            import signal
+
+            signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
 def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
@@ -926,7 +966,14 @@ def _main(argv: list[str] | None, guarded: _GuardedStdout) -> None:
     code = 0
     _terminate_like_interrupt()
     try:
-        result = cli.main(args=argv, prog_name="charnn", standalone_mode=False, auto_envvar_prefix="CHARNN")
+        result = cli.main(
+            # The prefix marks charnn's own entry point: only then are CHARNN_<COMMAND>_<FLAG> read
+            # (options never derive names from it: see charnn.envvars).
+            args=argv,
+            prog_name="charnn",
+            standalone_mode=False,
+            auto_envvar_prefix="CHARNN",
+        )
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code

@@ -312,6 +312,18 @@ _PART = re.compile(rf"(\d+(?:\.\d+)?)({_UNITS})")
 _DURATION = re.compile(rf"(?:\d+(?:\.\d+)?(?:{_UNITS}))+")
 
 
+# One declaration for every command that runs torch on the CPU (train, eval, score).
+THREADS = opt(
+    "CPU threads for torch. Default: OMP_NUM_THREADS if set, else measured at start (each "
+    "candidate count timed on the real work; the fewest within 5 % of the fastest win). train "
+    "records the count and --resume reuses it; the count can change float rounding, so give N "
+    "to repeat a run's weights exactly (docs/threads.md)",
+    min=1,
+    max=4096,
+    default_text="measured",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Validated):
     """Everything about how a run trains; stored in checkpoints for exact resume."""
@@ -440,7 +452,10 @@ class TrainConfig(_Validated):
     seed: int = field(
         default=1337,
         metadata=opt(
-            "random seed: same seed, same command, same weights (CPU)", min=0, max=MAX_SEED, locked=True
+            "random seed: same seed, same command, same --threads: same weights (CPU)",
+            min=0,
+            max=MAX_SEED,
+            locked=True,
         ),
     )
     device: str = field(
@@ -451,15 +466,7 @@ class TrainConfig(_Validated):
             envvar="CHARNN_DEVICE",
         ),
     )
-    threads: int | None = field(
-        default=None,
-        metadata=opt(
-            "CPU threads for training (torch.set_num_threads); the count changes float rounding",
-            min=1,
-            max=4096,
-            default_text="physical cores - 1, at least 1; OMP_NUM_THREADS if set",
-        ),
-    )
+    threads: int | None = field(default=None, metadata=THREADS)
     precision: str = field(
         default="fp32", metadata=opt("bf16 autocast on CUDA", choices=PRECISIONS, locked=True)
     )
@@ -522,8 +529,11 @@ class SampleConfig(_Validated):
             "characters to generate per sample, at most (any tokenizer)", short="-n", min=0, max=MAX_COUNT
         ),
     )
-    temperature: float = field(
-        default=1.0, metadata=opt("temperature; 0 = greedy", flag="--temp", short="-t", min=0, metavar="T")
+    temperature: float | None = field(
+        default=None,  # None: 1 when sampling; beam search takes none (see check)
+        metadata=opt(
+            "temperature; 0 = greedy", flag="--temp", short="-t", min=0, metavar="T", default_text="1"
+        ),
     )
     top_k: int | None = field(
         default=None, metadata=opt("sample only from the K most likely tokens", min=1, max=MAX_COUNT)
@@ -539,6 +549,25 @@ class SampleConfig(_Validated):
         metadata=opt("beam search of width W (most probable continuation)", min=1, max=4096, metavar="W"),
     )
     length_penalty: float = field(default=1.0, metadata=opt("beam ranking: logprob / length**P", min=0))
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata=opt(
+            "divide the probability of each token the sample already holds by P; 1 = off (sampling and beam)",
+            min=1,
+            max=1e6,
+            metavar="P",
+        ),
+    )
+    no_repeat_ngram: int = field(
+        default=0,
+        metadata=opt(
+            "never repeat a sequence of N tokens within a sample; 0 = off; a char model counts "
+            "characters (try 12), subwords pieces (try 3) (sampling and beam)",
+            min=0,
+            max=1 << 20,
+            metavar="N",
+        ),
+    )
     num_samples: int = field(
         default=1, metadata=opt("samples, generated as one batch", short="-k", min=1, max=65536)
     )
@@ -555,14 +584,30 @@ class SampleConfig(_Validated):
         default=None, metadata=opt("random seed for reproducible samples", min=0, max=MAX_SEED)
     )
 
+    @property
+    def temp(self) -> float:
+        """The temperature in effect: 1 unless one was given."""
+        return 1.0 if self.temperature is None else self.temperature
+
     def check(self) -> None:
         _check(all(self.stops), "--stop strings must not be empty")
         if self.beam is not None:
+            _check(
+                not (self.temperature or self.top_k or self.top_p),  # else silently ignored
+                "--beam is deterministic search: it cannot be combined with --temp > 0, --top-k or --top-p",
+            )
             _check(
                 self.num_samples <= self.beam,
                 f"--num-samples {self.num_samples} needs --beam of at least that width "
                 f"(beam search returns its {self.beam} best)",
             )
+
+
+@dataclass(frozen=True)
+class ComputeConfig(_Validated):
+    """How ``eval`` and ``score`` compute (their text and checkpoint are command arguments)."""
+
+    threads: int | None = field(default=None, metadata=THREADS)
 
 
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

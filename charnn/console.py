@@ -201,10 +201,12 @@ class TrainReporter:
             plan += " (the default; set --time, --steps or --epochs)"
         resumed = f", resuming at step {info.start_step}" if info.start_step else ""
         per_rank = f" per process x {info.processes} processes" if info.processes > 1 else ""
+        threads = f"; {info.threads.describe()}" if info.threads is not None else ""
         self.console.print(
             f"training {info.parameters:,} parameters on {info.device}: "
             f"{info.train_tokens:,} train / {info.val_tokens:,} val tokens, vocab {info.vocab}, "
-            f"batch {info.batch_size}{per_rank}; until {plan}{resumed}; checkpoints in {shown(info.out)}/",
+            f"batch {info.batch_size}{per_rank}; until {plan}{resumed}; checkpoints in {shown(info.out)}/"
+            f"{threads}",
             soft_wrap=True,
             markup=False,
         )
@@ -351,3 +353,87 @@ def download_progress(
             console.print(f"[dim]charnn:[/] {escape(name)}: {done / 1e6:.1f}{of} MB", soft_wrap=True)
 
     yield log
+
+
+class WorkProgress:
+    """Progress through work of known size (eval, score, the surprisal page): a transient bar on
+    an interactive terminal, shown once the work has taken ``delay`` seconds (quick work stays
+    silent); else a plain line every ``log_every`` seconds with the share done, the time spent
+    and left. ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        label: str,
+        unit: str = "tokens",
+        console: Console | None = None,
+        log_every: float = 10.0,
+        delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console or stderr_console()
+        self.label, self.unit, self.log_every, self.delay, self.clock = label, unit, log_every, delay, clock
+        self.total, self.done = 0, 0
+        self.live = self.console.is_interactive
+        self._t0 = self._last = clock()
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self.note = ""  # shown after the count, e.g. the threads in use
+
+    def start(self, total: int) -> None:
+        self.total, self.done = max(1, total), 0
+        self._t0 = self._last = self.clock()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if self.live:
+            if self._bar is None and now - self._t0 >= self.delay:
+                self._open_bar()
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.done, total=self.total, stats=self.note)
+        elif now - self._last >= self.log_every:
+            self._last = now
+            spent = now - self._t0
+            share = min(1.0, self.done / self.total)
+            left = _fmt_duration(spent * (1 - share) / share) if share > 0 else "?"
+            note = f", {self.note}" if self.note else ""
+            self.console.print(
+                f"charnn: {shown(self.label)}: {share:.0%} ({self.done:,}/{self.total:,} {self.unit}{note}) "
+                f"elapsed {_fmt_duration(spent)} eta {left}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
+
+    def _open_bar(self) -> None:
+        from rich.markup import escape
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn(escape(self.label)),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn(self.unit),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=self.total, completed=self.done, stats=self.note)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def stdin_hint(what: str) -> None:
+    """Say so when a command waits for text typed at a terminal (not piped in)."""
+    try:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        interactive = False
+    if interactive:
+        end = "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
+        note(f"reading {what} from the terminal (stdin); end with {end}, or give FILES")

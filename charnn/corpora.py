@@ -1,6 +1,7 @@
 """Known public-domain corpora: a registry file, a cache directory, and a careful downloader.
 
-The registry (``corpora/registry.json`` in the source tree, or ``$CHARNN_CORPORA_REGISTRY``) lists
+The registry (``charnn/assets/corpora.json``, package data read with importlib.resources so a
+wheel carries it, or ``$CHARNN_CORPORA_REGISTRY``) lists
 each corpus with its URL, size, sha256 and licence. ``fetch`` downloads into the cache under a
 temporary name, resumes it with an HTTP Range request (or starts over when the server ignores
 Range), checks the size and sha256, and only then renames it into place: the final name only ever
@@ -22,21 +23,31 @@ import json
 import os
 import re
 import shutil
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charnn import __version__
 from charnn.errors import CharnnError, ConfigError, DataError
+
+if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; only the annotation needs it
+    from importlib.resources.abc import Traversable
 
 BUILTIN_PREFIX = "builtin:"
 _CHUNK = 1 << 16
 MAX_UNSIZED = 1 << 30  # bytes: the bound of a download whose size the registry does not give
 MIN_RATE = 1024  # bytes/s over each --timeout window: slower is a stalled server
+# python.org's macOS builds ship without trusted root certificates until this is run once.
+TLS_HINT = (
+    "this Python trusts no certificate authority: on macOS with python.org's Python run "
+    "'Install Certificates.command' (in /Applications/Python 3.x), or set SSL_CERT_FILE"
+)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
 
@@ -63,15 +74,15 @@ class CorpusEntry:
         return dict(self.__dict__)
 
 
-def registry_path() -> Path:
-    """``$CHARNN_CORPORA_REGISTRY``, else ``corpora/registry.json`` next to the charnn package."""
+def registry_path() -> Path | Traversable:
+    """``$CHARNN_CORPORA_REGISTRY``, else the registry shipped inside the package."""
     override = os.environ.get("CHARNN_CORPORA_REGISTRY")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "corpora" / "registry.json"
+    return resources.files("charnn") / "assets" / "corpora.json"
 
 
-def _entry(raw: Any, where: Path) -> CorpusEntry:
+def _entry(raw: Any, where: Path | Traversable) -> CorpusEntry:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: each corpus must be an object")
     try:
@@ -91,11 +102,11 @@ def _entry(raw: Any, where: Path) -> CorpusEntry:
     return entry
 
 
-def load_registry(path: Path | None = None) -> list[CorpusEntry]:
+def load_registry(path: Path | Traversable | None = None) -> list[CorpusEntry]:
     path = path or registry_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{path}: corpus registry not found (set CHARNN_CORPORA_REGISTRY)") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable corpus registry ({exc})") from None
@@ -108,19 +119,18 @@ def find_entry(name: str, entries: list[CorpusEntry]) -> CorpusEntry:
     for entry in entries:
         if entry.name == name:
             return entry
-    known = ", ".join(e.name for e in entries)
-    raise ConfigError(f"unknown corpus {name!r}; known: {known} (see 'charnn corpora')")
+    from charnn.locate import close_match
+
+    guess = close_match(name, [e.name for e in entries])
+    known = f"did you mean {guess}?" if guess else "known: " + ", ".join(e.name for e in entries)
+    raise ConfigError(f"unknown corpus {name!r}; {known} (see 'charnn corpora')")
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """--cache-dir, else $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn."""
-    if override:
-        return Path(override)
-    if os.environ.get("CHARNN_CACHE"):
-        return Path(os.environ["CHARNN_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "charnn"
-    return Path.home() / ".cache" / "charnn"
+    from charnn.corpus_cache import default_cache_dir
+
+    return Path(override) if override else default_cache_dir()
 
 
 def cached_path(entry: CorpusEntry, cache: Path) -> Path:
@@ -286,6 +296,8 @@ def fetch(
         reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", None)
         if isinstance(exc.reason, TimeoutError):
             reason = f"timed out after {timeout:g}s"
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            reason = f"{exc.reason.verify_message or 'certificate verify failed'}; {TLS_HINT}"
         raise CharnnError(f"{entry.url}: cannot download ({reason or exc.reason})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise CharnnError(
@@ -333,9 +345,63 @@ def resolve_names(files: list[str], fetcher: Callable[[CorpusEntry], Path]) -> l
     for f in files:
         entry = names.get(f) if f != "-" and not Path(f).exists() else None
         if entry is None:
+            _refuse_near_miss(f, names)
             out.append(f)
         elif entry.builtin:
             out.append(entry.url)
         else:
             out.append(str(fetcher(entry)))
     return out
+
+
+def _refuse_near_miss(name: str, names: dict[str, CorpusEntry]) -> None:
+    """A missing path that is nearly a registry name is a typo of it: say which."""
+    from charnn.locate import close_match
+
+    if name == "-" or Path(name).exists() or not _NAME.fullmatch(name):
+        return
+    guess = close_match(name, names)
+    if guess is not None:
+        raise DataError(f"{name}: no such file or corpus; did you mean {guess}? (see 'charnn corpora')")
+
+
+def corpora_table(rows: list[dict[str, Any]]) -> str:
+    """``charnn corpora`` as aligned columns under a header. An entry without a sha256 is marked:
+    its download cannot be checked, so it needs ``--no-verify``."""
+    from charnn.console import shown
+
+    header = ("name", "lang", "size", "checked", "cached", "description")
+    body = []
+    for row in rows:
+        size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
+        builtin = row["url"].startswith(BUILTIN_PREFIX)
+        checked = "sha256" if row["sha256"] else ("builtin" if builtin else "UNVERIFIED")
+        body.append(
+            (
+                row["name"],
+                row["language"],
+                size,
+                checked,
+                "cached" if row["cached"] else "",
+                shown(row["description"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(
+            [
+                *(
+                    c.rjust(w) if i == 2 else c.ljust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=False))
+                ),
+                r[-1],
+            ]
+        )
+        for r in [header, *body]
+    ]
+    if any(r[3] == "UNVERIFIED" for r in body):
+        lines.append(
+            "UNVERIFIED: the registry has no size or sha256 for it, so a download cannot be checked; "
+            "fetch it with --no-verify"
+        )
+    return "\n".join(line.rstrip() for line in lines)

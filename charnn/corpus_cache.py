@@ -30,12 +30,12 @@ full, a file-size limit) is not an error: the corpus is loaded in memory instead
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import os
 import stat
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from charnn.atomic import write_atomic
 from charnn.config import TokenizerConfig
 from charnn.data import BUILTIN_CORPUS, BinaryData, Corpus, load_corpus, resolve_sources
 from charnn.errors import CharnnError, DataError, located
@@ -164,12 +165,7 @@ def _text_pieces(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, data, durable=False)  # a lost record is rebuilt, never trusted half-written
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -218,26 +214,17 @@ class CorpusCache:
         the characters of this text it lacks (fine-tuning), as :func:`~charnn.data.load_corpus`
         grows it."""
         sources, notes = resolve_sources(paths)
+        in_memory = functools.partial(
+            load_corpus, paths, tokenizer, encoding_errors=encoding_errors, val_fraction=val_fraction
+        )
         if "-" in sources or BUILTIN_CORPUS in sources or not _streamable(tokenizer):
-            return load_corpus(
-                paths,
-                tokenizer,
-                encoding_errors=encoding_errors,
-                val_fraction=val_fraction,
-                grow_vocab=grow_vocab,
-            )
+            return in_memory(grow_vocab=grow_vocab)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             return self._load(sources, notes, paths, tokenizer, encoding_errors, grow_vocab)
         except OSError as exc:  # reading sources is a DataError already: this is the cache itself
             where = exc.filename or self.dir
-            corpus = load_corpus(
-                paths,
-                tokenizer,
-                encoding_errors=encoding_errors,
-                val_fraction=val_fraction,
-                grow_vocab=grow_vocab,
-            )
+            corpus = in_memory(grow_vocab=grow_vocab)
             corpus.notes.append(
                 f"{where}: cannot use the corpus cache ({exc.strerror or exc}); the corpus is read in memory"
             )

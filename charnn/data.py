@@ -220,7 +220,6 @@ def read_corpus(paths: Sequence[str], encoding_errors: str = "strict") -> Corpus
 def load_corpus(
     paths: Sequence[str] | CorpusTexts,
     tokenizer: str | Tokenizer | TokenizerConfig | None = None,
-    vocab_size: int | None = None,
     encoding_errors: str = "strict",
     val_fraction: float = 0.0,
     grow_vocab: bool = False,
@@ -238,7 +237,7 @@ def load_corpus(
     chars = sum(len(t) for t in texts)
 
     if tokenizer is None or isinstance(tokenizer, str):
-        tokenizer = TokenizerConfig(kind=tokenizer or "char", vocab_size=vocab_size or 2000)
+        tokenizer = TokenizerConfig(kind=tokenizer or "char")
     if isinstance(tokenizer, TokenizerConfig):
         tokenizer = build_tokenizer(tokenizer, texts, val_fraction)
     elif grow_vocab and isinstance(tokenizer, CharTokenizer):

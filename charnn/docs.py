@@ -1,9 +1,10 @@
 """The option tables of the docs, derived from the click commands (themselves derived from the
 config dataclasses), so the docs cannot drift from ``--help``.
 
-``python -m charnn.docs docs/usage.md`` rewrites every block between
-``<!-- options: COMMAND -->`` and ``<!-- /options -->`` in the files named; ``make readme`` runs it
-on ``USAGE`` and a test checks that it is up to date.
+``python -m charnn.docs docs/usage.md docs/environment.md`` rewrites every block between
+``<!-- options: COMMAND -->`` and ``<!-- /options -->`` in the files named, and the table of
+environment variables between ``<!-- envvars -->`` and ``<!-- /envvars -->``; ``make readme``
+runs it on both and tests check that they are up to date.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 
 USAGE = Path(__file__).resolve().parent.parent / "docs" / "usage.md"
 _BLOCK = re.compile(r"(<!-- options: ([\w-]+) -->\n)(.*?)(<!-- /options -->)", re.S)
+_ENV_BLOCK = re.compile(r"(<!-- envvars -->\n)(.*?)(<!-- /envvars -->)", re.S)
 _DEFAULT = re.compile(r"\s*\[default: (.*?)\]$")
 
 
@@ -47,7 +49,11 @@ def options_table(command: str) -> str:
 
 def render(readme: str) -> str:
     """``readme`` with every options block regenerated."""
-    return _BLOCK.sub(lambda m: m.group(1) + options_table(m.group(2)) + m.group(4), readme)
+    from charnn import envvars
+    from charnn.cli import cli
+
+    readme = _BLOCK.sub(lambda m: m.group(1) + options_table(m.group(2)) + m.group(4), readme)
+    return _ENV_BLOCK.sub(lambda m: m.group(1) + envvars.table(cli) + m.group(3), readme)
 
 
 def main(argv: list[str]) -> int:

@@ -24,6 +24,7 @@ from charnn.scoring import (
     token_char_lengths,
     token_extra_nats,
 )
+from charnn.threads import NO_PACE, Pace
 from charnn.tokenizer import Tokenizer
 
 __all__ = [
@@ -102,6 +103,7 @@ def token_surprisal(
     min_segment: int = 8192,
     warmup: int = 1024,
     device: torch.device | str = "cpu",
+    pace: Pace = NO_PACE,
 ) -> TokenSurprisal:
     """Per-token log-probabilities and top-k predictions of ``ids``.
 
@@ -128,11 +130,13 @@ def token_surprisal(
     was_training = model.training
     model.eval()
     hidden = None
+    pace.begin(len(lo) * length)
     for start in range(0, length, seq_len):
         pos = first[:, None] + np.arange(start, min(start + seq_len, length))[None, :]  # (B, t)
         x = torch.from_numpy(seq[np.minimum(pos, len(seq) - 1)]).to(device)  # (B, t)
         y = torch.from_numpy(seq[np.minimum(pos + 1, len(seq) - 1)]).to(device)  # (B, t)
-        logits, hidden = model(x, hidden)  # (B, t, V)
+        with pace.window(x.numel()):
+            logits, hidden = model(x, hidden)  # (B, t, V)
         hidden = detach_hidden(hidden)
         target = pos - context  # (B, t) index into ids predicted at each position
         keep = torch.from_numpy((target >= lo[:, None]) & (target < hi[:, None])).to(device)  # (B, t)

@@ -17,7 +17,7 @@ import numpy as np
 from charnn.arch import PER_TOKEN
 from charnn.checkpoint import MODEL_FILE, Checkpoint
 from charnn.checkpoint_meta import Lineage
-from charnn.config import ModelConfig
+from charnn.config import ModelConfig, TokenizerConfig
 from charnn.errors import ConfigError
 from charnn.tokenizer import Tokenizer
 
@@ -49,13 +49,14 @@ def child_model_config(parent: Checkpoint, given: dict[str, Any], vocab_size: in
 def check_tokenizer_options(parent: Checkpoint, given: dict[str, Any]) -> None:
     """The tokenizer comes from the checkpoint: ``--tokenizer``/``--vocab-size`` may only agree with it."""
     kind = parent.tokenizer.kind
-    if given.get("kind", kind) != kind:
+    # "sentencepiece" is the old name of unigram; checkpoints store the new one.
+    if "kind" in given and TokenizerConfig(kind=given["kind"]).kind != kind:
         raise ConfigError(
             f"--init-from keeps the checkpoint's tokenizer: --tokenizer {given['kind']} "
             f"contradicts it ({kind})"
         )
     size = given.get("vocab_size")
-    if size is not None and (kind != "sentencepiece" or size != parent.tokenizer.vocab_size):
+    if size is not None and (kind == "char" or size != parent.tokenizer.vocab_size):
         raise ConfigError(
             f"--init-from keeps the checkpoint's tokenizer ({kind}, {parent.tokenizer.vocab_size} tokens): "
             "drop --vocab-size"

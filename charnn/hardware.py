@@ -1,13 +1,7 @@
-"""What the machine offers training: CPU cores for torch's threads (no torch import here).
+"""What the machine offers: the physical CPU cores this process may use (no torch import here).
 
-``--threads`` defaults to :func:`default_threads`: the physical cores this process may run on,
-less one, and at least one. Measured on a 2-core AMD EPYC shared with other work (2x256 LSTM,
-batch 16 x 128): with the machine busy (load 12) 1 thread trained at 4.2-7.4k chars/s and 2
-threads at 0.2-0.6k - OpenMP's spin-waiting threads collapse when another process holds a
-core; at load 1.5-2, 1 thread 9.6-16.8k and 2 threads 10.3-13.7k. A core left free keeps the
-collapse from happening and costs little. The count is a function of the machine, not of its load at start-up,
-because the number of threads changes the order of floating-point sums: a run must give the
-same weights when the same command is run again on the same machine.
+How many of them torch's threads use is :mod:`charnn.threads`' decision. History: ``--threads``
+used to default to these cores less one, which trains at ~0.6x on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -37,18 +31,3 @@ def physical_cores() -> int:
         else:
             return max(1, len(cpus))  # no topology (macOS, Windows): count logical CPUs
     return max(1, len(cores))
-
-
-def default_threads() -> int:
-    """Threads for training when ``--threads`` is not given (see the module docstring)."""
-    return max(1, physical_cores() - 1)
-
-
-def threads_for(requested: int | None) -> int | None:
-    """The thread count to set: the user's, else None when ``OMP_NUM_THREADS`` already decides,
-    else :func:`default_threads`."""
-    if requested is not None:
-        return requested
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    return default_threads()

@@ -128,10 +128,10 @@ class Writer:
         logits, _ = self.stepper.prime(self._context()[None, :])
         row = np.where(self.rules.mask(StreamState(), 1 << 30), logits[0], -np.inf)
         c = self.config
-        if c.temperature == 0:
+        if c.temp == 0:
             token = int(row.argmax())
         else:
-            weights = np.exp(filter_logits(row[None, :] - row.max(), c.temperature, c.top_k, c.top_p)[0])
+            weights = np.exp(filter_logits(row[None, :] - row.max(), c.temp, c.top_k, c.top_p)[0])
             cumulative = np.cumsum(weights, dtype=np.float64)
             token = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
             token = min(token, len(row) - 1)
@@ -239,7 +239,7 @@ class Session:
         elif name == "show":
             c = self.writer.config
             self.say(
-                f"temp {c.temperature:g}  length {c.length}  top-k {c.top_k or 'off'}  "
+                f"temp {c.temp:g}  length {c.length}  top-k {c.top_k or 'off'}  "
                 f"top-p {c.top_p or 'off'}  seed {c.seed}  pick {self.pick or 'off'}  "
                 f"document {len(self.writer.document)} characters"
             )

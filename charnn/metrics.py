@@ -5,7 +5,7 @@ summed over resumes)::
 
     {"kind": "start", "step": 0, "argv": [...], "charnn": "0.1.0", "torch": "2.13.0", "device": "cpu", ...}
     {"kind": "progress", "step": 120, "elapsed": 31.2, "tokens": 245760, "chars": 245760,
-     "loss": 1.71, "bpc": 2.47, "lr": 0.0049, "chars_per_s": 7900.0}
+     "loss": 1.71, "bpc": 2.47, "bpt": 2.47, "lr": 0.0049, "chars_per_s": 7900.0}
     {"kind": "val", "step": 250, "elapsed": 64.0, "tokens": 512000, "chars": 512000, "loss": 1.52,
      "bpc": 2.19, "best_bpc": 2.19, "is_best": true}
     {"kind": "stop", "step": 1500, "elapsed": 380.1, "reason": "early stopping: ..."}
@@ -13,15 +13,18 @@ summed over resumes)::
 
 Each kind is a typed record in :mod:`charnn.metrics_rows`, shared with the readers.
 
-``loss``/``bpc`` of a progress row are the mean over the steps since the previous row (not one
-noisy batch). Progress rows are written at most once a second, and ever more sparsely as the run
+``loss``/``bpc``/``bpt`` of a progress row are the mean over the steps since the previous row (not
+one noisy batch): ``loss`` in nats per token, ``bpt`` bits per token, ``bpc`` bits per character
+(equal for the char tokenizer; a subword run's ``bpc`` is comparable with validation's). Rows
+written before ``bpt`` existed held bits per token under ``bpc``: :func:`progress_bpc` reads them.
+Progress rows are written at most once a second, and ever more sparsely as the run
 grows (at most one per ``elapsed / 2000`` seconds), so a day-long run writes ~10k rows, not 10M;
 the first step, every validated step and the last step always get one.
 
 Crash safety: each row is appended and flushed whole. A torn last line (power cut) is skipped by
 :func:`read_metrics`. On ``--resume`` the rows after the checkpoint's step belong to the abandoned
 tail after the last save; :meth:`MetricsLog.rewind` drops them by rewriting the file atomically
-(``os.replace``) before the run appends again, so steps never repeat and none go missing.
+(``charnn.atomic``) before the run appends again, so steps never repeat and none go missing.
 No torch import: ``charnn runs`` and ``charnn plot`` read these files cheaply.
 """
 
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from charnn.atomic import write_atomic
 from charnn.console import json_line
 from charnn.errors import DataError
 from charnn.metrics_rows import (
@@ -42,6 +46,7 @@ from charnn.metrics_rows import (
     ProgressRow,
     StartRow,
     StopRow,
+    ThreadsRecord,
     ValRow,
     parse_row,
     row_step,
@@ -85,18 +90,10 @@ class MetricsLog:
         self.close()
         if not self.path.exists():
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             keep = [data for row_step_, data in _raw_rows(self.path) if row_step_ <= step]
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for data in keep:
-                    fh.write(json_line(data) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json_line(data) + "\n" for data in keep))
         except OSError as exc:
-            if tmp.is_file():
-                tmp.unlink()
             raise self._error(exc) from None
 
     def append(self, row: MetricsRow) -> None:
@@ -135,6 +132,7 @@ class MetricsReporter:
         self.last_step = -1
         self.last_time = -math.inf
         self._losses: list[float] = []
+        self._bpcs: list[float] = []  # bits per character of the same steps
         self._pending: StepReport | None = None
         self._seen = (0, 0)  # tokens and chars at the last reported step
 
@@ -150,6 +148,7 @@ class MetricsReporter:
                 **self.start_row.to_fields(),
                 device=info.device,
                 parameters=info.parameters,
+                threads=ThreadsRecord(**info.threads.to_dict()) if info.threads is not None else None,
                 time=_now(),
             )
         )
@@ -158,10 +157,11 @@ class MetricsReporter:
     def progress(self, report: StepReport) -> None:
         if report.step <= self.last_step:  # divergence recovery replays steps from latest/
             self.log.rewind(report.step - 1)
-            self._losses, self._pending = [], None
+            self._losses, self._bpcs, self._pending = [], [], None
         self.last_step = report.step
         self._seen = (report.tokens, report.chars)
         self._losses.append(report.loss)
+        self._bpcs.append(report.bpc)
         self._pending = report
         due = max(MIN_INTERVAL, report.elapsed / SPARSITY)
         if report.step == 1 or report.elapsed - self.last_time >= due:
@@ -173,6 +173,7 @@ class MetricsReporter:
         if report is None or not losses:
             return
         loss = sum(losses) / len(losses)
+        bpc = sum(self._bpcs) / len(self._bpcs)
         self.log.append(
             ProgressRow(
                 step=report.step,
@@ -180,13 +181,14 @@ class MetricsReporter:
                 tokens=report.tokens,
                 chars=report.chars,
                 loss=loss,
-                bpc=loss / math.log(2),
+                bpc=bpc,  # bits per character, as validation's
+                bpt=loss / math.log(2),  # bits per token
                 lr=report.lr,
                 chars_per_s=round(report.chars_per_s, 1),
             )
         )
         self.last_time = report.elapsed
-        self._losses, self._pending = [], None
+        self._losses, self._bpcs, self._pending = [], [], None
 
     def validating(self, step: int) -> None:
         self._flush_progress()  # the validated step's training row comes first

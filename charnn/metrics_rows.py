@@ -58,6 +58,18 @@ class BudgetRecord(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ThreadsRecord(JsonRecord):
+    """The thread count a run computes with and how it was chosen (:class:`charnn.threads.ThreadChoice`)."""
+
+    count: int | None = item(optional(whole(1)), default=None)  # None: left to torch (a GPU)
+    how: str = item(TEXT, default="")
+    cores: int = item(whole(0), default=0)
+    load: float | None = item(MEASURE, default=None)
+    seconds: dict[str, Any] = item(mapping_of(SCALAR), default_factory=dict)  # candidate -> seconds per pass
+    same_rounding: bool | None = item(optional(FLAG), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Invocation(JsonRecord):
     """How a charnn process was started: command line and versions (also metrics' start row)."""
 
@@ -92,6 +104,7 @@ class StartRow(Invocation, MetricsRow):
     KIND: ClassVar[str] = "start"
     device: str | None = item(optional(TEXT), default=None)
     parameters: int | None = item(optional(whole(0)), default=None)
+    threads: ThreadsRecord | None = item(optional(record(ThreadsRecord)), default=None)  # charnn.threads
     time: str | None = item(optional(TEXT), default=None)  # UTC, ISO 8601
 
 
@@ -103,9 +116,18 @@ class ProgressRow(MetricsRow):
     tokens: int = item(whole(0), default=0)  # trained on so far (the whole run)
     chars: int = item(whole(0), default=0)  # characters those tokens spell
     loss: float | None = item(MEASURE, default=None)
-    bpc: float | None = item(MEASURE, default=None)
+    bpc: float | None = item(MEASURE, default=None)  # bits per character (before 0.2.0: per token)
+    bpt: float | None = item(MEASURE, default=None)  # bits per token; absent in rows before 0.2.0
     lr: float | None = item(MEASURE, default=None)
     chars_per_s: float | None = item(MEASURE, default=None)
+
+    @property
+    def char_bpc(self) -> float | None:
+        """Bits per character, also of an old row (no ``bpt``), whose ``bpc`` held bits per
+        token: rescaled by the run's tokens per character so far (1 for characters)."""
+        if self.bpc is None or self.bpt is not None or not (self.tokens > 0 and self.chars > 0):
+            return self.bpc
+        return self.bpc * self.tokens / self.chars
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,5 +192,7 @@ def parse_row(data: dict[str, Any]) -> MetricsRow | None:
 
 def to_line(row: MetricsRow) -> str:
     """The row as one line of JSON (without the newline); NaN/inf become null, as JSON needs."""
+    from charnn.console import json_line
+
     data = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.to_json().items()}
-    return json.dumps(data, ensure_ascii=False)
+    return json_line(data)  # valid UTF-8 even with an undecodable file name in it

@@ -18,7 +18,6 @@ from charnn.errors import CharnnError, ConfigError, DataError
 from charnn.metrics import METRICS, read_metrics
 from charnn.metrics_rows import ProgressRow, ValRow
 
-X_AXES = ("steps", "time", "chars")
 _X_FIELD = {"steps": "step", "time": "elapsed", "chars": "chars"}
 # (train, val) markers per run: distinct shapes, so a chart without colour still tells them apart.
 MARKERS = [("·", "●"), ("+", "▲"), ("x", "■"), ("-", "◆"), ("'", "★"), (":", "◎")]
@@ -43,16 +42,21 @@ def metrics_path(run: str) -> Path:
             return candidate
     if not path.exists():
         raise DataError(f"{run}: no such run directory")
-    raise DataError(f"{run}: no {METRICS} here (runs trained by charnn 0.1.0 or earlier have none)")
+    raise DataError(
+        f"{run}: no {METRICS} here (runs trained before charnn kept a history have none; "
+        "`charnn info` still describes them)"
+    )
 
 
 def load_series(runs: list[str], x: str) -> list[Series]:
-    """Train and validation bpc of each run against ``x`` (steps, time in seconds, or chars)."""
+    """Train and validation bpc of each run against ``x`` (steps, time in seconds, or chars).
+    Both are bits per character, whatever the tokenizer; each run is named by the shortest
+    trailing part of its path that tells it from the others (``xa/run``, ``xb/run``)."""
     key = _X_FIELD[x]
     out = []
-    for run in runs:
-        path = metrics_path(run)
-        name = path.parent.resolve().name if path.name == METRICS else path.name
+    paths = [metrics_path(run) for run in runs]
+    names = run_labels([p.parent.resolve() if p.name == METRICS else p.resolve() for p in paths])
+    for run, path, name in zip(runs, paths, names, strict=True):
         rows = read_metrics(path)
         for kind in ("train", "val"):
             wanted = ProgressRow if kind == "train" else ValRow
@@ -79,10 +83,24 @@ def _number(value: Any) -> bool:
 PLOT_MAX = 1e15  # above any real step, second or character count, and any bpc
 
 
+def run_labels(paths: list[Path]) -> list[str]:
+    """For each path, its shortest trailing part that no other (different) path ends with:
+    ``xa/run`` and ``xb/run`` for two runs named ``run`` (the same run twice keeps one name)."""
+    parts = [p.parts for p in paths]
+    labels = []
+    for mine in parts:
+        others = [q for q in parts if q != mine]
+        depth = next(
+            (d for d in range(1, len(mine) + 1) if all(q[-d:] != mine[-d:] for q in others)), len(mine)
+        )
+        labels.append("/".join(mine[-depth:]).lstrip("/") or str(Path(*mine)))
+    return labels
+
+
 def _point(row: ProgressRow | ValRow, key: str) -> tuple[float, float] | None:
     """(x, bpc) of a training or validation row; None where a measurement is missing (NaN)."""
     x: Any = getattr(row, key)
-    bpc = row.bpc
+    bpc = row.char_bpc if isinstance(row, ProgressRow) else row.bpc
     if bpc is None or not _number(bpc) or not _number(x):
         return None
     return float(x), float(bpc)

@@ -16,6 +16,7 @@ import numpy as np
 
 from charnn.config import MAX_SEED, SampleConfig
 from charnn.constraints import StreamState, TokenRules
+from charnn.repetition import Repetition
 from charnn.sampling import Sample, _Picker, _Streams, _Uniforms, generate, heal_prime, sample_rows
 from charnn.stepper import Stepper
 from charnn.tokenizer import Tokenizer
@@ -42,7 +43,8 @@ def sample_prompts(
     regenerate the last subword piece of prime ``i``, as ``--prime`` does."""
     rules = TokenRules.for_tokenizer(tokenizer)
     heal = heal or [False] * len(primes)
-    if config.beam is not None or config.length == 0:
+    if config.beam is not None or config.length == 0 or Repetition.from_config(config) is not None:
+        # Prompt by prompt, as --prime: each is exactly what --prime LINE --seed SEED+i gives.
         return [
             generate(stepper, ids, config, tokenizer, rng=np.random.default_rng(seed), rules=rules, heal=h)
             for ids, seed, h in zip(primes, seeds, heal, strict=True)

@@ -16,8 +16,9 @@ from charnn.arch import parameter_count
 from charnn.checkpoint_meta import CheckpointMeta, Progress
 from charnn.config import ModelConfig
 from charnn.console import shown
+from charnn.metrics_rows import ThreadsRecord
 from charnn.results import InfoRow, RunRow, TokenizerSummary
-from charnn.rundir import LATEST, RunDir, resolve_checkpoint
+from charnn.rundir import BEST, LATEST, RunDir, resolve_checkpoint
 
 MAX_DEPTH = 6  # directories below DIR that `charnn runs` looks into
 SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv"}  # besides hidden ones (.git, .venv)
@@ -102,11 +103,27 @@ def info_lines(info: InfoRow) -> list[str]:
         rows["versions"] = f"charnn {run.charnn}, torch {run.torch}, device {run.device}"
         if run.budget is not None:  # the shape the budget chose (charnn.budget)
             rows["chosen"] = run.budget.reason
+    threads = threads_text(
+        info.run.threads if info.run is not None else None,
+        info.train.threads if info.train is not None else None,
+    )
+    if threads:
+        rows["threads"] = threads
     if info.parent is not None:
         rows["parent"] = f"{info.parent.path} (step {info.parent.step})"
     if info.stopped_reason:
         rows["stopped"] = info.stopped_reason
     return [f"{key:16} {shown(str(value))}" for key, value in rows.items()]  # names escaped
+
+
+def threads_text(record: ThreadsRecord | None, count: Any) -> str:
+    """``2 (measured)``: the run's thread count and how it was chosen (only known words shown)."""
+    from charnn.threads import HOWS
+
+    if not isinstance(count, int) or isinstance(count, bool):
+        return ""
+    how = record.how if record is not None else None
+    return f"{count} ({how})" if how in HOWS else str(count)
 
 
 def _tokenizer_text(tokenizer: TokenizerSummary) -> str:
@@ -122,12 +139,13 @@ def _tokenizer_text(tokenizer: TokenizerSummary) -> str:
 
 
 def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
-    """Run directories under ``root`` (itself included), in a stable order. Hidden directories,
-    virtual environments and node_modules are skipped; a run's own checkpoints are not entered."""
+    """Run directories under ``root`` (itself included) at any depth up to ``max_depth``, in a
+    stable order; runs inside runs too. Hidden directories, virtual environments and
+    node_modules are skipped; a run's own checkpoints are not entered."""
     root = Path(root)
-    if RunDir(root).holds_run():
-        yield root
-        return
+    run = RunDir(root).holds_run()
+    if run:
+        yield root  # and on: `charnn train` into ./checkpoints does not hide checkpoints/demo
     if max_depth <= 0:
         return
     try:
@@ -136,6 +154,8 @@ def find_runs(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
         return
     for child in children:
         if child.name.startswith(".") or child.name in SKIP_DIRS or (child / "pyvenv.cfg").exists():
+            continue
+        if run and child.name in (LATEST, BEST):  # the run's own checkpoints
             continue
         yield from find_runs(child, max_depth - 1)
 

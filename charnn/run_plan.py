@@ -14,7 +14,9 @@ options, checkpoints or the directory's layout itself::
 
 Planning reads checkpoints as numpy and never builds the run's model: the model's shape is
 chosen here (:func:`choose_shape`) and built by the trainer. It imports torch only when the time
-budget probes the machine to choose a shape.
+budget probes the machine to choose a shape. One decision waits for the model: torch's CPU
+threads, which may be measured on it. The trainer's set-up asks the plan for them
+(:meth:`RunPlan.settle_threads`, :mod:`charnn.threads`' policy) and runs the settled plan.
 """
 
 from __future__ import annotations
@@ -39,15 +41,20 @@ from charnn.checkpoint import (
 )
 from charnn.checkpoint_meta import Lineage
 from charnn.config import ModelConfig, TokenizerConfig, TrainConfig, flag_of
-from charnn.data import Corpus
+from charnn.data import Corpus, StreamBatcher
 from charnn.distributed import SOLO, Group
 from charnn.errors import ConfigError, DataError, VocabularyError
 from charnn.metrics_rows import BudgetRecord, Invocation
 from charnn.rundir import RunDir, resolve_checkpoint
+from charnn.threads import ThreadChoice
 from charnn.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    import torch
+
     from charnn.app import TrainRequest
+    from charnn.model import CharRNN
+    from charnn.trainer import RunLength
 
 __all__ = ["RunPlan", "choose_shape", "load_training_corpus", "planned_run"]
 
@@ -80,10 +87,24 @@ class RunPlan:
     parent: Lineage | None = None  # where the weights came from (--init-from), in every checkpoint
     invocation: Invocation | None = None  # command line and versions, for the metadata
     claim: Claim = Claim()
+    threads: ThreadChoice | None = None  # torch's CPU threads and why: settled by settle_threads
 
     @property
     def out(self) -> Path:
         return self.rundir.path
+
+    def settle_threads(
+        self, model: CharRNN, batcher: StreamBatcher, device: torch.device, length: RunLength
+    ) -> RunPlan:
+        """The plan with torch's CPU threads decided and set (:mod:`charnn.threads`): ``--threads``,
+        else the count a resumed run recorded, else ``OMP_NUM_THREADS``, else measured on the
+        run's first batch through ``model`` (built, so planning itself stays torch-free); under
+        torchrun every rank takes rank 0's. The count goes into the train config (checkpoints and
+        ``--resume`` keep it), the choice into the run's metadata and metrics."""
+        from charnn.torch_threads import run_threads
+
+        choice = run_threads(model, batcher, self.train, self.resume, device, length, self.group)
+        return dataclasses.replace(self, train=self.train.replace(threads=choice.count), threads=choice)
 
     @classmethod
     def fresh(
@@ -336,8 +357,9 @@ def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
 
 def refuse_contradictions(saved: object, given: dict[str, Any], fields: Iterable[str]) -> None:
     """Options given on ``--resume`` that define the run must agree with the checkpoint's."""
+    flags = {f.name: flag_of(f) for f in dataclasses.fields(saved)}  # type: ignore[arg-type]
     clashes = [
-        f"--{k.replace('_', '-')} {given[k]} (run has {getattr(saved, k)})"
+        f"{flags.get(k, k)} {given[k]} (run has {getattr(saved, k)})"  # the flag as typed: --warmup
         for k in fields
         if k in given and given[k] != getattr(saved, k)
     ]

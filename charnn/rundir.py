@@ -73,7 +73,9 @@ def is_checkpoint_dir(path: Path) -> bool:
 
 _MARKER_LIMIT = 64 << 20
 _FORMAT_ENTRY = f'"format": "{FORMAT}"'.encode()
-_CHECKPOINT_FILE = re.compile(r"meta\.json|[A-Za-z0-9_]+\.safetensors")  # what a save writes
+# What a save writes; the marker goes through a ".part" name so that a save killed while writing
+# it never leaves a truncated marker (which could not be told from a user's file).
+_CHECKPOINT_FILE = re.compile(r"meta\.json|meta\.json\.part|[A-Za-z0-9_]+\.safetensors")
 
 
 def is_own_leftover(path: Path) -> bool:
@@ -317,7 +319,11 @@ class RunDir:
             try:
                 tmp.mkdir()
                 for name, data in files.items():
-                    _write_file(tmp / name, data)
+                    if name == MARKER:  # whole or absent, never torn: written aside, then renamed
+                        _write_file(tmp / f"{MARKER}.part", data)
+                        os.replace(tmp / f"{MARKER}.part", tmp / MARKER)
+                    else:
+                        _write_file(tmp / name, data)
                 _fsync_dir(tmp)
                 old = aside_path(target)
                 if target.exists():
@@ -363,7 +369,10 @@ def _resolve_once(path: Path, prefer: str) -> Path:
     if not path.exists():
         if (aside_path(path) / MARKER).exists():  # e.g. -c run/latest after a crash between renames
             return aside_path(path)
-        raise CheckpointError(f"{path}: no such checkpoint (train one with `charnn train`)")
+        from charnn.locate import missing_checkpoint_hint
+
+        hint = missing_checkpoint_hint(path) or " (train one with `charnn train`)"
+        raise CheckpointError(f"{path}: no such checkpoint{hint}")
     if path.is_file():
         if path.name == MARKER or path.suffix == ".safetensors":
             return path.parent
@@ -375,4 +384,7 @@ def _resolve_once(path: Path, prefer: str) -> Path:
         for candidate in (path / name, aside_path(path / name)):
             if (candidate / MARKER).exists():
                 return candidate
-    raise CheckpointError(f"{path}: no checkpoint here (no {MARKER}, {BEST}/ or {LATEST}/)")
+    from charnn.locate import missing_checkpoint_hint
+
+    hint = missing_checkpoint_hint(path)
+    raise CheckpointError(f"{path}: no checkpoint here (no {MARKER}, {BEST}/ or {LATEST}/){hint}")

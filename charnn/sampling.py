@@ -19,6 +19,7 @@ import numpy as np
 from charnn.config import SampleConfig
 from charnn.constraints import StreamState, TokenRules
 from charnn.errors import ConfigError
+from charnn.repetition import History, Repetition
 from charnn.stepper import State, Stepper
 from charnn.tokenizer import StreamDecoder
 
@@ -81,6 +82,11 @@ def filter_logits(
         drop[rows, order] = drop_sorted
         out[drop] = -math.inf
     return out
+
+
+def raw_logprobs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The model's log-probability of ``tokens`` (N,) under ``logits`` (N, V), float64 (N,)."""
+    return log_softmax(logits)[np.arange(len(tokens)), tokens]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -179,8 +185,9 @@ def generate(
     text; with ``heal`` the prime's last subword token is regenerated so the seam is tokenized
     as in training. Without rules every token is one character and every id may be drawn.
     Sampling/greedy streams ``on_text(i, piece)`` per token; beam search calls it once per
-    result with the whole text. Beam mode ignores temperature, top-k and top-p (the CLI
-    rejects those combinations). Draws use uniforms from ``rng``: same seed, same output.
+    result with the whole text. Beam search takes no temperature, top-k or top-p
+    (:class:`~charnn.config.SampleConfig` refuses those combinations). Draws use uniforms
+    from ``rng``: same seed, same output.
     ``keep[i]`` False: sample i is only streamed, its ids and text are not collected, so an
     endless stream runs in constant memory (default: keep all).
     """
@@ -235,7 +242,7 @@ class _Picker:
     def __init__(self, config: SampleConfig, uniforms: _Uniforms | None) -> None:
         """``uniforms``: the stream draws come from; None when the caller always passes its own
         to :meth:`many` (batched prompts, one stream per prompt)."""
-        t = config.temperature
+        t = config.temp
         self.greedy = t == 0 or 1.0 / t > _F32_MAX
         self.inv_temp = 0.0 if self.greedy else 1.0 / t
         self.config, self.uniforms = config, uniforms
@@ -286,7 +293,7 @@ class _Picker:
         else:
             if self.filtered:
                 cfg = self.config
-                weights = np.exp(filter_logits(draw, cfg.temperature, cfg.top_k, cfg.top_p))
+                weights = np.exp(filter_logits(draw, cfg.temp, cfg.top_k, cfg.top_p))
             else:
                 weights = np.exp(draw * np.float32(self.inv_temp))
             u = self._stream().take(len(logits)) if uniforms is None else uniforms
@@ -320,6 +327,16 @@ class _Streams:
         self.ids: list[list[int]] = [[] for _ in range(n)]
         self.pieces: list[list[str]] = [[] for _ in range(n)]
         self.stopped_by = ["length"] * n
+        self.repetition = Repetition.from_config(config)  # None: no repetition rules
+        self.histories = [self.repetition.start() for _ in range(n)] if self.repetition else []
+
+    def draw_from(self, logits: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits to draw from and what each live stream may draw: the tokenizer's rules,
+        then the repetition rules (which never touch the reported, raw log-probabilities)."""
+        masks = self.masks(rows)
+        if self.repetition is None:
+            return logits, masks
+        return self.repetition.apply(logits, [self.histories[i] for i in rows], masks)
 
     def masks(self, rows: Sequence[int]) -> np.ndarray | None:
         """(rows, V) bool: what each live stream may draw next; None when anything goes."""
@@ -345,6 +362,8 @@ class _Streams:
         if self.keep[i]:
             self.ids[i].append(token)
             self.pieces[i].append(piece)
+        if self.histories:
+            self.histories[i].add(token)
         if self.on_text is not None:
             self.on_text(i, piece)
         return ended
@@ -387,16 +406,19 @@ def sample_rows(
     logprob = [0.0] * n
     single_logprob = 0.0
     while True:
-        masks = streams.masks(rows)  # (rows, V) or None
+        draw, masks = streams.draw_from(logits, rows)  # (rows, V), and (rows, V) or None
+        penalised = draw is not logits  # the picker's log-probabilities are then not the raw ones
         if len(rows) == 1 and draws is None:  # single stream: Python scalars, no per-token arrays
-            token, lp = picker.one(logits[0], None if masks is None else masks[0])
-            single_logprob += lp
+            token, lp = picker.one(draw[0], None if masks is None else masks[0])
+            single_logprob += float(raw_logprobs(logits, np.array([token]))[0]) if penalised else lp
             if streams.emit(rows[0], token):
                 break
             nxt = np.array([token])
         else:
             u = None if draws is None or picker.greedy else draws(rows)
-            nxt, lps = picker.many(logits, u, allowed=masks)
+            nxt, lps = picker.many(draw, u, allowed=masks)
+            if penalised:
+                lps = raw_logprobs(logits, nxt)
             for row, i in enumerate(rows):
                 logprob[i] += float(lps[row])
             done = {row for row, token in enumerate(nxt.tolist()) if streams.emit(rows[row], token)}
@@ -424,6 +446,8 @@ class _Hyp:
     ended: str | None  # None while live, else "stop" or "length"
     rule: StreamState
     pending: object = None  # a StreamDecoder's state (bytes of an unfinished character)
+    raw: float = 0.0  # cumulative raw log-prob (``score`` ranks: penalised when a penalty is set)
+    history: History | None = None  # for the repetition rules
 
     def ids(self) -> list[int]:
         out: list[int] = []
@@ -448,9 +472,11 @@ class _Extender:
         self.config, self.rules = config, rules
         self.matcher = _StopMatcher(config.stops) if config.stops else None
         self.scratch = decode.stream_decoder()
+        self.repetition = Repetition.from_config(config)
 
     def root(self, start: StreamState) -> _Hyp:
-        return _Hyp(None, 0, 0.0, "", "", None, start.copy(), self.scratch.getstate())
+        history = self.repetition.start() if self.repetition else None
+        return _Hyp(None, 0, 0.0, "", "", None, start.copy(), self.scratch.getstate(), history=history)
 
     def masks(self, live: Sequence[_Hyp]) -> np.ndarray | None:
         """(live, V) bool: what each hypothesis may take next; None when anything goes."""
@@ -459,7 +485,17 @@ class _Extender:
         length = self.config.length
         return np.stack([self.rules.mask(h.rule, length - h.rule.chars) for h in live])
 
-    def extend(self, hyp: _Hyp, token: int, score: float) -> _Hyp:
+    def scores(self, logits: np.ndarray, live: Sequence[_Hyp]) -> tuple[np.ndarray, np.ndarray]:
+        """(live, V): raw log-probabilities, and those to rank by (penalised, -inf where a rule
+        forbids the token)."""
+        raw = log_softmax(logits)
+        draw, allowed = logits, self.masks(live)
+        if self.repetition is not None:
+            draw, allowed = self.repetition.apply(logits, [h.history for h in live if h.history], allowed)
+        rank = raw if draw is logits else log_softmax(draw)
+        return raw, rank if allowed is None else np.where(allowed, rank, -np.inf)
+
+    def extend(self, hyp: _Hyp, token: int, score: float, raw: float = 0.0) -> _Hyp:
         self.scratch.setstate(hyp.pending)
         piece, pending = self.scratch.feed(token), self.scratch.getstate()
         rule = hyp.rule.copy()
@@ -471,7 +507,12 @@ class _Extender:
                 piece, ended = piece[:cut], "stop"
         if ended is None and self.rules.finished(rule, self.config.length):
             ended = "length"
-        return _Hyp((token, hyp.path), hyp.length + 1, score, hyp.text + piece, tail, ended, rule, pending)
+        history = None
+        if hyp.history is not None:
+            history = hyp.history.copy()
+            history.add(token)
+        text = hyp.text + piece
+        return _Hyp((token, hyp.path), hyp.length + 1, score, text, tail, ended, rule, pending, raw, history)
 
 
 def _beam_search(
@@ -503,10 +544,7 @@ def _beam_search(
     finished: list[_Hyp] = []
     # Every token writes a character or a UTF-8 byte of one (at most 4 per character).
     for t in range(4 * config.length + len(start.heal) + 4):
-        logp = log_softmax(logits)  # (live, V), raw
-        allowed = extender.masks(live)
-        if allowed is not None:
-            logp = np.where(allowed, logp, -np.inf)
+        raw, logp = extender.scores(logits, live)  # (live, V) each
         cand = (np.array([h.score for h in live])[:, None] + logp).ravel()  # (live*V,)
         top_index = _top(cand, width)
         pool = [
@@ -525,7 +563,7 @@ def _beam_search(
                 new_finished.append(finished[-1 - k])
                 continue
             parent, token = divmod(k, vocab)
-            child = extender.extend(live[parent], token, score)
+            child = extender.extend(live[parent], token, score, live[parent].raw + float(raw[parent, token]))
             if child.ended:
                 new_finished.append(child)
             else:
@@ -539,4 +577,4 @@ def _beam_search(
         logits, state = stepper.step(tokens, state)
 
     ranked = sorted(finished + live, key=lambda h: norm(h.score, h.length), reverse=True)
-    return [Sample(h.ids(), h.text, h.score, h.ended or "length") for h in ranked[: config.num_samples]]
+    return [Sample(h.ids(), h.text, h.raw, h.ended or "length") for h in ranked[: config.num_samples]]

@@ -159,6 +159,12 @@ def score_lines(
     order = sorted((i for i in range(len(lines)) if len(lines[i])), key=lambda i: len(lines[i]))
     for group in _batches(order, [len(line) + 1 for line in lines], batch_size, budget):
         width = max(len(lines[i]) for i in group)
+        if len(group) == 1 and width + 1 > budget:  # one long line: windows, no copy as long as it
+            (i,) = group
+            scores[i] = _long_line(
+                stepper, int(ctx[-1]), lines[i], start, char_lengths, extra_nats, max_logits
+            )
+            continue
         seqs = np.zeros(
             (len(group), width + 1), dtype=np.intp
         )  # (B, 1 + Lmax): context's last, line, padding
@@ -173,6 +179,41 @@ def score_lines(
                 logprob -= float(extra_nats[line].sum())
             scores[i] = LineScore(logprob=logprob, tokens=len(line), chars=int(char_lengths[line].sum()))
     return scores
+
+
+LONG_LINE_WINDOW = 1 << 16  # tokens per window of a long line: a few MB of ids and log-probs
+
+
+def _long_line(
+    stepper: Stepper,
+    first: int,
+    line: np.ndarray,
+    state: np.ndarray,
+    char_lengths: np.ndarray,
+    extra_nats: np.ndarray | None,
+    max_logits: int,
+) -> LineScore:
+    """log p(line | context) of a line longer than the batch budget, window by window with the
+    state carried: memory is one window's ids and log-probs, whatever the line's length (a 50 MB
+    line included). ``first``: the context's last token, which predicts ``line[0]``."""
+    n = len(line)
+    window = max(1, min(LONG_LINE_WINDOW, max_logits // max(1, stepper.vocab_size)))
+    total, previous = 0.0, first
+    for a in range(0, n, window):
+        b = min(a + window, n)
+        targets = line[a:b].astype(np.intp)[None, :]  # (1, t)
+        inputs = np.concatenate([[previous], line[a : b - 1]]).astype(np.intp)[None, :]  # (1, t)
+        logp, state = stepper.target_logprobs(inputs, targets, state)
+        total += float(logp.sum())
+        previous = int(line[b - 1])
+    if extra_nats is not None:
+        total -= _table_sum(extra_nats, line)
+    return LineScore(logprob=total, tokens=n, chars=int(_table_sum(char_lengths, line)))
+
+
+def _table_sum(table: np.ndarray, ids: np.ndarray, chunk: int = 1 << 16) -> float:
+    """``table[ids].sum()`` without a copy as long as ``ids``."""
+    return float(sum(table[ids[a : a + chunk]].sum() for a in range(0, len(ids), chunk)))
 
 
 def _batches(order: list[int], widths: list[int], size: int, budget: int) -> list[list[int]]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -282,16 +280,7 @@ arrow keys move between characters">
 
 
 def write_report(path: str | Path, page: str) -> None:
-    """Write atomically: a temporary file in the same directory, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the page from a web server
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the page atomically (see :mod:`charnn.atomic`)."""
+    from charnn.atomic import write_atomic
+
+    write_atomic(path, page)

@@ -79,14 +79,6 @@ def normalize_text(text: str, form: str | None) -> str:
     return unicodedata.normalize(forms[form], text) if form else text
 
 
-def canonical_kind(kind: str) -> str:
-    """``char``, ``bpe`` or ``unigram`` (``sentencepiece`` is the old name for ``unigram``)."""
-    kind = ALIASES.get(kind, kind)
-    if kind not in KINDS:
-        raise DataError(f"unknown tokenizer {kind!r}: use one of {', '.join(KINDS)}")
-    return kind
-
-
 class StreamDecoder(Protocol):
     """Incremental decoding of one stream of generated ids (beam search forks its state)."""
 

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from charnn.threads import ThreadChoice
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -29,6 +31,7 @@ class RunInfo:
     out: str
     processes: int = 1  # data-parallel ranks, each with batch_size streams
     elapsed: float = 0.0  # seconds already trained (resume)
+    threads: ThreadChoice | None = None  # the CPU threads torch computes with, and why
 
 
 @dataclass(frozen=True)

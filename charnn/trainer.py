@@ -36,7 +36,6 @@ from charnn.data import Corpus, StreamBatcher, split_train_val
 from charnn.distributed import Group
 from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, CharnnError, ConfigError, DivergedError, Interrupted
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
-from charnn.hardware import threads_for
 from charnn.model import CharRNN, detach_hidden
 from charnn.tokenizer import Tokenizer
 from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
@@ -430,13 +429,11 @@ class RunClock:
 
 
 def setup_device(config: TrainConfig, group: Group, message: Callable[[str], None]) -> torch.device:
-    """The device this process trains on (each rank its own GPU), with torch's CPU threads set."""
+    """The device this process trains on (each rank its own GPU). Torch's CPU threads are settled
+    later, once the model and the first batch exist to measure on (:meth:`RunPlan.settle_threads`)."""
     device = select_device(group.device(config.device))
     if config.device == "auto" and device.type == "cpu" and mps_available():
         message(MPS_NOTE)
-    threads = threads_for(config.threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
     if config.precision == "bf16" and device.type != "cuda":
         raise ConfigError("--precision bf16 needs a CUDA device")
     return device
@@ -575,13 +572,17 @@ class Trainer:
         self.corpus, self.out = plan.corpus, plan.out
         self.device = setup_device(config, group, reporter.message)
         self.data = TrainingData.of(plan.corpus, config, group, reporter.message)
-        tokens_per_step = self.data.batcher.batch_size * config.seq_len
-        self.steps = StepLog(self.data.char_lengths, tokens_per_step, group.world_size)
+        streams = self.data.batcher.batch_size  # this rank's (fewer than asked on a short corpus)
+        self.steps = StepLog(self.data.char_lengths, streams * config.seq_len, group.world_size)
         self.model = build_model(plan, self.device)
         group.init(self.device)
         self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
         self.optimizer = build_optimizer(self.model, config)
         self.length = RunLength.of(config, self.data.batcher)
+        # Threads: --threads, the run's recorded count, or measured now on this model and batch;
+        # the plan then carries the count (checkpoints and --resume keep it) and how it was chosen.
+        self.plan = plan = plan.settle_threads(self.model, self.data.batcher, self.device, self.length)
+        self.config = config = plan.train
         self.schedule = Schedule(config, self.length.steps, self.length.seconds)
         self.clock = RunClock(self.length, group)
         self.guard = DivergenceGuard(config.max_bad_steps)
@@ -589,9 +590,7 @@ class Trainer:
         self.stopper = EarlyStop(config.patience, config.min_delta)
         every = config.sample_every if group.is_writer else 0  # samples are rank 0's output
         self.sampler = TrainingSampler(every, plan.corpus.tokenizer, config.seed)
-        self.keeper = Checkpointer(
-            plan, self.model, self.optimizer, self.device, self.data.batcher.batch_size
-        )
+        self.keeper = Checkpointer(plan, self.model, self.optimizer, self.device, streams)
         self.progress, self.hidden = self.keeper.start()
         # A resumed run goes on until its (new) end, unless --patience still says stop: a run
         # interrupted as it stopped early resumes to the same stop, not past it.
@@ -802,4 +801,5 @@ class Trainer:
             out=str(self.out),
             processes=self.group.world_size,
             elapsed=self.progress.elapsed,
+            threads=self.plan.threads,
         )

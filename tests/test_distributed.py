@@ -83,6 +83,8 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_2b(runs: Path) -> None:
     assert names == ["best", "latest", "metrics.jsonl"]  # one run directory, written by rank 0 alone
     meta = json.loads((runs / "ddp" / "latest" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["progress"]["step"] == 6
+    # torchrun's OMP_NUM_THREADS=1 decides the threads, recorded as the plan settled them
+    assert meta["train"]["threads"] == 1 and meta["run"]["threads"]["how"] == "OMP_NUM_THREADS"
     _close(runs / "ddp" / "latest" / "model.safetensors", runs / "solo" / "latest" / "model.safetensors")
     # The checkpoint holds both ranks' streams, in the order one process holds them.
     _close(

@@ -14,17 +14,6 @@ from charnn.run_plan import RunPlan
 from charnn.train_records import NullReporter
 
 
-def test_default_threads_leave_a_core_and_follow_omp(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "physical_cores", lambda: 8)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert hardware.threads_for(None) == 7
-    assert hardware.threads_for(3) == 3
-    monkeypatch.setattr(hardware, "physical_cores", lambda: 1)
-    assert hardware.threads_for(None) == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    assert hardware.threads_for(None) is None  # the environment decides
-
-
 def test_physical_cores_counts_something() -> None:
     import os
 

@@ -296,6 +296,7 @@ def test_metrics_rows_round_trip_and_tolerate_torn_foreign_and_future_lines(tmp_
         "chars",
         "loss",
         "bpc",
+        "bpt",
         "lr",
         "chars_per_s",
     ]

@@ -129,3 +129,37 @@ def test_planning_never_imports_torch(trained_run: Path, tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_the_plan_settles_threads_and_a_rank_takes_rank_0s(corpus_file: Path, tmp_path: Path) -> None:
+    """Threads are the plan's one decision that waits for the model: the count goes into the
+    train config (checkpoints and --resume keep it), the choice into the plan (metadata, start
+    row); under torchrun a rank takes rank 0's count, whatever its own options gave."""
+    import torch
+
+    from charnn.config import ModelConfig, TrainConfig
+    from charnn.data import StreamBatcher, load_corpus
+    from charnn.distributed import Group
+    from charnn.run_plan import RunPlan
+    from charnn.trainer import RunLength, build_model
+
+    class SecondRank(Group):
+        def broadcast_floats(self, values: list[float] | None, n: int) -> list[float] | None:
+            return [3.0]  # rank 0 runs with 3 threads
+
+    corpus = load_corpus([str(corpus_file)])
+    model_config = ModelConfig(corpus.tokenizer.vocab_size, **TINY)  # type: ignore[arg-type]
+    plan = RunPlan.fresh(corpus, model_config, TrainConfig(steps=2, threads=2), tmp_path / "run")
+    batcher, cpu = StreamBatcher(corpus.ids, 2, 8), torch.device("cpu")
+    model, length = build_model(plan, cpu), RunLength.of(plan.train, batcher)
+    before = torch.get_num_threads()
+    try:
+        settled = plan.settle_threads(model, batcher, cpu, length)
+        assert settled.train.threads == 2 and settled.threads is not None
+        assert settled.threads.how == "--threads" and torch.get_num_threads() == 2
+        second = dataclasses.replace(plan, group=SecondRank(1, 2, 1))
+        rank1 = second.settle_threads(model, batcher, cpu, length)
+        assert rank1.train.threads == 3 and torch.get_num_threads() == 3
+        assert rank1.threads is not None and rank1.threads.how == "--threads on rank 0"
+    finally:
+        torch.set_num_threads(before)

@@ -70,6 +70,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "top_p": ("0.9", 0.9),
     "beam": ("3", 3),
     "length_penalty": ("0.5", 0.5),
+    "repetition_penalty": ("1.5", 1.5),
+    "no_repeat_ngram": ("6", 6),
     "num_samples": ("2", 2),
     "stops": ("xy", ("xy",)),
     "adapt": ("", True),
@@ -121,7 +123,7 @@ def test_every_sample_option_reaches_the_sample_config(monkeypatch: pytest.Monke
     result = CliRunner().invoke(cli_mod.cli, ["sample", *argv])
     assert result.exit_code == 0, result.output
     expected = {f.name: VALUES[f.name][1] for f in _declared(SampleConfig)}
-    expected.update(temperature=1.0, top_k=None, top_p=None)
+    expected.update(temperature=None, top_k=None, top_p=None)  # None: 1 unless given (SampleConfig.temp)
     assert dataclasses.asdict(got[0]) == {**expected, "seed": 5}
 
 
