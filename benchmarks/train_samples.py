@@ -16,6 +16,7 @@ import time
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
+from charnn.run_plan import RunPlan
 from charnn.train_records import NullReporter
 from charnn.trainer import Trainer
 
@@ -35,7 +36,7 @@ def main() -> None:
     corpus = load_corpus(args.corpus)
     mcfg = ModelConfig(corpus.tokenizer.vocab_size, cell=args.cell, layers=args.layers, hidden=args.hidden)
     tcfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=10**9, device="cpu")
-    trainer = Trainer(corpus, mcfg, tcfg, "/nonexistent-never-written", NullReporter())
+    trainer = Trainer(RunPlan.fresh(corpus, mcfg, tcfg, "/nonexistent-never-written"), NullReporter())
     trainer.train_step()  # warm-up: first-call allocations
     step_times = []
     for _ in range(args.steps):

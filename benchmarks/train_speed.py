@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
 from charnn.model import CharRNN, detach_hidden
+from charnn.run_plan import RunPlan
 from charnn.train_records import NullReporter
 from charnn.trainer import Trainer
 
@@ -78,12 +79,12 @@ def main() -> None:
     bare = bare_loop(
         CharRNN(mcfg), torch.from_numpy(ids.astype("int64")), args.batch_size, args.seq_len, args.steps
     )
-    trainer = Trainer(corpus, mcfg, tcfg, Path("/nonexistent-not-written"), NullReporter())
+    trainer = Trainer(RunPlan.fresh(corpus, mcfg, tcfg, Path("/nonexistent-not-written")), NullReporter())
     trainer.train_step()  # warm-up (allocations, oneDNN primitive creation)
     start = time.perf_counter()
     for _ in range(args.steps):
         trainer.train_step()
-    ours = args.steps * trainer.batcher.batch_size * args.seq_len / (time.perf_counter() - start)
+    ours = args.steps * trainer.data.batcher.batch_size * args.seq_len / (time.perf_counter() - start)
     print(
         f"{args.layers}x{args.hidden} {args.cell}, batch {args.batch_size}x{args.seq_len}, "
         f"{torch.get_num_threads()} threads"

@@ -8,7 +8,6 @@ stdout, people-facing messages to stderr via ``charnn.console``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import sys
@@ -20,34 +19,24 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from charnn.checkpoint import (
-    BEST,
-    LATEST,
-    META,
-    Checkpoint,
-    check_training_meta,
-    load_checkpoint,
-    train_config,
-)
-from charnn.config import ModelConfig, SampleConfig, TokenizerConfig, TrainConfig, flag_of
+from charnn.checkpoint import Checkpoint, load_checkpoint
+from charnn.config import SampleConfig, TokenizerConfig
 from charnn.console import TrainReporter, note, shown, stdin_hint
 from charnn.data import Corpus, load_corpus, read_corpus, read_source, resolve_sources
-from charnn.errors import CharnnError, ConfigError, DataError, VocabularyError, located
-from charnn.metrics_rows import BudgetRecord, Invocation
+from charnn.errors import CharnnError, ConfigError, DataError, located
 from charnn.results import EvalRow, InfoRow, SampleRow, ScoreRow
-from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # torch-side types: this module imports torch only where a command needs it
     from charnn.config import AdaptConfig
     from charnn.corpora import CorpusEntry
-    from charnn.distributed import Group
+    from charnn.metrics import MetricsReporter
     from charnn.model import CharRNN
+    from charnn.run_plan import RunPlan
     from charnn.sampling import Sample
     from charnn.scoring import EvalResult
     from charnn.surprisal_page import ModelReport
-    from charnn.train_records import Reporter
-    from charnn.trainer import Trainer
+    from charnn.train_records import NullReporter
 
 # ---------------------------------------------------------------------------- train
 
@@ -90,242 +79,41 @@ class TrainRequest:
 
 
 def start_training(request: TrainRequest) -> dict[str, Any]:
-    """Start a new run in ``request.out`` or continue one. The run directory's lock is held from
-    before anything in it is read (resume) or written (new run) until the run ends. FILES that
-    name registry corpora (and are not paths) are fetched first. Under torchrun (see
-    :mod:`charnn.distributed`) every rank trains; rank 0 alone holds the lock and writes."""
+    """Start a new run in ``request.out``, continue one (``--resume``) or fine-tune one
+    (``--init-from``): plan it (:func:`charnn.run_plan.planned_run`, which holds the run
+    directory's lock from before anything in it is read or written until the run ends), then
+    run the plan (:class:`charnn.trainer.Trainer`). FILES that name registry corpora (and are not
+    paths) are fetched first. Under torchrun (see :mod:`charnn.distributed`) every rank plans
+    and trains; rank 0 alone holds the lock and writes."""
     from charnn.distributed import from_env
+    from charnn.run_plan import check_request, planned_run
 
-    if request.resume is not None and request.init_from is not None:
-        raise ConfigError(
-            "--resume continues a run, --init-from starts a new one from trained weights: give one of them"
-        )
+    check_request(request)
     group = from_env()
-    if group.active:
-        if request.init_from is not None:
-            raise ConfigError("--init-from is not supported under torchrun yet: fine-tune in one process")
-        try:
-            return _start_rank(request, group)
-        finally:
-            group.close()
-    request = replace(request, files=resolve_corpus_names(list(request.files), request.cache_dir))
-    if request.resume is not None:
-        run = _run_to_resume(Path(request.resume or request.out))
-        resolve_checkpoint(run.path, LATEST)  # "no such checkpoint" before the lock creates anything
-        with run.lock():
-            run.refuse_foreign()
-            return _run(_resumed_trainer(request, run))
-    run = RunDir(request.out)
-    fine_tune = request.init_from is not None
-    _refuse_existing(run, request.force, fine_tune)  # before reading the corpus: fail fast
-    # Reads and encodes the corpus (and the parent's checkpoint); writes nothing.
-    trainer = _fine_tune_trainer(request, run) if fine_tune else _new_trainer(request, run)
-    with run.lock():
-        _refuse_existing(run, request.force, fine_tune)  # again: another run may have started meanwhile
-        if request.force:
-            run.remove(BEST)  # the old run's best must not outlive it
-        return _run(trainer)
-
-
-def _start_rank(request: TrainRequest, group: Group) -> dict[str, Any]:
-    """One rank of a data-parallel run: rank 0 as a single process would, the others without
-    the lock, the checks of the directory, or output. (Registry corpus names are not fetched
-    here: every rank would download; give paths.)"""
-    if request.resume is not None:
-        run = _run_to_resume(Path(request.resume or request.out))
-        if not group.is_writer:
-            return _run(_resumed_trainer(request, run, group))
-        resolve_checkpoint(run.path, LATEST)
-        with run.lock():
-            run.refuse_foreign()
-            return _run(_resumed_trainer(request, run, group))
-    run = RunDir(request.out)
-    if not group.is_writer:
-        return _run(_new_trainer(request, run, group))
-    _refuse_existing(run, request.force)
-    trainer = _new_trainer(request, run, group)
-    with run.lock():
-        _refuse_existing(run, request.force)
-        if request.force:
-            run.remove(BEST)
-        return _run(trainer)
-
-
-def _run_to_resume(path: Path) -> RunDir:
-    """``--resume`` takes a run directory; ``RUN/latest`` or ``RUN/best`` mean ``RUN``."""
-    if (path / META).is_file():
-        if path.name not in (LATEST, BEST):
-            raise ConfigError(
-                f"{path} is a single checkpoint, not a run directory: --resume continues a run "
-                "(the directory holding latest/); to train on from this checkpoint start a new run"
-            )
-        return RunDir(path.parent)
-    return RunDir(path)
-
-
-def _run(trainer: Trainer) -> dict[str, Any]:
     try:
-        return trainer.run()
+        if not group.active:  # under torchrun every rank would download: give paths there
+            request = replace(request, files=resolve_corpus_names(list(request.files), request.cache_dir))
+        with planned_run(request, group) as plan:  # torch-free: a refused run exits fast
+            from charnn.trainer import Trainer
+
+            reporter = _reporter(plan, request.quiet)
+            try:
+                return Trainer(plan, reporter).run()
+            finally:
+                reporter.close()
     finally:
-        trainer.reporter.close()
+        group.close()
 
 
-def _refuse_existing(run: RunDir, force: bool, fine_tune: bool = False) -> None:
-    run.refuse_foreign()  # a user's own latest/ or best/ is never replaced, --force or not
-    if run.holds_run() and not force:
-        if fine_tune:
-            raise ConfigError(
-                f"{run.path}/ already holds a run; give the fine-tuned run its own directory with "
-                "-o/--out, or replace that run with --force"
-            )
-        raise ConfigError(
-            f"{run.path}/ already holds a run; continue it with --resume, pick another --out, "
-            "or replace it with --force"
-        )
-
-
-def _resumed_trainer(request: TrainRequest, run: RunDir, group: Group | None = None) -> Trainer:
-    from charnn.distributed import SOLO
-    from charnn.trainer import (
-        Trainer,
-        check_resume_corpus,
-        init_from_hint,
-        merge_resume,
-        refuse_contradictions,
-    )
-
-    group = group or SOLO
-    ckpt = load_checkpoint(run.path, prefer=LATEST)
-    records = check_training_meta(ckpt)
-    group.check_resume(ckpt.meta.processes)  # before reading the corpus
-    refuse_contradictions(ckpt.config, request.model, request.model)
-    kind = TokenizerConfig(kind=request.tokenizer.get("kind", ckpt.tokenizer.kind)).kind  # sentencepiece
-    if kind != ckpt.tokenizer.kind:
-        raise ConfigError(
-            f"resume options contradict the checkpoint: --tokenizer {kind} (run has {ckpt.tokenizer.kind})"
-        )
-    config = merge_resume(train_config(ckpt), request.train)
-    sources = list(request.files) or records.corpus.sources
-    try:
-        corpus = cached_corpus(
-            sources, ckpt.tokenizer, request.encoding_errors, request.cache_dir, quiet=request.quiet
-        )
-    except VocabularyError as exc:
-        if not request.files:
-            raise
-        raise VocabularyError(f"{exc}; {init_from_hint(run.path)}") from None
-    check_resume_corpus(ckpt, corpus)
-    _notes(corpus, group)
-    parent = ckpt.meta.parent
-    # The budget's choice stays the run's: its shape and settings are in the checkpoint.
-    reporter, inv = _reporter(run, request, group, ckpt.meta.run.budget if ckpt.meta.run else None)
-    return Trainer(
-        corpus,
-        ckpt.config,
-        config,
-        run.path,
-        reporter,
-        resume=ckpt,
-        parent=parent,
-        invocation=inv,
-        group=group,
-    )
-
-
-def _notes(corpus: Corpus, group: Group | None) -> None:
-    if group is None or group.is_writer:
-        for text in corpus.notes:
-            note(text)
-
-
-def _new_trainer(request: TrainRequest, run: RunDir, group: Group | None = None) -> Trainer:
-    from charnn.trainer import Trainer
-
-    config = TrainConfig(**request.train)
-    tokenizer = TokenizerConfig(**request.tokenizer)
-    # A subword model's sample follows --seed.
-    source: Tokenizer | TokenizerConfig = tokenizer.replace(seed=config.seed)
-    if tokenizer.source is not None:
-        others = sorted(set(request.tokenizer) - {"source"})
-        if others:
-            flags = ", ".join(flag_of(f) for f in dataclasses.fields(TokenizerConfig) if f.name in others)
-            raise ConfigError(f"--tokenizer-from takes the whole tokenizer from the checkpoint: drop {flags}")
-        source = load_checkpoint(tokenizer.source).tokenizer
-    if request.vocabulary is not None:
-        source = request.vocabulary
-    # subwords learn from the training split only (val_fraction)
-    corpus = cached_corpus(
-        request.files, source, request.encoding_errors, request.cache_dir, config.val_fraction, request.quiet
-    )
-    _notes(corpus, group)
-    model, config, choice = _budget_choice(request, config, corpus, group)
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model)
-    reporter, inv = _reporter(run, request, group, choice)
-    if group is None:
-        return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv)
-    return Trainer(corpus, model_config, config, run.path, reporter, invocation=inv, group=group)
-
-
-def _budget_choice(
-    request: TrainRequest, config: TrainConfig, corpus: Corpus, group: Group | None
-) -> tuple[dict[str, Any], TrainConfig, BudgetRecord | None]:
-    """With no shape option typed, the budget picks the model (see :mod:`charnn.budget`)."""
-    from charnn.budget import applies
-    from charnn.budget_probe import apply_choice
-    from charnn.trainer import select_device
-
-    why_not = applies(request.model, corpus.tokenizer.kind, False, group is not None and group.active)
-    if why_not is not None:
-        return request.model, config, None
-    train_tokens = int(len(corpus.ids) * (1 - config.val_fraction))
-    applied = apply_choice(request.model, request.train, config, train_tokens, select_device(config.device))
-    if not request.quiet and (group is None or group.is_writer):
-        note(applied.choice.reason)
-    return applied.model, applied.config, BudgetRecord.from_json(applied.choice.as_dict())
-
-
-def _reporter(
-    run: RunDir, request: TrainRequest, group: Group | None = None, budget: BudgetRecord | None = None
-) -> tuple[Reporter, Invocation]:
-    """The console, teed into the run's metrics.jsonl; and how this run was invoked (with the
-    budget's choice of shape, when it chose). Ranks other than 0 of a torchrun run report nothing."""
-    from charnn.metrics import MetricsReporter, invocation
+def _reporter(plan: RunPlan, quiet: bool) -> MetricsReporter | NullReporter:
+    """The console, teed into the run's metrics.jsonl. Ranks other than 0 of a torchrun run
+    report nothing."""
+    from charnn.metrics import MetricsReporter
     from charnn.train_records import NullReporter
 
-    inv = invocation(request.argv)
-    if budget is not None:
-        inv = dataclasses.replace(inv, budget=budget)
-    if group is not None and not group.is_writer:
-        return NullReporter(), inv
-    return MetricsReporter(run.metrics(), TrainReporter(quiet=request.quiet), start_row=inv), inv
-
-
-def _fine_tune_trainer(request: TrainRequest, run: RunDir) -> Trainer:
-    """A new run from the weights of ``request.init_from`` (its best/ for a run directory):
-    the parent's shape and tokenizer (grown by new characters), a fresh optimizer and schedule."""
-    from charnn import finetune
-    from charnn.trainer import Trainer
-
-    assert request.init_from is not None
-    parent = load_checkpoint(request.init_from)
-    finetune.check_tokenizer_options(parent, request.tokenizer)
-    finetune.child_model_config(parent, request.model, parent.config.vocab_size)  # refuse clashes early
-    config = TrainConfig(**request.train)
-    corpus = load_corpus(
-        request.files, tokenizer=parent.tokenizer, encoding_errors=request.encoding_errors, grow_vocab=True
-    )
-    model_config = finetune.child_model_config(parent, request.model, corpus.tokenizer.vocab_size)
-    for text in corpus.notes:
-        note(text)
-    note(f"fine-tuning from {parent.path} (step {parent.step}): fresh optimizer and schedule")
-    grown = finetune.describe_growth(parent.tokenizer, corpus.tokenizer, corpus.ids)
-    if grown:
-        note(grown)
-    lineage = finetune.lineage(parent)
-    reporter, inv = _reporter(run, request)
-    trainer = Trainer(corpus, model_config, config, run.path, reporter, parent=lineage, invocation=inv)
-    finetune.adopt_weights(trainer.model, parent)
-    return trainer
+    if not plan.group.is_writer:
+        return NullReporter()
+    return MetricsReporter(plan.rundir.metrics(), TrainReporter(quiet=quiet), start_row=plan.invocation)
 
 
 # ---------------------------------------------------------------------------- sample

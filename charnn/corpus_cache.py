@@ -30,6 +30,7 @@ full, a file-size limit) is not an error: the corpus is loaded in memory instead
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import os
@@ -204,20 +205,26 @@ class CorpusCache:
         tokenizer: TokenizerConfig | Tokenizer | None = None,
         encoding_errors: str = "strict",
         val_fraction: float = 0.0,
+        grow_vocab: bool = False,
     ) -> Corpus:
         """Like :func:`charnn.data.load_corpus`, with the ids memory-mapped from the cache.
         stdin, the built-in corpus, a new SentencePiece vocabulary (which trains on the text in
         memory), a capped character vocabulary and Unicode normalisation take the in-memory path
-        (``val_fraction`` is only for those)."""
+        (``val_fraction`` is only for those). ``grow_vocab``: a given character tokenizer gains
+        the characters of this text it lacks (fine-tuning), as :func:`~charnn.data.load_corpus`
+        grows it."""
         sources, notes = resolve_sources(paths)
+        in_memory = functools.partial(
+            load_corpus, paths, tokenizer, encoding_errors=encoding_errors, val_fraction=val_fraction
+        )
         if "-" in sources or BUILTIN_CORPUS in sources or not _streamable(tokenizer):
-            return load_corpus(paths, tokenizer, encoding_errors=encoding_errors, val_fraction=val_fraction)
+            return in_memory(grow_vocab=grow_vocab)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            return self._load(sources, notes, paths, tokenizer, encoding_errors)
+            return self._load(sources, notes, paths, tokenizer, encoding_errors, grow_vocab)
         except OSError as exc:  # reading sources is a DataError already: this is the cache itself
             where = exc.filename or self.dir
-            corpus = load_corpus(paths, tokenizer, encoding_errors=encoding_errors, val_fraction=val_fraction)
+            corpus = in_memory(grow_vocab=grow_vocab)
             corpus.notes.append(
                 f"{where}: cannot use the corpus cache ({exc.strerror or exc}); the corpus is read in memory"
             )
@@ -234,12 +241,18 @@ class CorpusCache:
         paths: Sequence[str],
         tokenizer: TokenizerConfig | Tokenizer | None,
         encoding_errors: str,
+        grow_vocab: bool = False,
     ) -> Corpus:
         files = self._hash_sources(sources, paths, notes)
         content_key = _key("content", encoding_errors, [f.sha256 for f in files])
         if tokenizer is None or isinstance(tokenizer, TokenizerConfig):
             tokenizer, ids, record = self._own_vocabulary(content_key, files, encoding_errors)
         else:
+            if grow_vocab and isinstance(tokenizer, CharTokenizer):
+                # The text's own characters (validated against its ids); extended() appends the
+                # missing ones in code-point order, exactly as it does from the text in memory.
+                own, _, _ = self._own_vocabulary(content_key, files, encoding_errors)
+                tokenizer = tokenizer.extended(["".join(own.token_text(i) for i in range(own.vocab_size))])
             ids, record = self._ids(
                 _key("ids", content_key, tokenizer.to_dict()), files, encoding_errors, tokenizer
             )
@@ -520,7 +533,8 @@ def load_corpus_cached(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: BarFactory | None = None,
     val_fraction: float = 0.0,
+    grow_vocab: bool = False,
 ) -> Corpus:
     """:func:`charnn.data.load_corpus` through the corpus cache in ``cache_dir`` (default:
     :func:`default_cache_dir`)."""
-    return CorpusCache(cache_dir, progress).load(paths, tokenizer, encoding_errors, val_fraction)
+    return CorpusCache(cache_dir, progress).load(paths, tokenizer, encoding_errors, val_fraction, grow_vocab)

@@ -24,14 +24,17 @@ The world size is stored in checkpoints; ``--resume`` refuses another one (exit 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from charnn.errors import ConfigError
-from charnn.model import Hidden
+
+if TYPE_CHECKING:  # torch only where tensors move: planning a run (charnn.run_plan) imports this module
+    import torch
+
+    from charnn.model import Hidden
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -55,12 +58,15 @@ class Group:
 
     def device(self, name: str) -> str:
         """Each process on a machine takes its own GPU (``cuda:LOCAL_RANK``)."""
+        import torch
+
         if self.active and name in ("auto", "cuda") and torch.cuda.is_available():
             return f"cuda:{self.local_rank}"
         return name
 
     def init(self, device: torch.device) -> None:
         """Join the process group (once per process): NCCL on CUDA, gloo on the CPU."""
+        import torch
         import torch.distributed as dist
 
         if not self.active or dist.is_initialized():
@@ -86,6 +92,7 @@ class Group:
         the same on every rank, so they all stop at the same step."""
         if not self.active:
             return elapsed, signal
+        import torch
         import torch.distributed as dist
 
         both = torch.tensor([elapsed, float(signal)], dtype=torch.float64)
@@ -96,6 +103,7 @@ class Group:
         """Rank 0's ``values`` (or its None) on every rank."""
         if not self.active:
             return values
+        import torch
         import torch.distributed as dist
 
         buf = torch.zeros(n + 1, dtype=torch.float64)
@@ -104,6 +112,13 @@ class Group:
         dist.broadcast(buf, src=0)
         return buf[1:].tolist() if buf[0] == 1.0 else None
 
+    def shared(self, compute: Callable[[], list[float] | None], n: int) -> list[float] | None:
+        """``compute()`` run by rank 0 alone, its ``n`` numbers (or its None) on every rank: for
+        work the other ranks would only repeat, such as validation. One process just computes."""
+        if not self.active:
+            return compute()
+        return self.broadcast_floats(compute() if self.is_writer else None, n)
+
     # ------------------------------------------------------------------ hidden state
 
     def gather_hidden(self, hidden: Hidden) -> Hidden:
@@ -111,6 +126,7 @@ class Group:
         (layers, B, H) per rank -> (layers, N*B, H), as one process with N*B streams holds it."""
         if not self.active:
             return hidden
+        import torch
         import torch.distributed as dist
 
         def gather(t: torch.Tensor) -> torch.Tensor:
@@ -148,9 +164,11 @@ class Group:
             )
 
     def close(self) -> None:
+        if not self.active:
+            return  # nothing joined (and no torch import for a single process)
         import torch.distributed as dist
 
-        if self.active and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 

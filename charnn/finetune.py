@@ -10,23 +10,23 @@ pieces for is encoded through its byte fallback.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from charnn.arch import PER_TOKEN
 from charnn.checkpoint import MODEL_FILE, Checkpoint
 from charnn.checkpoint_meta import Lineage
 from charnn.config import ModelConfig, TokenizerConfig
 from charnn.errors import ConfigError
-from charnn.model import CharRNN
 from charnn.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch only to copy weights: planning a fine-tuned run (charnn.run_plan) does not need it
+    from charnn.model import CharRNN
 
 # Model options that may differ from the parent's: they change how the weights are trained,
 # not their shape.
 ADJUSTABLE = ("dropout",)
-# Parameters with one row per token: rows of tokens the parent knew are copied, new rows stay fresh.
 
 
 def child_model_config(parent: Checkpoint, given: dict[str, Any], vocab_size: int) -> ModelConfig:
@@ -66,12 +66,14 @@ def check_tokenizer_options(parent: Checkpoint, given: dict[str, Any]) -> None:
 def adopt_weights(model: CharRNN, parent: Checkpoint) -> None:
     """Copy the parent's weights into ``model`` (same shape, vocabulary at least as large).
     Rows of tokens beyond the parent's vocabulary keep the fresh initialisation ``model`` has."""
+    import torch
+
     known = parent.config.vocab_size
     params = dict(model.named_parameters())  # a tied head.weight is the embedding: listed once
     with torch.no_grad():
         for name, tensor in parent.torch_weights().items():
             target = params[name]
-            if name in PER_TOKEN:
+            if name in PER_TOKEN:  # rows of tokens the parent knew are copied, new rows stay fresh
                 target[:known].copy_(tensor)  # (V_parent, ...) of (V, ...)
             else:
                 target.copy_(tensor)

@@ -31,11 +31,11 @@ import os
 import re
 import shutil
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from charnn.errors import CharnnError, CheckpointError, ConfigError, RunBusyError
 from charnn.metrics import METRICS, MetricsLog
@@ -46,9 +46,6 @@ FORMAT = "charnn-checkpoint"  # the marker's "format" value
 LOCK = ".lock"
 SAMPLES = "samples.txt"
 _SAMPLE_HEADER = re.compile(rb"^=== step (\d+)\b[^\n]*===$", re.MULTILINE)
-
-_held: dict[str, tuple[object, int]] = {}  # lock path -> (FileLock, depth): re-entrant per process
-_held_guard = threading.Lock()
 
 
 def aside_path(target: Path) -> Path:
@@ -168,6 +165,8 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._lock: Any = None  # the held FileLock, while _depth > 0
+        self._depth = 0
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -192,38 +191,38 @@ class RunDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's lock; a second process gets :class:`RunBusyError` at once, never waits.
-        Re-entrant within this process (the trainer holds it, each save takes it again)."""
+        Re-entrant on this object (the run holds it, each save takes it again). A run has one
+        ``RunDir`` (its :class:`~charnn.run_plan.RunPlan`'s), so no other holder in this process
+        needs reconciling: a second ``RunDir`` of the same path is refused like another process."""
+        if self._depth == 0:
+            self._lock = self._acquire()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._lock.release()
+                self._lock = None
+
+    def _acquire(self) -> Any:
         from filelock import FileLock, Timeout
 
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CharnnError(f"could not save checkpoint in {self.path}: {exc.strerror or exc}") from None
-        key = os.path.abspath(self.path / LOCK)
-        with _held_guard:
-            lock, depth = _held.get(key, (None, 0))
-            if lock is None:
-                lock = FileLock(key, timeout=0)
-                try:
-                    lock.acquire()
-                except Timeout:
-                    raise RunBusyError(
-                        f"{self.path}: another charnn process is writing this run directory; "
-                        "wait for it to finish or choose another --out"
-                    ) from None
-                except OSError as exc:
-                    raise CharnnError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
-            _held[key] = (lock, depth + 1)
+        lock = FileLock(os.path.abspath(self.path / LOCK), timeout=0)
         try:
-            yield
-        finally:
-            with _held_guard:
-                lock, depth = _held[key]
-                if depth == 1:
-                    del _held[key]
-                    lock.release()  # type: ignore[attr-defined]
-                else:
-                    _held[key] = (lock, depth - 1)
+            lock.acquire()
+        except Timeout:
+            raise RunBusyError(
+                f"{self.path}: another charnn process is writing this run directory; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        except OSError as exc:
+            raise CharnnError(f"{self.path}: cannot lock ({exc.strerror or exc})") from None
+        return lock
 
     # ------------------------------------------------------------------ beside the checkpoints
 

@@ -2,63 +2,48 @@
 gradient clipping, periodic validation, atomic checkpoints, exact resume, and recovery
 from non-finite steps. Reports progress through a :class:`~charnn.train_records.Reporter`; never prints.
 
-The loop (:meth:`Trainer.run`) reads top to bottom; its parts are small named objects:
-:class:`Schedule` (learning rate), :class:`ThroughputMeter` (chars/s),
-:class:`DivergenceGuard` (what non-finite steps mean), :class:`EvalSavePolicy`
-(when to validate and save) and :class:`TrainingSampler` (``--sample-every``). Checkpoint
-contents are :mod:`charnn.checkpoint`'s business, their place on disk :mod:`charnn.rundir`'s.
+A run is planned first (:mod:`charnn.run_plan`: configs, corpus, where the weights start, the run
+directory), then :class:`Trainer` runs the plan. The loop (:meth:`Trainer.run`) reads top to
+bottom; its parts are small named objects: :class:`Schedule` (learning rate), :class:`RunClock`
+(wall time, when to stop), :class:`ThroughputMeter` (chars/s), :class:`DivergenceGuard` (what
+non-finite steps mean), :class:`EvalSavePolicy` (when to validate and save), :class:`EarlyStop`
+(``--patience``) and :class:`TrainingSampler` (``--sample-every``). Saving and restoring is the
+:class:`~charnn.checkpointer.Checkpointer`'s job; checkpoint contents are :mod:`charnn.checkpoint`'s
+business, their place on disk :mod:`charnn.rundir`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import shlex
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import (
-    BEST,
-    LATEST,
-    Checkpoint,
-    Progress,
-    load_checkpoint,
-    pack_train_state,
-    restore_train_state,
-    save_checkpoint,
-    training_meta,
-)
-from charnn.checkpoint_meta import CorpusRecord, Lineage, RunRecord
-from charnn.config import ModelConfig, SampleConfig, TrainConfig, flag_of
+from charnn.checkpoint import BEST, LATEST, Progress
+from charnn.checkpointer import Checkpointer, all_finite
+from charnn.config import SampleConfig, TrainConfig
 from charnn.constraints import TokenRules
 from charnn.data import Corpus, StreamBatcher, split_train_val
-from charnn.distributed import SOLO, Group
-from charnn.errors import (
-    EXIT_SIGINT,
-    EXIT_SIGTERM,
-    CharnnError,
-    ConfigError,
-    DataError,
-    DivergedError,
-    Interrupted,
-)
+from charnn.distributed import Group
+from charnn.errors import EXIT_SIGINT, EXIT_SIGTERM, CharnnError, ConfigError, DivergedError, Interrupted
 from charnn.evaluate import EvalResult, evaluate_stream, token_char_lengths, token_extra_nats
-from charnn.metrics_rows import Invocation, ThreadsRecord
-from charnn.model import CharRNN, Hidden, detach_hidden
-from charnn.rundir import RunDir
+from charnn.model import CharRNN, detach_hidden
 from charnn.tokenizer import Tokenizer
-from charnn.torch_threads import run_threads
 from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, SampleReport, StepReport
 
-__all__ = ["DEFAULT_TIME", "Progress", "Trainer", "merge_resume", "refuse_contradictions", "select_device"]
+if TYPE_CHECKING:
+    from charnn.run_plan import RunPlan
+
+__all__ = ["DEFAULT_TIME", "Progress", "Trainer", "all_finite", "select_device"]
 
 DEFAULT_TIME = 300.0  # seconds, when no --steps/--epochs/--time is given
 
@@ -87,29 +72,6 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def refuse_contradictions(saved: object, given: dict[str, Any], fields: Iterable[str]) -> None:
-    """Options given on ``--resume`` that define the run must agree with the checkpoint's."""
-    flags = {f.name: flag_of(f) for f in dataclasses.fields(saved)}  # type: ignore[arg-type]
-    clashes = [
-        f"{flags.get(k, k)} {given[k]} (run has {getattr(saved, k)})"  # the flag as typed: --warmup
-        for k in fields
-        if k in given and given[k] != getattr(saved, k)
-    ]
-    if clashes:
-        raise ConfigError("resume options contradict the checkpoint: " + "; ".join(clashes))
-
-
-def merge_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
-    """The run's config with the given lengths and bookkeeping options; the rest must agree."""
-    locked = TrainConfig.locked_fields()
-    refuse_contradictions(saved, given, locked)
-    changes = {k: v for k, v in given.items() if k not in locked}
-    if {"steps", "epochs", "time_limit"} & changes.keys():
-        # A new length replaces the old one (lengths are totals for the whole run).
-        changes = {"steps": None, "epochs": None, "time_limit": None, **changes}
-    return saved.replace(**changes)
-
-
 # ---------------------------------------------------------------------------- the loop's parts
 
 
@@ -129,11 +91,6 @@ def autocast(precision: str) -> Any:
     if precision == "bf16":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
-
-
-def all_finite(model: CharRNN) -> bool:
-    """Whether every weight is finite (one device sync; checked only before saves)."""
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 @dataclass(frozen=True)
@@ -210,6 +167,48 @@ class ThroughputMeter:
         if now - self.start > self.window:
             self.start, self.tokens = now, 0
         return rate
+
+
+class StepLog:
+    """What a progress line says about the steps: characters per second over a recent window
+    (every rank's streams), and the loss per character of the batch's text, whatever the
+    tokenizer, beside the loss per token."""
+
+    def __init__(self, char_lengths: np.ndarray, tokens_per_step: int, world_size: int) -> None:
+        self.char_lengths, self.tokens_per_step, self.world_size = char_lengths, tokens_per_step, world_size
+        self.meter = ThroughputMeter()
+        self.last_chars = 0  # characters the last step's targets spell
+
+    def count(self, progress: Progress, targets: np.ndarray) -> None:
+        """One step's targets (B, T): into the progress counters and the throughput."""
+        chars = int(self.char_lengths[targets].sum())  # the text the targets spell
+        self.last_chars = chars
+        progress.tokens += int(targets.size)
+        progress.chars += chars
+        self.meter.add(chars * self.world_size)  # every rank's streams (theirs read alike)
+
+    def report(
+        self, progress: Progress, loss: float, total: int | None, fraction: float, lr: float, elapsed: float
+    ) -> StepReport:
+        """A finite step's report; its loss joins the moving average kept in the progress."""
+        ema = progress.train_loss
+        progress.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
+        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
+        return StepReport(
+            step=progress.step,
+            total=total,
+            fraction=fraction,
+            loss=loss,
+            bpc=loss * self.tokens_per_step / max(self.last_chars, 1) / math.log(2),
+            bpt=loss / math.log(2),
+            tok_per_s=chars_per_s * progress.tokens / max(1, progress.chars),
+            lr=lr,
+            skipped=progress.skipped_steps,
+            elapsed=elapsed,
+            tokens=progress.tokens,
+            chars=progress.chars,
+            chars_per_s=chars_per_s,
+        )
 
 
 class DivergenceGuard:
@@ -304,6 +303,27 @@ class EarlyStop:
         return None
 
 
+def record_validation(progress: Progress, result: EvalResult, clock: RunClock) -> EvalReport:
+    """Note a validation in the progress (its numbers, and the best bpc when it improves on it)
+    and say so."""
+    progress.val = {**result.to_dict(), "step": progress.step}
+    # NaN is never "best" (and a NaN best would make every later comparison false).
+    best = progress.best_val_bpc
+    is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
+    if is_best:
+        progress.best_val_bpc = result.bpc
+    return EvalReport(
+        progress.step,
+        result.loss,
+        result.bpc,
+        is_best,
+        bpt=result.bpt,
+        tokens=result.tokens,
+        elapsed=clock.tick(progress),
+        best_bpc=progress.best_val_bpc,
+    )
+
+
 class TrainingSampler:
     """A short sample every ``every`` steps (0 = never), always from the same prime (the
     tokenizer's start, a newline) with the same seed, so samples differ only by the weights.
@@ -373,178 +393,266 @@ def _signal_flags(flags: dict[str, int], last_words: str = "") -> Iterator[dict[
             signal.signal(sig, old)
 
 
-# ---------------------------------------------------------------------------- the trainer
+class RunClock:
+    """The run's wall clock, validation and saves included (``--time 5m`` is five minutes),
+    summed over resumes in ``progress.elapsed``; and whether the run's length is reached.
+
+    Distributed, the ranks agree once per step on the slowest clock and on any pending signal
+    (:meth:`agree`, one all-reduce), so that they all stop at the same step: a rank that stopped
+    or validated alone would leave the others waiting in a collective."""
+
+    def __init__(self, length: RunLength, group: Group) -> None:
+        self.length, self.group = length, group
+        self.last = time.perf_counter()
+        self.agreed: float | None = None  # the elapsed time the ranks agreed on this step
+
+    def restart(self) -> None:
+        self.last = time.perf_counter()
+
+    def tick(self, progress: Progress) -> float:
+        """Advance ``progress.elapsed`` to now and return it."""
+        now = time.perf_counter()
+        progress.elapsed, self.last = progress.elapsed + now - self.last, now
+        return progress.elapsed
+
+    def agree(self, progress: Progress, signal: int) -> int:
+        """The signal to act on now (the same on every rank)."""
+        self.agreed, signal = self.group.agree(progress.elapsed, signal)
+        return signal
+
+    def done(self, progress: Progress) -> bool:
+        elapsed = progress.elapsed if self.agreed is None else self.agreed
+        return self.length.reached(progress.step, elapsed)
 
 
-class Trainer:
-    """One training run over a corpus, writing ``latest/`` and ``best/`` under ``out``.
+# ---------------------------------------------------------------------------- setting up
 
-    Longer than the project's ~250-line guide (about 400), on purpose for now: it owns the state
-    every part acts on (model, optimizer, carried hidden state, progress, the distributed
-    context) and the glue between them; each part with an invariant of its own is already a
-    class above (RunLength, Schedule, ThroughputMeter, DivergenceGuard, EvalSavePolicy, EarlyStop,
-    TrainingSampler). The next split is the checkpoint keeping (save/restore/recover, ~70 lines).
-    """
 
-    def __init__(
-        self,
-        corpus: Corpus,
-        model_config: ModelConfig,
-        config: TrainConfig,
-        out: Path,
-        reporter: Reporter,
-        resume: Checkpoint | None = None,
-        parent: Lineage | None = None,
-        invocation: Invocation | None = None,
-        group: Group = SOLO,
-    ) -> None:
-        self.corpus, self.config, self.out, self.reporter = corpus, config, Path(out), reporter
-        self.invocation = invocation  # command line and versions, for the metadata (run_meta)
-        self.parent = parent  # where a fine-tuned run's weights came from (--init-from), for its metadata
-        self.group = group
-        self._agreed_elapsed: float | None = None
-        self.device = select_device(group.device(config.device))
-        if config.device == "auto" and self.device.type == "cpu" and mps_available():
-            reporter.message(MPS_NOTE)
-        if config.precision == "bf16" and self.device.type != "cuda":
-            raise ConfigError("--precision bf16 needs a CUDA device")
-        # Per-character numbers for every tokenizer: characters each token spells, UNK's extra cost.
-        self.char_lengths = token_char_lengths(corpus.tokenizer)
-        self.extra_nats = token_extra_nats(corpus.tokenizer)
-        train_ids, self.val_ids = split_train_val(
-            corpus.ids, config.val_fraction, char_lengths=self.char_lengths
-        )
-        self.val_ids = self.val_ids[: config.eval_chars]
-        self.val_context = int(train_ids[-1])  # validation text is predicted from its first token on
-        self.batcher = StreamBatcher(
+def setup_device(config: TrainConfig, group: Group, message: Callable[[str], None]) -> torch.device:
+    """The device this process trains on (each rank its own GPU). Torch's CPU threads are settled
+    later, once the model and the first batch exist to measure on (:meth:`RunPlan.settle_threads`)."""
+    device = select_device(group.device(config.device))
+    if config.device == "auto" and device.type == "cpu" and mps_available():
+        message(MPS_NOTE)
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ConfigError("--precision bf16 needs a CUDA device")
+    return device
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The corpus as the loop reads it: this rank's training streams, the held-out text, and the
+    per-character numbers every tokenizer is reported in."""
+
+    batcher: StreamBatcher
+    val_ids: np.ndarray  # held-out tokens, at most --eval-chars of them
+    val_context: int  # the token before them: validation text is predicted from its first token on
+    char_lengths: np.ndarray  # characters each token spells
+    extra_nats: np.ndarray | None  # the unknown symbol's extra cost, per token id
+
+    @classmethod
+    def of(
+        cls, corpus: Corpus, config: TrainConfig, group: Group, message: Callable[[str], None]
+    ) -> TrainingData:
+        char_lengths = token_char_lengths(corpus.tokenizer)
+        train_ids, val_ids = split_train_val(corpus.ids, config.val_fraction, char_lengths=char_lengths)
+        batcher = StreamBatcher(
             train_ids,
             config.batch_size,
             config.seq_len,
             config.seed,
-            reporter.message,
+            message,
             rank=group.rank,
             world=group.world_size,
         )
-        self.last_chars = 0  # characters the last step's targets spell (for the bpc in the log)
-        self.meter_tokens = self.batcher.batch_size * config.seq_len  # targets per step
+        extra = token_extra_nats(corpus.tokenizer)
+        return cls(batcher, val_ids[: config.eval_chars], int(train_ids[-1]), char_lengths, extra)
 
-        torch.manual_seed(config.seed)
-        self.model = CharRNN(model_config).to(self.device)
+    def validate(self, model: CharRNN, device: torch.device) -> list[float]:
+        """Loss, bpc, tokens and characters of the held-out text (as numbers a group can share)."""
+        result = evaluate_stream(
+            model,
+            self.val_ids,
+            self.char_lengths,
+            device=device,
+            context=self.val_context,
+            extra_nats=self.extra_nats,
+        )
+        return [result.loss, result.bpc, result.tokens, result.chars]
+
+
+def build_model(plan: RunPlan, device: torch.device) -> CharRNN:
+    """The plan's network on ``device``: initialised from ``--seed`` (the same on every rank), then
+    given the parent's weights when fine-tuning (new vocabulary rows keep their fresh values)."""
+    torch.manual_seed(plan.train.seed)
+    model = CharRNN(plan.model).to(device)
+    if plan.init_from is not None:
+        from charnn.finetune import adopt_weights
+
+        adopt_weights(model, plan.init_from)
+    return model
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A batch on the training device; on CUDA through pinned memory, copied asynchronously."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def summarise(progress: Progress, result: EvalResult | None, out: Path) -> RunSummary:
+    """How a run ended: where it stands, its last validation and its best."""
+    return RunSummary(
+        step=progress.step,
+        elapsed=progress.elapsed,
+        skipped_steps=progress.skipped_steps,
+        val=result.to_dict() if result else None,
+        best_val_bpc=progress.best_val_bpc,
+        out=str(out),
+        stopped_reason=progress.stopped_reason,
+    )
+
+
+def interrupted(saved_step: int, out: Path, signum: int) -> Interrupted:
+    """A stop the user asked for: where the run stands and the command that continues it."""
+    return Interrupted(
+        f"stopped at step {saved_step}; saved {out / LATEST}; "
+        f"continue with: charnn train --resume {shlex.quote(str(out))}",
+        EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
+    )
+
+
+def last_words(out: Path) -> str:
+    """What a second Ctrl-C says as it stops the process at once."""
+    from charnn.console import shown
+
+    shown_out = shown(str(out))
+    return (
+        f"charnn: stopped at once by a second Ctrl-C; {shown_out}/{LATEST} holds the last save; "
+        f"continue with: charnn train --resume {shlex.quote(shown_out)}\n"
+    )
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether a failure in a collective means another rank went away (gloo or NCCL)."""
+    text = str(exc)
+    dist_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
+    return dist_error or (
+        isinstance(exc, RuntimeError)
+        and any(
+            needle in text
+            for needle in (
+                "Connection reset by peer",
+                "Connection closed by peer",
+                "Broken pipe",
+                "gloo",
+                "NCCL",
+            )
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Runs a :class:`~charnn.run_plan.RunPlan`: one training run over its corpus, with
+    ``latest/`` and ``best/`` in its run directory.
+
+    It owns the state every part acts on (model, optimizer, carried hidden state, progress) and
+    the glue between them: :meth:`run` and the loop. Each part with an invariant of its own is a
+    class above; checkpoint keeping is the :class:`~charnn.checkpointer.Checkpointer`; what
+    differs between torchrun's ranks is asked of the process group.
+    """
+
+    def __init__(self, plan: RunPlan, reporter: Reporter) -> None:
+        config, group = plan.train, plan.group
+        self.plan, self.config, self.group, self.reporter = plan, config, group, reporter
+        self.corpus, self.out = plan.corpus, plan.out
+        self.device = setup_device(config, group, reporter.message)
+        self.data = TrainingData.of(plan.corpus, config, group, reporter.message)
+        streams = self.data.batcher.batch_size  # this rank's (fewer than asked on a short corpus)
+        self.steps = StepLog(self.data.char_lengths, streams * config.seq_len, group.world_size)
+        self.model = build_model(plan, self.device)
         group.init(self.device)
         self.net = group.wrap(self.model, self.device)  # what training steps run through (DDP)
         self.optimizer = build_optimizer(self.model, config)
-        self.length = RunLength.of(config, self.batcher)
-        # Threads: --threads, the run's recorded count, or measured now (charnn.threads); stored
-        # in the config so that checkpoints and --resume keep it.
-        self.threads = run_threads(self.model, self.batcher, config, resume, self.device, self.length, group)
-        self.config = config = config.replace(threads=self.threads.count)
+        self.length = RunLength.of(config, self.data.batcher)
+        # Threads: --threads, the run's recorded count, or measured now on this model and batch;
+        # the plan then carries the count (checkpoints and --resume keep it) and how it was chosen.
+        self.plan = plan = plan.settle_threads(self.model, self.data.batcher, self.device, self.length)
+        self.config = config = plan.train
         self.schedule = Schedule(config, self.length.steps, self.length.seconds)
+        self.clock = RunClock(self.length, group)
         self.guard = DivergenceGuard(config.max_bad_steps)
         self.policy = EvalSavePolicy(config.eval_every, config.save_every)
         self.stopper = EarlyStop(config.patience, config.min_delta)
-        self.sampler = TrainingSampler(config.sample_every, corpus.tokenizer, config.seed)
-        self.rundir = RunDir(self.out)
-        self.meter = ThroughputMeter()
-        self.progress = Progress()
-        self.hidden: Hidden | None = None
-        self._clock = time.perf_counter()
-        self._between_steps = False
-        if resume is not None:
-            self._restore(resume)
-            # A resumed run goes on until its (new) end, unless --patience still says stop: a run
-            # interrupted as it stopped early resumes to the same stop, not past it.
-            if not self.stopper.exhausted(self.progress):
-                self.progress.stopped_reason = None
-        self._saved_step = self.progress.step if resume is not None else -1
-
-    # ------------------------------------------------------------------ length
-
-    @property
-    def total_steps(self) -> int | None:
-        return self.length.steps
-
-    @property
-    def time_limit(self) -> float | None:
-        return self.length.seconds
-
-    def fraction_done(self) -> float:
-        return self.length.fraction(self.progress.step, self.progress.elapsed)
+        every = config.sample_every if group.is_writer else 0  # samples are rank 0's output
+        self.sampler = TrainingSampler(every, plan.corpus.tokenizer, config.seed)
+        self.keeper = Checkpointer(plan, self.model, self.optimizer, self.device, streams)
+        self.progress, self.hidden = self.keeper.start()
+        # A resumed run goes on until its (new) end, unless --patience still says stop: a run
+        # interrupted as it stopped early resumes to the same stop, not past it.
+        if plan.resume is not None and not self.stopper.exhausted(self.progress):
+            self.progress.stopped_reason = None
+        self._between_steps = False  # in the per-step all-reduce (for a rank lost there)
 
     def lr_at(self, step: int) -> float:
         return self.schedule.lr(step, self.progress.elapsed, self.progress.lr_scale)
 
     def done(self) -> bool:
-        # Distributed: the clock the ranks agreed on this step, so they all stop at the same step.
-        elapsed = self.progress.elapsed if self._agreed_elapsed is None else self._agreed_elapsed
-        return self.length.reached(self.progress.step, elapsed)
-
-    def _agree(self, flags: dict[str, int]) -> int:
-        """The pending signal, and (distributed) the slowest rank's clock: the same on every rank
-        (one all-reduce), because a rank that stopped or validated alone would leave the others
-        waiting in a collective."""
-        if not self.group.active:
-            return flags.get("signal", 0)
-        self._agreed_elapsed, signalled = self.group.agree(self.progress.elapsed, flags.get("signal", 0))
-        return signalled
+        return self.clock.done(self.progress)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
+        with self.plan.claimed():  # rank 0 holds the run directory from before its first write
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self.reporter.start(self._info())
         flags: dict[str, int] = {}
-        from charnn.console import shown
-
-        out = shown(str(self.out))
-        last_words = (
-            f"charnn: stopped at once by a second Ctrl-C; {out}/{LATEST} holds the last save; "
-            f"continue with: charnn train --resume {_shell_quote(out)}\n"
-        )
         # Signals become flags before the first save, so Ctrl-C can never land inside one.
-        with _signal_flags(flags, last_words if self.group.is_writer else ""):
+        with _signal_flags(flags, last_words(self.out) if self.group.is_writer else ""):
             try:
                 result = self._loop(flags)
             except CharnnError:
                 raise  # deliberate stops (signals, divergence, a failed save) have saved what they could
             except BaseException as exc:
                 if self.group.active and lost_peer(exc):  # another rank died (killed, out of memory)
-                    raise CharnnError(self._peer_lost()) from None
-                self._save_what_we_can()
+                    raise CharnnError(
+                        self.keeper.after_lost_peer(self.progress, self._between_steps)
+                    ) from None
+                self.keeper.save_what_we_can(self.progress, self.hidden, self.reporter.message)
                 raise
         if flags.get("signal"):  # arrived during the final validation, which has just saved
-            raise self._interrupted(flags["signal"])
-        prog = self.progress
-        summary = RunSummary(
-            step=prog.step,
-            elapsed=prog.elapsed,
-            skipped_steps=prog.skipped_steps,
-            val=result.to_dict() if result else None,
-            best_val_bpc=prog.best_val_bpc,
-            out=str(self.out),
-            stopped_reason=prog.stopped_reason,
-        )
+            raise interrupted(self.keeper.saved_step, self.out, flags["signal"])
+        summary = summarise(self.progress, result, self.out)
         self.reporter.finish(summary)
         return summary.to_dict()
 
     def _loop(self, flags: dict[str, int]) -> EvalResult | None:
         if self.progress.step == 0:
             self.save(LATEST)  # claims the directory and gives divergence recovery a base
-            if self.group.is_writer:
-                self.rundir.trim_samples(0)  # a new run (--force) starts its own samples.txt
-        self._clock = time.perf_counter()
+            self.keeper.forget_samples_after(0)  # a new run (--force) starts its own samples.txt
+        self.clock.restart()
         while True:
             # Clock: wall time, validation and saves included (--time 5m is five minutes).
-            self._tick()
+            self.clock.tick(self.progress)
             self._between_steps = True  # a rank lost in this all-reduce leaves this step whole
-            signalled = self._agree(flags)
+            signalled = self.clock.agree(self.progress, flags.get("signal", 0))
             self._between_steps = False
             if self.done() or self.progress.stopped_reason:
                 break
             # Signals: stop between steps, after the last step's validation, save and sample,
             # so a resumed run goes on exactly as this one would have (never a step trained and
-            # saved without the validation and sample due at it).
+            # saved without the validation and sample due at it). Weights that overflowed since
+            # the last check are not saved: latest/ stays the last good state.
             if signalled:
-                self._save_on_signal()
-                raise self._interrupted(signalled)
+                if self.progress.step != self.keeper.saved_step and all_finite(self.model):
+                    self.save(LATEST)
+                raise interrupted(self.keeper.saved_step, self.out, signalled)
             # Step: one TBPTT window; None when it was skipped as non-finite.
             loss = self.train_step()
             save_due, eval_due = self.policy.due(self.progress.step, self.done())
@@ -573,75 +681,16 @@ class Trainer:
             elif save_due:
                 self.save(LATEST)
             # Sample: what the model writes now, beside the checkpoints and on stderr.
-            if self.sampler.due(self.progress.step) and self.group.is_writer:
+            if self.sampler.due(self.progress.step):
                 self._sample()
         return self._final_eval()
 
-    def _save_on_signal(self) -> None:
-        """Save the step reached unless latest/ holds it already; weights that overflowed since
-        the last check are not saved (latest/ stays the last good state)."""
-        if self.progress.step != self._saved_step and all_finite(self.model):
-            self.save(LATEST)
-
-    def _interrupted(self, signum: int) -> Interrupted:
-        """A stop the user asked for: where the run stands and the command that continues it."""
-        return Interrupted(
-            f"stopped at step {self._saved_step}; saved {self.out / LATEST}; "
-            f"continue with: charnn train --resume {_shell_quote(str(self.out))}",
-            EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT,
-        )
-
-    def _peer_lost(self) -> str:
-        """After another rank died: keep this step when the loss came between steps (rank 0's
-        weights and optimizer are every rank's; the other ranks' carried hidden states are
-        gone, so the resumed run starts its streams afresh), and say how to go on."""
-        saved = ""
-        if self.group.is_writer and self._between_steps and self.progress.step != self._saved_step:
-            try:
-                if all_finite(self.model):
-                    self.hidden = None  # gathering it would need the lost rank
-                    self.save(LATEST)
-                    saved = " (saved now, without the ranks' carried hidden state)"
-            except Exception:  # the lost rank is what the user must hear about
-                pass
-        return (
-            f"another process of this torchrun run stopped (killed, or failed: see its output); "
-            f"{self.out / LATEST} holds step {self._saved_step}{saved}; continue with "
-            f"torchrun ... charnn train --resume {_shell_quote(str(self.out))} "
-            f"(the same number of processes)"
-        )
-
-    def _save_what_we_can(self) -> None:
-        """After an unexpected failure: keep the progress since the last save, if it is sound.
-        Not when distributed: a save gathers from every rank, and the others may be gone."""
-        if self.group.active:
-            return
-        try:
-            if self.progress.step > self._saved_step and all_finite(self.model):
-                self.save(LATEST)
-                self.reporter.message(
-                    f"saved {self.out / LATEST} at step {self.progress.step} before stopping"
-                )
-        except Exception:  # the original failure is what the user must see
-            pass
-
-    def _to_device(self, array: Any) -> torch.Tensor:
-        """A batch on the training device; on CUDA through pinned memory, copied asynchronously."""
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
-
     def train_step(self) -> float | None:
         """One TBPTT window. Returns the loss, or None when the step was skipped as non-finite."""
-        x_np, y_np, reset = self.batcher.batch(self.progress.step)
-        chars = int(self.char_lengths[y_np].sum())  # the text the targets spell
-        self.last_chars = chars
-        self.progress.tokens += int(y_np.size)
-        self.progress.chars += chars
-        self.meter.add(chars * self.group.world_size)  # every rank's streams (theirs read alike)
-        x = self._to_device(x_np)  # (B, T)
-        y = self._to_device(y_np)  # (B, T)
+        x_np, y_np, reset = self.data.batcher.batch(self.progress.step)
+        self.steps.count(self.progress, y_np)
+        x = to_device(x_np, self.device)  # (B, T)
+        y = to_device(y_np, self.device)  # (B, T)
         if reset or self.hidden is None:
             self.hidden = self.model.init_hidden(x.shape[0], self.device)
         lr = self.lr_at(self.progress.step)
@@ -676,63 +725,25 @@ class Trainer:
 
     def _report_step(self, loss: float) -> None:
         prog = self.progress
-        ema = prog.train_loss
-        prog.train_loss = loss if ema is None else 0.95 * ema + 0.05 * loss
-        chars_per_s = self.meter.rate()  # once: reading the rate may start a new window
-        self.reporter.progress(
-            StepReport(
-                step=prog.step,
-                total=self.total_steps,
-                fraction=self.fraction_done(),
-                loss=loss,
-                # Per character of the batch's text, whatever the tokenizer; per token beside it.
-                bpc=loss * self.meter_tokens / max(self.last_chars, 1) / math.log(2),
-                bpt=loss / math.log(2),
-                tok_per_s=chars_per_s * prog.tokens / max(1, prog.chars),
-                lr=self.lr_at(prog.step),
-                skipped=prog.skipped_steps,
-                elapsed=self._tick(),
-                tokens=prog.tokens,
-                chars=prog.chars,
-                chars_per_s=chars_per_s,
-            )
-        )
+        fraction, lr = self.length.fraction(prog.step, prog.elapsed), self.lr_at(prog.step)
+        report = self.steps.report(prog, loss, self.length.steps, fraction, lr, self.clock.tick(prog))
+        self.reporter.progress(report)
 
     def evaluate(self) -> EvalResult | None:
         """Validation on rank 0 (exactly a single process's result), shared with the other ranks."""
-        if len(self.val_ids) < 1:
+        if len(self.data.val_ids) < 1:
             return None
-        result = None
-        if self.group.is_writer:
-            result = evaluate_stream(
-                self.model,
-                self.val_ids,
-                self.char_lengths,
-                device=self.device,
-                context=self.val_context,
-                extra_nats=self.extra_nats,
-            )
-        if not self.group.active:
-            return result
-        values = self.group.broadcast_floats(
-            None if result is None else [result.loss, result.bpc, result.tokens, result.chars], 4
-        )
+        values = self.group.shared(lambda: self.data.validate(self.model, self.device), 4)
         if values is None:
             return None
         return EvalResult(loss=values[0], bpc=values[1], tokens=int(values[2]), chars=int(values[3]))
-
-    def _tick(self) -> float:
-        """Advance ``progress.elapsed`` to now (wall clock, summed over resumes) and return it."""
-        now = time.perf_counter()
-        self.progress.elapsed, self._clock = self.progress.elapsed + now - self._clock, now
-        return self.progress.elapsed
 
     def _final_eval(self) -> EvalResult | None:
         """The end of the run validates, unless this very step was just validated (early stop,
         or a run resumed after it had finished): a step is never validated twice."""
         prog = self.progress
         saved = [prog.val.get(k) for k in ("loss", "bpc", "tokens", "chars")]  # None: missing or NaN
-        if prog.val.get("step") == prog.step and len(self.val_ids) >= 2 and None not in saved:
+        if prog.val.get("step") == prog.step and len(self.data.val_ids) >= 2 and None not in saved:
             self.save(LATEST)
             loss, bpc, tokens, chars = (float(v or 0.0) for v in saved)
             return EvalResult(loss=loss, bpc=bpc, tokens=int(tokens), chars=int(chars))
@@ -740,27 +751,13 @@ class Trainer:
 
     def _eval_and_save(self, force_latest: bool, final: bool = False) -> EvalResult | None:
         prog = self.progress
-        if len(self.val_ids) >= 2:
+        if len(self.data.val_ids) >= 2:
             self.reporter.validating(prog.step)
         result = self.evaluate()
         is_best = False
         if result is not None:
-            prog.val = {**result.to_dict(), "step": prog.step}
-            # NaN is never "best" (and a NaN best would make every later comparison false).
-            best = prog.best_val_bpc
-            is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
-            if is_best:
-                prog.best_val_bpc = result.bpc
-            report = EvalReport(
-                prog.step,
-                result.loss,
-                result.bpc,
-                is_best,
-                bpt=result.bpt,
-                tokens=result.tokens,
-                elapsed=self._tick(),
-                best_bpc=prog.best_val_bpc,
-            )
+            report = record_validation(prog, result, self.clock)
+            is_best = report.is_best
             self.reporter.evaluated(report)
             reason = None if final else self.stopper.observe(prog, result.bpc)
             if reason:
@@ -775,7 +772,7 @@ class Trainer:
     def _sample(self) -> None:
         start = time.perf_counter()
         text = self.sampler.sample(self.model)
-        self.rundir.append_sample(self.progress.step, text, f"(seed {self.sampler.seed})")
+        self.keeper.append_sample(self.progress.step, text, f"(seed {self.sampler.seed})")
         self.reporter.sampled(SampleReport(self.progress.step, text, time.perf_counter() - start))
 
     def _recover(self) -> None:
@@ -783,108 +780,26 @@ class Trainer:
             f"{self.config.max_bad_steps} non-finite steps in a row at step {self.progress.step}: "
             "restoring the last checkpoint and halving the learning rate"
         )
-        old = self.progress
-        self._restore(load_checkpoint(self.out, prefer=LATEST))
-        # The steps since the checkpoint are replayed at the lower rate; the counts of skipped
-        # steps and time spent are facts about this run and are not rolled back.
-        self.progress.lr_scale = old.lr_scale * 0.5
-        self.progress.skipped_steps = old.skipped_steps
-        self.progress.elapsed = old.elapsed
+        self.progress, self.hidden = self.keeper.recover(self.progress)
 
-    # ------------------------------------------------------------------ checkpoints
+    def save(self, which: str) -> None:
+        self.guard.checkpointed()
+        self.keeper.save(which, self.progress, self.hidden)
 
     def _info(self) -> RunInfo:
         return RunInfo(
             device=str(self.device),
             parameters=self.model.num_parameters(),
-            train_tokens=len(self.batcher.data),
-            val_tokens=len(self.val_ids),
+            train_tokens=len(self.data.batcher.data),
+            val_tokens=len(self.data.val_ids),
             vocab=self.corpus.tokenizer.vocab_size,
-            batch_size=self.batcher.batch_size,
-            steps=self.total_steps,
-            time_limit=self.time_limit,
+            batch_size=self.data.batcher.batch_size,
+            steps=self.length.steps,
+            time_limit=self.length.seconds,
             default_length=self.length.default,
             start_step=self.progress.step,
             out=str(self.out),
             processes=self.group.world_size,
             elapsed=self.progress.elapsed,
-            threads=self.threads,
+            threads=self.plan.threads,
         )
-
-    def save(self, which: str) -> None:
-        corpus = CorpusRecord(
-            self.corpus.sources, self.corpus.sha256, int(len(self.corpus.ids)), self.corpus.chars
-        )
-        hidden = None if self.hidden is None else self.group.gather_hidden(self.hidden)  # all ranks
-        self.guard.checkpointed()
-        self._saved_step = self.progress.step
-        if not self.group.is_writer:
-            return
-        meta = training_meta(
-            self.config,
-            self.progress,
-            corpus,
-            self.optimizer,
-            self.run_meta(),
-            self.group.world_size,
-            self.parent,
-        )
-        state = pack_train_state(self.optimizer, hidden)
-        save_checkpoint(self.out / which, self.model, self.corpus.tokenizer, meta, state)
-
-    def run_meta(self) -> RunRecord:
-        """How this run (or its latest resumption) was started: command line, versions, device."""
-        from charnn.metrics import invocation
-
-        return RunRecord(
-            **(self.invocation or invocation()).to_fields(),
-            device=str(self.device),
-            threads=ThreadsRecord(**self.threads.to_dict()),
-        )
-
-    def _restore(self, ckpt: Checkpoint) -> None:
-        self.group.check_resume(ckpt.meta.processes)
-        streams = self.batcher.batch_size * self.group.world_size  # a saved hidden state holds every rank's
-        self.progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device, streams)
-        self.hidden = self.group.own_hidden(hidden, self.batcher.batch_size)
-        if self.group.is_writer:
-            self.rundir.trim_samples(self.progress.step)  # the steps after it will be sampled again
-
-
-def lost_peer(exc: BaseException) -> bool:
-    """Whether a failure in a collective means another rank went away (gloo or NCCL)."""
-    text = str(exc)
-    dist_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError")
-    return dist_error or (
-        isinstance(exc, RuntimeError)
-        and any(
-            needle in text
-            for needle in (
-                "Connection reset by peer",
-                "Connection closed by peer",
-                "Broken pipe",
-                "gloo",
-                "NCCL",
-            )
-        )
-    )
-
-
-def _shell_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
-def check_resume_corpus(ckpt: Checkpoint, corpus: Corpus) -> None:
-    saved = ckpt.meta.corpus.sha256 if ckpt.meta.corpus is not None else None
-    if saved and saved != corpus.sha256:
-        raise DataError(
-            "the corpus differs from the one this run trained on (sha256 mismatch); "
-            + init_from_hint(ckpt.path.parent)
-        )
-
-
-def init_from_hint(run: Path | str) -> str:
-    """What to do instead of resuming on new text."""
-    return f"to train this model on new text, start a new run from it: --init-from {run} -o NEW_RUN"

@@ -1,5 +1,6 @@
-"""Data-parallel training (charnn.distributed): 2 CPU ranks with gloo under torchrun train like
-one process with twice the batch, write one run directory, and resume only with the same world."""
+"""Data-parallel training (charnn.distributed): 2 CPU ranks with gloo under torchrun train (and
+fine-tune) like one process with twice the batch, write one run directory, and resume only with
+the same world."""
 
 from __future__ import annotations
 
@@ -82,12 +83,42 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_2b(runs: Path) -> None:
     assert names == ["best", "latest", "metrics.jsonl"]  # one run directory, written by rank 0 alone
     meta = json.loads((runs / "ddp" / "latest" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["progress"]["step"] == 6
+    # torchrun's OMP_NUM_THREADS=1 decides the threads, recorded as the plan settled them
+    assert meta["train"]["threads"] == 1 and meta["run"]["threads"]["how"] == "OMP_NUM_THREADS"
     _close(runs / "ddp" / "latest" / "model.safetensors", runs / "solo" / "latest" / "model.safetensors")
     # The checkpoint holds both ranks' streams, in the order one process holds them.
     _close(
         runs / "ddp" / "latest" / "train_state.safetensors",
         runs / "solo" / "latest" / "train_state.safetensors",
         prefix="hidden.",
+    )
+
+
+def test_fine_tuning_under_two_ranks_trains_like_one_process(runs: Path, corpus_text: str) -> None:
+    """``--init-from`` under torchrun: every rank plans the same child (the parent's weights,
+    the vocabulary grown by the new text's characters), and 2 ranks of batch 4 train it like
+    one process of batch 8."""
+    new = runs / "new.txt"
+    new.write_text(("жЖ€ " * 30 + "\n") * 40 + corpus_text, encoding="utf-8")
+    common = ("train", new, "--init-from", runs / "solo", "--steps", "4", *ARGS)
+    proc = _torchrun(*common, "-o", runs / "ft-ddp", "--batch-size", "4", cwd=runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("fine-tuning from") == 1  # planned by both ranks, said by rank 0
+    assert proc.stderr.count("3 new character(s)") == 1
+    from charnn.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*map(str, common), "-o", str(runs / "ft-solo"), "--batch-size", "8"])
+    assert exc.value.code == 0
+    ddp = json.loads((runs / "ft-ddp" / "latest" / "meta.json").read_text())
+    solo = json.loads((runs / "ft-solo" / "latest" / "meta.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["progress"]["step"] == 4
+    assert ddp["parent"] == solo["parent"] and ddp["parent"]["path"] == str(
+        (runs / "solo" / "best").resolve()
+    )
+    assert ddp["tokenizer"] == solo["tokenizer"] and ddp["tokenizer"]["chars"][-3:] == sorted("жЖ€")
+    _close(
+        runs / "ft-ddp" / "latest" / "model.safetensors", runs / "ft-solo" / "latest" / "model.safetensors"
     )
 
 

@@ -25,9 +25,11 @@ def _new_text(tmp_path: Path) -> Path:
 def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from charnn.app import TrainRequest, _fine_tune_trainer
+    from charnn.app import TrainRequest
     from charnn.checkpoint import load_checkpoint
-    from charnn.rundir import RunDir
+    from charnn.run_plan import planned_run
+    from charnn.train_records import NullReporter
+    from charnn.trainer import Trainer
 
     parent = load_checkpoint(trained_run)  # best/
     old_chars = parent.tokenizer.chars
@@ -37,7 +39,8 @@ def test_new_characters_get_new_rows_and_old_rows_stay_bit_identical(
         init_from=str(trained_run),
         train={"steps": 5, "device": "cpu", "seq_len": 16},
     )
-    trainer = _fine_tune_trainer(request, RunDir(tmp_path / "child"))  # step 0: nothing trained yet
+    with planned_run(request) as plan:
+        trainer = Trainer(plan, NullReporter())  # step 0: nothing trained yet
     tok = trainer.corpus.tokenizer
     assert tok.chars[: len(old_chars)] == old_chars and sorted(tok.chars[len(old_chars) :]) == sorted(NEW)
     for i, char in enumerate(tok.chars):  # appended ids encode and decode like the old ones

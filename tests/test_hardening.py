@@ -186,6 +186,7 @@ def test_a_closed_stdout_is_no_traceback(
 def _trainer(tmp_path: Path, corpus_file: Path, **train: Any):  # type: ignore[no-untyped-def]
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
+    from charnn.run_plan import RunPlan
     from charnn.train_records import NullReporter
     from charnn.trainer import Trainer
 
@@ -194,7 +195,7 @@ def _trainer(tmp_path: Path, corpus_file: Path, **train: Any):  # type: ignore[n
         **{"batch_size": 4, "seq_len": 16, "device": "cpu", "eval_every": 1000, "save_every": 1000, **train}
     )
     model = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, hidden=8, embed=8, layers=1)
-    return Trainer(corpus, model, config, tmp_path / "run", NullReporter())
+    return Trainer(RunPlan.fresh(corpus, model, config, tmp_path / "run"), NullReporter())
 
 
 def test_an_unexpected_failure_in_the_loop_saves_latest_first(tmp_path: Path, corpus_file: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from charnn import hardware, trainer
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
+from charnn.run_plan import RunPlan
 from charnn.train_records import NullReporter
 
 
@@ -22,7 +23,8 @@ def test_physical_cores_counts_something() -> None:
 def _trainer(tmp_path: Path, corpus_file: Path, **options: object) -> trainer.Trainer:
     corpus = load_corpus([str(corpus_file)])
     model = ModelConfig(corpus.tokenizer.vocab_size, hidden=8, embed=4, layers=1)
-    return trainer.Trainer(corpus, model, TrainConfig(steps=1, **options), tmp_path, NullReporter())  # type: ignore[arg-type]
+    config = TrainConfig(steps=1, **options)  # type: ignore[arg-type]
+    return trainer.Trainer(RunPlan.fresh(corpus, model, config, tmp_path), NullReporter())
 
 
 def test_threads_option_sets_torch_threads(tmp_path: Path, corpus_file: Path) -> None:

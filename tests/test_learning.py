@@ -13,6 +13,7 @@ import torch
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data import load_corpus
+from charnn.run_plan import RunPlan
 from charnn.train_records import EvalReport, NullReporter
 from charnn.trainer import Trainer
 
@@ -78,7 +79,7 @@ def test_learns_repetitive_text(tmp_path: Path) -> None:
         device="cpu",
     )
     reporter = QuietReporter()
-    summary = Trainer(corpus, model_config, config, tmp_path / "run", reporter).run()
+    summary = Trainer(RunPlan.fresh(corpus, model_config, config, tmp_path / "run"), reporter).run()
 
     assert summary["step"] == 250
     assert summary["skipped_steps"] == 0

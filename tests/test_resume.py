@@ -153,6 +153,7 @@ def _poisoned_trainer(
     from charnn.checkpoint import load_checkpoint
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
+    from charnn.run_plan import RunPlan
     from charnn.train_records import NullReporter
 
     (tmp_path / "c.txt").write_text(corpus_text)
@@ -169,7 +170,7 @@ def _poisoned_trainer(
         }
     )  # type: ignore[arg-type]
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, hidden=16, embed=8, layers=1)
-    trainer = train_mod.Trainer(corpus, model_config, config, tmp_path / "run", NullReporter())
+    trainer = train_mod.Trainer(RunPlan.fresh(corpus, model_config, config, tmp_path / "run"), NullReporter())
     calls = {"n": 0}
     real_forward = trainer.model.forward
 
@@ -186,15 +187,15 @@ def _poisoned_trainer(
 
     monkeypatch.setattr(trainer.model, "forward", forward)
     saved: list[tuple[int, int]] = []  # (step, skipped_steps) of every checkpoint written
-    real_save = train_mod.save_checkpoint
+    real_save = trainer.keeper.save
 
-    def checked_save(target, model, tokenizer, meta, state=None):
-        real_save(target, model, tokenizer, meta, state)
-        ckpt = load_checkpoint(target)  # validates every weight is finite
+    def checked_save(which, progress, hidden):
+        real_save(which, progress, hidden)
+        ckpt = load_checkpoint(tmp_path / "run" / which)  # validates every weight is finite
         assert all(torch.isfinite(t).all() for t in ckpt.train_state().values() if t.is_floating_point())
         saved.append((ckpt.step, ckpt.meta.progress.skipped_steps))
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", checked_save)
+    monkeypatch.setattr(trainer.keeper, "save", checked_save)
     return trainer, saved
 
 

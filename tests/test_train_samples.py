@@ -14,6 +14,7 @@ HEADER = re.compile(r"^=== step (\d+) \(seed (\d+)\) ===$", re.MULTILINE)
 def _trainer(tmp_path: Path, corpus_text: str, out: str = "run", **train: object):
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data import load_corpus
+    from charnn.run_plan import RunPlan
     from charnn.train_records import NullReporter
     from charnn.trainer import Trainer
 
@@ -34,7 +35,7 @@ def _trainer(tmp_path: Path, corpus_text: str, out: str = "run", **train: object
     model_config = ModelConfig(
         vocab_size=corpus.tokenizer.vocab_size, hidden=16, embed=8, layers=2, dropout=0.2
     )  # dropout: a consumed global RNG would change the weights
-    return Trainer(corpus, model_config, config, tmp_path / out, NullReporter())
+    return Trainer(RunPlan.fresh(corpus, model_config, config, tmp_path / out), NullReporter())
 
 
 def test_samples_file_grows_by_one_sample_per_interval(tmp_path: Path, corpus_text: str) -> None:
