@@ -4,7 +4,7 @@ Measures, side by side in one process (interleaved, median of --repeats rounds o
 
 * ``json.loads`` of a real training checkpoint's meta.json (the old ``charnn runs`` did only this);
 * ``parse_meta`` of the same bytes: format, version, checksum, then every field into typed
-  records (ModelConfig, TrainConfig, the tokenizer, Progress, ...), which every command now does.
+  records (ModelConfig, TrainConfig, the tokenizer, Counters, ...), which every command now does.
 
 Both for a character-tokenizer checkpoint and, with ``--bpe``, a BPE one (its SentencePiece model is
 rebuilt from the metadata: the dominant cost). Prints microseconds per read and the ratio. Run:

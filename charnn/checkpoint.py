@@ -36,9 +36,9 @@ from charnn.arch import TENSORS_PER_LAYER, hidden_shape, parameter_count, parame
 from charnn.checkpoint_meta import (
     CheckpointMeta,
     CorpusRecord,
+    Counters,
     Lineage,
     OptimizerRecord,
-    Progress,
     ResumeMeta,
     RunRecord,
     TrainingMeta,
@@ -66,7 +66,7 @@ __all__ = [
     "META",
     "Checkpoint",
     "CheckpointMeta",
-    "Progress",
+    "Counters",
     "TrainingMeta",
     "load_checkpoint",
     "load_meta",
@@ -335,7 +335,7 @@ def _validated(directory: Path, meta: CheckpointMeta) -> Checkpoint:
 # ---------------------------------------------------------------------------- training state
 #
 # Besides the weights, a checkpoint written by training holds what resuming exactly needs:
-#   meta.json   "train" (TrainConfig), "progress" (Progress), "corpus" (sources, sha256, sizes),
+#   meta.json   "train" (TrainConfig), "progress" (Counters), "corpus" (sources, sha256, sizes),
 #               "optimizer" (hyperparameters of each parameter group)
 #   train_state.safetensors
 #               optim.{param index}.{exp_avg|exp_avg_sq|step}   AdamW moments
@@ -356,7 +356,7 @@ def check_training_meta(ckpt: Checkpoint) -> ResumeMeta:
 
 def training_meta(
     config: TrainConfig,
-    progress: Progress,
+    progress: Counters,
     corpus: CorpusRecord,
     optimizer: torch.optim.Optimizer,
     run: RunRecord | None = None,
@@ -370,7 +370,7 @@ def training_meta(
         charnn_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         train=config,
-        progress=Progress.from_json(progress.to_json()),  # a snapshot: the trainer goes on counting
+        progress=Counters.from_json(progress.to_json()),  # a snapshot: the trainer goes on counting
         corpus=corpus,
         optimizer=OptimizerRecord(
             [{k: _json_value(v) for k, v in g.items() if k != "params"} for g in groups]
@@ -410,7 +410,7 @@ def restore_train_state(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     batch: int | None = None,
-) -> tuple[Progress, Hidden | None]:
+) -> tuple[Counters, Hidden | None]:
     """Load weights, optimizer, RNG states into the given objects; return progress and hidden state.
     A checkpoint whose checksums pass but whose state does not fit (``batch``: the streams a
     carried hidden state must have, all ranks together) is refused as a bad checkpoint."""
@@ -430,7 +430,7 @@ def _restore(
     model: CharRNN,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-) -> tuple[Progress, Hidden | None]:
+) -> tuple[Counters, Hidden | None]:
     import torch
 
     from charnn.model import hidden_from_tensors

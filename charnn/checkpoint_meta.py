@@ -95,7 +95,7 @@ TOKENIZER = Kind("a mapping", _mapping, _tokenizer, lambda t: t.to_dict(), "the 
 
 
 @dataclass
-class Progress(JsonRecord):
+class Counters(JsonRecord):
     """Counters saved in every training checkpoint (mutable: the trainer advances them)."""
 
     step: int = item(WHOLE, default=0)  # batches consumed (including skipped ones)
@@ -116,8 +116,8 @@ class Progress(JsonRecord):
         return self.to_json()
 
     @classmethod
-    def from_meta(cls, data: Any) -> Progress:
-        """Progress from checkpoint metadata, every field checked (raises ValueError naming it)."""
+    def from_meta(cls, data: Any) -> Counters:
+        """Counters from checkpoint metadata, every field checked (raises ValueError naming it)."""
         return cls.from_json(data, "progress")
 
 
@@ -166,7 +166,7 @@ class TrainingMeta(JsonRecord):
     charnn_version: str | None = item(optional(TEXT), default=None)
     created: str | None = item(optional(TEXT), default=None)  # UTC, ISO 8601
     train: TrainConfig | None = item(optional(TRAIN_CONFIG), default=None)
-    progress: Progress | None = item(optional(record(Progress)), default=None)
+    progress: Counters | None = item(optional(record(Counters)), default=None)
     corpus: CorpusRecord | None = item(optional(record(CorpusRecord)), default=None)
     optimizer: OptimizerRecord | None = item(optional(record(OptimizerRecord)), default=None)
     world_size: int | None = item(optional(whole(1)), default=None)  # data-parallel ranks
@@ -206,7 +206,7 @@ class ResumeMeta:
     """The records resuming needs, all present (see :func:`resume_meta`)."""
 
     train: TrainConfig
-    progress: Progress
+    progress: Counters
     corpus: CorpusRecord
     optimizer: OptimizerRecord
 
@@ -222,7 +222,7 @@ def resume_meta(meta: CheckpointMeta, where: Path) -> ResumeMeta:
             f"({', '.join(meta.foreign_train)}); a newer charnn wrote it"
         )
     assert meta.train and meta.progress and meta.corpus and meta.optimizer  # for mypy: checked above
-    progress = Progress.from_json(meta.progress.to_json())  # the trainer's own copy: it mutates it
+    progress = Counters.from_json(meta.progress.to_json())  # the trainer's own copy: it mutates it
     return ResumeMeta(meta.train, progress, meta.corpus, meta.optimizer)
 
 

@@ -18,7 +18,7 @@ import torch
 from charnn.checkpoint import (
     LATEST,
     Checkpoint,
-    Progress,
+    Counters,
     encode_checkpoint,
     load_checkpoint,
     pack_train_state,
@@ -66,13 +66,13 @@ class Checkpointer:
             **(plan.invocation or invocation()).to_fields(), device=str(device), threads=threads
         )
 
-    def start(self) -> tuple[Progress, Hidden | None]:
+    def start(self) -> tuple[Counters, Hidden | None]:
         """Where the run starts: the plan's checkpoint when resuming, else step 0."""
         if self.plan.resume is None:
-            return Progress(), None
+            return Counters(), None
         return self.restore(self.plan.resume)
 
-    def save(self, which: str, progress: Progress, hidden: Hidden | None) -> None:
+    def save(self, which: str, progress: Counters, hidden: Hidden | None) -> None:
         """Write ``which`` (latest/ or best/) atomically. Every rank calls it; rank 0 writes."""
         hidden = None if hidden is None else self.group.gather_hidden(hidden)  # all ranks
         self.saved_step = progress.step
@@ -88,7 +88,7 @@ class Checkpointer:
         state = pack_train_state(self.optimizer, hidden)
         self.rundir.write(which, encode_checkpoint(self.model, plan.corpus.tokenizer, meta, state))
 
-    def restore(self, ckpt: Checkpoint) -> tuple[Progress, Hidden | None]:
+    def restore(self, ckpt: Checkpoint) -> tuple[Counters, Hidden | None]:
         """Load a checkpoint's state into the model and optimizer; its progress and this rank's
         streams of its hidden state. Samples of later steps are dropped: they will be taken again."""
         self.group.check_resume(ckpt.meta.processes)
@@ -98,7 +98,7 @@ class Checkpointer:
         self.forget_samples_after(progress.step)
         return progress, self.group.own_hidden(hidden, self.batch_size)
 
-    def recover(self, now: Progress) -> tuple[Progress, Hidden | None]:
+    def recover(self, now: Counters) -> tuple[Counters, Hidden | None]:
         """Back to latest/ after a run of non-finite steps, at half the learning rate. The steps
         since the checkpoint are replayed; the counts of skipped steps and time spent are facts
         about this run and are not rolled back."""
@@ -108,7 +108,7 @@ class Checkpointer:
         progress.elapsed = now.elapsed
         return progress, hidden
 
-    def save_what_we_can(self, progress: Progress, hidden: Hidden | None, say: Callable[[str], None]) -> None:
+    def save_what_we_can(self, progress: Counters, hidden: Hidden | None, say: Callable[[str], None]) -> None:
         """After an unexpected failure: keep the progress since the last save, if it is sound.
         Not when distributed: a save gathers from every rank, and the others may be gone."""
         if self.group.active:
@@ -120,7 +120,7 @@ class Checkpointer:
         except Exception:  # the original failure is what the user must see
             pass
 
-    def after_lost_peer(self, progress: Progress, between_steps: bool) -> str:
+    def after_lost_peer(self, progress: Counters, between_steps: bool) -> str:
         """After another rank died: keep this step when the loss came between steps (rank 0's
         weights and optimizer are every rank's; the other ranks' carried hidden states are
         gone, so the resumed run starts its streams afresh), and say how to go on."""

@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from charnn.checkpoint_meta import CheckpointMeta, CorpusRecord, Lineage, OptimizerRecord, Progress, RunRecord
+from charnn.checkpoint_meta import CheckpointMeta, CorpusRecord, Counters, Lineage, OptimizerRecord, RunRecord
 from charnn.jsonrecord import JsonRecord, json_fields
 from charnn.metrics_rows import EndRow, ProgressRow, StartRow, StopRow, ValRow
 from charnn.results import EvalRow, InfoRow, RunRow, SampleRow, ScoreRow, TokenizerSummary
@@ -21,7 +21,7 @@ RECORDS: dict[str, type[JsonRecord]] = {
     cls.__name__: cls
     for cls in (
         CheckpointMeta,
-        Progress,
+        Counters,
         CorpusRecord,
         OptimizerRecord,
         RunRecord,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from charnn.arch import parameter_count
-from charnn.checkpoint_meta import CheckpointMeta, Progress
+from charnn.checkpoint_meta import CheckpointMeta, Counters
 from charnn.config import ModelConfig
 from charnn.console import shown
 from charnn.metrics_rows import ThreadsRecord
@@ -36,7 +36,7 @@ def describe(meta: CheckpointMeta, path: Path | str, parameters: int | None = No
 
     tokenizer = meta.tokenizer
     unk = getattr(tokenizer, "unk", None)
-    progress = meta.progress or Progress()
+    progress = meta.progress or Counters()
     val = progress.val or None
     trained = meta.progress is not None  # a checkpoint saved outside training has no counters
     return InfoRow(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import BEST, LATEST, Progress
+from charnn.checkpoint import BEST, LATEST, Counters
 from charnn.checkpointer import Checkpointer, all_finite
 from charnn.config import SampleConfig, TrainConfig
 from charnn.constraints import TokenRules
@@ -43,7 +43,7 @@ from charnn.train_records import EvalReport, Reporter, RunInfo, RunSummary, Samp
 if TYPE_CHECKING:
     from charnn.run_plan import RunPlan
 
-__all__ = ["DEFAULT_TIME", "Progress", "Trainer", "all_finite", "select_device"]
+__all__ = ["DEFAULT_TIME", "Counters", "Trainer", "all_finite", "select_device"]
 
 DEFAULT_TIME = 300.0  # seconds, when no --steps/--epochs/--time is given
 
@@ -179,7 +179,7 @@ class StepLog:
         self.meter = ThroughputMeter()
         self.last_chars = 0  # characters the last step's targets spell
 
-    def count(self, progress: Progress, targets: np.ndarray) -> None:
+    def count(self, progress: Counters, targets: np.ndarray) -> None:
         """One step's targets (B, T): into the progress counters and the throughput."""
         chars = int(self.char_lengths[targets].sum())  # the text the targets spell
         self.last_chars = chars
@@ -188,7 +188,7 @@ class StepLog:
         self.meter.add(chars * self.world_size)  # every rank's streams (theirs read alike)
 
     def report(
-        self, progress: Progress, loss: float, total: int | None, fraction: float, lr: float, elapsed: float
+        self, progress: Counters, loss: float, total: int | None, fraction: float, lr: float, elapsed: float
     ) -> StepReport:
         """A finite step's report; its loss joins the moving average kept in the progress."""
         ema = progress.train_loss
@@ -275,16 +275,16 @@ class EvalSavePolicy:
 class EarlyStop:
     """``--patience K``: stop after K validations in a row without an improvement of at least
     ``--min-delta`` bits per character over the reference (the best bpc that counted as one).
-    Its counter and reference live in :class:`Progress`, so they survive ``--resume``."""
+    Its counter and reference live in :class:`Counters`, so they survive ``--resume``."""
 
     def __init__(self, patience: int | None, min_delta: float) -> None:
         self.patience, self.min_delta = patience or 0, min_delta
 
-    def exhausted(self, progress: Progress) -> bool:
+    def exhausted(self, progress: Counters) -> bool:
         """Whether the validations without improvement already reach ``--patience``."""
         return bool(self.patience) and progress.stale_evals >= self.patience
 
-    def observe(self, progress: Progress, bpc: float) -> str | None:
+    def observe(self, progress: Counters, bpc: float) -> str | None:
         """Count one validation; the reason to stop now, or None."""
         if not math.isfinite(bpc):
             progress.stale_evals += 1
@@ -303,7 +303,7 @@ class EarlyStop:
         return None
 
 
-def record_validation(progress: Progress, result: EvalResult, clock: RunClock) -> EvalReport:
+def record_validation(progress: Counters, result: EvalResult, clock: RunClock) -> EvalReport:
     """Note a validation in the progress (its numbers, and the best bpc when it improves on it)
     and say so."""
     progress.val = {**result.to_dict(), "step": progress.step}
@@ -409,18 +409,18 @@ class RunClock:
     def restart(self) -> None:
         self.last = time.perf_counter()
 
-    def tick(self, progress: Progress) -> float:
+    def tick(self, progress: Counters) -> float:
         """Advance ``progress.elapsed`` to now and return it."""
         now = time.perf_counter()
         progress.elapsed, self.last = progress.elapsed + now - self.last, now
         return progress.elapsed
 
-    def agree(self, progress: Progress, signal: int) -> int:
+    def agree(self, progress: Counters, signal: int) -> int:
         """The signal to act on now (the same on every rank)."""
         self.agreed, signal = self.group.agree(progress.elapsed, signal)
         return signal
 
-    def done(self, progress: Progress) -> bool:
+    def done(self, progress: Counters) -> bool:
         elapsed = progress.elapsed if self.agreed is None else self.agreed
         return self.length.reached(progress.step, elapsed)
 
@@ -501,7 +501,7 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def summarise(progress: Progress, result: EvalResult | None, out: Path) -> RunSummary:
+def summarise(progress: Counters, result: EvalResult | None, out: Path) -> RunSummary:
     """How a run ended: where it stands, its last validation and its best."""
     return RunSummary(
         step=progress.step,

@@ -20,7 +20,7 @@ from charnn import checkpoint as ck
 from charnn.checkpoint import (
     LATEST,
     CheckpointError,
-    Progress,
+    Counters,
     TrainingMeta,
     load_checkpoint,
     model_tensors,
@@ -52,7 +52,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model = tiny_model(tie_weights=True, embed=8)
     save_checkpoint(
-        tmp_path / "ck", model, TOKENIZER, TrainingMeta(progress=Progress(step=3)), {"x": torch.ones(2)}
+        tmp_path / "ck", model, TOKENIZER, TrainingMeta(progress=Counters(step=3)), {"x": torch.ones(2)}
     )
     loaded = load_checkpoint(tmp_path / "ck")
     assert loaded.config == model.config and loaded.step == 3
@@ -121,12 +121,12 @@ def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
     """State after a kill between 'rename old aside' and 'rename new into place'."""
     run = tmp_path / "run"
     model = tiny_model()
-    save_checkpoint(run / LATEST, model, TOKENIZER, TrainingMeta(progress=Progress(step=5)))
+    save_checkpoint(run / LATEST, model, TOKENIZER, TrainingMeta(progress=Counters(step=5)))
     (run / LATEST).rename(run / ".latest.old")
     (run / ".latest.tmp-999999999").mkdir()  # a save killed while writing (its pid is gone)
     assert load_checkpoint(run).step == 5  # run directory
     assert load_checkpoint(run / LATEST).step == 5  # the checkpoint's own (missing) path
-    save_checkpoint(run / LATEST, tiny_model(seed=2), TOKENIZER, TrainingMeta(progress=Progress(step=6)))
+    save_checkpoint(run / LATEST, tiny_model(seed=2), TOKENIZER, TrainingMeta(progress=Counters(step=6)))
     assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == [LATEST]
     assert load_checkpoint(run).step == 6
 
@@ -134,7 +134,7 @@ def test_crash_between_renames_is_recovered(tmp_path: Path) -> None:
 _SAVE_LOOP = r"""
 import sys, torch
 from pathlib import Path
-from charnn.checkpoint import Progress, TrainingMeta, save_checkpoint
+from charnn.checkpoint import Counters, TrainingMeta, save_checkpoint
 from charnn.config import ModelConfig
 from charnn.model import CharRNN
 from charnn.tokenizer import CharTokenizer
@@ -145,7 +145,7 @@ while True:
     with torch.no_grad():  # every save has distinct contents that must match its own metadata
         for p in model.parameters():
             p.fill_(step % 7)
-    meta = TrainingMeta(progress=Progress(step=step))
+    meta = TrainingMeta(progress=Counters(step=step))
     save_checkpoint(target, model, tok, meta, {"state": torch.full((5000,), step)})
     if step == 0:
         print("ready", flush=True)

@@ -437,7 +437,7 @@ print("ok")
 def test_reading_a_checkpoint_while_it_is_saved_never_reports_corruption(tmp_path: Path, cli_env) -> None:
     """A save swaps whole directories; a reader that straddles the swap retries instead of
     calling the checkpoint corrupt (it once did in about 1 of 2,000 loads)."""
-    from charnn.checkpoint import Progress, TrainingMeta, save_checkpoint
+    from charnn.checkpoint import Counters, TrainingMeta, save_checkpoint
     from charnn.config import ModelConfig
     from charnn.model import CharRNN
     from charnn.tokenizer import CharTokenizer
@@ -445,7 +445,7 @@ def test_reading_a_checkpoint_while_it_is_saved_never_reports_corruption(tmp_pat
     tok = CharTokenizer(list("\n abcdefgh"))
     model = CharRNN(ModelConfig(vocab_size=tok.vocab_size, hidden=32, embed=8, layers=1))
     target = tmp_path / "run" / "latest"
-    save_checkpoint(target, model, tok, TrainingMeta(progress=Progress(step=0)))
+    save_checkpoint(target, model, tok, TrainingMeta(progress=Counters(step=0)))
     reader = subprocess.Popen(
         [sys.executable, "-c", _READ_WHILE_SAVING, str(target), "400"],
         stdout=subprocess.PIPE,
@@ -459,7 +459,7 @@ def test_reading_a_checkpoint_while_it_is_saved_never_reports_corruption(tmp_pat
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(step % 5)
-        save_checkpoint(target, model, tok, TrainingMeta(progress=Progress(step=step)))
+        save_checkpoint(target, model, tok, TrainingMeta(progress=Counters(step=step)))
     out, err = reader.communicate()
     assert reader.returncode == 0 and out.strip() == "ok", err
     assert step > 10

@@ -170,17 +170,17 @@ def test_patience_stops_a_run_whose_validation_stalls(tmp_path: Path, cli_inproc
 
 
 def test_early_stop_counter_survives_resume() -> None:
-    from charnn.checkpoint import Progress
+    from charnn.checkpoint import Counters
     from charnn.trainer import EarlyStop
 
     stop = EarlyStop(patience=3, min_delta=0.1)
-    prog = Progress()
+    prog = Counters()
     assert stop.observe(prog, 2.0) is None and prog.stale_evals == 0
     assert stop.observe(prog, 1.95) is None and prog.stale_evals == 1  # < min_delta: no improvement
-    resumed = Progress(**json.loads(json.dumps(prog.to_dict())))  # through a checkpoint's JSON
+    resumed = Counters(**json.loads(json.dumps(prog.to_dict())))  # through a checkpoint's JSON
     assert EarlyStop(3, 0.1).observe(resumed, 1.99) is None
     assert EarlyStop(3, 0.1).observe(resumed, float("nan")) is not None
-    assert EarlyStop(None, 0.0).observe(Progress(stale_evals=99, patience_best=1.0), 2.0) is None  # off
+    assert EarlyStop(None, 0.0).observe(Counters(stale_evals=99, patience_best=1.0), 2.0) is None  # off
 
 
 # ---------------------------------------------------------------------------- runs / info

@@ -380,11 +380,11 @@ def test_train_options_of_a_newer_charnn_are_ignored_for_reading_and_refused_for
 def test_whatever_training_measures_the_writer_stores_the_reader_accepts(trained_run: Path, numbers) -> None:
     """A diverged validation (NaN) once became metadata that no command could load: what the
     writer writes must always read back."""
-    from charnn.checkpoint_meta import Progress
+    from charnn.checkpoint_meta import Counters
 
     meta = parse_meta((trained_run / "best" / ck.META).read_bytes(), trained_run / "best")
     loss, bpc, train_loss, best = numbers
-    progress = Progress(
+    progress = Counters(
         step=3, val={"loss": loss, "bpc": bpc, "step": 3}, train_loss=train_loss, best_val_bpc=best
     )
     again = parse_meta(encode_meta(dataclasses.replace(meta, progress=progress)), trained_run / "best")
