@@ -76,6 +76,12 @@ FORGERIES: list[tuple[tuple[str, ...], Any]] = [
     (("train", "seed"), "x"),
     (("model", "hidden"), "8"),
     (("tokenizer",), None),
+    # regularisation and averaging (issue 17 §4)
+    (("model", "weight_drop"), 1.0),
+    (("train", "average"), "mean"),
+    (("progress", "best_averaged"), "yes"),
+    (("progress", "average_updates"), -2),
+    (("run", "regularisation"), {"reason": 5}),
 ]
 IDS = [f"{'.'.join(where)}={value!r}"[:40] for where, value in FORGERIES]
 
