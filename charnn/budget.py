@@ -20,14 +20,16 @@ from importlib import resources
 from typing import Any
 
 from charnn.errors import ConfigError
+from charnn.regularisation import REGULARISE_FROM, regularisation_for
 
 # Options that make a shape: typing any of them keeps today's defaults and skips the choice.
 SHAPE_OPTIONS = ("layers", "hidden", "embed", "cell", "tie_weights")
 # What a choice sets, per config: ModelConfig fields, TrainConfig fields. Typed options win.
 MODEL_FIELDS = ("layers", "hidden", "embed", "dropout")
 TRAIN_FIELDS = ("seq_len", "batch_size", "lr")
-# Dropout once a run repeats its text often (epochs, dropout): not measured here; a stated rule.
-DROPOUT_BY_EPOCHS = ((12.0, 0.2), (4.0, 0.1))
+# Dropout once a run repeats its text a few times (epochs, dropout): not measured; a stated rule.
+# From REGULARISE_FROM passes charnn.regularisation's measured plan decides (and drops dropout).
+DROPOUT_BY_EPOCHS = ((4.0, 0.1),)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ def eligible(table: Table, budget: Budget, rates: Rates) -> list[Candidate]:
 
 
 def dropout_for(epochs: float) -> float:
+    if epochs >= REGULARISE_FROM:
+        return regularisation_for(epochs).dropout
     for at_least, p in DROPOUT_BY_EPOCHS:
         if epochs >= at_least:
             return p

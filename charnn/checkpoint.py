@@ -341,6 +341,7 @@ def _validated(directory: Path, meta: CheckpointMeta) -> Checkpoint:
 #               optim.{param index}.{exp_avg|exp_avg_sq|step}   AdamW moments
 #               hidden.h / hidden.c                              carried TBPTT state (L, B, H)
 #               rng.cpu, rng.cuda.{i}                            generator states
+#               avg.{parameter name}                             the weight average (--average)
 
 
 def train_config(ckpt: Checkpoint) -> TrainConfig:
@@ -386,8 +387,13 @@ def _json_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) -> dict[str, torch.Tensor]:
-    """Optimizer moments, carried hidden state and RNG states as named tensors."""
+def pack_train_state(
+    optimizer: torch.optim.Optimizer,
+    hidden: Hidden | None,
+    average: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Optimizer moments, carried hidden state, RNG states and the weight average (already named
+    ``avg.*``, :mod:`charnn.averaging`) as named tensors."""
     import torch
 
     from charnn.model import hidden_tensors
@@ -401,7 +407,13 @@ def pack_train_state(optimizer: torch.optim.Optimizer, hidden: Hidden | None) ->
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    tensors.update(average or {})
     return tensors
+
+
+def averaged_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The weight average of a training checkpoint (``avg.*``; checked by restore_train_state)."""
+    return {k: v for k, v in ckpt.train_state().items() if k.startswith("avg.")}
 
 
 def restore_train_state(
@@ -491,6 +503,7 @@ def _check_train_state(
     where = ckpt.path / STATE_FILE
     config = ckpt.config
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    shapes = parameter_shapes(config)  # an average has the stored parameters' names and shapes
     for name, tensor in tensors.items():
         kind, _, rest = name.partition(".")
         problem = None
@@ -520,6 +533,9 @@ def _check_train_state(
                 problem = "negative (a mean of squares)"
             elif key != "step" and tuple(tensor.shape) != tuple(params[int(idx)].shape):
                 problem = f"shape {tuple(tensor.shape)}, the parameter's is {tuple(params[int(idx)].shape)}"
+        elif kind == "avg":
+            if rest not in shapes or tuple(tensor.shape) != shapes[rest] or tensor.dtype != torch.float32:
+                problem = "not a float32 average of a parameter of this model"
         else:
             problem = "unknown"
         if problem is None and tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -32,6 +32,7 @@ from typing import Any
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CheckpointError, ConfigError
 from charnn.jsonrecord import (
+    FLAG,
     MEASURE,
     SCALAR,
     SHA256,
@@ -111,6 +112,10 @@ class Counters(JsonRecord):
     stale_evals: int = item(WHOLE, default=0)  # validations since the last improvement (early stopping)
     patience_best: float | None = item(MEASURE, default=None)  # what improvement is measured against
     stopped_reason: str | None = item(optional(TEXT), default=None)  # why the run ended early, when it did
+    average_updates: int = item(
+        WHOLE, default=0
+    )  # optimizer steps folded into the weight average (--average)
+    best_averaged: bool = item(FLAG, default=False)  # best_val_bpc (and best/) came from the averaged weights
 
     def to_dict(self) -> dict[str, Any]:
         return self.to_json()

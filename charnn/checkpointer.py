@@ -4,21 +4,27 @@ One :class:`Checkpointer` per run, over the plan's one :class:`~charnn.rundir.Ru
 the run holds from before its first save to after its last; each save re-enters it). What a
 checkpoint holds is :mod:`charnn.checkpoint`'s business and where it lives :mod:`charnn.rundir`'s;
 this module decides what goes in and comes out, and which rank writes: every rank takes part in
-a save (the carried hidden state is gathered from all of them), rank 0 alone writes.
+a save (the carried hidden state is gathered from all of them), rank 0 alone writes. The weight
+average (``--average``, :class:`~charnn.averaging.WeightAverager`) is part of the state it keeps:
+saved in train_state beside the optimizer's moments, restored and checked with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
 
+from charnn.averaging import WeightAverager
 from charnn.checkpoint import (
     LATEST,
     Checkpoint,
     Counters,
+    averaged_weights,
     encode_checkpoint,
     load_checkpoint,
     pack_train_state,
@@ -29,6 +35,7 @@ from charnn.checkpoint_meta import CorpusRecord, RunRecord
 from charnn.metrics_rows import ThreadsRecord
 
 if TYPE_CHECKING:
+    from charnn.evaluate import EvalResult
     from charnn.model import CharRNN, Hidden
     from charnn.run_plan import RunPlan
 
@@ -56,6 +63,9 @@ class Checkpointer:
     ) -> None:
         self.plan, self.rundir, self.group = plan, plan.rundir, plan.group
         self.model, self.optimizer, self.device, self.batch_size = model, optimizer, device, batch_size
+        # --average's running average: the trainer folds steps into it and validates it; it is
+        # kept here because it is part of the state a checkpoint saves and restores.
+        self.averager = WeightAverager.of(plan.train)
         self.saved_step = -1
         from charnn.metrics import invocation
 
@@ -72,12 +82,18 @@ class Checkpointer:
             return Counters(), None
         return self.restore(self.plan.resume)
 
-    def save(self, which: str, progress: Counters, hidden: Hidden | None) -> None:
-        """Write ``which`` (latest/ or best/) atomically. Every rank calls it; rank 0 writes."""
+    def save(
+        self, which: str, progress: Counters, hidden: Hidden | None, averaged: EvalResult | None = None
+    ) -> None:
+        """Write ``which`` (latest/ or best/) atomically. Every rank calls it; rank 0 writes.
+        ``averaged``: write the weight average instead of the raw weights (best/, when the
+        average validated better), with its validation as the checkpoint's ``progress.val``."""
         hidden = None if hidden is None else self.group.gather_hidden(hidden)  # all ranks
         self.saved_step = progress.step
         if not self.group.is_writer:
             return
+        if averaged is not None:
+            progress = dataclasses.replace(progress, val={**averaged.to_dict(), "step": progress.step})
         plan = self.plan
         corpus = CorpusRecord(
             plan.corpus.sources, plan.corpus.sha256, int(len(plan.corpus.ids)), plan.corpus.chars
@@ -85,8 +101,10 @@ class Checkpointer:
         meta = training_meta(
             plan.train, progress, corpus, self.optimizer, self.run_meta, self.group.world_size, plan.parent
         )
-        state = pack_train_state(self.optimizer, hidden)
-        self.rundir.write(which, encode_checkpoint(self.model, plan.corpus.tokenizer, meta, state))
+        state = pack_train_state(self.optimizer, hidden, self.averager.state())
+        with self.averager.swapped_in(self.model) if averaged is not None else nullcontext():
+            files = encode_checkpoint(self.model, plan.corpus.tokenizer, meta, state)
+        self.rundir.write(which, files)
 
     def restore(self, ckpt: Checkpoint) -> tuple[Counters, Hidden | None]:
         """Load a checkpoint's state into the model and optimizer; its progress and this rank's
@@ -94,6 +112,7 @@ class Checkpointer:
         self.group.check_resume(ckpt.meta.processes)
         streams = self.batch_size * self.group.world_size  # a saved hidden state holds every rank's
         progress, hidden = restore_train_state(ckpt, self.model, self.optimizer, self.device, streams)
+        self.averager.load(self.model, averaged_weights(ckpt), progress.average_updates, str(ckpt.path))
         self.saved_step = progress.step
         self.forget_samples_after(progress.step)
         return progress, self.group.own_hidden(hidden, self.batch_size)

@@ -30,6 +30,7 @@ SCHEDULES = ("linear", "cosine")
 TOKENIZERS = ("char", "bpe", "unigram", "sentencepiece")  # sentencepiece: the old name for unigram
 NORMALIZE = ("none", "nfc", "nfkc")
 ENCODING_ERRORS = ("strict", "replace", "ignore")
+AVERAGES = ("none", "ema", "swa")  # --average: no weight average, an exponential one, SWA's mean
 MAX_SEED = 2**63 - 1  # torch and numpy seeds are 64-bit; a larger one cannot be honoured
 MAX_SECONDS = 366 * 86400.0  # a year: beyond that a duration is a typo, and clocks lose precision
 MAX_COUNT = 2**53  # steps, tokens, lengths: exact in a float64, far beyond any real run
@@ -189,7 +190,18 @@ class ModelConfig(_Validated):
     dropout: float = field(
         default=0.0,
         metadata=opt(
-            "dropout between layers and before the output layer",
+            "dropout on the embeddings, between layers and before the output layer",
+            min=0,
+            max=1,
+            max_open=True,
+            default_text="by budget, else 0",
+        ),
+    )
+    weight_drop: float = field(
+        default=0.0,
+        metadata=opt(
+            "DropConnect on the recurrent weights, one mask per batch (saved weights are undropped; "
+            "docs/regularisation.md)",
             min=0,
             max=1,
             max_open=True,
@@ -368,7 +380,43 @@ class TrainConfig(_Validated):
         default=0.99,
         metadata=opt("Adam's second-moment decay", min=0, max=1, max_open=True, locked=True),
     )
-    weight_decay: float = field(default=0.01, metadata=opt("AdamW weight decay", min=0, locked=True))
+    weight_decay: float = field(
+        default=0.01,
+        metadata=opt(
+            "AdamW weight decay (matrices only)", min=0, locked=True, default_text="by budget, else 0.01"
+        ),
+    )
+    average: str = field(
+        default="none",
+        metadata=opt(
+            "keep an average of the weights over the end of the run (exponential, or SWA's equal "
+            "mean), validated beside them; best/ takes it only when it validates better",
+            choices=AVERAGES,
+            locked=True,
+            default_text="by budget, else none",
+        ),
+    )
+    average_from: float = field(
+        default=0.5,
+        metadata=opt(
+            "--average: start averaging after this fraction of the learning-rate decay",
+            min=0,
+            max=1,
+            max_open=True,
+            locked=True,
+        ),
+    )
+    ema_decay: float = field(
+        default=0.995,
+        metadata=opt(
+            "--average ema: the share of the average each step keeps",
+            min=0,
+            max=1,
+            min_open=True,
+            max_open=True,
+            locked=True,
+        ),
+    )
     warmup_steps: int = field(
         default=50,
         metadata=opt(

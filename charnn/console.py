@@ -276,7 +276,10 @@ class TrainReporter:
             return
         if self._progress is not None:
             self._progress.update(self._task, description=f"step {report.step}", stats=self._stats)
-        star = " [green](best)[/]" if report.is_best else ""
+        star = " [green](best)[/]" if report.is_best and not report.best_averaged else ""
+        if report.averaged_bpc is not None:  # --average: the average's score beside the raw weights'
+            star += f"; averaged weights {report.averaged_bpc:.4f}"
+            star += " [green](best, kept in best/)[/]" if report.best_averaged else ""
         self.console.print(
             f"step {report.step}: val loss {report.loss:.4f}, val bpc {report.bpc:.4f}"
             + (

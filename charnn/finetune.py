@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch only to copy weights: planning a fine-tuned run (char
 
 # Model options that may differ from the parent's: they change how the weights are trained,
 # not their shape.
-ADJUSTABLE = ("dropout",)
+ADJUSTABLE = ("dropout", "weight_drop")
 
 
 def child_model_config(parent: Checkpoint, given: dict[str, Any], vocab_size: int) -> ModelConfig:

@@ -205,6 +205,8 @@ class MetricsReporter:
                 bpc=report.bpc,
                 best_bpc=report.best_bpc,
                 is_best=report.is_best,
+                averaged_bpc=report.averaged_bpc,
+                best_averaged=report.best_averaged,
             )
         )
         self.inner.evaluated(report)

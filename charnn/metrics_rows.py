@@ -58,6 +58,18 @@ class BudgetRecord(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RegularisationRecord(JsonRecord):
+    """The regularisation a budget-chosen run got from the passes over its text the budget plans
+    (:func:`charnn.regularisation.plan`), and why. Only the fields it set are listed: typed
+    options win and are not."""
+
+    epochs: float | None = item(MEASURE, default=None)  # passes over the training text planned
+    model: dict[str, Any] = item(mapping_of(SCALAR), default_factory=dict)  # ModelConfig fields set
+    train: dict[str, Any] = item(mapping_of(SCALAR), default_factory=dict)  # TrainConfig fields set
+    reason: str = item(TEXT, default="")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ThreadsRecord(JsonRecord):
     """The thread count a run computes with and how it was chosen (:class:`charnn.threads.ThreadChoice`)."""
 
@@ -79,6 +91,15 @@ class Invocation(JsonRecord):
     python: str | None = item(optional(TEXT), default=None)
     platform: str | None = item(optional(TEXT), default=None)
     budget: BudgetRecord | None = item(optional(record(BudgetRecord)), default=None)  # charnn.budget
+    regularisation: RegularisationRecord | None = item(
+        optional(record(RegularisationRecord)), default=None
+    )  # charnn.regularisation: set with the budget's choice, when it regularises
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.regularisation is None:  # runs the plan left alone keep their records as they were
+            out.pop("regularisation", None)
+        return out
 
     def to_fields(self) -> dict[str, Any]:
         """The invocation's fields by name, to build a record that extends it (RunRecord, StartRow)."""
@@ -141,6 +162,16 @@ class ValRow(MetricsRow):
     bpc: float | None = item(MEASURE, default=None)
     best_bpc: float | None = item(MEASURE, default=None)
     is_best: bool = item(FLAG, default=False)
+    averaged_bpc: float | None = item(MEASURE, default=None)  # the weight average's (--average), once started
+    best_averaged: bool = item(FLAG, default=False)  # the new best is the average's: best/ holds it
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.averaged_bpc is None:  # rows of runs without --average stay as they were
+            out.pop("averaged_bpc", None)
+        if not self.best_averaged:
+            out.pop("best_averaged", None)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,6 +2,12 @@
 
 Built on torch.nn's fused recurrent modules (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``)
 so CUDA uses cuDNN and CPU uses oneDNN for batched training. No I/O here.
+
+Regularisation while training (none of it at eval): ``dropout`` on the embeddings, between
+layers and before the head; ``weight_drop`` (DropConnect on the recurrent matrices, as in
+AWD-LSTM) draws one mask per batch for each layer's ``weight_hh`` and runs the same fused
+kernel with the dropped matrices. The parameters themselves are never dropped: what is saved,
+sampled from and stepped in numpy is always the undropped weights.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from charnn import arch
@@ -18,6 +25,9 @@ from charnn.config import ModelConfig
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+# The fused kernels nn.LSTM/GRU/RNN.forward call; called directly with a weight list in which the
+# recurrent matrices are dropped copies, so weight-drop keeps the fused path (and its speed).
+_KERNELS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn": torch._VF.rnn_tanh}
 
 
 class CharRNN(nn.Module):
@@ -70,9 +80,38 @@ class CharRNN(nn.Module):
     def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the final hidden state."""
         x = self.drop(self.embed(idx))  # (B, T, E)
-        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        if self.training and self.config.weight_drop > 0:
+            out, hidden = self.recurrent(x, hidden, self.config.weight_drop)  # (B, T, H)
+        else:
+            out, hidden = self.rnn(x, hidden)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, hidden
+
+    def recurrent(
+        self, x: torch.Tensor, hidden: Hidden | None, weight_drop: float
+    ) -> tuple[torch.Tensor, Hidden]:
+        """The recurrent layers with DropConnect of probability ``weight_drop`` on every
+        ``weight_hh``: one mask per call (per batch), shared by all time steps and streams,
+        survivors scaled by 1/(1-p). The gradient reaches the undropped parameters through the
+        mask. x (B, T, E) -> (B, T, H) and the final hidden state, as ``self.rnn`` returns."""
+        rnn = self.rnn
+        names: list[str] = rnn._flat_weights_names  # per layer: weight_ih, weight_hh, bias_ih, bias_hh
+        weights = [
+            F.dropout(getattr(rnn, n), weight_drop, training=True)
+            if n.startswith("weight_hh")
+            else getattr(rnn, n)
+            for n in names
+        ]
+        if hidden is None:
+            hidden = self.init_hidden(x.shape[0], x.device)
+        kernel: Any = _KERNELS[self.config.cell]
+        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        result = kernel(x, hidden, weights, True, rnn.num_layers, rnn.dropout, True, False, True)
+        if isinstance(hidden, tuple):
+            out, h, c = result
+            return out, (h, c)
+        out, h = result
+        return out, h
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

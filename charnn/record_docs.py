@@ -13,7 +13,7 @@ from pathlib import Path
 
 from charnn.checkpoint_meta import CheckpointMeta, CorpusRecord, Counters, Lineage, OptimizerRecord, RunRecord
 from charnn.jsonrecord import JsonRecord, json_fields
-from charnn.metrics_rows import EndRow, ProgressRow, StartRow, StopRow, ValRow
+from charnn.metrics_rows import EndRow, ProgressRow, RegularisationRecord, StartRow, StopRow, ValRow
 from charnn.results import EvalRow, InfoRow, RunRow, SampleRow, ScoreRow, TokenizerSummary
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md"
@@ -26,6 +26,7 @@ RECORDS: dict[str, type[JsonRecord]] = {
         OptimizerRecord,
         RunRecord,
         Lineage,
+        RegularisationRecord,
         StartRow,
         ProgressRow,
         ValRow,

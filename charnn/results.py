@@ -151,6 +151,7 @@ class InfoRow(JsonRecord):
     charnn_version: str | None = item(optional(TEXT), default=None)
     created: str | None = item(optional(TEXT), default=None)
     val_bpt: float | None = item(optional(REAL), default=None)  # bits per token beside bits per character
+    best_averaged: bool = item(FLAG, default=False)  # best_val_bpc is the weight average's (--average)
 
     def to_json(self) -> dict[str, Any]:
         # The metadata's own records keep meta.json's (sorted) key order, as info has always shown them.

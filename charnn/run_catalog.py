@@ -65,6 +65,7 @@ def describe(meta: CheckpointMeta, path: Path | str, parameters: int | None = No
         charnn_version=meta.charnn_version,
         created=meta.created,
         val_bpt=val.get("bpt") if val else None,
+        best_averaged=progress.best_averaged,
     )
 
 
@@ -85,13 +86,13 @@ def info_lines(info: InfoRow) -> list[str]:
         "path": info.path,
         "format": f"{info.format} v{info.version}",
         "model": f"{model.cell} {model.layers}x{model.hidden}{tied}, embed {model.embed}, "
-        f"dropout {model.dropout}",
+        f"dropout {model.dropout}" + (f", weight-drop {model.weight_drop}" if model.weight_drop else ""),
         "parameters": f"{info.parameters:,}",
         "tokenizer": _tokenizer_text(info.tokenizer),
         "step": info.step,
         "val_bpc": _bpc(info.val_bpc),
         "val_bpt": _bpc(info.val_bpt),
-        "best_val_bpc": _bpc(info.best_val_bpc),
+        "best_val_bpc": _bpc(info.best_val_bpc) + _averaged_text(info),
         "skipped_steps": info.skipped_steps,
         "trained": duration_text(info.trained_seconds),
         "corpus": ", ".join(info.corpus.sources if info.corpus is not None else []),
@@ -103,6 +104,13 @@ def info_lines(info: InfoRow) -> list[str]:
         rows["versions"] = f"charnn {run.charnn}, torch {run.torch}, device {run.device}"
         if run.budget is not None:  # the shape the budget chose (charnn.budget)
             rows["chosen"] = run.budget.reason
+        if run.regularisation is not None:  # and the regularisation planned with it
+            rows["regularised"] = run.regularisation.reason
+    if info.train is not None and info.train.average != "none":
+        train = info.train
+        rows["averaging"] = f"{train.average} from {train.average_from:.0%} of the decay" + (
+            f", decay {train.ema_decay:g}" if train.average == "ema" else ""
+        )
     threads = threads_text(
         info.run.threads if info.run is not None else None,
         info.train.threads if info.train is not None else None,
@@ -114,6 +122,12 @@ def info_lines(info: InfoRow) -> list[str]:
     if info.stopped_reason:
         rows["stopped"] = info.stopped_reason
     return [f"{key:16} {shown(str(value))}" for key, value in rows.items()]  # names escaped
+
+
+def _averaged_text(info: InfoRow) -> str:
+    if not info.best_averaged or info.train is None:
+        return ""
+    return f" (best/ holds the {info.train.average.upper()} weight average)"
 
 
 def threads_text(record: ThreadsRecord | None, count: Any) -> str:

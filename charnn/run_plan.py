@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from charnn import finetune
+from charnn import finetune, regularisation
 from charnn.checkpoint import (
     BEST,
     LATEST,
@@ -44,7 +44,7 @@ from charnn.config import ModelConfig, TokenizerConfig, TrainConfig, flag_of
 from charnn.data import Corpus, StreamBatcher
 from charnn.distributed import SOLO, Group
 from charnn.errors import ConfigError, DataError, VocabularyError
-from charnn.metrics_rows import BudgetRecord, Invocation
+from charnn.metrics_rows import BudgetRecord, Invocation, RegularisationRecord
 from charnn.rundir import RunDir, resolve_checkpoint
 from charnn.threads import ThreadChoice
 from charnn.tokenizer import Tokenizer
@@ -201,38 +201,49 @@ def _new_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation)
     # subwords learn from the training split only (val_fraction)
     corpus = load_training_corpus(request, group, source, val_fraction=config.val_fraction)
     _notes(group, corpus.notes)
-    model, config, choice = choose_shape(request, corpus, config, group)
-    if choice is not None:  # recorded with the invocation: a resumed run keeps the budget's choice
-        inv = dataclasses.replace(inv, budget=choice)
+    model, config, inv = choose_shape(request, corpus, config, group, inv)
     return RunPlan(corpus, model, config, run, group, invocation=inv)
 
 
 def choose_shape(
-    request: TrainRequest, corpus: Corpus, config: TrainConfig, group: Group
-) -> tuple[ModelConfig, TrainConfig, BudgetRecord | None]:
+    request: TrainRequest, corpus: Corpus, config: TrainConfig, group: Group, inv: Invocation
+) -> tuple[ModelConfig, TrainConfig, Invocation]:
     """The model's shape for a new run, over the corpus' vocabulary, and the settings that go
-    with it.
+    with it; the invocation with the choice recorded (a resumed run keeps it).
 
     The one place a new run's shape is decided: after the corpus is read (its vocabulary and size
     are known, and so is the run's length in ``config``) and before any model is built. The shape
     options given are taken as they are; with none typed, the time budget picks the shape (and
     the settings it was fitted with) from a token-fitted table and a short live probe of this
     machine (:mod:`charnn.budget`; the probe is the one part of planning that runs torch).
+    When the tokens the budget buys make enough passes over the training text, the run is
+    regularised too (:mod:`charnn.regularisation`; typed options win).
     Resumed and fine-tuned runs take their shape from their checkpoint."""
     from charnn.budget import applies
 
     vocab = corpus.tokenizer.vocab_size
     if applies(request.model, corpus.tokenizer.kind, False, group.active) is not None:
-        return ModelConfig(vocab_size=vocab, **request.model), config, None
+        return ModelConfig(vocab_size=vocab, **request.model), config, inv
     from charnn.budget_probe import apply_choice
     from charnn.trainer import select_device
 
     train_tokens = int(len(corpus.ids) * (1 - config.val_fraction))
     applied = apply_choice(request.model, request.train, config, train_tokens, select_device(config.device))
+    model, config = applied.model, applied.config
+    record: RegularisationRecord | None = None
+    epochs = applied.choice.tokens / max(1, train_tokens)  # the passes the start-up line prints
+    planned = regularisation.plan(request.model, request.train, epochs)
+    if planned.active:  # many passes: regularised too (typed options are not in the plan)
+        model, config = {**model, **planned.model}, config.replace(**planned.train)
+        note = planned.note()
+        record = RegularisationRecord(
+            epochs=round(epochs, 3), model=planned.model, train=planned.train, reason=note
+        )
     if not request.quiet:
-        _notes(group, [applied.choice.reason])
-    choice = BudgetRecord.from_json(applied.choice.as_dict())
-    return ModelConfig(vocab_size=vocab, **applied.model), applied.config, choice
+        _notes(group, [applied.choice.reason, record.reason if record is not None else None])
+    budget = BudgetRecord.from_json(applied.choice.as_dict())
+    inv = dataclasses.replace(inv, budget=budget, regularisation=record)
+    return ModelConfig(vocab_size=vocab, **model), config, inv
 
 
 def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocation) -> RunPlan:
@@ -257,7 +268,10 @@ def _resume_plan(request: TrainRequest, run: RunDir, group: Group, inv: Invocati
     _notes(group, corpus.notes)
     parent = ckpt.meta.parent
     if ckpt.meta.run is not None and ckpt.meta.run.budget is not None:
-        inv = dataclasses.replace(inv, budget=ckpt.meta.run.budget)  # the budget's choice stays the run's
+        # The budget's choice (and the regularisation planned with it) stays the run's.
+        inv = dataclasses.replace(
+            inv, budget=ckpt.meta.run.budget, regularisation=ckpt.meta.run.regularisation
+        )
     return RunPlan(corpus, ckpt.config, config, run, group, resume=ckpt, parent=parent, invocation=inv)
 
 

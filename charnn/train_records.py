@@ -8,6 +8,7 @@ benchmarks, library use) and remembers the messages and samples.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,6 +66,16 @@ class EvalReport:
     tokens: int = 0  # tokens predicted
     elapsed: float = 0.0
     best_bpc: float | None = None  # best so far, this one included
+    averaged_bpc: float | None = None  # the weight average's (--average), once it has started
+    best_averaged: bool = False  # the new best is the average's, and best/ now holds it
+
+    @property
+    def kept_bpc(self) -> float:
+        """What best/ and early stopping count: the average's score when it beats the raw weights'."""
+        avg = self.averaged_bpc
+        if avg is not None and math.isfinite(avg) and (not math.isfinite(self.bpc) or avg < self.bpc):
+            return avg
+        return self.bpc
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ directory), then :class:`Trainer` runs the plan. The loop (:meth:`Trainer.run`) 
 bottom; its parts are small named objects: :class:`Schedule` (learning rate), :class:`RunClock`
 (wall time, when to stop), :class:`ThroughputMeter` (chars/s), :class:`DivergenceGuard` (what
 non-finite steps mean), :class:`EvalSavePolicy` (when to validate and save), :class:`EarlyStop`
-(``--patience``) and :class:`TrainingSampler` (``--sample-every``). Saving and restoring is the
-:class:`~charnn.checkpointer.Checkpointer`'s job; checkpoint contents are :mod:`charnn.checkpoint`'s
-business, their place on disk :mod:`charnn.rundir`'s.
+(``--patience``) and :class:`TrainingSampler` (``--sample-every``); ``--average``'s
+:class:`~charnn.averaging.WeightAverager` is validated beside the raw weights
+(:func:`record_validation`). Saving and restoring is the :class:`~charnn.checkpointer.Checkpointer`'s
+job; checkpoint contents are :mod:`charnn.checkpoint`'s business, their place on disk
+:mod:`charnn.rundir`'s.
 """
 
 from __future__ import annotations
@@ -303,15 +305,20 @@ class EarlyStop:
         return None
 
 
-def record_validation(progress: Counters, result: EvalResult, clock: RunClock) -> EvalReport:
+def record_validation(
+    progress: Counters, result: EvalResult, clock: RunClock, averaged: EvalResult | None = None
+) -> EvalReport:
     """Note a validation in the progress (its numbers, and the best bpc when it improves on it)
-    and say so."""
+    and say so. ``averaged``: the weight average's validation (``--average``), which counts
+    for the best (and best/ takes the average) only when it beats the raw weights'."""
     progress.val = {**result.to_dict(), "step": progress.step}
+    use_average = averaged is not None and better(averaged.bpc, result.bpc)
+    kept = averaged if use_average and averaged is not None else result
     # NaN is never "best" (and a NaN best would make every later comparison false).
     best = progress.best_val_bpc
-    is_best = math.isfinite(result.bpc) and (best is None or result.bpc < best)
+    is_best = math.isfinite(kept.bpc) and (best is None or kept.bpc < best)
     if is_best:
-        progress.best_val_bpc = result.bpc
+        progress.best_val_bpc, progress.best_averaged = kept.bpc, use_average
     return EvalReport(
         progress.step,
         result.loss,
@@ -321,7 +328,14 @@ def record_validation(progress: Counters, result: EvalResult, clock: RunClock) -
         tokens=result.tokens,
         elapsed=clock.tick(progress),
         best_bpc=progress.best_val_bpc,
+        averaged_bpc=None if averaged is None else averaged.bpc,
+        best_averaged=is_best and use_average,
     )
+
+
+def better(bpc: float, than: float) -> bool:
+    """Whether ``bpc`` is finite and below ``than`` (or ``than`` is not finite)."""
+    return math.isfinite(bpc) and (not math.isfinite(than) or bpc < than)
 
 
 class TrainingSampler:
@@ -716,6 +730,7 @@ class Trainer:
             if finite:
                 self.optimizer.step()
                 self.progress.optimizer_steps += 1
+                self.keeper.averager.after_step(self.model, self.progress, self.schedule)  # --average
                 self.hidden = detach_hidden(hidden)
                 return loss.item()
         # Non-finite: leave the weights alone and drop the (possibly poisoned) hidden state.
@@ -754,19 +769,20 @@ class Trainer:
         if len(self.data.val_ids) >= 2:
             self.reporter.validating(prog.step)
         result = self.evaluate()
-        is_best = False
+        averaged = self.keeper.averager.scored(self.model, self.evaluate) if result is not None else None
+        is_best = best_averaged = False
         if result is not None:
-            report = record_validation(prog, result, self.clock)
-            is_best = report.is_best
+            report = record_validation(prog, result, self.clock, averaged)
+            is_best, best_averaged = report.is_best, report.best_averaged
             self.reporter.evaluated(report)
-            reason = None if final else self.stopper.observe(prog, result.bpc)
+            reason = None if final else self.stopper.observe(prog, report.kept_bpc)
             if reason:
                 prog.stopped_reason = reason
                 self.reporter.stopped(prog.step, prog.elapsed, reason)
         if force_latest or prog.step % self.config.save_every == 0 or is_best:
             self.save(LATEST)
         if is_best or (result is None and force_latest):
-            self.save(BEST)
+            self.save(BEST, averaged if best_averaged else None)
         return result
 
     def _sample(self) -> None:
@@ -782,9 +798,9 @@ class Trainer:
         )
         self.progress, self.hidden = self.keeper.recover(self.progress)
 
-    def save(self, which: str) -> None:
+    def save(self, which: str, averaged: EvalResult | None = None) -> None:
         self.guard.checkpointed()
-        self.keeper.save(which, self.progress, self.hidden)
+        self.keeper.save(which, self.progress, self.hidden, averaged)
 
     def _info(self) -> RunInfo:
         return RunInfo(

@@ -112,7 +112,10 @@ def test_steps_choose_by_tokens_among_measured_shapes_only() -> None:
 def test_epochs_choose_by_tokens_and_repeated_text_brings_dropout() -> None:
     c = choose(table(), Budget(epochs=20, train_tokens=100_000), Rates())
     assert c.shape == "big" and c.tokens == 2_000_000
-    assert c.model["dropout"] == dropout_for(20) > 0
+    # From 8 passes charnn.regularisation's measured plan decides: weight-drop, no dropout.
+    assert c.model["dropout"] == dropout_for(20) == 0.0
+    c = choose(table(), Budget(epochs=6, train_tokens=100_000), Rates())
+    assert c.model["dropout"] == dropout_for(6) == 0.1 and "dropout 0.1" in c.reason
     assert dropout_for(1) == 0.0
 
 

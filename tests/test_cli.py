@@ -476,6 +476,7 @@ def test_info_json(run_cli: RunCli, trained_run: Path) -> None:
         "hidden": 32,
         "embed": 16,
         "dropout": 0.0,
+        "weight_drop": 0.0,
         "tie_weights": False,
         "vocab_size": data["tokenizer"]["vocab_size"],
     }

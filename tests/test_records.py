@@ -76,6 +76,12 @@ FORGERIES: list[tuple[tuple[str, ...], Any]] = [
     (("train", "seed"), "x"),
     (("model", "hidden"), "8"),
     (("tokenizer",), None),
+    # regularisation and averaging (issue 17 §4)
+    (("model", "weight_drop"), 1.0),
+    (("train", "average"), "mean"),
+    (("progress", "best_averaged"), "yes"),
+    (("progress", "average_updates"), -2),
+    (("run", "regularisation"), {"reason": 5}),
 ]
 IDS = [f"{'.'.join(where)}={value!r}"[:40] for where, value in FORGERIES]
 
@@ -364,13 +370,14 @@ def test_train_options_of_a_newer_charnn_are_ignored_for_reading_and_refused_for
     trained_run_copy: Path, cli_inprocess
 ) -> None:
     for which in (ck.LATEST, ck.BEST):
-        forge(trained_run_copy / which, ("train", "ema_decay"), 0.999)
+        forge(trained_run_copy / which, ("train", "lookahead_steps"), 0.999)
     meta = ck.load_checkpoint(trained_run_copy).meta
-    assert meta.foreign_train == ("ema_decay",) and meta.train is not None
+    assert meta.foreign_train == ("lookahead_steps",) and meta.train is not None
     assert cli_inprocess("sample", "-c", trained_run_copy, "--length", "5").returncode == 0
     assert cli_inprocess("info", "-c", trained_run_copy).returncode == 0
     resumed = cli_inprocess("train", "--resume", trained_run_copy, "--steps", "40")
-    assert resumed.returncode == 3 and "ema_decay" in resumed.stderr and "newer charnn" in resumed.stderr
+    assert resumed.returncode == 3 and "newer charnn" in resumed.stderr
+    assert "lookahead_steps" in resumed.stderr
 
 
 @settings(max_examples=60, deadline=None)

@@ -189,8 +189,8 @@ def _poisoned_trainer(
     saved: list[tuple[int, int]] = []  # (step, skipped_steps) of every checkpoint written
     real_save = trainer.keeper.save
 
-    def checked_save(which, progress, hidden):
-        real_save(which, progress, hidden)
+    def checked_save(which, progress, hidden, averaged=None):
+        real_save(which, progress, hidden, averaged)
         ckpt = load_checkpoint(tmp_path / "run" / which)  # validates every weight is finite
         assert all(torch.isfinite(t).all() for t in ckpt.train_state().values() if t.is_floating_point())
         saved.append((ckpt.step, ckpt.meta.progress.skipped_steps))
