@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_files import start_row
 
 from charnn import budget_probe
 from charnn.budget import Budget, Candidate, Rates, choose, dropout_for, load_table
@@ -164,11 +165,6 @@ def tiny_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget_probe, "measure", lambda t, device: Rates(reference=10_000))
 
 
-def _start_row(run: Path) -> dict[str, Any]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "start"][-1]
-
-
 def test_cli_chooses_records_and_resume_keeps_the_choice(
     run_cli: Any, corpus_file: Path, tmp_path: Path, tiny_table: None
 ) -> None:
@@ -179,14 +175,14 @@ def test_cli_chooses_records_and_resume_keeps_the_choice(
     meta = json.loads((out / "latest" / "meta.json").read_text())
     assert meta["model"]["hidden"] == 8 and meta["train"]["seq_len"] == 16
     assert meta["train"]["lr"] == 0.02  # typed wins
-    assert _start_row(out)["budget"]["shape"] == "small"
+    assert start_row(out)["budget"]["shape"] == "small"
     info = run_cli("info", "-c", out)
     assert "chosen" in info.stdout and "small LSTM" in info.stdout
     again = run_cli("train", "--resume", out, "--steps", "5")
     assert again.returncode == 0, again.stderr
     meta = json.loads((out / "latest" / "meta.json").read_text())
     assert meta["model"]["hidden"] == 8 and meta["train"]["seq_len"] == 16 and meta["progress"]["step"] == 5
-    assert _start_row(out)["budget"]["shape"] == "small"
+    assert start_row(out)["budget"]["shape"] == "small"
 
 
 def test_cli_typed_shape_is_honoured_exactly(
@@ -198,7 +194,7 @@ def test_cli_typed_shape_is_honoured_exactly(
     meta = json.loads((out / "latest" / "meta.json").read_text())
     assert meta["model"]["hidden"] == 12 and meta["model"]["embed"] == 64  # today's defaults
     assert meta["train"]["seq_len"] == 128 and meta["train"]["batch_size"] == 16
-    assert _start_row(out).get("budget") is None and "→" not in proc.stderr
+    assert start_row(out).get("budget") is None and "→" not in proc.stderr
 
 
 # ---------------------------------------------------------------------------- the schedule

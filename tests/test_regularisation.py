@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL_ARGS
+from run_files import start_row
 from safetensors.torch import load_file, save_file
 
 import charnn.checkpoint as ck
@@ -428,11 +429,6 @@ def small_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget_probe, "measure", lambda t, device: Rates(reference=10_000))
 
 
-def _start_row(run: Path) -> dict[str, Any]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "start"][-1]
-
-
 def test_a_budget_run_of_many_epochs_is_regularised_says_so_and_resume_keeps_it(
     tmp_path: Path, corpus_file: Path, cli_inprocess: Any, small_table: None
 ) -> None:
@@ -453,7 +449,7 @@ def test_a_budget_run_of_many_epochs_is_regularised_says_so_and_resume_keeps_it(
     assert record is not None and record.epochs == pytest.approx(12.0)
     assert record.model == {"dropout": 0.0, "weight_drop": 0.25}
     assert record.train == {"weight_decay": 0.1, "average": "ema"}  # not the typed --average-from
-    assert _start_row(out)["regularisation"]["train"]["average"] == "ema"
+    assert start_row(out)["regularisation"]["train"]["average"] == "ema"
     vals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert "averaged_bpc" in vals[-1]  # the EMA is validated beside the raw weights
     info = cli_inprocess("info", "-c", out)
@@ -463,7 +459,7 @@ def test_a_budget_run_of_many_epochs_is_regularised_says_so_and_resume_keeps_it(
     resumed = ck.load_checkpoint(out, prefer="latest")
     assert resumed.config.weight_drop == 0.25 and resumed.meta.run is not None
     assert resumed.meta.run.regularisation == record
-    assert _start_row(out)["regularisation"]["epochs"] == 12.0  # the resumed run's start row carries it
+    assert start_row(out)["regularisation"]["epochs"] == 12.0  # the resumed run's start row carries it
 
 
 @pytest.mark.parametrize("extra", [("--epochs", "2"), ("--epochs", "12", "--hidden", "8", "--layers", "1")])

@@ -16,6 +16,7 @@ from conftest import TINY_MODEL_ARGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
+from run_files import start_row
 
 from charnn import threads, torch_threads
 from charnn.console import WorkProgress
@@ -177,11 +178,6 @@ PROBED_RUN = (
 )
 
 
-def _start_row(run: Path) -> dict[str, Any]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "start"][-1]
-
-
 def test_training_measures_records_and_resume_reuses(
     tmp_path: Path, corpus_file: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,7 +187,7 @@ def test_training_measures_records_and_resume_reuses(
     assert proc.returncode == 0, proc.stderr
     assert machine.passes == [1, 2, 2, 1, 1, 2, 2, 1]
     assert "threads 1 of 2 cores, measured (2: 0.3 s, 1: 0.1 s per pass; load 0.2)" in proc.stderr
-    start = _start_row(run)
+    start = start_row(run)
     assert start["threads"]["count"] == 1 and start["threads"]["how"] == "measured"
     meta = json.loads((run / "latest" / "meta.json").read_text())
     assert meta["train"]["threads"] == 1 and meta["run"]["threads"]["how"] == "measured"
@@ -201,12 +197,12 @@ def test_training_measures_records_and_resume_reuses(
     proc = run_cli("train", "--resume", run, "--steps", "310")
     assert proc.returncode == 0, proc.stderr
     resumed = {**start["threads"], "how": "resumed", "seconds": {}, "same_rounding": None}
-    assert _start_row(run)["threads"] == resumed
+    assert start_row(run)["threads"] == resumed
     assert "threads 1 (resumed)" in proc.stderr and len(machine.passes) == 8
 
     proc = run_cli("train", "--resume", run, "--steps", "320", "--threads", "2")
     assert proc.returncode == 0, proc.stderr
-    assert _start_row(run)["threads"]["how"] == "--threads"
+    assert start_row(run)["threads"]["how"] == "--threads"
     assert json.loads((run / "latest" / "meta.json").read_text())["train"]["threads"] == 2
 
 
@@ -253,7 +249,7 @@ def test_short_training_runs_go_by_the_load(
     machine = FakeMachine(monkeypatch, {2: 0.3, 1: 0.1}, load=1.3)
     proc = run_cli("train", corpus_file, "-o", tmp_path / "run", "--steps", "5", *PROBED_RUN)
     assert proc.returncode == 0, proc.stderr
-    assert machine.passes == [] and _start_row(tmp_path / "run")["threads"]["how"] == "load average"
+    assert machine.passes == [] and start_row(tmp_path / "run")["threads"]["how"] == "load average"
     assert "threads 1 of 2 cores, by the load 1.3 (no time to measure)" in proc.stderr
 
 
